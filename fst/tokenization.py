@@ -1,0 +1,326 @@
+"""DocumentTokenizer: documents → token ids and LM labels, over a `tokenizers.Tokenizer`.
+
+The layout is the original project's control-code encoding (see DEVELOPERS.md):
+
+    training:   meta ids + [END_OF_META]   [START_OF_DOCUMENT] + body ids + EOS
+    labels:     LOSS_IGNORE ...            LOSS_IGNORE, body ids, EOS
+    inference:  meta ids + [END_OF_META]   [START_OF_DOCUMENT] + last max_body_len body ids
+
+Labels are aligned with `token_ids` (the Hugging Face convention: the model shifts them).
+The meta part keeps its last `max_meta_len` ids, so `[END_OF_META]` always survives. A body
+longer than `max_body_len` is cut into consecutive chunks, each prefixed by the same meta;
+the first token of a continuation chunk gets LOSS_IGNORE because the model sees none of the
+body that precedes it, and a last chunk of a single token (nothing left to learn) is dropped.
+
+Text and control tokens are encoded separately and their ids concatenated, and the wrapped
+tokenizer has `encode_special_tokens` on: a body that literally contains "<|endoftext|>" is
+tokenized as text and cannot inject control tokens. Torch-free.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from fst.constants import BUNDLE_TOKENIZER, END_OF_META, GPT2_EOS, LOSS_IGNORE, START_OF_DOCUMENT
+from fst.documents import Document, iter_documents, write_text_atomic
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One training sequence: token ids and their LM labels (LOSS_IGNORE where no loss)."""
+
+    token_ids: list[int]
+    labels: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.labels):
+            raise ValueError(
+                f"token_ids ({len(self.token_ids)}) and labels ({len(self.labels)}) differ in length"
+            )
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """Document settings that travel beside tokenizer.json as plain data."""
+
+    document_format: bool = True
+    max_meta_len: int = 32
+    max_body_len: int = 256
+    ignore_meta_prob: float = 0.0
+    eos_token: str = GPT2_EOS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.document_format, bool):
+            raise ValueError(f"document_format must be true or false, got {self.document_format!r}")
+        _check_int("max_meta_len", self.max_meta_len, minimum=1)
+        # [START_OF_DOCUMENT] plus at least one body token per chunk.
+        _check_int("max_body_len", self.max_body_len, minimum=2)
+        prob = self.ignore_meta_prob
+        if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+            raise ValueError(f"ignore_meta_prob must be a number in [0, 1], got {prob!r}")
+        object.__setattr__(self, "ignore_meta_prob", float(prob))
+        if not isinstance(self.eos_token, str) or not self.eos_token:
+            raise ValueError(f"eos_token must be a non-empty string, got {self.eos_token!r}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class DocumentTokenizer:
+    """Encodes documents for training and inference; decodes generated ids.
+
+    Takes ownership of `tokenizer`: adds the EOS and (in document format) the two control
+    tokens as special tokens when missing, and turns off truncation and padding, which
+    would silently cut documents.
+    """
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        *,
+        document_format: bool = True,
+        max_meta_len: int = 32,
+        max_body_len: int = 256,
+        ignore_meta_prob: float = 0.0,
+        eos_token: str = GPT2_EOS,
+    ) -> None:
+        self._settings = TokenizerSettings(
+            document_format=document_format,
+            max_meta_len=max_meta_len,
+            max_body_len=max_body_len,
+            ignore_meta_prob=ignore_meta_prob,
+            eos_token=eos_token,
+        )
+        specials = [eos_token, *((START_OF_DOCUMENT, END_OF_META) if document_format else ())]
+        tokenizer.add_special_tokens(specials)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        tokenizer.encode_special_tokens = True
+        self._tokenizer = tokenizer
+        self.eos_token_id: int = tokenizer.token_to_id(eos_token)
+        # Padding is masked out and its labels ignored, so EOS can stand in for it.
+        self.pad_token_id: int = self.eos_token_id
+        self.start_of_document_id: int | None = None
+        self.end_of_meta_id: int | None = None
+        if document_format:
+            self.start_of_document_id = tokenizer.token_to_id(START_OF_DOCUMENT)
+            self.end_of_meta_id = tokenizer.token_to_id(END_OF_META)
+        added = tokenizer.get_added_tokens_decoder()
+        self._vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(added) + 1)
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **settings) -> DocumentTokenizer:
+        """A folder with tokenizer.json or GPT-2's vocab.json + merges.txt, a tokenizer.json
+        file, or else a Hugging Face hub name (e.g. "gpt2"; needs the network)."""
+        TokenizerSettings(**settings)  # fail on a bad setting before loading anything
+        path = Path(name_or_path)
+        if path.is_file():
+            return cls.from_json(path.read_text(encoding="utf-8"), **settings)
+        if path.is_dir():
+            if (path / BUNDLE_TOKENIZER).is_file():
+                return cls.from_pretrained(path / BUNDLE_TOKENIZER, **settings)
+            if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+                return cls.from_gpt2_files(path / "vocab.json", path / "merges.txt", **settings)
+            raise ValueError(
+                f"{path}: no tokenizer here (expected {BUNDLE_TOKENIZER}, or vocab.json and "
+                "merges.txt)"
+            )
+        try:
+            tokenizer = tokenizers.Tokenizer.from_pretrained(str(name_or_path))
+        except Exception as e:
+            raise ValueError(
+                f"{name_or_path}: not a local tokenizer folder or file, and loading it from the "
+                f"Hugging Face hub failed ({type(e).__name__}: {e})"
+            ) from e
+        return cls(tokenizer, **settings)
+
+    @classmethod
+    def from_gpt2_files(
+        cls, vocab: str | Path, merges: str | Path, **settings
+    ) -> DocumentTokenizer:
+        """GPT-2's byte-level BPE from its vocab.json and merges.txt."""
+        TokenizerSettings(**settings)  # fail on a bad setting before loading anything
+        tokenizer = tokenizers.Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        _make_byte_level(tokenizer)
+        return cls(tokenizer, **settings)
+
+    @classmethod
+    def train_bpe(
+        cls,
+        files: Sequence[str | Path],
+        vocab_size: int = 8000,
+        min_frequency: int = 2,
+        **settings,
+    ) -> DocumentTokenizer:
+        """Train a byte-level BPE on the bodies and metas of documents files."""
+        options = TokenizerSettings(**settings)
+        specials = [options.eos_token]
+        if options.document_format:
+            specials += [START_OF_DOCUMENT, END_OF_META]
+        tokenizer = tokenizers.Tokenizer(models.BPE())
+        _make_byte_level(tokenizer)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(_document_texts(files), trainer=trainer)
+        return cls(tokenizer, **asdict(options))
+
+    @classmethod
+    def from_json(cls, json_str: str, **settings) -> DocumentTokenizer:
+        """Rebuild from `to_json()` output; pass `settings()` back as keyword arguments."""
+        return cls(tokenizers.Tokenizer.from_str(json_str), **settings)
+
+    # ---- serialisation ------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        """The tokenizers.Tokenizer JSON, special tokens included."""
+        return self._tokenizer.to_str()
+
+    def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json atomically; `path` is a file or an existing folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / BUNDLE_TOKENIZER
+        write_text_atomic(path, self.to_json())
+        return path
+
+    def settings(self) -> dict:
+        """Plain-data settings: `from_json(to_json(), **settings())` is the same tokenizer."""
+        return asdict(self._settings)
+
+    # ---- vocabulary ---------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of embedding rows the model needs (largest id + 1, added tokens included)."""
+        return self._vocab_size
+
+    @property
+    def document_format(self) -> bool:
+        return self._settings.document_format
+
+    @property
+    def max_meta_len(self) -> int:
+        return self._settings.max_meta_len
+
+    @property
+    def max_body_len(self) -> int:
+        return self._settings.max_body_len
+
+    @property
+    def eos_token(self) -> str:
+        return self._settings.eos_token
+
+    def num_added_tokens(self, base_vocab_size: int) -> int:
+        """How many embedding rows a model with `base_vocab_size` rows lacks (ids from
+        `base_vocab_size` up to `vocab_size`)."""
+        return max(0, self.vocab_size - base_vocab_size)
+
+    # ---- encoding -----------------------------------------------------------------------
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain tokenization: no control tokens, no EOS."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_for_train(self, doc: Document, rng: random.Random | None = None) -> list[Encoding]:
+        """One document → one or more training sequences (see the module docstring)."""
+        return self.encode_documents([doc], rng)
+
+    def encode_documents(
+        self, docs: Iterable[Document], rng: random.Random | None = None
+    ) -> list[Encoding]:
+        """`encode_for_train` over many documents with batched tokenization (same result
+        and the same `rng` draws as calling it document by document)."""
+        docs = list(docs)
+        bodies = self._encode_batch([d.body for d in docs])
+        if not self.document_format:
+            eos = self.eos_token_id
+            return [enc for ids in bodies for enc in self._chunks([], [*ids, eos], [*ids, eos])]
+        keep = [self._keep_meta(d, rng) for d in docs]
+        metas = iter(self._encode_batch([d.meta for d, k in zip(docs, keep, strict=True) if k]))
+        encodings = []
+        for ids, kept in zip(bodies, keep, strict=True):
+            meta_ids = self._meta_part(next(metas)) if kept else []
+            seq = [self.start_of_document_id, *ids, self.eos_token_id]
+            labels = [LOSS_IGNORE, *ids, self.eos_token_id]
+            encodings.extend(self._chunks(meta_ids, seq, labels))
+        return encodings
+
+    def encode_for_inference(self, prompt: Document | str) -> list[int]:
+        """Prompt ids for generation: no EOS, the meta never dropped, the last
+        `max_body_len` body ids kept so the most recent context survives.
+
+        A `str` is the body of a document without meta (document format) or the text itself
+        (plain format). In plain format an empty prompt becomes [EOS], GPT-2's start token.
+        """
+        body, meta = (prompt, None) if isinstance(prompt, str) else (prompt.body, prompt.meta)
+        body_ids = self.encode_text(body)[-self.max_body_len :] if body else []
+        if not self.document_format:
+            return body_ids or [self.eos_token_id]
+        meta_ids = self._meta_part(self.encode_text(meta)) if meta else []
+        return [*meta_ids, self.start_of_document_id, *body_ids]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tokenizer.decode(
+            [int(i) for i in ids], skip_special_tokens=skip_special_tokens
+        )
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def _keep_meta(self, doc: Document, rng: random.Random | None) -> bool:
+        """Whether this document's meta is used; draws from `rng` only when it matters."""
+        prob = self._settings.ignore_meta_prob
+        if not doc.meta or prob == 1.0:
+            return False
+        if prob == 0.0 or rng is None:
+            return True
+        return rng.random() >= prob
+
+    def _meta_part(self, meta_ids: list[int]) -> list[int]:
+        # Left truncation, as the original: the end of the meta and [END_OF_META] survive.
+        return [*meta_ids, self.end_of_meta_id][-self.max_meta_len :]
+
+    def _chunks(self, meta_ids: list[int], seq: list[int], labels: list[int]) -> Iterator[Encoding]:
+        size = self.max_body_len
+        meta_labels = [LOSS_IGNORE] * len(meta_ids)
+        for start in range(0, len(seq), size):
+            chunk_ids, chunk_labels = seq[start : start + size], labels[start : start + size]
+            if start > 0:
+                if len(chunk_ids) == 1:
+                    break  # its only label would be ignored: nothing to learn
+                chunk_labels[0] = LOSS_IGNORE
+            yield Encoding(token_ids=meta_ids + chunk_ids, labels=meta_labels + chunk_labels)
+
+
+def _make_byte_level(tokenizer: tokenizers.Tokenizer) -> None:
+    """GPT-2's byte-level pre-tokenizer and decoder (what ByteLevelBPETokenizer sets up)."""
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+
+
+def _document_texts(files: Sequence[str | Path]) -> Iterator[str]:
+    for path in files:
+        for doc in iter_documents(path):
+            yield doc.body
+            if doc.meta:
+                yield doc.meta
