@@ -1,1 +1,9 @@
-"""runtime"""
+"""fst.runtime: generate text from an fst bundle with ONNX Runtime, without torch.
+
+Imports only numpy, onnxruntime, tokenizers and fst's torch-free modules.
+"""
+
+from fst.generation_params import GenerationParams
+from fst.runtime.generator import Completion, GenerationRequest, Generator, Prompt
+
+__all__ = ["Completion", "GenerationParams", "GenerationRequest", "Generator", "Prompt"]

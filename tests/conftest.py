@@ -35,3 +35,114 @@ def nietzsche_dir() -> Path:
     if not (NIETZSCHE / "train.documents").is_file():
         pytest.fail(f"shared Nietzsche corpus missing at {NIETZSCHE}")
     return NIETZSCHE
+
+
+# ---- training (fst.training) ----------------------------------------------------------------
+
+TINY_DOCUMENTS = [
+    {"body": "The cat sat on the mat and looked at the dog.", "meta": "cats"},
+    {"body": "A dog ran after the cat, but the cat was faster.", "meta": "dogs"},
+    {"body": "Cats sleep most of the day and hunt at night.", "meta": "cats"},
+    {"body": "Dogs like long walks, sticks and other dogs."},
+    {"body": "The mat was red; the cat was black; the dog was white.", "meta": "colours"},
+    {"body": "Every morning the dog waits by the door for a walk.", "meta": "dogs"},
+]
+
+
+def write_tiny_documents(folder: Path) -> tuple[Path, Path]:
+    """A handful of JSON-lines documents (train and valid) for tiny training runs."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, valid = folder / "train.documents", folder / "valid.documents"
+    train.write_text("".join(json.dumps(d) + "\n" for d in TINY_DOCUMENTS * 3))
+    valid.write_text("".join(json.dumps(d) + "\n" for d in TINY_DOCUMENTS[:3]))
+    return train, valid
+
+
+def tiny_train_args(root: Path, **overrides):
+    """fst-train arguments of a run that takes a few seconds: 2 layers, n_embd 32, BPE ~300."""
+    from fst.cli.train import TrainArgs
+
+    train, valid = write_tiny_documents(root / "documents" / "tiny")
+    args = {
+        "experiments_root": str(root / "experiments"),
+        "experiment_name": "tiny",
+        "train_file": str(train),
+        "valid_file": str(valid),
+        "model_path": "tiny",
+        "model_overrides": {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 128},
+        "tokenizer": "bpe",
+        "bpe_vocab_size": 300,
+        "batch_size": 4,
+        "max_meta_len": 8,
+        "max_body_len": 24,
+        "learning_rate": 3e-3,
+        "num_warmup_steps": 1,
+        "max_steps": 6,
+        "val_check_interval": 3,
+        "num_workers": 0,
+        "log_every_n_steps": 1,
+        "accelerator": "cpu",
+        "devices": "1",
+    }
+    return TrainArgs(**{**args, **overrides})
+
+
+def run_tiny_training(root: Path, **overrides):
+    """Train in-process (no console logging) and return fst.training.TrainResult."""
+    from fst.experiment import create_experiment, experiment_logging
+    from fst.training import train
+
+    args = tiny_train_args(root, **overrides)
+    experiment = create_experiment(args.experiments_root, args.name)
+    with experiment_logging(experiment.logs_dir, console=False):
+        return train(args, experiment)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real fst training checkpoint (models/last.ckpt) of a tiny GPT-2 trained 6 steps.
+
+    `fst.checkpoint.load_checkpoint(path)` gives the model, tokenizer (document format, with
+    meta) and info. Session-scoped: treat the file as read-only.
+    """
+    result = run_tiny_training(tmp_path_factory.mktemp("tiny_checkpoint"))
+    assert result.last_checkpoint is not None and result.last_checkpoint.is_file()
+    return result.last_checkpoint
+
+
+# ---- export (fst.export) ----------------------------------------------------------------------
+
+TINY_GPT2_CONFIG = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 128}
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model_dir(tmp_path_factory, gpt2_bpe_dir) -> Path:
+    """A Hugging Face folder: a tiny random GPT-2 (seeded) and the real GPT-2 tokenizer.
+
+    `save_pretrained` output (config.json, model.safetensors) plus tokenizer.json, as a
+    model downloaded from the hub would look. Session-scoped: treat as read-only.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_hf_model")
+    tokenizer = GPT2TokenizerFast(
+        vocab=str(gpt2_bpe_dir / "vocab.json"), merges=str(gpt2_bpe_dir / "merges.txt")
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(**TINY_GPT2_CONFIG, vocab_size=len(tokenizer))
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    """A plain-LM fp32 bundle (logits of the last position) exported from tiny_hf_model_dir."""
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_plain_bundle") / "bundle"
+    export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
+    return output

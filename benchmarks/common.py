@@ -1,0 +1,290 @@
+"""What every benchmark needs: a machine description, robust statistics, physical floors.
+
+Torch-free on purpose: the runtime's benchmark worker imports this module and must not pay
+for (or be measured with) torch in its memory. The floors are measured with numpy so the
+benchmark can say how far an engine is from what the hardware allows, not only from the
+other engines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Distributions whose versions explain a figure; missing ones are reported as absent.
+LIBRARIES = (
+    "numpy",
+    "onnxruntime",
+    "onnx",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "ctranslate2",
+    "pytorch-lightning",
+    "full-stack-transformer",
+)
+
+# CPU flags that decide which kernels ONNX Runtime, PyTorch and CTranslate2 can use.
+INTERESTING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+)
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def summarize(values: Iterable[float]) -> dict[str, float | int]:
+    """Median, min and max (and n): medians resist the noise of a shared machine."""
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ValueError("summarize: no values")
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+    }
+
+
+def median(values: Iterable[float]) -> float:
+    return float(summarize(values)["median"])
+
+
+def best_of(fn: Callable[[], float], repeats: int) -> float:
+    """The smallest of `repeats` timings: for floors, the least-disturbed run is the truth."""
+    return min(fn() for _ in range(repeats))
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either side is missing (an engine not installed)."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+# --- machine description ------------------------------------------------------------------
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """CPU model and the flags that matter for inference kernels (Linux; empty elsewhere)."""
+    model, flags = "", set()
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {
+        "model": model or platform.processor() or "unknown",
+        "flags": [f for f in INTERESTING_FLAGS if f in flags],
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    }
+
+
+def ram_gb(path: str = "/proc/meminfo") -> float | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions without importing anything (importing torch costs seconds and RAM)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load: a busy shared machine shows here, and explains noisy figures."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_description() -> dict[str, Any]:
+    return {
+        "cpu": cpu_info(),
+        "ram_gb": ram_gb(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "libraries": library_versions(),
+        "load_average": load_average(),
+    }
+
+
+# --- physical floors ----------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB.
+
+    VmHWM from /proc/self/status on Linux: ru_maxrss would be wrong for a worker, since Linux
+    carries the parent's peak across fork and exec (a child started by a process holding
+    torch would report torch's memory).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 1024**2
+
+
+def memory_bandwidth_gbs(
+    size_mb: int = 1024, repeats: int = 5, threads: int = 1
+) -> dict[str, float]:
+    """Read bandwidth in GB/s of a `size_mb` float32 array, best of `repeats`, per kernel.
+
+    The array is far larger than any cache, so each pass is limited by DRAM reads, which is
+    also what limits a batch-1 decode step (every weight is read once per token). Kernels:
+    numpy sum on one thread, max over `threads` slices (numpy releases the GIL in reductions;
+    one core rarely saturates the memory controller) and a BLAS matrix-vector product, the
+    very access pattern of a decode step. The kernels reach different speeds; callers take
+    the best one as the bandwidth the hardware allows.
+    """
+    import numpy as np
+
+    n = size_mb * 1024 * 1024 // 4
+    data = np.ones(n, dtype=np.float32)  # written, so every page is resident
+    matrix = data.reshape(-1, 1024)  # [rows, 1024]: a weight matrix times a vector
+    vector = np.ones(1024, dtype=np.float32)
+    parts = np.array_split(data, threads)
+
+    def timed(fn: Callable[[], object]) -> float:
+        def once() -> float:
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        return data.nbytes / best_of(once, repeats) / 1e9
+
+    with ThreadPoolExecutor(threads) as pool:
+        return {
+            "sum_1_thread": timed(data.sum),
+            f"max_{threads}_threads": timed(lambda: list(pool.map(np.max, parts))),
+            "blas_gemv": timed(lambda: matrix @ vector),
+        }
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n×n @ n×n numpy matmul: the compute ceiling for prefill.
+
+    numpy's BLAS picks its thread count at import (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS),
+    so callers who care run this in a process started with those set (see `measure_floors`).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: BLAS thread pool and page faults
+
+    def once() -> float:
+        start = time.perf_counter()
+        a @ b
+        return time.perf_counter() - start
+
+    return 2 * n**3 / best_of(once, repeats) / 1e9
+
+
+def measure_floors(threads: int, size_mb: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """Read bandwidth (several kernels) and matmul GFLOP/s, measured in a fresh process.
+
+    A subprocess so the BLAS thread count really is `threads` and the 1 GB array does not
+    inflate the caller's peak RSS.
+    """
+    import subprocess
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    cmd = [sys.executable, __file__, "--size-mb", str(size_mb), "--repeats", str(repeats)]
+    out = subprocess.run(
+        [*cmd, "--threads", str(threads)], env=env, capture_output=True, text=True, check=True
+    )
+    floors = json.loads(out.stdout.strip().splitlines()[-1])
+    # The floor uses the best kernel: a lower floor makes the goals harder, not easier.
+    floors["bandwidth_gbs"] = max(floors["bandwidth_gbs_by_kernel"].values())
+    floors["threads"] = threads
+    floors["array_mb"] = size_mb
+    return floors
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temp file beside `path`, then rename: a crash never leaves half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A table cell: '–' for a missing figure (engine absent), fixed digits otherwise."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _floors_main() -> None:
+    """`python common.py`: print the floors of this process as JSON (used by measure_floors)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Measure read bandwidth and matmul GFLOP/s.")
+    p.add_argument("--size-mb", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    floors = {
+        "bandwidth_gbs_by_kernel": memory_bandwidth_gbs(a.size_mb, a.repeats, a.threads),
+        "matmul_gflops": matmul_gflops(1024, a.repeats),
+    }
+    print(json.dumps(floors))
+
+
+if __name__ == "__main__":
+    _floors_main()

@@ -1,0 +1,721 @@
+"""Latency of our runtime against Hugging Face `generate` and CTranslate2, side by side.
+
+    python benchmarks/latency.py                 # GPT-2 small + distilgpt2-sized, 6 rounds
+    python benchmarks/latency.py --quick         # tiny model, 2 rounds: a smoke run
+
+Models are built from configs with random weights (fixed seed; nothing is downloaded),
+saved as Hugging Face folders in a cache outside the repository, exported to fp32 and int8
+bundles with our exporter and converted for CTranslate2 when it is installed.
+
+Each engine runs in its own process (`latency.py --worker ENGINE ...`, printing one JSON
+line), in interleaved rounds (A B C A B C ...); the first engine runs once more at the end
+to show how much the machine drifted. Figures are medians over rounds with min/max. On a
+shared machine absolute figures move by tens of percent: compare ratios from one run.
+Writes benchmarks/results/latency.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BPE = REPO.parent / "shared" / "data" / "gpt2_bpe"
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "nietzsche" / "train.documents"
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench"))
+SCHEMA_VERSION = 1
+
+# GPT2Config overrides; everything else is GPT-2's default (vocab 50257, 1024 positions).
+MODELS: dict[str, dict[str, Any]] = {
+    "gpt2-small": {},
+    "distilgpt2": {"n_layer": 6},
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},
+}
+ENGINES = ("hf", "fst-fp32", "fst-int8", "ct2-fp32", "ct2-int8")
+# The engine each of ours is compared with, at the same precision.
+CT2_PEER = {"fst-fp32": "ct2-fp32", "fst-int8": "ct2-int8"}
+WORKER_TIMEOUT_S = 1800
+
+log = logging.getLogger("latency")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every worker measures (the issue's workload)."""
+
+    new_tokens: int = 64
+    prompt_lengths: tuple[int, ...] = (32, 512)  # batch 1: time to first token + decode
+    batch: int = 8  # tokens/s with prefill included, prompts of prompt_lengths[0]
+    past_lengths: tuple[int, ...] = (32, 256, 1000)  # decode cost as the KV cache grows
+    past_new_tokens: int = 16
+    repeats: int = 1  # measured calls per scenario inside one worker (after a warm-up)
+
+
+@dataclass
+class Artifacts:
+    """Where one model's engines load from, and what its weights weigh."""
+
+    name: str
+    config: dict[str, Any]
+    params: int
+    weight_params: int  # read once per decode step: all but the position embeddings
+    paths: dict[str, str] = field(default_factory=dict)  # engine -> folder
+    bundles: dict[str, Any] = field(default_factory=dict)  # engine -> manifest summary
+
+
+# --- preparation (main process; torch allowed here) --------------------------------------
+
+
+def build_hf_folder(name: str, cache: Path, bpe_dir: Path) -> Path:
+    """A random-weight GPT-2 saved as a Hugging Face folder with the GPT-2 tokenizer."""
+    folder = cache / name / "hf"
+    stamp = {"config": MODELS[name], "seed": 0, "tokenizer": 2}
+    marker = folder / "fst_bench.json"
+    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+        return folder
+    import torch
+    import transformers
+
+    log.info("building %s from config", name)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**MODELS[name])).eval()
+    tokenizer = transformers.GPT2TokenizerFast(
+        vocab=str(bpe_dir / "vocab.json"), merges=str(bpe_dir / "merges.txt")
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    marker.write_text(json.dumps(stamp))
+    return folder
+
+
+def count_params(folder: Path) -> tuple[int, int]:
+    """All parameters (tied ones once), and those a decode step reads (all but wpe)."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    total = sum(p.numel() for p in model.parameters())
+    return total, total - model.transformer.wpe.weight.numel()
+
+
+def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """Our fp32 and int8 bundles, re-exported only when the export options changed."""
+    wanted = [(e, q) for e, q in (("fst-fp32", None), ("fst-int8", "int8")) if e in args.engines]
+    if not wanted:
+        return {}
+    from fst.bundle import BundleManifest
+    from fst.export.exporter import export_bundle
+
+    out = {}
+    for engine, quantize in wanted:
+        folder = cache / name / f"bundle-{engine.removeprefix('fst-')}"
+        options = {"optimize": args.optimize, "quantize": quantize, "logits": args.logits}
+        marker = folder / "fst_bench_export.json"
+        fresh = marker.is_file() and json.loads(marker.read_text()) == options
+        if not fresh or args.rebuild:
+            log.info("exporting %s %s", name, engine)
+            export_bundle(folder, model_path=str(hf), force=True, progress=False, **options)
+            marker.write_text(json.dumps(options))
+        BundleManifest.load(folder)  # fails loudly on a broken bundle
+        out[engine] = folder
+    return out
+
+
+def convert_ct2(hf: Path, name: str, cache: Path, engines: list[str]) -> dict[str, Path]:
+    """CTranslate2 models (fp32 and int8 weights) converted from the same HF folder."""
+    out = {}
+    for engine, quantization in (("ct2-fp32", None), ("ct2-int8", "int8")):
+        if engine not in engines:
+            continue
+        folder = cache / name / engine
+        if not (folder / "model.bin").is_file():
+            import ctranslate2
+
+            log.info("converting %s for %s", name, engine)
+            converter = ctranslate2.converters.TransformersConverter(str(hf))
+            converter.convert(str(folder), quantization=quantization, force=True)
+        out[engine] = folder
+    return out
+
+
+def prepare(name: str, args: argparse.Namespace) -> Artifacts:
+    cache = args.cache_dir
+    hf = build_hf_folder(name, cache, args.bpe_dir)
+    total, read = count_params(hf)
+    art = Artifacts(name=name, config=MODELS[name], params=total, weight_params=read)
+    art.paths["hf"] = str(hf)
+    for engine, folder in {
+        **export_bundles(hf, name, cache, args),
+        **convert_ct2(hf, name, cache, args.engines),
+    }.items():
+        art.paths[engine] = str(folder)
+        art.bundles[engine] = bundle_summary(engine, folder)
+    return art
+
+
+def bundle_summary(engine: str, folder: Path) -> dict[str, Any]:
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    summary: dict[str, Any] = {"size_mb": round(size / 1e6, 1)}
+    if engine.startswith("fst-"):
+        from fst.bundle import BundleManifest
+
+        manifest = BundleManifest.load(folder)
+        summary["graph"] = manifest.graph.model_dump(exclude={"inputs", "outputs"})
+        summary["parity"] = manifest.parity.model_dump()
+    return summary
+
+
+def make_prompts(tokenizer_json: Path, corpus: Path, workload: Workload) -> dict[str, Any]:
+    """Prompts cut from real text, as token ids plus a text that encodes to exactly them.
+
+    HF and CTranslate2 get the ids, our runtime (which takes text) gets the text; every
+    engine therefore sees the same tokens. Rows of the batch differ but have equal lengths,
+    so no engine pads.
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    bodies = [json.loads(line)["body"] for line in corpus.read_text().splitlines() if line]
+    ids = tokenizer.encode("\n\n".join(bodies)).ids
+
+    def window(start: int, n: int) -> dict[str, Any]:
+        for s in range(start, min(start + 500, len(ids) - n)):
+            text = tokenizer.decode(ids[s : s + n])
+            if tokenizer.encode(text).ids == ids[s : s + n]:
+                return {"ids": ids[s : s + n], "text": text}
+        raise ValueError(f"{corpus}: no {n}-token window near token {start} survives re-encoding")
+
+    first = workload.prompt_lengths[0]
+    return {
+        "prompt": {str(n): window(0, n) for n in workload.prompt_lengths},
+        "batch": [window(2000 + 300 * i, first) for i in range(workload.batch)],
+        "past": {str(n): window(6000, n) for n in workload.past_lengths},
+    }
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namespace) -> dict:
+    """One engine measured in a fresh process; returns its JSON report."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(args.threads)
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        engine,
+        "--path",
+        path,
+        "--prompts",
+        str(prompts_file),
+        "--threads",
+        str(args.threads),
+        "--workload",
+        json.dumps(asdict(args.workload)),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"worker {engine} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def measure(
+    engine: Any, prompts: list[dict], new_tokens: int, repeats: int
+) -> tuple[list[Any], list[dict[str, float]]]:
+    """Warm up once, then `repeats` timed calls; every sequence must get exactly new_tokens.
+
+    Returns the timings and, for engines that time their own steps (ours), their stats.
+    """
+    ids = [p["ids"] for p in prompts]
+    runs, stats = [], []
+    for _ in range(repeats + 1):
+        timing = engine.run(ids, new_tokens)
+        lengths = {len(t) for t in timing.tokens}
+        if lengths != {new_tokens} or len(timing.tokens) != len(ids):
+            raise RuntimeError(f"{engine.name}: asked for {new_tokens} tokens, got {lengths}")
+        runs.append(timing)
+        if hasattr(engine, "last_stats"):
+            stats.append(engine.last_stats())
+    return runs[1:], stats[1:]
+
+
+def decode_ms(t: Any, new_tokens: int) -> float:
+    """Milliseconds per token after the first one (the first carries the prefill)."""
+    return (t.total_s - t.first_token_s) / (new_tokens - 1) * 1e3
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    from engines import make_engine
+
+    w = Workload(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.workload.items()})
+    prompts = json.loads(Path(args.prompts).read_text())
+    start = time.perf_counter()
+    engine = make_engine(args.worker, args.path, args.threads)
+    metrics: dict[str, float] = {"load_s": time.perf_counter() - start}
+    if hasattr(engine, "add_texts"):  # our runtime takes text: give it the exact prompts
+        every = [*prompts["prompt"].values(), *prompts["batch"], *prompts["past"].values()]
+        engine.add_texts([(p["ids"], p["text"]) for p in every])
+    n, p0 = w.new_tokens, w.prompt_lengths[0]
+
+    # Batch 1 first, then its peak RSS: what a single-user server holds.
+    for length in w.prompt_lengths:
+        runs, stats = measure(engine, [prompts["prompt"][str(length)]], n, w.repeats)
+        metrics[f"b1_p{length}.ttft_ms"] = common.median(t.first_token_s * 1e3 for t in runs)
+        metrics[f"b1_p{length}.decode_ms"] = common.median(decode_ms(t, n) for t in runs)
+        for key in stats[0] if stats else ():
+            metrics[f"b1_p{length}.{key}"] = common.median(s[key] for s in stats)
+        if length == p0:
+            metrics["peak_rss_mb"] = common.peak_rss_mb()
+
+    runs, _ = measure(engine, prompts["batch"], n, w.repeats)
+    metrics[f"b{w.batch}.tokens_per_s"] = common.median(w.batch * n / t.total_s for t in runs)
+
+    for length in w.past_lengths:
+        runs, _ = measure(engine, [prompts["past"][str(length)]], w.past_new_tokens, w.repeats)
+        metrics[f"past_{length}.decode_ms"] = common.median(
+            decode_ms(t, w.past_new_tokens) for t in runs
+        )
+    metrics["peak_rss_mb_all"] = common.peak_rss_mb()
+
+    greedy = engine.run([prompts["prompt"][str(p0)]["ids"]], n, greedy=True).tokens[0]
+    report = {"engine": args.worker, "metrics": metrics, "greedy": greedy, "info": engine.info()}
+    print(json.dumps(report))
+    return 0
+
+
+# --- orchestration ----------------------------------------------------------------------------
+
+
+def benchmark_model(art: Artifacts, prompts_file: Path, args: argparse.Namespace) -> dict:
+    """Interleaved rounds over the engines, then the drift re-run of the first engine."""
+    engines = [e for e in args.engines if e in art.paths]
+    rounds: dict[str, list[dict]] = {e: [] for e in engines}
+    for r in range(args.rounds):
+        for engine in engines:
+            log.info("%s round %d/%d: %s", art.name, r + 1, args.rounds, engine)
+            rounds[engine].append(run_worker(engine, art.paths[engine], prompts_file, args))
+    first = engines[0]
+    log.info("%s drift re-run: %s", art.name, first)
+    rerun = run_worker(first, art.paths[first], prompts_file, args)
+    return {"rounds": rounds, "drift_rerun": rerun}
+
+
+def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dict:
+    engines = {}
+    for engine, reports in raw["rounds"].items():
+        keys = reports[0]["metrics"].keys()
+        engines[engine] = {
+            "summary": {k: common.summarize(r["metrics"][k] for r in reports) for k in keys},
+            "info": reports[0]["info"],
+        }
+    med = {e: {k: v["median"] for k, v in d["summary"].items()} for e, d in engines.items()}
+    bandwidth = floors["bandwidth_gbs"] * 1e9
+    floor_ms = {
+        "fp32": art.weight_params * 4 / bandwidth * 1e3,
+        "int8": art.weight_params * 1 / bandwidth * 1e3,
+    }
+    first = next(iter(raw["rounds"]))
+    key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
+    drift = {
+        "engine": first,
+        "metric": key,
+        "rounds_median": med[first][key],
+        "rerun": raw["drift_rerun"]["metrics"][key],
+    }
+    drift["ratio"] = common.ratio(drift["rerun"], drift["rounds_median"])
+    return {
+        "config": art.config,
+        "params": art.params,
+        "weight_params": art.weight_params,
+        "floor_decode_ms": floor_ms,
+        "artifacts": art.bundles,
+        "engines": engines,
+        "ratios": ratios(med, floor_ms, w),
+        "goals": goals(med, floor_ms, w),
+        "greedy_agreement": greedy_agreement(raw["rounds"]),
+        "drift": drift,
+        "rounds": raw["rounds"],
+    }
+
+
+def _get(med: dict, engine: str, key: str) -> float | None:
+    return med.get(engine, {}).get(key)
+
+
+def ratios(med: dict, floor_ms: dict, w: Workload) -> dict[str, dict[str, float | None]]:
+    """Each engine's decode and TTFT against HF, CTranslate2 and the bandwidth floor."""
+    key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
+    out = {}
+    for engine in med:
+        precision = "int8" if engine.endswith("int8") else "fp32"
+        ct2 = CT2_PEER.get(engine, "ct2-int8" if precision == "int8" else "ct2-fp32")
+        row = {
+            "decode_vs_hf": common.ratio(_get(med, engine, key), _get(med, "hf", key)),
+            "decode_vs_ct2": common.ratio(_get(med, engine, key), _get(med, ct2, key)),
+            "decode_vs_floor": common.ratio(_get(med, engine, key), floor_ms[precision]),
+            f"b{w.batch}_vs_ct2": common.ratio(
+                _get(med, engine, f"b{w.batch}.tokens_per_s"),
+                _get(med, ct2, f"b{w.batch}.tokens_per_s"),
+            ),
+        }
+        for length in w.prompt_lengths:
+            k = f"b1_p{length}.ttft_ms"
+            row[f"ttft_p{length}_vs_ct2"] = common.ratio(_get(med, engine, k), _get(med, ct2, k))
+        out[engine] = row
+    return out
+
+
+def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
+    """The issue's goals, each a ratio from this run; met is None when a side is missing."""
+    rows: list[dict[str, Any]] = []
+
+    def add(goal: str, value: float | None, target: float, at_most: bool = True) -> None:
+        met = None if value is None else (value <= target if at_most else value >= target)
+        rows.append(
+            {"goal": goal, "value": value, "target": target, "at_most": at_most, "met": met}
+        )
+
+    key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
+    fp32, int8 = _get(med, "fst-fp32", key), _get(med, "fst-int8", key)
+    add("fp32 decode / HF eager decode", common.ratio(fp32, _get(med, "hf", key)), 0.45)
+    add(
+        "fp32 decode / CTranslate2 fp32 decode", common.ratio(fp32, _get(med, "ct2-fp32", key)), 1.0
+    )
+    add("fp32 decode / fp32 bandwidth floor", common.ratio(fp32, floor_ms["fp32"]), 1.15)
+    add(
+        "int8 decode / CTranslate2 int8 decode", common.ratio(int8, _get(med, "ct2-int8", key)), 0.6
+    )
+    add("int8 decode / int8 bandwidth floor", common.ratio(int8, floor_ms["int8"]), 1.5)
+    for ours, peer in CT2_PEER.items():
+        for length in w.prompt_lengths:
+            k = f"b1_p{length}.ttft_ms"
+            add(
+                f"{ours} TTFT ({length}-token prompt) / {peer}",
+                common.ratio(_get(med, ours, k), _get(med, peer, k)),
+                1.0,
+            )
+    for ours, peer in CT2_PEER.items():
+        k = f"b{w.batch}.tokens_per_s"
+        add(
+            f"{ours} batch-{w.batch} tokens/s / {peer}",
+            common.ratio(_get(med, ours, k), _get(med, peer, k)),
+            1.25,
+            at_most=False,
+        )
+    for ours in CT2_PEER:
+        share = _get(med, ours, f"b1_p{w.prompt_lengths[0]}.python_overhead_share")
+        add(f"{ours} per-step Python overhead / decode step", share, 0.05)
+    add("fst-int8 peak RSS MB (batch 1)", _get(med, "fst-int8", "peak_rss_mb"), 400)
+    return rows
+
+
+def greedy_agreement(rounds: dict[str, list[dict]]) -> dict[str, Any]:
+    """Greedy continuations vs HF's: fraction of equal tokens and first differing position."""
+    greedy = {e: reports[0]["greedy"] for e, reports in rounds.items()}
+    out = {}
+    for ref in ("hf", "fst-fp32"):
+        if ref not in greedy:
+            continue
+        for engine, tokens in greedy.items():
+            if engine == ref:
+                continue
+            same = [a == b for a, b in zip(tokens, greedy[ref], strict=True)]
+            out[f"{engine} vs {ref}"] = {
+                "equal_fraction": sum(same) / len(same),
+                "first_difference": same.index(False) if False in same else None,
+            }
+    return out
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+LABELS = {
+    "hf": "Hugging Face `generate`, PyTorch eager fp32",
+    "fst-fp32": "fst runtime, fp32 bundle",
+    "fst-int8": "fst runtime, int8 bundle",
+    "ct2-fp32": "CTranslate2 fp32",
+    "ct2-int8": "CTranslate2 int8",
+}
+
+
+def render_markdown(report: dict) -> str:
+    w = Workload(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in report["workload"].items()}
+    )
+    floors, machine = report["floors"], report["machine"]
+    lines = [
+        "# Latency benchmark",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {machine['cpu']['model']}, {machine['cpu']['usable_cores']} cores "
+        f"({', '.join(machine['cpu']['flags'])}), {machine['ram_gb']} GB RAM; "
+        f"load average {machine['load_average']} at start, {report['load_average_end']} at end.  ",
+        f"Measured floors: read bandwidth {floors['bandwidth_gbs']:.1f} GB/s (best kernel), "
+        f"matmul {floors['matmul_gflops']:.0f} GFLOP/s fp32 ({floors['threads']} threads).  ",
+        f"Workload: batch 1, exactly {w.new_tokens} sampled tokens (top-k 50, top-p 0.95, "
+        f"temperature 0.8, repetition penalty 1.2), {report['threads']} threads, each engine in "
+        f"its own process, {report['rounds']} interleaved rounds; medians (min–max).",
+        "",
+        "The machine is shared and noisy: absolute figures move between runs; compare the "
+        "ratios, which come from one interleaved run.",
+    ]
+    for name, m in report["models"].items():
+        lines += ["", *model_table(name, m, w)]
+    return "\n".join(lines) + "\n"
+
+
+def model_table(name: str, m: dict, w: Workload) -> list[str]:
+    p0 = w.prompt_lengths[0]
+    past = " / ".join(str(n) for n in w.past_lengths)
+    ttfts = " | ".join(f"TTFT {n}-token prompt ms" for n in w.prompt_lengths)
+    lines = [
+        f"## {name} ({m['params'] / 1e6:.1f} M parameters)",
+        "",
+        f"Bandwidth floor of one batch-1 decode step: {m['floor_decode_ms']['fp32']:.1f} ms fp32 "
+        f"({m['weight_params'] * 4 / 1e6:.0f} MB), {m['floor_decode_ms']['int8']:.1f} ms "
+        f"if every weight were int8.",
+        "",
+        f"| engine | decode ms/token | {ttfts} | peak RSS MB | batch-{w.batch} tokens/s "
+        f"| decode ms/token at past {past} | vs HF | vs CT2 | vs floor |",
+        "|---|---|" + "---|" * len(w.prompt_lengths) + "---|---|---|---|---|---|",
+    ]
+    for engine, d in m["engines"].items():
+        s, r = d["summary"], m["ratios"][engine]
+        dec = s[f"b1_p{p0}.decode_ms"]
+        cells = [
+            LABELS.get(engine, engine),
+            f"{dec['median']:.1f} ({dec['min']:.1f}–{dec['max']:.1f})",
+            *(common.fmt(s[f"b1_p{n}.ttft_ms"]["median"], 0) for n in w.prompt_lengths),
+            common.fmt(s["peak_rss_mb"]["median"], 0),
+            common.fmt(s[f"b{w.batch}.tokens_per_s"]["median"]),
+            " / ".join(common.fmt(s[f"past_{n}.decode_ms"]["median"]) for n in w.past_lengths),
+            common.fmt(r["decode_vs_hf"], 2),
+            common.fmt(r["decode_vs_ct2"], 2),
+            common.fmt(r["decode_vs_floor"], 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| goal | this run | target | met |", "|---|---|---|---|"]
+    for g in m["goals"]:
+        met = {True: "yes", False: "**no**", None: "–"}[g["met"]]
+        sign = "≤" if g["at_most"] else "≥"
+        lines.append(
+            f"| {g['goal']} | {common.fmt(g['value'], 2)} | {sign} {g['target']} | {met} |"
+        )
+    drift = m["drift"]
+    lines += [
+        "",
+        f"Drift: {drift['engine']} re-run at the end took {common.fmt(drift['rerun'])} ms/token "
+        f"vs the rounds' median {common.fmt(drift['rounds_median'])} "
+        f"(×{common.fmt(drift['ratio'], 2)}).",
+    ]
+    for pair, g in m["greedy_agreement"].items():
+        lines.append(
+            f"Greedy {w.new_tokens} tokens, {pair}: {g['equal_fraction']:.0%} equal, "
+            f"first difference at {g['first_difference']}."
+        )
+    return lines
+
+
+def render_chart(report: dict, path: Path) -> bool:
+    """Decode ms/token per engine (with floors) and its growth with the past length."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib not installed: no chart (pip install matplotlib)")
+        return False
+    w = Workload(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in report["workload"].items()}
+    )
+    models = report["models"]
+    fig, axes = plt.subplots(len(models), 2, figsize=(12, 4 * len(models)), squeeze=False)
+    for (name, m), (bars, growth) in zip(models.items(), axes, strict=True):
+        engines = list(m["engines"])
+        key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
+        s = [m["engines"][e]["summary"][key] for e in engines]
+        err = [[x["median"] - x["min"] for x in s], [x["max"] - x["median"] for x in s]]
+        bars.bar(engines, [x["median"] for x in s], yerr=err, capsize=4, color="tab:blue")
+        for precision, style in (("fp32", "--"), ("int8", ":")):
+            bars.axhline(
+                m["floor_decode_ms"][precision],
+                ls=style,
+                color="tab:red",
+                label=f"{precision} bandwidth floor",
+            )
+        bars.set_title(f"{name}: decode ms/token, batch 1 (lower is better)")
+        bars.legend()
+        for e in engines:
+            ys = [
+                m["engines"][e]["summary"][f"past_{n}.decode_ms"]["median"] for n in w.past_lengths
+            ]
+            growth.plot(w.past_lengths, ys, marker="o", label=e)
+        growth.set_xlabel("past length (tokens)")
+        growth.set_ylabel("decode ms/token")
+        growth.set_title(f"{name}: decode cost as the KV cache grows")
+        growth.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return True
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Compare our runtime with HF generate and CTranslate2 (batch-1 latency, "
+        "time to first token, batch-8 throughput, memory), engines in separate processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--models",
+        default="gpt2-small,distilgpt2",
+        help=f"comma-separated, from {', '.join(MODELS)}",
+    )
+    p.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="comma-separated; ct2-* are skipped when ctranslate2 is not installed",
+    )
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (>= 1)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed calls per scenario inside a worker, after one warm-up call",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny model, 2 rounds, short prompts"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="models and bundles (outside the repository; env FST_BENCH_CACHE)",
+    )
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where results go")
+    p.add_argument("--bpe-dir", type=Path, default=DEFAULT_BPE, help="GPT-2 vocab.json/merges.txt")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="JSON-lines prompt text")
+    p.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export with ONNX Runtime transformer fusions",
+    )
+    p.add_argument(
+        "--logits",
+        choices=("all", "last"),
+        default="last",
+        help="exported graph's logits (last: only the last position)",
+    )
+    p.add_argument("--rebuild", action="store_true", help="re-export bundles even if cached")
+    p.add_argument("-v", "--verbose", action="store_true")
+    # Worker mode (internal): measure one engine and print one JSON line.
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--prompts", help=argparse.SUPPRESS)
+    p.add_argument("--workload", type=json.loads, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return args
+    if args.quick:
+        args.models = "tiny" if args.models == p.get_default("models") else args.models
+        args.rounds = 2 if args.rounds == p.get_default("rounds") else args.rounds
+        args.workload = Workload(prompt_lengths=(32, 128), past_lengths=(32, 256), new_tokens=32)
+    else:
+        args.workload = Workload()
+    args.workload = Workload(**{**asdict(args.workload), "repeats": args.repeats})
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for model in args.models:
+        if model not in MODELS:
+            p.error(f"--models: unknown model {model!r} (choose from {', '.join(MODELS)})")
+    for engine in args.engines:
+        if engine not in ENGINES:
+            p.error(f"--engines: unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if args.rounds < 1 or args.threads < 1 or args.repeats < 1:
+        p.error("--rounds, --threads and --repeats must be >= 1")
+    if not (args.bpe_dir / "vocab.json").is_file():
+        p.error(f"--bpe-dir {args.bpe_dir}: no vocab.json there")
+    if not args.corpus.is_file():
+        p.error(f"--corpus {args.corpus}: no such file")
+    if any(e.startswith("ct2") for e in args.engines):
+        import importlib.util
+
+        if importlib.util.find_spec("ctranslate2") is None:
+            log.warning("ctranslate2 not installed: skipping ct2-* (pip install ctranslate2)")
+            args.engines = [e for e in args.engines if not e.startswith("ct2")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return run(args, argv)
+    except Exception as e:  # one clear line; the traceback only with -v
+        log.debug("failed", exc_info=True)
+        print(f"latency.py: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    machine = common.machine_description()
+    floors = common.measure_floors(args.threads, size_mb=256 if args.quick else 1024)
+    log.info("floors: %s", floors)
+    models = {}
+    for name in args.models:
+        art = prepare(name, args)
+        prompts = make_prompts(Path(art.paths["hf"]) / "tokenizer.json", args.corpus, args.workload)
+        prompts_file = args.cache_dir / name / "prompts.json"
+        prompts_file.write_text(json.dumps(prompts))
+        raw = benchmark_model(art, prompts_file, args)
+        models[name] = summarize_model(art, raw, floors, args.workload)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(
+            ["python benchmarks/latency.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": machine,
+        "load_average_end": common.load_average(),
+        "floors": floors,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "workload": asdict(args.workload),
+        "export": {"optimize": args.optimize, "logits": args.logits},
+        "models": models,
+    }
+    out = args.out_dir
+    common.write_atomic(out / "latency.json", json.dumps(report, indent=1) + "\n")
+    common.write_atomic(out / "latency.md", render_markdown(report))
+    render_chart(report, out / "latency.png")
+    log.info("wrote %s", out / "latency.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

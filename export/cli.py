@@ -1,0 +1,128 @@
+"""fst-export: a training checkpoint or a Hugging Face GPT-2 model → a verified ONNX bundle.
+
+Exit codes: 0 written, 2 bad input or failed verification (one line on stderr, no bundle
+left behind), 1 unexpected error. Details and tracebacks go to the log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+DEFAULT_LOG_FILE = Path(tempfile.gettempdir()) / "fst-export.log"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fst-export",
+        description=(
+            "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2-family model "
+            "(--model_path) to an ONNX bundle with KV cache: model.onnx, tokenizer.json and "
+            "fst_bundle.json. The bundle is checked against PyTorch before it is written."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", type=Path, help="checkpoint (.ckpt) written by fst-train")
+    source.add_argument(
+        "--model_path",
+        help="Hugging Face model folder or hub name (plain LM, no document special tokens)",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="bundle folder to create")
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="apply ONNX Runtime's GPT-2 fusions (layer norm, GELU; attention where matched)",
+    )
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="dynamic int8 quantization (CPU inference)"
+    )
+    parser.add_argument("--fp16", action="store_true", help="float16 weights and I/O (CUDA/TensorRT)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument(
+        "--logits",
+        choices=["last", "all"],
+        default="last",
+        help="'last': logits of the last position only (much faster prefill); "
+        "'all': every position",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "--log_file", type=Path, default=DEFAULT_LOG_FILE, help="debug log with tracebacks"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_file)
+    log = logging.getLogger("fst.export")
+    log.debug("arguments: %s", vars(args))
+    from fst.export.exporter import ExportError, export_bundle
+
+    try:
+        manifest = export_bundle(
+            args.output,
+            ckpt=args.ckpt,
+            model_path=args.model_path,
+            optimize=args.optimize,
+            quantize=args.quantize,
+            fp16=args.fp16,
+            opset=args.opset,
+            force=args.force,
+            logits=args.logits,
+            progress=not args.quiet,
+        )
+    except ExportError as e:
+        log.debug("export failed", exc_info=True)
+        print(f"fst-export: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fst-export: interrupted; no bundle written", file=sys.stderr)
+        return 130
+    except Exception as e:
+        log.exception("unexpected error")
+        print(
+            f"fst-export: unexpected error: {type(e).__name__}: {_first_line(e)} "
+            f"(traceback in {args.log_file}); no bundle written",
+            file=sys.stderr,
+        )
+        return 1
+    parity = manifest.parity
+    print(
+        f"{args.output}: {manifest.graph.variant} bundle, logits={manifest.graph.logits}, "
+        f"parity max |diff| {parity.max_abs_diff:.3g}, top-1 agreement "
+        f"{parity.top1_agreement:.3f}"
+    )
+    return 0
+
+
+def _setup_logging(log_file: Path) -> None:
+    """Everything (ours, transformers', warnings) to the log file; the screen stays clean."""
+    handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    import onnxruntime
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    onnxruntime.set_default_logger_severity(3)  # errors only; ORT warnings are noise here
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

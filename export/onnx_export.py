@@ -1,0 +1,92 @@
+"""Trace a causal LM (through `CacheFlatteningWrapper`) into one ONNX graph with KV cache.
+
+Uses the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`); see the export
+note for why not optimum or the dynamo exporter.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from transformers import PreTrainedModel
+
+from fst.export.wrapper import (
+    CacheFlatteningWrapper,
+    LogitsMode,
+    dummy_inputs,
+    dynamic_axes,
+    input_names,
+    num_layers,
+    output_names,
+)
+
+# Protobuf cannot hold more than 2 GB; bigger models keep their weights in one side file.
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DATA_SUFFIX = ".data"
+# Room left for the graph itself (nodes, names, small constants) beside the weights.
+GRAPH_MARGIN = 64 * 2**20
+
+
+def export_onnx(
+    model: PreTrainedModel, path: Path, *, opset: int = 17, logits: LogitsMode = "all"
+) -> Path:
+    """Write `model` as an ONNX graph at `path` (weights external if > 2 GB); returns path."""
+    wrapper = CacheFlatteningWrapper(model, logits=logits)
+    layers = num_layers(model.config)
+    # The exporter may scatter one file per weight for big models: trace into a scratch
+    # folder, then save once, as one graph (+ one data file if needed).
+    scratch = path.parent / f"{path.stem}.trace"
+    scratch.mkdir()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # TracerWarnings about Python branches in transformers' cache code: the branches
+            # taken with past > 0 are the general ones (see dummy_inputs).
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                dummy_inputs(model.config),
+                str(scratch / path.name),
+                input_names=input_names(layers),
+                output_names=output_names(layers),
+                dynamic_axes=dynamic_axes(layers, logits),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        save_onnx(onnx.load(str(scratch / path.name)), path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def external_data_name(path: Path) -> str:
+    return path.name + EXTERNAL_DATA_SUFFIX
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> str | None:
+    """Save `model`, with its weights in `<name>.data` when it would exceed 2 GB.
+
+    Returns the external data file name, or None when everything is in `path`.
+    """
+    if _weights_bytes(model) < PROTOBUF_LIMIT - GRAPH_MARGIN:
+        onnx.save_model(model, str(path))
+        return None
+    location = external_data_name(path)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+    return location
+
+
+def _weights_bytes(model: onnx.ModelProto) -> int:
+    # Not model.ByteSize(): protobuf may overflow on a message that is already over 2 GB.
+    return sum(t.ByteSize() for t in model.graph.initializer)

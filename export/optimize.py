@@ -1,0 +1,91 @@
+"""Graph rewrites after tracing: ONNX Runtime transformer fusions, fp16, dynamic int8.
+
+Each step reads one .onnx file and writes another (external data when > 2 GB), so the
+exporter can chain them in its temporary folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+import onnx
+
+from fst.export.onnx_export import save_onnx
+
+log = logging.getLogger(__name__)
+
+# Operators the GPT-2 fusions can produce; reported so "--optimize" says what it did.
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "FastGelu",
+    "BiasGelu",
+    "Gelu",
+)
+
+
+def count_ops(model: onnx.ModelProto, op_types: tuple[str, ...] = FUSED_OPS) -> dict[str, int]:
+    counts = collections.Counter(node.op_type for node in model.graph.node)
+    return {op: counts[op] for op in op_types if counts[op]}
+
+
+def apply_fusions(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """ONNX Runtime's GPT-2 fusions (layer norm, GELU, attention where the pattern matches).
+
+    Returns how many of each fused operator the graph holds afterwards. On graphs traced
+    from transformers 5 the attention pattern (DynamicCache concat + 4D mask) is not
+    matched, so only SkipLayerNormalization / LayerNormalization / FastGelu appear.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(
+        str(src),
+        model_type="gpt2",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=0,  # fusions only; the session applies ORT's own graph optimisations
+    )
+    fused = count_ops(optimized.model)
+    save_onnx(optimized.model, dst)
+    return fused
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """Weights and activations in float16, inputs and outputs too (keep_io_types=False).
+
+    Float16 past/present halve the KV-cache traffic, which dominates decode on GPUs, and
+    avoid a Cast on every past tensor at every step; the manifest's graph.dtype tells the
+    runtime to feed float16 past tensors and to upcast the logits before sampling.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # Ops whose float16 kernels lose too much (or do not exist on CPU) stay float32.
+    fp16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    save_onnx(fp16, dst)
+
+
+def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QInt8") -> None:
+    """Dynamic int8 quantisation of the MatMul weights (activations quantised at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    quantize_dynamic(
+        model,
+        str(dst),
+        op_types_to_quantize=["MatMul", "Gather"],
+        weight_type=QuantType[weight_type],
+        per_channel=False,
+        reduce_range=False,
+        use_external_data_format=_needs_external_data(model),
+    )
+
+
+def _needs_external_data(model: onnx.ModelProto) -> bool:
+    from fst.export.onnx_export import GRAPH_MARGIN, PROTOBUF_LIMIT, _weights_bytes
+
+    return _weights_bytes(model) >= PROTOBUF_LIMIT - GRAPH_MARGIN

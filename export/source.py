@@ -1,0 +1,108 @@
+"""What to export: an fst training checkpoint or a Hugging Face model folder / hub name.
+
+Either way the result is a model in eval mode, its tokenizer and the provenance that goes
+into the manifest. Every failure is a `SourceError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from fst.export.wrapper import UnsupportedModelError, check_supported
+from fst.tokenization import DocumentTokenizer
+
+
+class SourceError(ValueError):
+    """The checkpoint or model cannot be exported; the message says why."""
+
+
+@dataclass
+class ExportSource:
+    model: PreTrainedModel
+    tokenizer: DocumentTokenizer
+    source: str  # checkpoint path or model name/folder, for the manifest
+    global_step: int | None = None
+    epoch: int | None = None
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+
+def load_source(ckpt: Path | None = None, model_path: str | None = None) -> ExportSource:
+    if (ckpt is None) == (model_path is None):
+        raise SourceError("give exactly one of --ckpt and --model_path")
+    if ckpt is not None:
+        return _from_checkpoint(Path(ckpt))
+    return _from_hf(str(model_path))
+
+
+def _from_checkpoint(path: Path) -> ExportSource:
+    from fst.checkpoint import CheckpointError, load_checkpoint
+
+    if not path.is_file():
+        raise SourceError(f"{path}: no such checkpoint file")
+    try:
+        loaded = load_checkpoint(path)
+    except CheckpointError as e:
+        raise SourceError(str(e)) from e
+    except Exception as e:  # a KeyError in a hand-edited payload, a truncated tensor...
+        raise SourceError(f"{path}: broken fst checkpoint ({type(e).__name__}: {e})") from e
+    _check(loaded.model, loaded.tokenizer, path)
+    info = loaded.info
+    return ExportSource(
+        model=loaded.model.eval(),
+        tokenizer=loaded.tokenizer,
+        source=str(path),
+        global_step=info.get("global_step"),
+        epoch=info.get("epoch"),
+        training_args=dict(info.get("training_args") or {}),
+    )
+
+
+def _from_hf(name_or_path: str) -> ExportSource:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    local = Path(name_or_path).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise SourceError(f"{name_or_path}: not a Hugging Face model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except Exception as e:
+        raise SourceError(f"{name_or_path}: cannot read the model config ({_first_line(e)})") from e
+    try:
+        check_supported(config)
+    except UnsupportedModelError as e:
+        raise SourceError(f"{name_or_path}: {e}") from e
+    try:
+        # Plain LM: prompts keep up to the model's context (the runtime may cut further).
+        tokenizer = DocumentTokenizer.from_pretrained(
+            name_or_path, document_format=False, max_body_len=int(config.max_position_embeddings)
+        )
+    except Exception as e:
+        raise SourceError(f"{name_or_path}: cannot load the tokenizer ({_first_line(e)})") from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path)
+    except Exception as e:
+        raise SourceError(f"{name_or_path}: cannot load the model ({_first_line(e)})") from e
+    _check(model, tokenizer, name_or_path)
+    return ExportSource(model=model.eval(), tokenizer=tokenizer, source=name_or_path)
+
+
+def _check(model: PreTrainedModel, tokenizer: DocumentTokenizer, where: Path | str) -> None:
+    try:
+        check_supported(model.config)
+    except UnsupportedModelError as e:
+        raise SourceError(f"{where}: {e}") from e
+    rows = int(model.config.vocab_size)
+    if tokenizer.vocab_size > rows:
+        raise SourceError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{rows} embedding rows"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,127 @@
+"""A torch module that gives a Hugging Face causal LM the flat ONNX cache interface.
+
+transformers 5 passes the KV cache as a `Cache` object, which the ONNX exporter cannot
+trace as an input. `CacheFlatteningWrapper.forward` takes the past as flat tensors
+(`past_key_values.{i}.key/value`, [batch, heads, past_seq, head_dim]), builds a
+`DynamicCache` from them, runs the model and returns the logits plus the flat presents
+(`present.{i}.key/value`, [batch, heads, past_seq + seq, head_dim]).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+
+from fst.constants import (
+    ONNX_ATTENTION_MASK,
+    ONNX_INPUT_IDS,
+    ONNX_LOGITS,
+    ONNX_POSITION_IDS,
+    onnx_past_names,
+    onnx_present_names,
+)
+
+# Model types whose cache is one plain `DynamicLayer` per layer (no sliding window, no
+# cross-attention) and whose forward accepts position_ids: the wrapper handles those.
+# GPT-2 is the only one tested; add a type here only with a parity test for it.
+SUPPORTED_MODEL_TYPES = ("gpt2",)
+
+LogitsMode = Literal["all", "last"]
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture is not one the exporter handles."""
+
+
+def check_supported(config: PretrainedConfig) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported for export "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    if getattr(config, "add_cross_attention", False):
+        raise UnsupportedModelError("models with cross-attention are not supported for export")
+
+
+def num_layers(config: PretrainedConfig) -> int:
+    return int(config.num_hidden_layers)
+
+
+def input_names(layers: int) -> list[str]:
+    past = [name for i in range(layers) for name in onnx_past_names(i)]
+    return [ONNX_INPUT_IDS, ONNX_ATTENTION_MASK, ONNX_POSITION_IDS, *past]
+
+
+def output_names(layers: int) -> list[str]:
+    return [ONNX_LOGITS, *(name for i in range(layers) for name in onnx_present_names(i))]
+
+
+def dynamic_axes(layers: int, logits: LogitsMode) -> dict[str, dict[int, str]]:
+    """Named dynamic dimensions: batch, seq, past_seq and total_seq (= past_seq + seq)."""
+    axes: dict[str, dict[int, str]] = {
+        ONNX_INPUT_IDS: {0: "batch", 1: "seq"},
+        ONNX_ATTENTION_MASK: {0: "batch", 1: "total_seq"},
+        ONNX_POSITION_IDS: {0: "batch", 1: "seq"},
+        ONNX_LOGITS: {0: "batch"} if logits == "last" else {0: "batch", 1: "seq"},
+    }
+    for i in range(layers):
+        for name in onnx_past_names(i):
+            axes[name] = {0: "batch", 2: "past_seq"}
+        for name in onnx_present_names(i):
+            axes[name] = {0: "batch", 2: "total_seq"}
+    return axes
+
+
+class CacheFlatteningWrapper(torch.nn.Module):
+    """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *presents)."""
+
+    def __init__(self, model: PreTrainedModel, logits: LogitsMode = "all") -> None:
+        super().__init__()
+        check_supported(model.config)
+        self.model = model
+        self.layers = num_layers(model.config)
+        # 1 makes the model slice the last hidden state before lm_head; 0 keeps all.
+        self.logits_to_keep = 1 if logits == "last" else 0
+        # The exporter restores the wrapper's training flag on the whole tree after tracing:
+        # a wrapper left in training mode would switch dropout on in the caller's model.
+        self.eval()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, S] int64
+        attention_mask: torch.Tensor,  # [B, P+S] int64, 0 = padding
+        position_ids: torch.Tensor,  # [B, S] int64
+        *past: torch.Tensor,  # 2 * layers tensors [B, H, P, D]
+    ) -> tuple[torch.Tensor, ...]:
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
+        cache = DynamicCache(pairs)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=self.logits_to_keep,
+        )
+        presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *presents)
+
+
+def dummy_inputs(config: PretrainedConfig, batch: int = 2, seq: int = 3, past: int = 4):
+    """Example inputs for tracing.
+
+    The sizes are distinct and past > 1 on purpose: with past = 0 the tracer records
+    `DynamicLayer.get_seq_length()`'s empty-cache branch as a constant, and the graph then
+    decodes wrongly; with equal sizes it may tie dimensions together. The exported graph
+    still runs with past_seq = 0 (verified by the exporter and the tests).
+    """
+    heads = int(config.num_attention_heads)
+    head_dim = int(config.hidden_size) // heads
+    input_ids = torch.randint(0, int(config.vocab_size), (batch, seq), dtype=torch.long)
+    attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
+    position_ids = torch.arange(past, past + seq, dtype=torch.long).expand(batch, seq).clone()
+    pasts = [torch.zeros(batch, heads, past, head_dim) for _ in range(2 * num_layers(config))]
+    return (input_ids, attention_mask, position_ids, *pasts)

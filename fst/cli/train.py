@@ -1,0 +1,400 @@
+"""fst-train: documents → tokenizer → Lightning training of a causal LM.
+
+With no data arguments it trains the `tiny` preset, with a new byte-level BPE, on the
+built-in demo corpus (about two minutes on 2 CPU cores). The original project's command
+line (README of full_stack_transformer 0.2) works with its flags as written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("fst.train")
+
+GPT2_TOKENIZER_CLASS = "HFGPT2DocumentTokenizer"
+DEMO_EXPERIMENT = "demo"
+# Demo budget: the tiny preset on the demo corpus for this many epochs takes ~2 min on 2 cores.
+DEMO_MAX_EPOCHS = 6
+
+
+class ArgsError(ValueError):
+    """An argument is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Every fst-train option, validated once. Field comments are the --help texts."""
+
+    experiments_root: str = "./data/experiments"
+    experiment_name: str | None = None
+    train_file: str | None = None
+    valid_file: str | None = None
+    model_path: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    tokenizer_class_name: str | None = None
+    bpe_vocab_size: int = 4096
+    batch_size: int = 16
+    max_meta_len: int = 32
+    max_body_len: int = 128
+    ignore_meta_prob: float = 0.0
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    num_warmup_steps: int = 50
+    num_cycles: int = 1
+    unlikelihood_alpha: float | None = None
+    accumulate_grad_batches: int = 1
+    val_check_interval: float | int = 1.0
+    max_epochs: int | None = None
+    max_steps: int = -1
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    precision: str | None = None
+    gpus: str | None = None
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    gradient_clip_val: float | None = 1.0
+    seed: int = 42
+    num_workers: int = 1
+    bucket_batches: int = 50
+    log_every_n_steps: int = 10
+    resume_from: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("max_body_len", self.max_body_len, minimum=2)
+        _positive("max_meta_len", self.max_meta_len, minimum=0)
+        _positive("bpe_vocab_size", self.bpe_vocab_size, minimum=300)
+        _positive("accumulate_grad_batches", self.accumulate_grad_batches)
+        _positive("num_warmup_steps", self.num_warmup_steps, minimum=0)
+        _positive("num_cycles", self.num_cycles, minimum=0)
+        _positive("num_nodes", self.num_nodes)
+        _positive("num_workers", self.num_workers, minimum=0)
+        _positive("bucket_batches", self.bucket_batches)
+        _positive("log_every_n_steps", self.log_every_n_steps)
+        _positive("seed", self.seed, minimum=0)
+        if not 0.0 <= self.ignore_meta_prob <= 1.0:
+            raise ArgsError(f"--ignore_meta_prob must be in [0, 1], got {self.ignore_meta_prob}")
+        if not self.learning_rate > 0:
+            raise ArgsError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ArgsError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if self.unlikelihood_alpha is not None and self.unlikelihood_alpha < 0:
+            raise ArgsError(f"--unlikelihood_alpha must be >= 0, got {self.unlikelihood_alpha}")
+        if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
+            raise ArgsError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        for name in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
+            if not getattr(self, name) > 0:
+                raise ArgsError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.max_epochs is not None and self.max_epochs < -1:
+            raise ArgsError(f"--max_epochs must be >= -1, got {self.max_epochs}")
+        if self.max_steps < -1 or self.max_steps == 0:
+            raise ArgsError(f"--max_steps must be -1 (no limit) or > 0, got {self.max_steps}")
+        if (self.train_file is None) != (self.valid_file is None):
+            raise ArgsError("--train_file and --valid_file go together (or neither: demo corpus)")
+        for name in ("train_file", "valid_file", "resume_from"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ArgsError(f"--{name} {value}: no such file")
+        if self.tokenizer_class_name not in (None, GPT2_TOKENIZER_CLASS):
+            raise ArgsError(
+                f"--tokenizer_class_name {self.tokenizer_class_name}: unknown; the supported "
+                f"class is {GPT2_TOKENIZER_CLASS} (or use --tokenizer)"
+            )
+        if self.tokenizer_class_name and self.tokenizer:
+            raise ArgsError("give --tokenizer or --tokenizer_class_name, not both")
+        if self.gpus is not None and (self.devices != "auto" or self.accelerator != "auto"):
+            raise ArgsError("--gpus replaces --accelerator/--devices: give one or the other")
+
+    @property
+    def uses_demo_corpus(self) -> bool:
+        return self.train_file is None
+
+    @property
+    def name(self) -> str:
+        """Experiment name: as given, else the folder of the train file ("nietzsche")."""
+        if self.experiment_name:
+            return self.experiment_name
+        return DEMO_EXPERIMENT if self.uses_demo_corpus else Path(self.train_file).parent.name
+
+    def resolved_max_epochs(self) -> int:
+        """--max_epochs, or the demo budget, or unlimited when --max_steps decides."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return -1 if self.max_steps > 0 else DEMO_MAX_EPOCHS
+
+    def trainer_devices(self) -> dict[str, Any]:
+        """accelerator/devices for Lightning; --gpus "0," means GPU 0 (the original's flag)."""
+        if self.gpus is None:
+            return {"accelerator": self.accelerator, "devices": _devices(self.devices)}
+        gpus = _devices(self.gpus)
+        if gpus in (0, []):
+            return {"accelerator": "cpu", "devices": 1}
+        return {"accelerator": "gpu", "devices": gpus}
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ArgsError(f"--{name} must be an integer >= {minimum}, got {value}")
+
+
+def _devices(text: str) -> int | str | list[int]:
+    """Lightning devices: "auto", a count ("2", "-1" for all) or indices ("0," or "0,1")."""
+    text = text.strip()
+    if text == "auto":
+        return text
+    try:
+        if "," in text:
+            return [int(p) for p in text.split(",") if p.strip()]
+        return int(text)
+    except ValueError:
+        raise ArgsError(
+            f"devices must be 'auto', a count or a list like '0,1', got {text!r}"
+        ) from None
+
+
+def _count_or_fraction(text: str) -> float | int:
+    """Lightning's convention: 1.0 (float) is a fraction, 10 (int) a count; >1 floats → int."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return int(value) if value > 1 or ("." not in text and "e" not in text.lower()) else value
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "") else float(text)
+
+
+def _overrides(text: str) -> dict[str, Any]:
+    """'n_layer=4,n_embd=128' → {"n_layer": 4, "n_embd": 128} (values parsed as JSON)."""
+    result: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected key=value pairs, got {item!r}")
+        try:
+            result[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key.strip()] = value
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainArgs()
+    p = argparse.ArgumentParser(
+        prog="fst-train",
+        description=(
+            "Train a causal LM on JSON-lines documents ({'body': ..., 'meta': ...}). With no "
+            "data arguments: the 'tiny' preset with a new byte-level BPE on the built-in demo "
+            f"corpus for {DEMO_MAX_EPOCHS} epochs (~2 min on 2 CPU cores). Multi-GPU / "
+            "multi-node: --strategy ddp|fsdp --devices N --num_nodes M (Lightning)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("experiment")
+    g.add_argument(
+        "--experiments_root", default=d.experiments_root, help="root of experiment folders"
+    )
+    g.add_argument(
+        "--experiment_name",
+        default=None,
+        help="folder name prefix (<name>_v<N>); default: the train file's folder name, 'demo' for the demo corpus",
+    )
+    g.add_argument(
+        "--resume_from",
+        default=None,
+        help="Lightning .ckpt to resume training from (global step, optimizer, scheduler)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of weights init, shuffling and meta dropping"
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--train_file",
+        default=None,
+        help="JSON-lines training documents (default: the demo corpus under <experiments_root>/../documents/demo)",
+    )
+    g.add_argument("--valid_file", default=None, help="JSON-lines validation documents")
+    g.add_argument(
+        "--batch_size", type=int, default=d.batch_size, help="sequences per batch (train and valid)"
+    )
+    g.add_argument(
+        "--max_meta_len",
+        type=int,
+        default=d.max_meta_len,
+        help="meta tokens kept (from the right, [END_OF_META] included); 0: no meta",
+    )
+    g.add_argument(
+        "--max_body_len",
+        type=int,
+        default=d.max_body_len,
+        help="body tokens per chunk; longer bodies are split",
+    )
+    g.add_argument(
+        "--ignore_meta_prob",
+        type=float,
+        default=d.ignore_meta_prob,
+        help="probability to drop a document's meta in training (redrawn every epoch)",
+    )
+    g.add_argument(
+        "--num_workers",
+        type=int,
+        default=d.num_workers,
+        help="DataLoader worker processes (0: load in the main process)",
+    )
+    g.add_argument(
+        "--bucket_batches",
+        type=int,
+        default=d.bucket_batches,
+        help="batches per length bucket (similar lengths batched together; 1: plain random batches)",
+    )
+    g = p.add_argument_group("model and tokenizer")
+    g.add_argument(
+        "--model_path",
+        default=d.model_path,
+        help="preset (tiny, gpt2-6l, gpt2-small), Hugging Face model folder, or hub name (e.g. gpt2)",
+    )
+    g.add_argument(
+        "--model_overrides",
+        type=_overrides,
+        default={},
+        help="config overrides, e.g. 'n_layer=4,n_embd=128'",
+    )
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name; default: 'bpe' for presets, else the model's own",
+    )
+    g.add_argument(
+        "--tokenizer_class_name",
+        default=None,
+        help=f"original project's flag: {GPT2_TOKENIZER_CLASS} = the GPT-2 tokenizer of --model_path's folder, else of the hub's gpt2",
+    )
+    g.add_argument(
+        "--bpe_vocab_size", type=int, default=d.bpe_vocab_size, help="vocabulary size of a new BPE"
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument(
+        "--learning_rate",
+        type=float,
+        default=d.learning_rate,
+        help="AdamW peak learning rate (use ~2.5e-5 to fine-tune a pretrained gpt2)",
+    )
+    g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument(
+        "--num_warmup_steps",
+        type=int,
+        default=d.num_warmup_steps,
+        help="linear warmup steps of the cosine-with-hard-restarts schedule",
+    )
+    g.add_argument(
+        "--num_cycles",
+        type=int,
+        default=d.num_cycles,
+        help="hard restarts of the cosine schedule (0: constant after warmup)",
+    )
+    g.add_argument(
+        "--unlikelihood_alpha",
+        type=_optional_float,
+        default=None,
+        help="weight of the unlikelihood candidates loss (0 or none: off)",
+    )
+    g.add_argument(
+        "--accumulate_grad_batches",
+        type=int,
+        default=d.accumulate_grad_batches,
+        help="batches per optimizer step",
+    )
+    g.add_argument(
+        "--gradient_clip_val",
+        type=_optional_float,
+        default=d.gradient_clip_val,
+        help="gradient norm clipping (none: off)",
+    )
+    g = p.add_argument_group("trainer (PyTorch Lightning)")
+    g.add_argument(
+        "--max_epochs",
+        type=int,
+        default=None,
+        help=f"epochs (default: {DEMO_MAX_EPOCHS}, or unlimited when --max_steps is set)",
+    )
+    g.add_argument(
+        "--max_steps", type=int, default=d.max_steps, help="optimizer steps (-1: no limit)"
+    )
+    g.add_argument(
+        "--val_check_interval",
+        type=_count_or_fraction,
+        default=d.val_check_interval,
+        help="validate every fraction of an epoch (<= 1.0) or every N batches (> 1)",
+    )
+    g.add_argument(
+        "--limit_train_batches",
+        type=_count_or_fraction,
+        default=d.limit_train_batches,
+        help="fraction (float) or number (int) of training batches per epoch",
+    )
+    g.add_argument(
+        "--limit_val_batches",
+        type=_count_or_fraction,
+        default=d.limit_val_batches,
+        help="fraction (float) or number (int) of validation batches",
+    )
+    g.add_argument(
+        "--log_every_n_steps",
+        type=int,
+        default=d.log_every_n_steps,
+        help="TensorBoard logging interval",
+    )
+    g.add_argument(
+        "--precision",
+        default=None,
+        help="Lightning precision: 32-true, 16-mixed, bf16-mixed, ... (default: Lightning's, 32-true)",
+    )
+    g.add_argument(
+        "--gpus",
+        default=None,
+        help="original project's flag: GPU indices ('0,' = GPU 0, '0,1') or a count; sets --accelerator gpu",
+    )
+    g.add_argument("--accelerator", default=d.accelerator, help="cpu, gpu, mps, auto")
+    g.add_argument("--devices", default=d.devices, help="device count, indices '0,1', or auto")
+    g.add_argument(
+        "--strategy", default=d.strategy, help="auto, ddp, fsdp, deepspeed, ... (scale-out)"
+    )
+    g.add_argument(
+        "--num_nodes", type=int, default=d.num_nodes, help="machines for multi-node training"
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    """Parse and validate; raises ArgsError (argparse itself exits on malformed flags)."""
+    namespace = build_parser().parse_args(argv)
+    return TrainArgs(**vars(namespace))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except ArgsError as e:
+        print(f"fst-train: error: {e}", file=sys.stderr)
+        return 2
+    from fst.training import run_training  # heavy imports only once the args are valid
+
+    return run_training(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

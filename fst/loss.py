@@ -1,0 +1,88 @@
+"""Language-model loss plus the unlikelihood candidates loss (Welleck et al., 2019).
+
+Token-level unlikelihood: at every target position t the tokens that already appeared as
+targets before t (minus the target itself) are negative candidates, and the model is pushed
+to give them low probability: loss = -log(clamp(1 - p(c), 1e-5)), averaged over all
+(position, candidate) pairs of the batch. Following the paper, the candidates form a *set*:
+a token that appeared several times in the context counts once per position.
+
+Positions whose label is `LOSS_IGNORE` (padding, meta, the start token) neither predict nor
+serve as candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fst.constants import LOSS_IGNORE
+
+# Lower bound of 1 - p(candidate) inside the log, as in the original project.
+_MIN_PROB_COMPLEMENT = 1e-5
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    ul_loss: torch.Tensor | None
+
+
+def language_model_losses(
+    logits: torch.Tensor, labels: torch.Tensor, unlikelihood_alpha: float | None = None
+) -> LossOutput:
+    """LM loss (+ alpha × unlikelihood loss) for a causal LM.
+
+    logits: [B, T, V] from a Hugging Face causal LM, where logits[:, t] predicts labels[:, t+1]
+    (labels are the input ids with `LOSS_IGNORE` where no loss is wanted). The shift is done
+    here, once, the same way Hugging Face's own loss does it.
+    """
+    logits = logits[:, :-1, :]  # [B, T-1, V]: predictions
+    targets = labels[:, 1:]  # [B, T-1]: what each prediction should be
+    lm_loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=LOSS_IGNORE,
+    )
+    if not unlikelihood_alpha:
+        return LossOutput(loss=lm_loss, lm_loss=lm_loss, ul_loss=None)
+    ul_loss = unlikelihood_candidates_loss(logits, targets)
+    return LossOutput(loss=lm_loss + unlikelihood_alpha * ul_loss, lm_loss=lm_loss, ul_loss=ul_loss)
+
+
+def unlikelihood_candidates_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Unlikelihood loss over already aligned predictions and targets.
+
+    logits: [B, T, V], targets: [B, T] with logits[:, t] predicting targets[:, t] (no shift).
+    Returns a scalar; 0 when the batch has no candidate at all.
+    """
+    B, T, _ = logits.shape
+    valid = targets != LOSS_IGNORE  # [B, T]
+    ids = targets.masked_fill(~valid, 0)  # [B, T], safe to gather with
+
+    # same[b, t, s]: targets t and s are the same token.
+    same = ids.unsqueeze(2) == ids.unsqueeze(1)  # [B, T, T]
+    earlier = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril(diagonal=-1)  # s < t
+    pair_valid = valid.unsqueeze(2) & valid.unsqueeze(1)  # [B, T, T]
+
+    # A target s is a candidate's first occurrence when no valid earlier target equals it;
+    # keeping only first occurrences counts each token of the context once per position.
+    repeated = (same & earlier & valid.unsqueeze(1)).any(dim=2)  # [B, S]
+    first = valid & ~repeated  # [B, S]
+
+    # candidates[b, t, s]: token targets[b, s] is a negative candidate for position t.
+    candidates = earlier & pair_valid & ~same & first.unsqueeze(1)  # [B, T, S]
+    if not candidates.any():
+        return logits.new_zeros(())
+
+    # log p_t(c) = logit_t(c) - logsumexp_t: gather over candidate ids instead of
+    # materialising a second [B, T, V] log-softmax tensor.
+    candidate_ids = ids.unsqueeze(1).expand(B, T, T)  # [B, T, S]: id of target s
+    logits = logits.float()
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, T, 1]
+    candidate_logp = logits.gather(2, candidate_ids) - log_norm  # [B, T, S]
+
+    one_minus_p = torch.clamp(1.0 - candidate_logp[candidates].exp(), min=_MIN_PROB_COMPLEMENT)
+    return -torch.log(one_minus_p).mean()

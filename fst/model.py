@@ -1,0 +1,94 @@
+"""Build or load the causal language model that training wraps.
+
+`--model_path` is one of:
+  * a preset name (`PRESETS`): a GPT-2 model built from scratch (random weights);
+  * a local Hugging Face model folder: pretrained weights, any `AutoModelForCausalLM`;
+  * a Hugging Face hub name such as `gpt2`: downloaded by `transformers` (needs network).
+The token embeddings are then resized to the tokenizer's vocabulary; new rows (the
+document special tokens) start at the mean of the existing ones, as in the original project.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+logger = logging.getLogger(__name__)
+
+# GPT-2 config overrides of the from-scratch presets.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tests and the default demo run: trains in minutes on a laptop CPU.
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 512},
+    # distilgpt2-sized, for benchmarks.
+    "gpt2-6l": {"n_layer": 6, "n_head": 12, "n_embd": 768, "n_positions": 1024},
+    # The 124M GPT-2 architecture.
+    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
+}
+
+
+class ModelError(ValueError):
+    """The model cannot be built or loaded; the message says why."""
+
+
+def build_model(
+    model_path: str,
+    vocab_size: int,
+    eos_token_id: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> transformers.PreTrainedModel:
+    """A preset from scratch or a pretrained model, with embeddings covering `vocab_size`."""
+    overrides = dict(overrides or {})
+    if model_path in PRESETS:
+        settings = {**PRESETS[model_path], **overrides}
+        config = transformers.GPT2Config(
+            **settings, vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id
+        )
+        logger.info("Building preset %r from scratch: %s", model_path, settings)
+        return transformers.AutoModelForCausalLM.from_config(config)
+    model = load_pretrained(model_path, overrides)
+    resize_token_embeddings(model, vocab_size)
+    return model
+
+
+def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.PreTrainedModel:
+    """A pretrained causal LM from a local folder or the Hugging Face hub."""
+    looks_local = Path(model_path).exists() or model_path.startswith((".", "/", "~"))
+    if looks_local and not (Path(model_path).expanduser() / "config.json").is_file():
+        raise ModelError(
+            f"--model_path {model_path}: not a preset ({', '.join(PRESETS)}) and not a "
+            "Hugging Face model folder (no config.json)"
+        )
+    logger.info("Loading pretrained model from %s", model_path)
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(model_path, **overrides)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--model_path {model_path}: cannot load the model: {e}") from e
+
+
+def resize_token_embeddings(model: transformers.PreTrainedModel, vocab_size: int) -> None:
+    """Grow the embeddings to `vocab_size`, new rows set to the mean of the old ones.
+
+    A smaller tokenizer leaves the model as is (the extra rows are never used).
+    """
+    old_size = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old_size:
+        return
+    # mean_resizing=False: we set the new rows ourselves, deterministically.
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for embeddings in _embedding_matrices(model):
+            embeddings[old_size:] = embeddings[:old_size].mean(dim=0)
+    logger.info("Resized token embeddings %d -> %d (mean init)", old_size, vocab_size)
+
+
+def _embedding_matrices(model: transformers.PreTrainedModel) -> list[torch.Tensor]:
+    """Input embeddings, plus the output projection when it is not tied to them."""
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    return matrices

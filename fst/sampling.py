@@ -1,0 +1,284 @@
+"""Logits processors and seeded sampling in numpy, computing what Hugging Face's compute.
+
+Torch-free: the ONNX runtime uses it every decode step and training-time samples can use it
+too, so both sides share one implementation. The order is the one `generate` builds:
+repetition penalty → min_new_tokens (EOS masked) → temperature → top-k → top-p.
+
+Two views of the same rules:
+- full-vocabulary functions on float32 scores [B, V] (`repetition_penalty`, `temperature`,
+  `top_k`, `top_p`, `process_logits`) returning what the HF processors return, -inf included;
+- `SequenceSampler`, the per-step fast path: it keeps only the candidate tokens (top-k found
+  with a partition, top-p on a growing partial set), never sorts the whole vocabulary when
+  top-k is set, and draws with one uniform number from the sequence's own generator.
+
+Ties: HF's top-p sorts with `torch.sort`, which is not stable, so which of several tokens with
+exactly equal scores is dropped at the top-p boundary is arbitrary there. Here the lower
+token id is dropped first (a stable ascending sort); the number kept is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fst.generation_params import GenerationParams
+
+NEG_INF = np.float32(-np.inf)
+# Candidate-set sizes tried by top-p without top-k before falling back to the whole row.
+_TOP_P_GROWTH = (64, 1024, 8192)
+# Weights longer than this are searched block-wise (a full-vocabulary cumsum is slow).
+_BLOCK = 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Full-vocabulary processors (HF semantics) on float32 scores [B, V]
+# --------------------------------------------------------------------------------------------
+
+
+def repetition_penalty(
+    scores: np.ndarray, token_ids: Sequence[Sequence[int]], penalty: float
+) -> np.ndarray:
+    """RepetitionPenaltyLogitsProcessor: each distinct seen token once, s<0 ? s*p : s/p."""
+    out = np.array(scores, dtype=np.float32, copy=True)
+    for row, ids in zip(out, token_ids, strict=True):
+        _penalise(row, np.unique(np.asarray(ids, dtype=np.int64)), penalty)
+    return out
+
+
+def min_new_tokens(
+    scores: np.ndarray, eos_token_ids: Sequence[int], num_new: int, min_new: int
+) -> np.ndarray:
+    """MinNewTokensLengthLogitsProcessor: EOS is impossible until `min_new` tokens exist."""
+    out = np.array(scores, dtype=np.float32, copy=True)
+    if num_new < min_new:
+        out[:, list(eos_token_ids)] = NEG_INF
+    return out
+
+
+def temperature(scores: np.ndarray, value: float) -> np.ndarray:
+    """TemperatureLogitsWarper: scores / temperature (in float32, as torch does)."""
+    return np.asarray(scores, dtype=np.float32) / np.float32(value)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """TopKLogitsWarper: drop scores below the k-th largest (ties with it are kept)."""
+    out = np.array(scores, dtype=np.float32, copy=True)
+    k = min(k, out.shape[-1])
+    kth = np.partition(out, out.shape[-1] - k, axis=-1)[:, out.shape[-1] - k]
+    out[out < kth[:, None]] = NEG_INF
+    return out
+
+
+def top_p(scores: np.ndarray, p: float) -> np.ndarray:
+    """TopPLogitsWarper (min_tokens_to_keep=1): keep the nucleus of probability mass p."""
+    out = np.full_like(np.asarray(scores, dtype=np.float32), NEG_INF)
+    for row_in, row_out in zip(np.asarray(scores, dtype=np.float32), out, strict=True):
+        keep = _nucleus_of_row(row_in, p)
+        row_out[keep] = row_in[keep]
+    return out
+
+
+def process_logits(
+    scores: np.ndarray,
+    token_ids: Sequence[Sequence[int]],
+    params: GenerationParams,
+    eos_token_ids: Sequence[int] = (),
+    num_new: int = 0,
+) -> np.ndarray:
+    """All processors in `generate`'s order, as HF applies them when sampling (greedy: argmax
+    of the result before the warpers)."""
+    out = np.asarray(scores, dtype=np.float32)
+    if params.repetition_penalty != 1.0:
+        out = repetition_penalty(out, token_ids, params.repetition_penalty)
+    if params.min_new_tokens > 0 and eos_token_ids:
+        out = min_new_tokens(out, eos_token_ids, num_new, params.min_new_tokens)
+    if params.greedy:
+        return out
+    if params.temperature != 1.0:
+        out = temperature(out, params.temperature)
+    if params.top_k != 0:
+        out = top_k(out, params.top_k)
+    if params.top_p < 1.0:
+        out = top_p(out, params.top_p)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shared building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _penalise(row: np.ndarray, ids: np.ndarray, penalty: float) -> None:
+    """Apply the repetition penalty in place to the distinct token ids `ids` of one row."""
+    if ids.size == 0:
+        return
+    ids = ids[ids < row.size]  # HF skips ids beyond the output vocabulary
+    seen = row[ids]
+    p = np.float32(penalty)
+    row[ids] = np.where(seen < 0, seen * p, seen / p)
+
+
+def _top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
+    """Ids kept by top-k (ascending id order), found with a partition, not a sort."""
+    n = row.size
+    if k >= n:
+        return np.flatnonzero(row > NEG_INF)
+    kth = np.partition(row, n - k)[n - k]
+    return np.flatnonzero(row >= kth)
+
+
+def _cut_nucleus(
+    vals: np.ndarray, ids: np.ndarray, total: float, top: float, p: float
+) -> tuple[np.ndarray, bool]:
+    """Top-p over candidate logits `vals` (token ids `ids`): (kept positions, cut found).
+
+    `total` is sum(exp(x - top)) over every finite score of the row, candidates or not.
+    HF removes a token when the ascending cumulative probability up to and including it is
+    <= 1 - p; that cumulative is 1 - (mass strictly above it). If no candidate is removed the
+    cut lies beyond them and the caller needs a larger candidate set.
+    """
+    order = np.lexsort((-ids, -vals))  # descending score; ties: higher id first (kept first)
+    # float32 exp as in `total` (and as torch's softmax), accumulated in float64: the tail
+    # mass total - above must not inherit rounding from a differently computed total.
+    weights = np.exp(vals[order] - np.float32(top)).astype(np.float64)
+    above = np.cumsum(weights) - weights
+    cum_ascending = ((total - above) / total).astype(np.float32)
+    removed = cum_ascending <= np.float32(1.0 - p)
+    removed[0] = False  # min_tokens_to_keep = 1
+    return np.sort(order[~removed]), bool(removed.any())
+
+
+def _nucleus_of_row(row: np.ndarray, p: float) -> np.ndarray:
+    """Ids (ascending) kept by top-p for one row of scores (-inf = already filtered).
+
+    Candidate sets of growing size are tried: a partition finds the m-th largest score and
+    every score >= it is a candidate (ties included), so a cut found inside them is exact.
+    """
+    top = float(row.max())
+    total = float(np.exp(row - np.float32(top)).sum(dtype=np.float64))
+    n = row.size
+    for m in _TOP_P_GROWTH:
+        if m >= n:
+            break
+        kth = np.partition(row, n - m)[n - m]
+        cand = np.flatnonzero(row >= kth)
+        kept, done = _cut_nucleus(row[cand], cand, total, top, p)
+        if done:
+            return cand[kept]
+    cand = np.flatnonzero(row > NEG_INF)
+    return cand[_cut_nucleus(row[cand], cand, total, top, p)[0]]
+
+
+def _draw(weights: np.ndarray, u: float) -> int:
+    """Inverse CDF: the first index whose cumulative weight exceeds u * sum (u in [0, 1)).
+
+    Zero weights are never chosen. Long vectors are searched block-wise (sums per block, then
+    one block's cumsum): a cumsum over the whole vocabulary costs more than everything else.
+    """
+    n = weights.size
+    if n <= 4 * _BLOCK:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        return _last_positive(weights, int(np.searchsorted(cdf, u * cdf[-1], side="right")))
+    full = n - n % _BLOCK
+    sums = np.empty(full // _BLOCK + 1, dtype=np.float64)
+    sums[:-1] = weights[:full].reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64)
+    sums[-1] = weights[full:].sum(dtype=np.float64)
+    block_cdf = np.cumsum(sums)
+    target = u * block_cdf[-1]
+    b = min(int(np.searchsorted(block_cdf, target, side="right")), sums.size - 1)
+    rest = target - (block_cdf[b - 1] if b > 0 else 0.0)
+    cdf = np.cumsum(weights[b * _BLOCK : (b + 1) * _BLOCK], dtype=np.float64)
+    i = min(int(np.searchsorted(cdf, rest, side="right")), cdf.size - 1)
+    return _last_positive(weights, b * _BLOCK + i)
+
+
+def _last_positive(weights: np.ndarray, i: int) -> int:
+    """Guard against rounding at the very end of the CDF: fall back to a token with weight."""
+    if i < weights.size and weights[i] > 0:
+        return i
+    return int(np.flatnonzero(weights[: min(i, weights.size)] > 0)[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# The per-sequence fast path
+# --------------------------------------------------------------------------------------------
+
+
+def sequence_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample `index` of a request seeded with `seed` (PCG64)."""
+    return np.random.Generator(np.random.PCG64([seed, index]))
+
+
+class SequenceSampler:
+    """Chooses the next tokens of one sequence: its params, its seen tokens, its own rng.
+
+    `choose(row, num_new)` may modify `row` (the step's logits for this sequence) in place.
+    """
+
+    def __init__(
+        self,
+        params: GenerationParams,
+        prompt_ids: Sequence[int],
+        eos_token_ids: Sequence[int],
+        rng: np.random.Generator,
+        vocab_size: int,
+    ) -> None:
+        self.params = params
+        self.rng = rng
+        self.greedy = params.greedy
+        self.eos = np.asarray(list(eos_token_ids), dtype=np.int64)
+        self.penalty = params.repetition_penalty
+        self.temperature = np.float32(params.temperature)
+        self.top_k = params.top_k
+        self.top_p = params.top_p
+        # Distinct seen tokens (prompt + generated) for the repetition penalty.
+        self._seen_mask = np.zeros(vocab_size, dtype=bool)
+        self._seen = np.empty(len(prompt_ids) + params.max_new_tokens, dtype=np.int64)
+        self._num_seen = 0
+        self._all_ids: np.ndarray | None = None
+        if self.penalty != 1.0:
+            for t in prompt_ids:
+                self._see(t)
+
+    def _see(self, token: int) -> None:
+        if 0 <= token < self._seen_mask.size and not self._seen_mask[token]:
+            self._seen_mask[token] = True
+            self._seen[self._num_seen] = token
+            self._num_seen += 1
+
+    def observe(self, token: int) -> None:
+        """Record a generated token (needed by the repetition penalty)."""
+        if self.penalty != 1.0:
+            self._see(token)
+
+    def choose(self, row: np.ndarray, num_new: int) -> int:
+        """The next token given this step's float32 logits `row` [V] and tokens made so far."""
+        if self.penalty != 1.0:
+            _penalise(row, self._seen[: self._num_seen], self.penalty)
+        if num_new < self.params.min_new_tokens and self.eos.size:
+            row[self.eos] = NEG_INF
+        if self.greedy:
+            return int(row.argmax())
+        ids, vals = self.candidates(row)
+        weights = np.exp(vals - vals.max())  # float32: numpy's float64 exp is ~10x slower
+        return int(ids[_draw(weights, self.rng.random())])
+
+    def candidates(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids (ascending) and temperature-scaled logits of the tokens that may be sampled."""
+        if not self.top_k:
+            vals = row / self.temperature
+            if self.top_p < 1.0:
+                ids = _nucleus_of_row(vals, self.top_p)
+                return ids, vals[ids]
+            if self._all_ids is None:
+                self._all_ids = np.arange(row.size)
+            return self._all_ids, vals
+        ids = _top_k_ids(row, self.top_k)
+        vals = row[ids] / self.temperature
+        if self.top_p < 1.0:
+            top = float(vals.max())
+            total = float(np.exp(vals - np.float32(top)).sum(dtype=np.float64))
+            kept = _cut_nucleus(vals, ids, total, top, self.top_p)[0]
+            return ids[kept], vals[kept]
+        return ids, vals

@@ -1,0 +1,225 @@
+"""What fst-train runs: data → tokenizer → model → Lightning Trainer, inside an experiment.
+
+`train(args)` raises; `run_training(args)` turns errors into exit codes and one-line
+messages (tracebacks go to the experiment's debug log).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fst.checkpoint import CheckpointError, build_model_from_info, read_checkpoint
+from fst.cli.train import GPT2_TOKENIZER_CLASS, ArgsError, TrainArgs
+from fst.constants import CHECKPOINT_KEY
+from fst.data import RELOAD_EVERY_N_EPOCHS, DocumentDataModule
+from fst.demo_corpus import build_demo_corpus
+from fst.documents import Document, DocumentError, read_documents
+from fst.experiment import Experiment, create_experiment, experiment_logging
+from fst.lightning_module import DocumentLM, OptimizerSettings, SampleWriter, library_versions
+from fst.model import PRESETS, ModelError, build_model
+from fst.tokenization import DocumentTokenizer
+
+logger = logging.getLogger("fst.train")
+
+# Errors caused by the user's input: exit code 2 and one line on stderr.
+INPUT_ERRORS = (
+    ArgsError,
+    DocumentError,
+    ModelError,
+    CheckpointError,
+    MisconfigurationException,
+    FileNotFoundError,
+)
+
+
+@dataclass
+class TrainResult:
+    experiment: Experiment
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    global_step: int
+
+
+def run_training(args: TrainArgs) -> int:
+    """fst-train's body: 0 on success, 2 on bad input, 1 on any other failure."""
+    experiment = create_experiment(args.experiments_root, args.name)
+    with experiment_logging(experiment.logs_dir):
+        try:
+            result = train(args, experiment)
+        except INPUT_ERRORS as e:
+            logger.debug("bad input", exc_info=True)
+            print(f"fst-train: error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            logger.error("training failed", exc_info=True)
+            print(
+                f"fst-train: training failed: {type(e).__name__}: {e} "
+                f"(traceback in {experiment.logs_dir / 'debug.log'})",
+                file=sys.stderr,
+            )
+            return 1
+    print(f"Experiment folder: {experiment.dir}")
+    if result.best_checkpoint:
+        print(f"Best checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
+    """Train inside an existing experiment folder; raises on any error."""
+    description = {"arguments": args.to_json_dict(), "versions": library_versions()}
+    experiment.write_description(description)
+    logger.info("Experiment folder: %s", experiment.dir)
+
+    train_file, valid_file = data_files(args)
+    train_docs, valid_docs = read_documents(train_file), read_documents(valid_file)
+    logger.info(
+        "Documents: %d train (%s), %d valid (%s)",
+        len(train_docs),
+        train_file,
+        len(valid_docs),
+        valid_file,
+    )
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    tokenizer, model = tokenizer_and_model(args, train_file)
+    logger.info(
+        "Model: %s, %.2fM parameters, vocab %d",
+        model.config.model_type,
+        model.num_parameters() / 1e6,
+        tokenizer.vocab_size,
+    )
+    description["data"] = {
+        "train_file": str(train_file),
+        "valid_file": str(valid_file),
+        "train_documents": len(train_docs),
+        "valid_documents": len(valid_docs),
+    }
+    description["model_config"] = model.config.to_dict()
+    description["tokenizer"] = {**tokenizer.settings(), "vocab_size": tokenizer.vocab_size}
+    experiment.write_description(description)
+
+    data = DocumentDataModule(
+        tokenizer,
+        train_docs,
+        valid_docs,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        bucket_batches=args.bucket_batches,
+    )
+    module = DocumentLM(
+        model,
+        tokenizer,
+        OptimizerSettings(
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            num_warmup_steps=args.num_warmup_steps,
+            num_cycles=args.num_cycles,
+        ),
+        unlikelihood_alpha=args.unlikelihood_alpha,
+        training_args=args.to_json_dict(),
+    )
+    checkpoints = ModelCheckpoint(
+        dirpath=experiment.models_dir,
+        filename="best-epoch={epoch}-step={step}",
+        auto_insert_metric_name=False,
+        monitor="Loss/valid",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+    trainer = pl.Trainer(
+        **args.trainer_devices(),
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        max_epochs=args.resolved_max_epochs(),
+        max_steps=args.max_steps,
+        limit_train_batches=args.limit_train_batches,
+        limit_val_batches=args.limit_val_batches,
+        val_check_interval=args.val_check_interval,
+        accumulate_grad_batches=args.accumulate_grad_batches,
+        gradient_clip_val=args.gradient_clip_val or None,
+        log_every_n_steps=args.log_every_n_steps,
+        logger=TensorBoardLogger(save_dir=experiment.logs_dir, name="tensorboard", version=""),
+        callbacks=[
+            checkpoints,
+            SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
+        ],
+        default_root_dir=experiment.dir,
+        reload_dataloaders_every_n_epochs=RELOAD_EVERY_N_EPOCHS,
+        use_distributed_sampler=False,  # DocumentDataModule shards batches itself
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=args.resume_from)
+    best = checkpoints.best_model_path or None
+    last = checkpoints.last_model_path or None
+    logger.info("Finished at global step %d; best checkpoint: %s", trainer.global_step, best)
+    return TrainResult(
+        experiment=experiment,
+        best_checkpoint=Path(best) if best else None,
+        last_checkpoint=Path(last) if last else None,
+        global_step=trainer.global_step,
+    )
+
+
+def data_files(args: TrainArgs) -> tuple[Path, Path]:
+    """The train/valid files, building the demo corpus when none are given."""
+    if not args.uses_demo_corpus:
+        return Path(args.train_file), Path(args.valid_file)
+    demo_dir = Path(args.experiments_root).resolve().parent / "documents" / "demo"
+    logger.info("No --train_file: using the demo corpus in %s", demo_dir)
+    return build_demo_corpus(demo_dir)
+
+
+def tokenizer_and_model(args: TrainArgs, train_file: Path):
+    """The tokenizer and the model, fresh or (with --resume_from) as in the checkpoint."""
+    settings = {
+        "document_format": True,
+        "max_meta_len": args.max_meta_len,
+        "max_body_len": args.max_body_len,
+        "ignore_meta_prob": args.ignore_meta_prob,
+    }
+    if args.resume_from:
+        info = read_checkpoint(args.resume_from)[CHECKPOINT_KEY]
+        # The vocabulary must be the checkpoint's; the document settings are this run's.
+        settings = {**info["document"], **settings}
+        tokenizer = DocumentTokenizer.from_json(info["tokenizer_json"], **settings)
+        return tokenizer, build_model_from_info(info)
+    tokenizer = load_tokenizer(args, train_file, settings)
+    model = build_model(
+        args.model_path, tokenizer.vocab_size, tokenizer.eos_token_id, args.model_overrides
+    )
+    return tokenizer, model
+
+
+def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> DocumentTokenizer:
+    """--tokenizer / --tokenizer_class_name / the model's own / a new BPE (see --help)."""
+    source = args.tokenizer
+    model_dir = Path(args.model_path)
+    if args.tokenizer_class_name == GPT2_TOKENIZER_CLASS:
+        has_own = (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.json").is_file()
+        source = str(model_dir) if has_own else "gpt2"
+    elif source is None:
+        source = "bpe" if args.model_path in PRESETS else args.model_path
+    if source == "bpe":
+        logger.info("Training a byte-level BPE (vocab %d) on %s", args.bpe_vocab_size, train_file)
+        return DocumentTokenizer.train_bpe([train_file], vocab_size=args.bpe_vocab_size, **settings)
+    try:
+        return DocumentTokenizer.from_pretrained(source, **settings)
+    except ValueError as e:
+        raise ArgsError(f"tokenizer: {e}") from e
+
+
+def sample_prompt(tokenizer: DocumentTokenizer, valid_docs: list[Document]) -> Document:
+    """The generated.txt prompt: [START_OF_DOCUMENT], after a validation meta if metas are used."""
+    uses_meta = tokenizer.max_meta_len > 0 and tokenizer.settings()["ignore_meta_prob"] < 1.0
+    meta = next((d.meta for d in valid_docs if d.meta), None) if uses_meta else None
+    return Document(body="", meta=meta)

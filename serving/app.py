@@ -1,0 +1,53 @@
+"""`create_app(settings)`: the FastAPI application, with the model loaded in its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from fst import __version__
+from fst.serving.errors import install_error_handlers
+from fst.serving.metrics import MetricsMiddleware, ServingMetrics
+from fst.serving.routes import completions, ops, original
+from fst.serving.settings import ServingSettings
+from fst.serving.state import ServingState
+
+DESCRIPTION = """Text generation from an fst bundle (ONNX Runtime, no torch).
+
+* `POST /generated_texts/`: the original project's API.
+* `POST /v1/completions`, `GET /v1/models`: OpenAI-compatible (works with the `openai` client).
+* `/health`, `/ready`, `/version`, `/metrics`: operations.
+"""
+
+
+def create_app(settings: ServingSettings, generator: Any | None = None) -> FastAPI:
+    """The app; `generator` (anything with the `fst.runtime.Generator` API) skips loading
+    the bundle, for tests and embedding."""
+    metrics = ServingMetrics()
+    state = ServingState(settings, metrics, generator)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()  # loads in the background; /ready says when it is done
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="Full Stack Transformer",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.serving = state
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(original.router)
+    app.include_router(completions.router)
+    return app

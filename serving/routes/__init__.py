@@ -1,0 +1,1 @@
+"""One APIRouter per resource: the original API, OpenAI completions and models, operations."""

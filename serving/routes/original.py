@@ -1,0 +1,81 @@
+"""`POST /generated_texts/`: the original project's API, kept for its clients."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Request
+
+from fst.serving.dependencies import StateDep, require_api_key
+from fst.serving.generation import (
+    check_fits_context,
+    check_limit,
+    make_params,
+    make_prompt,
+    submit,
+    wait_for_job,
+)
+from fst.serving.schemas import GeneratedTextsRequest, GeneratedTextsResponse
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["original API"], dependencies=[Depends(require_api_key)])
+
+# Our GenerationParams field -> this API's field, for error messages.
+_NAMES = {
+    "max_new_tokens": "max_number_of_generated_tokens",
+    "num_return_sequences": "num_return_sequences",
+}
+
+_ERRORS = {
+    400: {"description": "A parameter out of range, or a prompt beyond the model's context"},
+    401: {"description": "Missing or wrong API key (when the server has one)"},
+    429: {"description": "Queue full; retry after the Retry-After header's seconds"},
+    503: {"description": "Model still loading, or the server is shutting down"},
+    504: {"description": "Generation did not finish within the request timeout"},
+}
+
+
+@router.post(
+    "/generated_texts/",
+    response_model=GeneratedTextsResponse,
+    summary="Continue a text (the original API)",
+    responses=_ERRORS,
+)
+async def generated_texts(
+    payload: GeneratedTextsRequest, request: Request, state: StateDep
+) -> GeneratedTextsResponse:
+    """Generate `num_return_sequences` continuations of `body` (with `meta` for
+    document-format models). Same fields and defaults as the original project; temperature
+    0 is allowed and means greedy."""
+    settings = state.settings
+    generator, _ = state.require_ready()
+    check_limit(
+        payload.max_number_of_generated_tokens,
+        settings.max_new_tokens_limit,
+        "max_number_of_generated_tokens",
+        "tokens",
+    )
+    check_limit(
+        payload.num_return_sequences,
+        settings.max_sequences_per_request,
+        "num_return_sequences",
+        "sequences",
+    )
+    params = make_params(
+        _NAMES,
+        max_new_tokens=payload.max_number_of_generated_tokens,
+        num_return_sequences=payload.num_return_sequences,
+        temperature=payload.temperature,
+        top_k=payload.top_k,
+        top_p=payload.top_p,
+        repetition_penalty=payload.repetition_penalty,
+    )
+    prompt = make_prompt(payload.body, payload.meta, generator)
+    await check_fits_context(
+        generator, [prompt], params.max_new_tokens, "max_number_of_generated_tokens"
+    )
+    logger.debug("generated_texts prompt=%r meta=%r", payload.body[:200], payload.meta)
+    job = submit(state, [prompt], params)
+    (completions,) = await wait_for_job(job, request)
+    return GeneratedTextsResponse(texts=[c.text for c in completions])

@@ -1,0 +1,101 @@
+"""Request and response models of the original API and the operational endpoints.
+
+Field descriptions and examples are what Swagger (/docs) shows. The OpenAI-compatible
+models live in `openai_schemas.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fst.generation_params import ORIGINAL_API_DEFAULTS
+
+_D = ORIGINAL_API_DEFAULTS
+
+
+class GeneratedTextsRequest(BaseModel):
+    """The original project's request, same fields and defaults (its clients keep working)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "body": "Man is a rope, tied between beast and",
+                    "meta": "Thus Spoke Zarathustra",
+                    "max_number_of_generated_tokens": 32,
+                    "temperature": 0.7,
+                    "top_k": 50,
+                    "top_p": 1.0,
+                    "repetition_penalty": 5.0,
+                    "num_return_sequences": 2,
+                }
+            ]
+        }
+    )
+
+    body: str = Field(description="The text to continue (the document body).")
+    meta: str | None = Field(
+        None,
+        description="Document meta (title, tags…) for bundles trained with the document "
+        "format; a plain language-model bundle refuses it (400).",
+    )
+    max_number_of_generated_tokens: int = Field(
+        _D["max_number_of_generated_tokens"],
+        ge=1,
+        description="Most tokens to generate per text (also limited by the server and the "
+        "model's context).",
+    )
+    temperature: float = Field(
+        _D["temperature"],
+        ge=0.0,
+        description="Sampling temperature; 0 means greedy (the original API required > 0).",
+    )
+    top_k: int = Field(
+        _D["top_k"], ge=0, description="Sample among the k most likely tokens; 0 turns it off."
+    )
+    top_p: float = Field(
+        _D["top_p"],
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: the smallest set of tokens whose probability reaches "
+        "top_p; 1 turns it off.",
+    )
+    repetition_penalty: float = Field(
+        _D["repetition_penalty"],
+        gt=0.0,
+        description="Penalty for tokens already present (CTRL-style); 1 turns it off.",
+    )
+    num_return_sequences: int = Field(
+        _D["num_return_sequences"], ge=1, description="How many texts to generate."
+    )
+
+
+class GeneratedTextsResponse(BaseModel):
+    texts: list[str] = Field(
+        description="The generated continuations (without the prompt).",
+        examples=[[" the overman: a rope over an abyss."]],
+    )
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = Field("ok", description="The process is alive.")
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["loading", "ready", "stopping", "failed"] = Field(
+        description="'ready' once the model is loaded and warmed up."
+    )
+    detail: str | None = Field(None, description="Why the server is not ready, if it says.")
+
+
+class VersionResponse(BaseModel):
+    version: str = Field(description="The fst package version.")
+    model: str = Field(description="The model id clients pass to /v1/completions.")
+    provider: str | None = Field(None, description="The ONNX Runtime execution provider.")
+    bundle: dict[str, Any] | None = Field(
+        None,
+        description="Summary of the bundle manifest (architecture, variant, training "
+        "step, parity figures); null while loading.",
+    )

@@ -1,0 +1,93 @@
+"""Server settings: one pydantic-settings object read from `FST_…` variables and CLI flags.
+
+Validated once, at start-up, with messages that name the field; everything else in the
+server reads these values and never parses configuration itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fst.generation_params import MAX_NUM_RETURN_SEQUENCES
+
+
+class ServingSettings(BaseSettings):
+    """Everything `fst-serve` can be told; each field is also the variable `FST_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="FST_", extra="forbid")
+
+    bundle: Path | None = Field(None, description="bundle folder written by fst-export")
+    model_name: str | None = Field(
+        None, description="model id shown by /v1/models (default: the bundle folder name)"
+    )
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: all)")
+    port: int = Field(9228, ge=0, le=65535, description="TCP port (0: any free port)")
+    providers: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="ONNX Runtime execution providers, comma-separated, in priority order"
+    )
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
+    max_batch_size: int = Field(
+        16, ge=1, le=256, description="most sequences decoded together in one batch"
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long a request may wait for others to share its batch"
+    )
+    queue_size: int = Field(
+        64, ge=1, description="requests that may wait for a batch; beyond it the server answers 429"
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="a request still running after this is cancelled (504)"
+    )
+    max_new_tokens_limit: int = Field(
+        512, ge=1, description="largest max_tokens / max_number_of_generated_tokens accepted"
+    )
+    max_sequences_per_request: int = Field(
+        16,
+        ge=1,
+        le=MAX_NUM_RETURN_SEQUENCES,
+        description="largest n × number of prompts in one request",
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="request bodies larger than this are refused (413)"
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, every API call needs 'Authorization: Bearer <key>' "
+        "(prefer the variable: flags show in the process list)",
+    )
+    warmup: bool = Field(True, description="run a tiny generation before reporting ready")
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level (prompts are logged at debug only)"
+    )
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()] or None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def served_model_name(self) -> str:
+        """The model id clients pass as `model`."""
+        if self.model_name:
+            return self.model_name
+        if self.bundle is not None:
+            return Path(self.bundle).resolve().name or "fst"
+        return "fst"

@@ -1,0 +1,109 @@
+"""The server's life cycle: load the bundle, warm up, schedule, and stop cleanly.
+
+Loading runs in a background task started by the app's lifespan, so /health answers at
+once and /ready turns 200 only when the model has produced its first tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fst.serving.errors import APIError
+from fst.serving.metrics import ServingMetrics
+from fst.serving.scheduler import Scheduler
+from fst.serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_LOADING_S = "5"
+
+
+class ServingState:
+    """What the routes share: settings, metrics, the generator and its scheduler."""
+
+    def __init__(
+        self, settings: ServingSettings, metrics: ServingMetrics, generator: Any | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model_name = settings.served_model_name()
+        self.created = int(time.time())
+        self.generator: Any | None = generator
+        self.scheduler: Scheduler | None = None
+        self.status = "loading"  # loading -> ready -> stopping; or failed
+        self.load_error: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    async def start(self) -> None:
+        self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            if self.generator is None:
+                self.generator = await asyncio.to_thread(self._load_generator)
+            if self.settings.warmup:
+                await asyncio.to_thread(self._warm_up, self.generator)
+            self.scheduler = Scheduler(
+                self.generator,
+                max_batch_size=self.settings.max_batch_size,
+                queue_size=self.settings.queue_size,
+                batch_wait_s=self.settings.batch_wait_ms / 1000,
+                metrics=self.metrics,
+            )
+            self.scheduler.start()
+        except Exception as exc:
+            self.status, self.load_error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.error("could not load the model: %s", self.load_error, exc_info=True)
+            return
+        self.status = "ready"
+        logger.info(
+            "model %r ready (provider %s, max batch %d sequences, queue %d)",
+            self.model_name,
+            getattr(self.generator, "provider", "?"),
+            self.settings.max_batch_size,
+            self.settings.queue_size,
+        )
+
+    def _load_generator(self) -> Any:
+        from fst.runtime import Generator  # imported here so the app module stays light
+
+        if self.settings.bundle is None:
+            raise ValueError("bundle: no bundle folder given (--bundle or FST_BUNDLE)")
+        logger.info("loading bundle %s", self.settings.bundle)
+        return Generator.from_bundle(
+            self.settings.bundle, providers=self.settings.providers, threads=self.settings.threads
+        )
+
+    def _warm_up(self, generator: Any) -> None:
+        """One tiny batched generation, so the first client does not pay for session set-up."""
+        document = generator.manifest.tokenizer.document_format
+        prompt: Any = {"body": "Hello", "meta": None} if document else "Hello"
+        generator.generate([prompt], max_new_tokens=2, num_return_sequences=2, temperature=0.0)
+
+    async def stop(self) -> None:
+        """Cancel queued work, give the running batch the shutdown grace, join the worker."""
+        self.status = "stopping" if self.status != "failed" else self.status
+        if self._loading is not None and not self._loading.done():
+            await asyncio.wait([self._loading])
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.stop, self.settings.shutdown_timeout_s)
+            logger.info("scheduler stopped")
+
+    def require_ready(self) -> tuple[Any, Scheduler]:
+        """The generator and scheduler, or a 503 telling the client when to come back."""
+        if self.status == "ready" and self.generator is not None and self.scheduler is not None:
+            return self.generator, self.scheduler
+        if self.status == "loading":
+            raise APIError(
+                503, "the model is still loading", headers={"Retry-After": RETRY_AFTER_LOADING_S}
+            )
+        if self.status == "stopping":
+            raise APIError(503, "the server is shutting down")
+        raise APIError(503, "the model failed to load; see the server log")

@@ -1,0 +1,131 @@
+"""Continue one text in one chat: stream from the server into a growing Telegram message."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import secrets
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from fst.serving.telegram.cache import LRUCache
+from fst.serving.telegram.client import GenerationClient, GenerationError
+from fst.serving.telegram.store import SettingsStore
+from fst.serving.telegram.streaming import EditThrottle, StreamingReply, with_retry_after
+
+log = logging.getLogger("fst.telegram")
+
+STILL_WRITING = "I am still writing the previous text — one moment, please."
+NOTHING_GENERATED = "\n\n<i>(the model had nothing to add — press Repeat to try again)</i>"
+
+
+class RepeatCallback(CallbackData, prefix="repeat"):
+    """Callback data of the Repeat button: a short random key into `BotContext.repeats`."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class RepeatEntry:
+    chat_id: int
+    prompt: str
+
+
+@dataclass
+class BotContext:
+    """What the handlers share; built once by `fst.serving.telegram.bot`."""
+
+    client: GenerationClient
+    store: SettingsStore
+    repeats: LRUCache[str, RepeatEntry]
+    throttle: EditThrottle
+    busy_chats: set[int] = field(default_factory=set)
+
+    def remember(self, chat_id: int, prompt: str) -> str:
+        """Keep `prompt` for the Repeat button; returns the key the button carries."""
+        key = secrets.token_urlsafe(9)  # 12 characters: "repeat:" + key is 19 bytes <= 64
+        self.repeats.put(key, RepeatEntry(chat_id, prompt))
+        return key
+
+
+def repeat_markup(key: str) -> InlineKeyboardMarkup:
+    button = InlineKeyboardButton(text="🔁 Repeat", callback_data=RepeatCallback(key=key).pack())
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+async def continue_text(
+    bot: Bot, ctx: BotContext, chat_id: int, user_id: int | None, prompt: str, key: str
+) -> None:
+    """Reply with `prompt` in bold and its continuation; one generation per chat at a time."""
+    if chat_id in ctx.busy_chats:
+        await with_retry_after(
+            chat_id, ctx.throttle, lambda: bot.send_message(chat_id, STILL_WRITING)
+        )
+        return
+    ctx.busy_chats.add(chat_id)
+    try:
+        await _generate(bot, ctx, chat_id, user_id, prompt, key)
+    finally:
+        ctx.busy_chats.discard(chat_id)
+
+
+async def _generate(
+    bot: Bot, ctx: BotContext, chat_id: int, user_id: int | None, prompt: str, key: str
+) -> None:
+    ids = {"chat_id": chat_id, "user_id": user_id}
+    settings = ctx.store.get(chat_id)
+    reply = StreamingReply(bot, chat_id, prompt, ctx.throttle)
+    markup = repeat_markup(key)
+    started = asyncio.get_running_loop().time()
+    await _typing(bot, chat_id)
+
+    continuation, note, trimmed, error = "", "", False, None
+    try:
+        async with aclosing(ctx.client.stream(prompt, settings)) as pieces:
+            async for piece in pieces:
+                continuation += piece
+                if not await reply.update(continuation):
+                    trimmed = True  # no room left in one message: stop generating
+                    break
+    except GenerationError as e:
+        error = e
+        log.warning("generation failed: %s", e.detail, extra={"event": "generation_error", **ids})
+        if not reply.sent:
+            text = html.escape(e.user_message)
+            await with_retry_after(
+                chat_id, ctx.throttle, lambda: bot.send_message(chat_id, text, reply_markup=markup)
+            )
+            return
+        note = f"\n\n<i>({html.escape(e.user_message)})</i>"
+    if not continuation and not note:
+        note = NOTHING_GENERATED
+    await reply.finish(continuation, note, markup)
+    log.info(
+        "replied",
+        extra={
+            "event": "reply",
+            **ids,
+            "prompt_chars": len(prompt),
+            "continuation_chars": len(continuation),
+            "trimmed": trimmed,
+            "failed": error is not None,
+            "seconds": round(asyncio.get_running_loop().time() - started, 3),
+        },
+    )
+    log.debug(
+        "reply text",
+        extra={"event": "reply_text", **ids, "prompt": prompt, "continuation": continuation},
+    )
+
+
+async def _typing(bot: Bot, chat_id: int) -> None:
+    """Show "typing…" while the first piece is on its way; cosmetic, so failures are ignored."""
+    try:
+        await bot.send_chat_action(chat_id, "typing")
+    except TelegramAPIError as e:
+        log.debug("send_chat_action failed: %s", e)

@@ -1,0 +1,252 @@
+"""fst.sampling against Hugging Face's logits processors, and the seeded fast path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from fst import sampling
+from fst.generation_params import GenerationParams
+from fst.sampling import SequenceSampler, sequence_rng
+
+SEEDS = range(40)
+
+
+def random_scores(seed: int, batch: int = 3, ties: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vocab = int(rng.integers(2, 2500))
+    scores = rng.standard_normal((batch, vocab)) * rng.uniform(0.1, 8.0)
+    if ties:  # many exactly equal scores
+        scores = np.round(scores)
+    return scores.astype(np.float32)
+
+
+def hf(processor, scores: np.ndarray, input_ids: np.ndarray | None = None) -> np.ndarray:
+    ids = None if input_ids is None else torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+    return processor(ids, torch.from_numpy(scores.copy())).numpy()
+
+
+def assert_same_top_p(ours: np.ndarray, theirs: np.ndarray, scores: np.ndarray) -> None:
+    """Identical masks, except which of exactly tied scores is dropped at the cut: torch.sort
+    is not stable, so HF's choice there is arbitrary (the count must still agree)."""
+    for o, t, s in zip(ours, theirs, scores, strict=True):
+        keep_o, keep_t = np.isfinite(o), np.isfinite(t)
+        assert keep_o.sum() == keep_t.sum()
+        differing = np.unique(s[keep_o != keep_t])
+        assert differing.size <= 1, "masks differ beyond one tie group"
+        both = keep_o & keep_t
+        np.testing.assert_array_equal(o[both], t[both])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_repetition_penalty_matches_hf(ties: bool) -> None:
+    for seed in SEEDS:
+        scores = random_scores(seed, ties=ties)
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(0, scores.shape[1], (3, int(rng.integers(1, 30))))  # with repeats
+        for penalty in (0.5, 1.2, 5.0):
+            expected = hf(RepetitionPenaltyLogitsProcessor(penalty), scores, ids)
+            got = sampling.repetition_penalty(scores, ids, penalty)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_temperature_matches_hf() -> None:
+    for seed in SEEDS:
+        scores = random_scores(seed)
+        for t in (0.05, 0.7, 1.3, 7.0):
+            got = sampling.temperature(scores, t)
+            np.testing.assert_array_equal(got, hf(TemperatureLogitsWarper(t), scores))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_matches_hf(ties: bool) -> None:
+    for seed in SEEDS:
+        scores = random_scores(seed, ties=ties)
+        vocab = scores.shape[1]
+        for k in (1, 2, 7, 50, vocab - 1, vocab, vocab + 5):
+            if k < 1:
+                continue
+            expected = hf(TopKLogitsWarper(k), scores)
+            np.testing.assert_array_equal(sampling.top_k(scores, k), expected)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_p_matches_hf(ties: bool) -> None:
+    for seed in SEEDS:
+        scores = random_scores(seed, ties=ties)
+        for p in (1e-4, 0.3, 0.9, 0.95, 0.999, 0.99999):
+            assert_same_top_p(sampling.top_p(scores, p), hf(TopPLogitsWarper(p), scores), scores)
+
+
+def test_top_p_keeps_the_top_token_and_the_hf_boundary() -> None:
+    # probs 0.1, 0.2, 0.3, 0.4: HF drops a token when the ascending cumulative is <= 1 - p.
+    scores = np.log(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))
+    kept = {
+        p: np.flatnonzero(np.isfinite(sampling.top_p(scores, p)[0])).tolist()
+        for p in (0.01, 0.4, 0.45, 0.75, 0.95)
+    }
+    assert kept == {0.01: [3], 0.4: [3], 0.45: [2, 3], 0.75: [1, 2, 3], 0.95: [0, 1, 2, 3]}
+
+
+def test_top_p_on_a_full_vocabulary_uses_growing_candidate_sets() -> None:
+    rng = np.random.default_rng(0)
+    for scale in (0.5, 3.0, 12.0):  # wide nucleus (whole row) .. narrow (first candidate set)
+        scores = (rng.standard_normal((2, 50257)) * scale).astype(np.float32)
+        for p in (0.5, 0.95):
+            assert_same_top_p(sampling.top_p(scores, p), hf(TopPLogitsWarper(p), scores), scores)
+
+
+def hf_processors(params: GenerationParams, prompt_len: int, eos: int) -> LogitsProcessorList:
+    """What `generate` builds for these params (transformers 5 `_get_logits_processor`)."""
+    procs = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.min_new_tokens > 0:
+        procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, params.min_new_tokens, eos))
+    if params.greedy:
+        return procs
+    if params.temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k != 0:
+        procs.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        procs.append(TopPLogitsWarper(params.top_p))
+    return procs
+
+
+PARAM_SETS = [
+    GenerationParams(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.2),
+    GenerationParams(temperature=1.0, top_k=0, top_p=0.9, repetition_penalty=5.0),
+    GenerationParams(temperature=0.5, top_k=7, top_p=1.0, min_new_tokens=3),
+    GenerationParams(temperature=1.3, top_k=0, top_p=1.0, repetition_penalty=0.7),
+    GenerationParams(temperature=0.0, repetition_penalty=1.5),
+]
+
+
+@pytest.mark.parametrize("params", PARAM_SETS)
+def test_process_logits_and_fast_path_match_hf_pipeline(params: GenerationParams) -> None:
+    for seed in range(15):
+        scores = random_scores(seed, batch=1)
+        vocab = scores.shape[1]
+        rng = np.random.default_rng(seed)
+        prompt = rng.integers(0, vocab, 6).tolist()
+        generated = rng.integers(0, vocab, 2).tolist()
+        eos = vocab - 1
+        ids = np.array([prompt + generated])
+        expected = hf_processors(params, len(prompt), eos)(
+            torch.from_numpy(ids), torch.from_numpy(scores.copy())
+        ).numpy()
+        ours = sampling.process_logits(scores, ids, params, [eos], num_new=len(generated))
+        assert_same_top_p(ours, expected, scores)
+
+        sampler = SequenceSampler(params, prompt, [eos], sequence_rng(0, 0), vocab)
+        for t in generated:
+            sampler.observe(t)
+        if params.greedy:
+            assert sampler.choose(scores[0].copy(), len(generated)) == int(expected[0].argmax())
+            continue
+        row = scores[0].copy()
+        if params.repetition_penalty != 1.0:
+            sampling._penalise(row, np.unique(ids[0]), params.repetition_penalty)
+        if len(generated) < params.min_new_tokens:
+            row[eos] = sampling.NEG_INF
+        cand, vals = sampler.candidates(row)
+        finite = np.flatnonzero(np.isfinite(ours[0]))
+        np.testing.assert_array_equal(cand[np.isfinite(vals)], finite)
+        np.testing.assert_array_equal(vals[np.isfinite(vals)], ours[0][finite])
+
+
+def test_greedy_takes_the_first_maximum_and_top_k_1_is_greedy() -> None:
+    row = np.array([0.0, 3.0, 1.0, 3.0], dtype=np.float32)
+    for params in (GenerationParams(temperature=0.0), GenerationParams(temperature=0.9, top_k=1)):
+        sampler = SequenceSampler(params, [], [], sequence_rng(0, 0), 4)
+        assert sampler.choose(row.copy(), 0) == 1
+
+
+def test_min_new_tokens_masks_eos_until_reached() -> None:
+    row = np.array([0.0, 0.0, 10.0], dtype=np.float32)  # EOS (2) dominates
+    sampler = SequenceSampler(
+        GenerationParams(temperature=0.0, min_new_tokens=2), [], [2], sequence_rng(0, 0), 3
+    )
+    assert [sampler.choose(row.copy(), n) for n in range(4)] == [0, 0, 2, 2]
+
+
+def test_repetition_penalty_counts_prompt_and_generated_tokens_once() -> None:
+    params = GenerationParams(temperature=0.0, repetition_penalty=2.0)
+    sampler = SequenceSampler(params, [0, 0, 0], [], sequence_rng(0, 0), 3)
+    # 0: 4 -> 2 (penalised once, not three times); 1 (unseen): 3 stays, so it wins.
+    assert sampler.choose(np.array([4.0, 3.0, -1.0], dtype=np.float32), 0) == 1
+    sampler.observe(1)
+    row = np.array([4.0, 3.0, -1.0], dtype=np.float32)
+    sampler.choose(row, 1)
+    np.testing.assert_array_equal(row, [2.0, 1.5, -1.0])
+
+
+def sample_many(
+    params: GenerationParams, row: np.ndarray, seed: int, index: int, n: int
+) -> list[int]:
+    sampler = SequenceSampler(params, [], [], sequence_rng(seed, index), row.size)
+    return [sampler.choose(row.copy(), 0) for _ in range(n)]
+
+
+def test_same_seed_same_samples_other_index_other_samples() -> None:
+    row = np.zeros(1000, dtype=np.float32)
+    params = GenerationParams(temperature=1.0, top_k=0)
+    assert sample_many(params, row, 7, 0, 50) == sample_many(params, row, 7, 0, 50)
+    assert sample_many(params, row, 7, 0, 50) != sample_many(params, row, 7, 1, 50)
+    assert sample_many(params, row, 7, 0, 50) != sample_many(params, row, 8, 0, 50)
+
+
+@pytest.mark.parametrize("vocab", [6, 9000])  # direct cumsum and the block-wise search
+def test_samples_follow_the_filtered_distribution(vocab: int) -> None:
+    rng = np.random.default_rng(1)
+    row = np.full(vocab, -np.inf, dtype=np.float32)
+    hot = rng.choice(vocab, 6, replace=False)
+    row[hot] = np.log(np.array([0.05, 0.1, 0.15, 0.2, 0.2, 0.3], dtype=np.float32))
+    params = GenerationParams(temperature=1.0, top_k=0, top_p=1.0)
+    draws = np.array(sample_many(params, row, 3, 0, 20000))
+    assert set(draws.tolist()) <= set(hot.tolist())
+    freq = np.array([(draws == h).mean() for h in hot])
+    np.testing.assert_allclose(freq, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3], atol=0.015)
+
+
+def test_draw_never_picks_zero_weight_even_at_the_end() -> None:
+    for n in (5, 10_000):
+        weights = np.zeros(n, dtype=np.float32)
+        weights[[1, n // 2]] = 1.0
+        for u in (0.0, 0.49999, 0.5, np.nextafter(1.0, 0.0)):
+            assert sampling._draw(weights, u) in (1, n // 2)
+    weights = np.array([0.0, 1.0, 0.0, 0.0], dtype=np.float32)
+    assert sampling._draw(weights, np.nextafter(1.0, 0.0)) == 1
+
+
+def test_no_full_vocabulary_sort_when_top_k_is_set(monkeypatch) -> None:
+    sizes: list[int] = []
+    for name in ("sort", "argsort", "lexsort"):
+        real = getattr(np, name)
+
+        def spy(a, *args, _real=real, **kwargs):
+            sizes.append(np.asarray(a).shape[-1])
+            return _real(a, *args, **kwargs)
+
+        monkeypatch.setattr(np, name, spy)
+    row = (np.random.default_rng(0).standard_normal(50257) * 3).astype(np.float32)
+    params = GenerationParams(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.2)
+    sampler = SequenceSampler(params, [1, 2, 3], [], sequence_rng(0, 0), row.size)
+    sampler.choose(row.copy(), 0)
+    assert sizes and max(sizes) <= 50
+    sizes.clear()
+    peaked = row * 4  # top-p alone: a narrow nucleus is found in the first candidate set
+    SequenceSampler(
+        GenerationParams(top_k=0, top_p=0.9), [], [], sequence_rng(0, 0), row.size
+    ).choose(peaked, 0)
+    assert sizes and max(sizes) <= 64

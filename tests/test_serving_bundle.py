@@ -1,0 +1,180 @@
+"""fst-serve on a real tiny bundle (ONNX Runtime): answers equal the runtime's own, batched
+greedy equals unbatched, and the `fst-serve` command serves and stops on SIGTERM.
+
+The reference is `fst.runtime.Generator` called directly on the same bundle; the server
+must add nothing and lose nothing (texts, token counts, seeded samples, stop strings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from serving_fakes import running_server
+
+from fst.runtime import Generator
+from fst.serving.app import create_app
+from fst.serving.settings import ServingSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+GREEDY_PLAIN = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_plain_bundle: Path) -> Generator:
+    return Generator.from_bundle(tiny_plain_bundle, threads=1)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_plain_bundle: Path) -> TestClient:
+    app = create_app(ServingSettings(bundle=tiny_plain_bundle, threads=1, model_name="tiny"))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert client.get("/ready").json()["status"] == "loading"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield client
+
+
+def test_original_api_matches_the_runtime(client: TestClient, reference: Generator) -> None:
+    body = {"body": "Hello world", "max_number_of_generated_tokens": 8, "temperature": 0}
+    r = client.post("/generated_texts/", json=body)
+    (expected,) = reference.generate(
+        "Hello world", max_new_tokens=8, temperature=0.0, top_k=50, top_p=1.0,
+        repetition_penalty=5.0,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json() == {"texts": [expected.text]}
+
+
+def test_completions_match_seeded_samples_and_token_counts(
+    client: TestClient, reference: Generator
+) -> None:
+    prompts = ["Hello world", "The quick brown fox"]
+    r = client.post(
+        "/v1/completions",
+        json={"model": "tiny", "prompt": prompts, "n": 2, "max_tokens": 6, "temperature": 0.9,
+              "seed": 5},
+    )  # fmt: skip
+    expected = reference.generate(
+        prompts, max_new_tokens=6, num_return_sequences=2, temperature=0.9, top_k=0, top_p=1.0,
+        repetition_penalty=1.0, seed=5,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [c["text"] for c in out["choices"]] == [c.text for c in expected]
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2, 3]
+    prompt_tokens = sum(len(reference.encode_prompt(p)) for p in prompts)
+    completion_tokens = sum(len(c.token_ids) for c in expected)
+    assert out["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def test_stream_equals_non_streamed_with_a_stop_string(
+    client: TestClient, reference: Generator
+) -> None:
+    (greedy,) = reference.generate("Hello world", max_new_tokens=12, **GREEDY_PLAIN)
+    stop = greedy.text[len(greedy.text) // 2 :][:3]
+    assert stop, greedy.text
+    body = {"prompt": "Hello world", "max_tokens": 12, "temperature": 0, "stop": [stop]}
+    plain = client.post("/v1/completions", json=body).json()
+    streamed = client.post("/v1/completions", json={**body, "stream": True}).text
+    chunks = [json.loads(b[6:]) for b in streamed.split("\n\n") if b and b != "data: [DONE]"]
+    assert streamed.endswith("data: [DONE]\n\n")
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == plain["choices"][0]["text"] == greedy.text[: greedy.text.index(stop)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert plain["choices"][0]["finish_reason"] == "stop"
+
+
+def test_context_meta_and_version(client: TestClient, reference: Generator) -> None:
+    prompt = "word " * 60
+    length = len(reference.encode_prompt(prompt))
+    too_long = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 129 - length})
+    fits = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 128 - length})
+    meta = client.post("/generated_texts/", json={"body": "Hi", "meta": "a title"})
+    version = client.get("/version").json()
+    assert too_long.status_code == 400
+    assert f"{length} tokens" in too_long.json()["error"]["message"]
+    assert "context of 128" in too_long.json()["error"]["message"]
+    assert fits.status_code == 200
+    assert meta.status_code == 400 and meta.json()["detail"].startswith("meta:")
+    assert version["bundle"] == reference.manifest.summary()
+    assert version["provider"] == reference.provider
+
+
+def test_batched_greedy_equals_unbatched(tiny_plain_bundle: Path, reference: Generator) -> None:
+    prompts = ["Hello", "The quick brown fox jumps over", "A", "Once upon a time, there was a"]
+    expected = [reference.generate(p, max_new_tokens=10, **GREEDY_PLAIN)[0].text for p in prompts]
+    settings = ServingSettings(bundle=tiny_plain_bundle, threads=1, batch_wait_ms=500)
+    with running_server(create_app(settings), ready_timeout=60) as base:
+
+        async def drive() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                body = {"max_tokens": 10, "temperature": 0}
+                return await asyncio.gather(
+                    *(http.post("/v1/completions", json={**body, "prompt": p}) for p in prompts)
+                )
+
+        responses = asyncio.run(drive())
+        metrics = httpx.get(f"{base}/metrics").text
+    assert [r.json()["choices"][0]["text"] for r in responses] == expected
+    assert "fst_batch_size_requests_sum 4.0" in metrics
+    assert "fst_batch_size_requests_count 1.0" in metrics  # all four in one batch
+
+
+def test_fst_serve_command_serves_and_stops_on_sigterm(
+    tiny_plain_bundle: Path, reference: Generator
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(tiny_plain_bundle),
+               "--port", str(port), "--threads", "1", "--api-key", "k"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        r = httpx.post(
+            f"{base}/generated_texts/",
+            json={"body": "Hello", "max_number_of_generated_tokens": 5, "temperature": 0},
+            headers={"Authorization": "Bearer k"},
+            timeout=30,
+        )
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (expected,) = reference.generate(
+        "Hello", max_new_tokens=5, temperature=0.0, top_k=50, top_p=1.0, repetition_penalty=5.0
+    )
+    assert r.json() == {"texts": [expected.text]}
+    assert code == -signal.SIGTERM  # uvicorn re-raises the signal after a graceful shutdown
+    assert "scheduler stopped" in log
+    assert "Hello" not in log  # prompts are not logged at INFO

@@ -1,0 +1,234 @@
+"""fst-serve on a real uvicorn (127.0.0.1, free port): the official openai client, batching
+under concurrency, disconnects freeing capacity, back-pressure, and SIGTERM.
+
+The generator is the fake from serving_fakes.py (slowed down per step where a test needs
+requests to overlap); the real model runs in test_serving_bundle.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from serving_fakes import FakeGenerator, fake_token, running_server
+
+from fst.serving.app import create_app
+from fst.serving.settings import ServingSettings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def expected_text(prompt: str, seq_index: int, tokens: int) -> str:
+    ids = list(prompt.encode())
+    return bytes(fake_token(ids, seq_index, t) for t in range(tokens)).decode()
+
+
+def metric(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.rsplit(" ", 1)[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_official_openai_client_works_unchanged() -> None:
+    app = create_app(ServingSettings(model_name="tiny", api_key="k3y"), generator=FakeGenerator())
+    with running_server(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="k3y", max_retries=0, timeout=20)
+        completion = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, n=2)
+        chunks = list(
+            client.completions.create(
+                model="tiny",
+                prompt="Hello",
+                max_tokens=5,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        models = client.models.list()
+        extra = client.completions.create(
+            model="tiny",
+            prompt="Hi",
+            max_tokens=3,
+            extra_body={"top_k": 2, "repetition_penalty": 1.2},
+        )
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.completions.create(model="tiny", prompt="Hello", max_tokens=5, temperature=-1)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="other", prompt="Hello", max_tokens=5)
+
+    assert [c.text for c in completion.choices] == [expected_text("Hello", s, 5) for s in (0, 1)]
+    assert [c.finish_reason for c in completion.choices] == ["length", "length"]
+    assert completion.usage.prompt_tokens == 5 and completion.usage.completion_tokens == 10
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected_text("Hello", 0, 5)
+    assert chunks[-1].usage.completion_tokens == 5
+    assert [m.id for m in models.data] == ["tiny"]
+    assert extra.choices[0].text == expected_text("Hi", 0, 3)
+    assert "temperature" in bad.value.message
+
+
+def test_concurrent_requests_are_all_answered_and_batched() -> None:
+    fake = FakeGenerator(step_s=0.01)
+    settings = ServingSettings(max_batch_size=16, batch_wait_ms=50)
+    with running_server(create_app(settings, generator=fake)) as base:
+
+        async def drive() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                calls = [
+                    client.post("/v1/completions", json={"prompt": f"p{i}", "max_tokens": 8})
+                    for i in range(16)
+                ]
+                return await asyncio.gather(*calls)
+
+        responses = asyncio.run(drive())
+        count = metric(base, "fst_batch_size_sequences_count")
+        total = metric(base, "fst_batch_size_sequences_sum")
+        ones = metric(base, 'fst_batch_size_sequences_bucket{le="1.0"}')
+    assert [r.status_code for r in responses] == [200] * 16
+    assert [r.json()["choices"][0]["text"] for r in responses] == [
+        expected_text(f"p{i}", 0, 8) for i in range(16)
+    ]
+    assert max(fake.batches) > 1
+    assert total == 16 and count < 16  # 16 sequences in fewer than 16 batches
+    assert ones < count  # some batch held more than one sequence
+
+
+def test_stream_disconnect_cancels_generation_and_frees_the_slot() -> None:
+    fake = FakeGenerator(step_s=0.02)
+    settings = ServingSettings(max_batch_size=1, batch_wait_ms=0)
+    with running_server(create_app(settings, generator=fake)) as base:
+        body = {"prompt": "long", "max_tokens": 400, "stream": True}  # 8 s if left running
+        with (
+            httpx.Client(base_url=base, timeout=10) as client,
+            client.stream("POST", "/v1/completions", json=body) as stream,
+        ):
+            first = next(stream.iter_lines())
+            assert first.startswith("data: ")
+        # The client has closed the connection mid-stream.
+        wait_until(lambda: fake.cancelled_sequences == 1, timeout=5)
+        started = time.monotonic()
+        quick = httpx.post(
+            f"{base}/v1/completions", json={"prompt": "next", "max_tokens": 3}, timeout=10
+        )
+        elapsed = time.monotonic() - started
+        cancelled = metric(base, 'fst_cancelled_requests_total{reason="disconnect"}')
+    assert quick.status_code == 200 and elapsed < 3
+    assert cancelled == 1
+
+
+def test_non_streamed_disconnect_cancels_generation() -> None:
+    fake = FakeGenerator(step_s=0.02)
+    with running_server(create_app(ServingSettings(), generator=fake)) as base:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{base}/generated_texts/",
+                json={"body": "long", "max_number_of_generated_tokens": 400},
+                timeout=0.5,
+            )
+        wait_until(lambda: fake.cancelled_sequences == 1, timeout=5)
+        wait_until(
+            lambda: (
+                metric(base, 'fst_http_requests_total{route="/generated_texts/",status="499"}') == 1
+            )
+        )
+
+
+def test_full_queue_answers_429_with_retry_after() -> None:
+    fake = FakeGenerator(step_s=0.02)
+    settings = ServingSettings(max_batch_size=1, queue_size=1, batch_wait_ms=0)
+    with running_server(create_app(settings, generator=fake)) as base:
+
+        async def drive() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                long = {"prompt": "long", "max_tokens": 200}
+                running = asyncio.create_task(client.post("/v1/completions", json=long))
+                await asyncio.to_thread(
+                    wait_until, lambda: metric(base, "fst_running_sequences") == 1
+                )
+                queued = asyncio.create_task(client.post("/v1/completions", json=long))
+                await asyncio.to_thread(wait_until, lambda: metric(base, "fst_queue_depth") == 1)
+                refused = await client.post(
+                    "/v1/completions", json={"prompt": "x", "max_tokens": 2}
+                )
+                for task in (running, queued):  # leave: the server cancels both
+                    task.cancel()
+                await asyncio.gather(running, queued, return_exceptions=True)
+                return refused
+
+        refused = asyncio.run(drive())
+        wait_until(lambda: metric(base, "fst_queue_depth") == 0 and fake.cancelled_sequences >= 1)
+        rejected = metric(base, 'fst_rejected_requests_total{reason="queue_full"}')
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert rejected == 1
+
+
+def test_sigterm_lets_the_in_flight_stream_finish_then_exits() -> None:
+    script = Path(__file__).with_name("serving_fakes.py")
+    path = os.pathsep.join(p for p in (str(script.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "0.02"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        port = int(proc.stdout.readline())
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ready(base), timeout=20)
+        lines: list[str] = []
+        first_piece = threading.Event()
+
+        def read_stream() -> None:
+            body = {"prompt": "go", "max_tokens": 50, "stream": True}  # about 1 s
+            with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=20) as r:
+                for line in r.iter_lines():
+                    if line:
+                        lines.append(line)
+                        first_piece.set()
+
+        reader = threading.Thread(target=read_stream)
+        reader.start()
+        assert first_piece.wait(10)
+        proc.send_signal(signal.SIGTERM)
+        reader.join(20)
+        code = proc.wait(20)
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says SIGTERM.
+    assert code == -signal.SIGTERM, log
+    assert "Waiting for connections to close" in log
+    assert lines[-1] == "data: [DONE]"
+    assert '"finish_reason":"length"' in lines[-2]
+    assert "scheduler stopped" in log
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
