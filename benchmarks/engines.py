@@ -167,10 +167,12 @@ class FSTEngine:
     """Our runtime (`fst.runtime.Generator`) on an exported bundle.
 
     The runtime takes text prompts: the worker passes texts that encode to exactly the
-    token ids the other engines get (checked here). Its ONNX Runtime session is wrapped to
-    time `run_with_iobinding`, the native part of each step, which gives the time to the
-    first token (the first decode step starts right after the first token is sampled) and
-    the per-step Python overhead (the decode phase minus the time spent inside ORT).
+    token ids the other engines get (checked here). The runtime has no timing hook, so its
+    stepper's `prefill`/`decode` (input binding + ONNX Runtime run + logits copy) are
+    wrapped with a clock. That gives the time to the first token (the first decode step
+    starts right after the first token is sampled) and the per-step Python overhead: the
+    share of the decode phase spent outside the stepper (sampling, detokenising, stop
+    checks, bookkeeping).
     """
 
     def __init__(self, folder: str, threads: int, variant: str) -> None:
@@ -179,8 +181,7 @@ class FSTEngine:
         self.name = f"fst-{variant}"
         self._threads = threads
         self.generator = Generator.from_bundle(folder, threads=threads)
-        stepper = self.generator._stepper  # no timing hook in the runtime (yet): wrap it
-        self.session = stepper.session = _TimedSession(stepper.session)
+        self.clock = _StepClock(self.generator._stepper)
         self.texts: dict[tuple[int, ...], str] = {}
         self._stats: dict[str, float] = {}
 
@@ -204,7 +205,7 @@ class FSTEngine:
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, seed=0, **SAMPLING
             )
         requests = [GenerationRequest(self.texts[tuple(p)], params) for p in prompts]
-        calls = self.session.calls
+        calls = self.clock.calls
         calls.clear()
         start = time.perf_counter()
         results = self.generator.run(requests)
@@ -212,16 +213,16 @@ class FSTEngine:
         # calls[0] is the prefill; calls[1] the first decode step, after the first sample.
         first = calls[1][0] - start if len(calls) > 1 else total
         decode_phase, steps = total - first, len(calls) - 1
-        in_ort = sum(end - begin for begin, end in calls[1:])
+        in_steps = sum(end - begin for begin, end in calls[1:])
         self._stats = {
-            "ort_step_ms": in_ort / steps * 1e3 if steps else float("nan"),
-            "python_overhead_share": 1 - in_ort / decode_phase if steps else float("nan"),
+            "stepper_ms": in_steps / steps * 1e3 if steps else float("nan"),
+            "python_overhead_share": 1 - in_steps / decode_phase if steps else float("nan"),
         }
         return Timing(first, total, [c.token_ids for per in results for c in per])
 
     def last_stats(self) -> dict[str, float]:
-        """Of the last run: mean ORT time of a decode step, and the share of the decode
-        phase spent outside ORT (sampling, detokenising, binding, bookkeeping)."""
+        """Of the last run: mean time of a stepper decode call, and the share of the decode
+        phase spent outside the stepper (sampling, detokenising, bookkeeping)."""
         return dict(self._stats)
 
     def info(self) -> dict[str, Any]:
@@ -231,21 +232,22 @@ class FSTEngine:
         return info
 
 
-class _TimedSession:
-    """An ORT InferenceSession that records (start, end) of every run_with_iobinding."""
+class _StepClock:
+    """Wraps a runtime stepper's prefill/decode to record (start, end) of every call."""
 
-    def __init__(self, session: Any) -> None:
-        self._session = session
+    def __init__(self, stepper: Any) -> None:
         self.calls: list[tuple[float, float]] = []
+        for name in ("prefill", "decode"):
+            setattr(stepper, name, self._timed(getattr(stepper, name)))
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
+    def _timed(self, method: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = method(*args, **kwargs)
+            self.calls.append((start, time.perf_counter()))
+            return out
 
-    def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        out = self._session.run_with_iobinding(*args, **kwargs)
-        self.calls.append((start, time.perf_counter()))
-        return out
+        return timed
 
 
 def make_engine(name: str, folder: str, threads: int) -> Engine:

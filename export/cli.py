@@ -11,6 +11,8 @@ import logging
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_LOG_FILE = Path(tempfile.gettempdir()) / "fst-export.log"
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quantize", choices=["int8"], help="dynamic int8 quantization (CPU inference)"
     )
-    parser.add_argument("--fp16", action="store_true", help="float16 weights and I/O (CUDA/TensorRT)")
+    parser.add_argument(
+        "--fp16", action="store_true", help="float16 weights and I/O (CUDA/TensorRT)"
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument(
         "--logits",
@@ -60,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_file)
+    with _logging_to(args.log_file):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("fst.export")
     log.debug("arguments: %s", vars(args))
     from fst.export.exporter import ExportError, export_bundle
@@ -102,21 +110,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _setup_logging(log_file: Path) -> None:
-    """Everything (ours, transformers', warnings) to the log file; the screen stays clean."""
-    handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG)
-    logging.captureWarnings(True)
-    warnings.simplefilter("default")
+@contextmanager
+def _logging_to(log_file: Path) -> Iterator[None]:
+    """Everything (ours, transformers', warnings) to the log file; the screen stays clean.
+
+    Restores the previous logging state afterwards, so main() can run in-process (tests).
+    """
     import onnxruntime
     from transformers.utils import logging as hf_logging
 
+    handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root, ours = logging.getLogger(), logging.getLogger("fst")
+    saved = (root.level, ours.level)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    ours.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()  # our own display shows the loading stage
     onnxruntime.set_default_logger_severity(3)  # errors only; ORT warnings are noise here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+        logging.captureWarnings(False)
+        hf_logging.disable_propagation()
+        hf_logging.enable_default_handler()
+        hf_logging.enable_progress_bar()
+        onnxruntime.set_default_logger_severity(2)
 
 
 def _first_line(error: BaseException) -> str:

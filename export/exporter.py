@@ -123,7 +123,9 @@ def _build(
                 hidden_size=int(config.hidden_size),
             )
             current = work / "fused.onnx"
-        stages.note("fused operators: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "none"))
+        stages.note(
+            "fused operators: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "none")
+        )
     if variant == "fp16":
         with stages.stage("fp16"):
             convert_fp16(current, work / "fp16.onnx")

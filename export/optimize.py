@@ -50,7 +50,10 @@ def apply_fusions(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> 
         opt_level=0,  # fusions only; the session applies ORT's own graph optimisations
     )
     fused = count_ops(optimized.model)
-    save_onnx(optimized.model, dst)
+    # save_model_to_file also sorts the nodes and declares the com.microsoft opset.
+    optimized.save_model_to_file(
+        str(dst), use_external_data_format=_needs_external_data(optimized.model)
+    )
     return fused
 
 
@@ -82,6 +85,8 @@ def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QInt8") -> None:
         per_channel=False,
         reduce_range=False,
         use_external_data_format=_needs_external_data(model),
+        # Shape inference cannot type the outputs of fused com.microsoft ops (--optimize).
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
 

@@ -6,6 +6,7 @@ into the manifest. Every failure is a `SourceError` with a one-line message.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,12 @@ def load_source(ckpt: Path | None = None, model_path: str | None = None) -> Expo
 def _from_checkpoint(path: Path) -> ExportSource:
     from fst.checkpoint import CheckpointError, load_checkpoint
 
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder; --ckpt takes a .ckpt file (fst-train writes them)")
     if not path.is_file():
         raise SourceError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives
+        raise SourceError(f"{path}: not a PyTorch checkpoint (not a torch.save zip archive)")
     try:
         loaded = load_checkpoint(path)
     except CheckpointError as e:
@@ -65,7 +70,10 @@ def _from_hf(name_or_path: str) -> ExportSource:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     local = Path(name_or_path).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
+    if looks_local and not local.exists():
+        raise SourceError(f"{name_or_path}: no such model folder")
+    if looks_local and not (local / "config.json").is_file():
         raise SourceError(f"{name_or_path}: not a Hugging Face model folder (no config.json)")
     try:
         config = AutoConfig.from_pretrained(name_or_path)

@@ -82,7 +82,7 @@ def verify_parity(
     }
     cache = DynamicCache()
     pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (onnx, torch) logits at checked positions
-    for step in range(decode_steps + 1):
+    for _ in range(decode_steps + 1):  # prefill, then decode steps
         positions = position_ids_for(mask)[:, -ids.shape[1] :]
         feed = {ONNX_INPUT_IDS: ids, ONNX_ATTENTION_MASK: mask, ONNX_POSITION_IDS: positions}
         outputs = session.run(None, {**feed, **past})
@@ -148,4 +148,3 @@ def describe(report: ParityReport, variant: str) -> str:
         f"top-1 agreement {report.top1_agreement:.3f} over {report.checked_positions} "
         f"positions: {verdict}"
     )
-

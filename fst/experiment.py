@@ -79,7 +79,7 @@ def create_experiment(experiments_root: str | Path, name: str) -> Experiment:
 
 @contextmanager
 def experiment_logging(logs_dir: Path, console: bool = True) -> Iterator[None]:
-    """Log to logs/{debug,info,errors}.log (+ INFO on the console) while the block runs.
+    """Log to logs/{debug,info,errors}.log (+ fst INFO lines on stdout) while the block runs.
 
     Handlers are removed and closed on exit, so several runs in one process do not stack
     handlers or leak file descriptors.
@@ -104,7 +104,7 @@ def experiment_logging(logs_dir: Path, console: bool = True) -> Iterator[None]:
             if not other.propagate:
                 attached.append((other, handler))
     if console:
-        stream = logging.StreamHandler(sys.stderr)
+        stream = logging.StreamHandler(sys.stdout)  # stderr is for errors only
         stream.setLevel(logging.INFO)
         stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         stream.addFilter(lambda record: record.name.split(".")[0] == "fst")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -74,6 +75,16 @@ def run_training(args: TrainArgs) -> int:
 
 def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
     """Train inside an existing experiment folder; raises on any error."""
+    threads = torch.get_num_threads()
+    if args.resolved_num_threads():
+        torch.set_num_threads(args.resolved_num_threads())
+    try:
+        return _train(args, experiment)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
     description = {"arguments": args.to_json_dict(), "versions": library_versions()}
     experiment.write_description(description)
     logger.info("Experiment folder: %s", experiment.dir)
@@ -187,6 +198,11 @@ def tokenizer_and_model(args: TrainArgs, train_file: Path):
         "max_body_len": args.max_body_len,
         "ignore_meta_prob": args.ignore_meta_prob,
     }
+    if args.max_meta_len == 0:
+        # The original's "no meta" (its README passes --max_meta_len=0 --ignore_meta_prob=1.0):
+        # every meta is dropped; the tokenizer needs a length >= 1 that is then never used.
+        logger.info("--max_meta_len 0: documents are trained without their meta")
+        settings.update(max_meta_len=1, ignore_meta_prob=1.0)
     if args.resume_from:
         info = read_checkpoint(args.resume_from)[CHECKPOINT_KEY]
         # The vocabulary must be the checkpoint's; the document settings are this run's.

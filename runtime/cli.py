@@ -78,9 +78,10 @@ def _overrides(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-    try:
-        from fst.runtime.generator import Generator
+    from fst.runtime.generator import Generator
+    from fst.runtime.session import ProviderUnavailableError
 
+    try:
         providers = args.providers.split(",") if args.providers else None
         generator = Generator.from_bundle(args.bundle, providers=providers, threads=args.threads)
         params = generator.default_params.with_overrides(**_overrides(args))
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             return 0
         completions = generator.generate(prompt, params)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError, ProviderUnavailableError) as e:
         log.debug("fst-generate failed", exc_info=True)
         print(f"fst-generate: error: {e}", file=sys.stderr)
         return 2

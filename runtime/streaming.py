@@ -2,8 +2,9 @@
 
 A piece is handed out only when nothing later can change it:
 - bytes of a multi-byte character split across tokens decode to U+FFFD until the character
-  is complete, so text ending in U+FFFD is held back (the decoder sees a small window of
-  recent tokens, TGI-style, so the cost per token stays constant);
+  is complete, so text ending in U+FFFD is held back (for a few tokens at most: after that
+  it is invalid bytes); the decoder sees a small window of recent tokens, TGI-style, so the
+  cost per token stays constant;
 - text that could be the beginning of a stop string is held back until it is not;
 - a stop string ends the text: everything from its start on is never handed out.
 Joining every piece (including `finish()`'s) gives exactly `text`.
@@ -14,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 REPLACEMENT_CHAR = "\ufffd"
+# A character is at most 4 bytes: text still ending in U+FFFD after this many more tokens is
+# invalid bytes, not an unfinished character, and is released as it is.
+MAX_PENDING_TOKENS = 8
 
 
 class TextStream:
@@ -37,7 +41,10 @@ class TextStream:
         self._ids.append(token_id)
         prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
         current = self._decode(self._ids[self._prefix_offset :])
-        if len(current) > len(prefix) and not current.endswith(REPLACEMENT_CHAR):
+        pending = len(self._ids) - self._read_offset
+        if len(current) == len(prefix):
+            self._read_offset = len(self._ids)  # tokens without text (special tokens)
+        elif not current.endswith(REPLACEMENT_CHAR) or pending > MAX_PENDING_TOKENS:
             self._append(current[len(prefix) :])
             self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
         return self._release(final=False)

@@ -77,7 +77,7 @@ def tiny_train_args(root: Path, **overrides):
         "batch_size": 4,
         "max_meta_len": 8,
         "max_body_len": 24,
-        "learning_rate": 3e-3,
+        "learning_rate": 1e-2,
         "num_warmup_steps": 1,
         "max_steps": 6,
         "val_check_interval": 3,
@@ -85,6 +85,7 @@ def tiny_train_args(root: Path, **overrides):
         "log_every_n_steps": 1,
         "accelerator": "cpu",
         "devices": "1",
+        "num_threads": 1,  # tiny matrices: threads only add overhead, worse on shared cores
     }
     return TrainArgs(**{**args, **overrides})
 
@@ -145,4 +146,15 @@ def tiny_plain_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
 
     output = tmp_path_factory.mktemp("tiny_plain_bundle") / "bundle"
     export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
+    return output
+
+
+@pytest.fixture(scope="session")
+def tiny_document_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A document-format fp32 bundle (logits of the last position) exported from
+    tiny_checkpoint: [START_OF_DOCUMENT] / [END_OF_META] ids in its manifest."""
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_document_bundle") / "bundle"
+    export_bundle(output, ckpt=tiny_checkpoint, progress=False)
     return output

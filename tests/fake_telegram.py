@@ -4,7 +4,9 @@ It serves `/bot{token}/{method}` like api.telegram.org: `getUpdates` long-polls 
 test fills with `push_message` / `push_callback`; `sendMessage` and `editMessageText` return
 messages with fresh ids; every call is recorded with its time and parameters, so tests assert
 what the bot sent. `fail_next(method, retry_after)` answers the next such call with Telegram's
-429 flood-control error. Unknown methods answer `true`.
+429 flood-control error. Like Telegram, texts sent with parse_mode HTML must be well-formed
+(only Telegram's tags, balanced, every `<`, `>`, `&` escaped) and at most 4096 UTF-16 units
+once parsed, or the call fails with 400. Unknown methods answer `true`.
 """
 
 from __future__ import annotations
@@ -12,15 +14,73 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import web
 
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "FST", "username": "fst_test_bot"}
 LONG_POLL_CAP = 0.5  # seconds: keeps polling responsive when the bot stops
+
+
+TELEGRAM_TAGS = {
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "code",
+    "pre",
+    "a",
+    "tg-spoiler",
+    "blockquote",
+}
+_TAG_OR_ENTITY = re.compile(r"</?[a-z-]+(\s[^<>]*)?>|&(lt|gt|amp|quot|#\d+|#x[0-9a-fA-F]+);")
+
+
+class _Entities(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.text: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag not in TELEGRAM_TAGS:
+            self.errors.append(f"unsupported start tag {tag!r}")
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open.pop() != tag:
+            self.errors.append(f"unexpected end tag {tag!r}")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def html_error(text: str) -> str | None:
+    """Why Telegram would refuse `text` in parse_mode HTML, or None."""
+    if re.search(r"[<>&]", _TAG_OR_ENTITY.sub("", text)):
+        return "Bad Request: can't parse entities: unescaped <, > or &"
+    parser = _Entities()
+    parser.feed(text)
+    parser.close()
+    if parser.errors or parser.open:
+        return f"Bad Request: can't parse entities: {parser.errors or parser.open}"
+    plain = "".join(parser.text)
+    if not plain.strip():
+        return "Bad Request: message text is empty"
+    if len(plain.encode("utf-16-le")) // 2 > 4096:
+        return "Bad Request: message is too long"
+    return None
 
 
 @dataclass
@@ -55,7 +115,7 @@ class FakeTelegram:
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
-        self._failures: dict[str, int] = {}
+        self._failures: dict[str, tuple[int, int | None]] = {}
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -107,8 +167,9 @@ class FakeTelegram:
         }
         return self._push({"callback_query": query})
 
-    def fail_next(self, method: str, retry_after: int) -> None:
-        self._failures[method] = retry_after
+    def fail_next(self, method: str, retry_after: int | None = None, status: int = 429) -> None:
+        """Answer the next call to `method` with 429 retry_after, or with `status`."""
+        self._failures[method] = (status, retry_after)
 
     # ---- what tests read ------------------------------------------------------------------
     def calls_to(self, *methods: str) -> list[Call]:
@@ -148,9 +209,12 @@ class FakeTelegram:
         if method == "getUpdates":
             return _ok(await self._get_updates(params))
         call = Call(method, params)
+        error = html_error(params.get("text", "")) if params.get("parse_mode") == "HTML" else None
         if method in self._failures:
-            retry_after = self._failures.pop(method)
-            response = _error(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+            status, retry_after = self._failures.pop(method)
+            response = _error(status, f"Error {status}: retry after {retry_after}", retry_after)
+        elif error is not None:
+            response = _error(400, error)
         elif method == "getMe":
             response = _ok(BOT_USER)
         elif method in ("sendMessage", "editMessageText"):
@@ -170,7 +234,9 @@ class FakeTelegram:
             timeout = min(float(params.get("timeout", 0)), LONG_POLL_CAP)
             try:
                 async with self._changed:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self._updates)), timeout)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: bool(self._updates)), timeout
+                    )
             except asyncio.TimeoutError:
                 pass
         return list(self._updates)

@@ -39,3 +39,18 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(unpacked)!r}); {code}"],
                    check=True, cwd=tmp_path)
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    """A new subpackage must be added to [tool.setuptools] packages, or the wheel misses it."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    roots = {folder: name for name, folder in config["package-dir"].items()}
+    found = set()
+    for folder, name in roots.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed, f"pyproject packages differ from the tree: {sorted(found ^ listed)}"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import html
+import itertools
 import json
 import os
 import signal
 import socket
-import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from fake_telegram import Call, FakeTelegram
+from fake_telegram import Call, FakeTelegram, html_error
 
 from fst.generation_params import GenerationParams
 from fst.serving.telegram import cli
@@ -32,6 +33,7 @@ from fst.serving.telegram.client import TOO_SLOW, UNREACHABLE
 from fst.serving.telegram.handlers import CANNOT_REPEAT, HELP, UNKNOWN_COMMAND
 from fst.serving.telegram.logs import LOG_FILE, setup_logging
 from fst.serving.telegram.render import MESSAGE_LIMIT, render_reply, telegram_length
+from fst.serving.telegram.replies import STILL_WRITING
 from fst.serving.telegram.settings import BotSettings, SettingsError
 
 TOKEN = "123456:TEST-token"
@@ -79,9 +81,11 @@ class FakeGenerator:
             await self._runner.cleanup()
 
     def _pieces(self, max_tokens: int) -> list[str]:
-        return self.pieces if self.pieces is not None else [
-            WORDS[i % len(WORDS)] for i in range(max_tokens)
-        ]
+        return (
+            self.pieces
+            if self.pieces is not None
+            else [WORDS[i % len(WORDS)] for i in range(max_tokens)]
+        )
 
     async def _guard(self, request: web.Request, path: str) -> web.Response | None:
         body = await request.json()
@@ -147,7 +151,9 @@ async def polling(settings: BotSettings) -> AsyncIterator[TelegramBot]:
 
 
 @asynccontextmanager
-async def fakes(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[FakeTelegram, FakeGenerator, BotSettings]]:
+async def fakes(
+    tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[FakeTelegram, FakeGenerator, BotSettings]]:
     tg, gen = FakeTelegram(TOKEN), FakeGenerator()
     await tg.start()
     await gen.start()
@@ -218,17 +224,22 @@ def test_message_gets_bold_prompt_escaped_continuation_and_repeat_button(tmp_pat
             assert path == "/v1/completions" and body["stream"] is True and body["n"] == 1
             assert body["prompt"] == prompt and "meta" not in body
             assert (body["max_tokens"], body["temperature"], body["top_k"]) == (
-                defaults.max_new_tokens, defaults.temperature, defaults.top_k,
+                defaults.max_new_tokens,
+                defaults.temperature,
+                defaults.top_k,
             )
             assert (body["top_p"], body["repetition_penalty"]) == (
-                defaults.top_p, defaults.repetition_penalty,
+                defaults.top_p,
+                defaults.repetition_penalty,
             )
             assert tg.calls_to("sendChatAction")
 
     run(scenario())
 
 
-def test_repeat_button_regenerates_same_text_and_expired_entries_are_refused(tmp_path: Path) -> None:
+def test_repeat_button_regenerates_same_text_and_expired_entries_are_refused(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
         async with fakes(tmp_path, repeat_cache_size=1) as (tg, gen, settings), polling(settings):
             first = await say(tg, "first text", final=True)
@@ -272,7 +283,9 @@ def test_settings_commands_validate_and_survive_a_restart(tmp_path: Path) -> Non
                 bad = await say(tg, "/top_p 1.5")
                 assert bad.text.startswith("Can't set top_p: ")
                 assert html.escape(str(top_p_error.value)) in bad.text
-                assert "'abc' is not a whole number" in html.unescape((await say(tg, "/top_k abc")).text)
+                assert "'abc' is not a whole number" in html.unescape(
+                    (await say(tg, "/top_k abc")).text
+                )
                 assert "length must be in [1," in (await say(tg, "/length 0")).text
                 assert "not a finite number" in (await say(tg, "/temperature inf")).text
                 assert (await say(tg, "/top_k")).text.startswith("top_k is 50 ")
@@ -282,7 +295,11 @@ def test_settings_commands_validate_and_survive_a_restart(tmp_path: Path) -> Non
                 final = await say(tg, "hello", final=True)
                 assert final.text == reply_html("hello", expected_continuation(5))
                 body = gen.requests[-1][1]
-                assert (body["temperature"], body["max_tokens"], body["meta"]) == (0.3, 5, "<poetry>")
+                assert (body["temperature"], body["max_tokens"], body["meta"]) == (
+                    0.3,
+                    5,
+                    "<poetry>",
+                )
                 assert body["repetition_penalty"] == 1.5 and body["top_p"] == 1.0
 
             # A new bot on the same data_dir remembers this chat's settings.
@@ -292,7 +309,11 @@ def test_settings_commands_validate_and_survive_a_restart(tmp_path: Path) -> Non
                 assert "/meta <poetry> " in shown
                 await say(tg, "again", final=True)
                 body = gen.requests[-1][1]
-                assert (body["temperature"], body["max_tokens"], body["meta"]) == (0.3, 5, "<poetry>")
+                assert (body["temperature"], body["max_tokens"], body["meta"]) == (
+                    0.3,
+                    5,
+                    "<poetry>",
+                )
                 assert (await say(tg, "/meta")).text == "Control code cleared."
                 await say(tg, "/reset")
                 await say(tg, "fresh", final=True)
@@ -300,13 +321,16 @@ def test_settings_commands_validate_and_survive_a_restart(tmp_path: Path) -> Non
                 defaults = GenerationParams()
                 assert "meta" not in body
                 assert (body["temperature"], body["max_tokens"]) == (
-                    defaults.temperature, defaults.max_new_tokens,
+                    defaults.temperature,
+                    defaults.max_new_tokens,
                 )
 
     run(scenario())
 
 
-def test_server_down_error_or_slow_gets_a_polite_reply_and_the_bot_keeps_going(tmp_path: Path) -> None:
+def test_server_down_error_or_slow_gets_a_polite_reply_and_the_bot_keeps_going(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
         async with fakes(tmp_path, request_timeout=0.5) as (tg, gen, settings):
             port = gen.port
@@ -336,7 +360,9 @@ def test_server_down_error_or_slow_gets_a_polite_reply_and_the_bot_keeps_going(t
                     assert final.text == reply_html("still alive?", expected_continuation(64))
             finally:
                 close_logs()
-            records = [json.loads(line) for line in (settings.data_dir / LOG_FILE).read_text().splitlines()]
+            records = [
+                json.loads(line) for line in (settings.data_dir / LOG_FILE).read_text().splitlines()
+            ]
             errors = [r for r in records if r.get("event") == "generation_error"]
             assert len(errors) == 3
             assert all(r["chat_id"] == CHAT and r["user_id"] == CHAT for r in errors)
@@ -381,7 +407,10 @@ def test_streaming_edits_are_throttled_and_the_final_text_is_complete(tmp_path: 
     interval = 0.4
 
     async def scenario() -> None:
-        async with fakes(tmp_path, edit_interval=interval) as (tg, gen, settings), polling(settings):
+        async with (
+            fakes(tmp_path, edit_interval=interval) as (tg, gen, settings),
+            polling(settings),
+        ):
             gen.delay = 0.05
             await say(tg, "/length 30")
             after = len(tg.calls)
@@ -390,7 +419,7 @@ def test_streaming_edits_are_throttled_and_the_final_text_is_complete(tmp_path: 
             assert writes[0].method == "sendMessage" and writes[-1] is final
             assert final.text == reply_html("stream", expected_continuation(30))
             assert 2 <= len(writes) <= 1.5 / interval + 2  # ~1.5 s of streaming
-            gaps = [b.time - a.time for a, b in zip(writes, writes[1:])]
+            gaps = [b.time - a.time for a, b in itertools.pairwise(writes)]
             assert min(gaps) >= interval - 0.02
             for partial in writes[:-1]:  # each partial text is a prefix of the final one
                 assert partial.text.endswith(" …") and not partial.callback_data
@@ -475,8 +504,11 @@ def test_webhook_mode_receives_updates_with_the_secret(tmp_path: Path) -> None:
         port = s.getsockname()[1]
 
     async def scenario() -> None:
-        overrides = {"webhook_url": "https://bot.example.org/tg/hook", "webhook_port": port,
-                     "webhook_secret": "sec-ret_1"}
+        overrides = {
+            "webhook_url": "https://bot.example.org/tg/hook",
+            "webhook_port": port,
+            "webhook_secret": "sec-ret_1",
+        }
         async with fakes(tmp_path, **overrides) as (tg, gen, settings):
             stop = asyncio.Event()
             bot = TelegramBot(settings)
@@ -484,9 +516,16 @@ def test_webhook_mode_receives_updates_with_the_secret(tmp_path: Path) -> None:
             hook = await tg.wait_for(lambda c: c.method == "setWebhook")
             assert hook.params["url"] == "https://bot.example.org/tg/hook"
             assert hook.params["secret_token"] == "sec-ret_1"
-            update = {"update_id": 1, "message": {
-                "message_id": 1, "date": 0, "chat": {"id": CHAT, "type": "private"},
-                "from": {"id": CHAT, "is_bot": False, "first_name": "U"}, "text": "hook"}}
+            update = {
+                "update_id": 1,
+                "message": {
+                    "message_id": 1,
+                    "date": 0,
+                    "chat": {"id": CHAT, "type": "private"},
+                    "from": {"id": CHAT, "is_bot": False, "first_name": "U"},
+                    "text": "hook",
+                },
+            }
             url = f"http://127.0.0.1:{port}/tg/hook"
             async with ClientSession() as http:
                 async with http.post(url, json=update) as r:
@@ -503,6 +542,51 @@ def test_webhook_mode_receives_updates_with_the_secret(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_failing_handler_is_logged_and_one_chat_generates_one_text_at_a_time(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with fakes(tmp_path) as (tg, gen, settings):
+            settings.prepare_data_dir()
+            close_logs = setup_logging(settings.data_dir, "ERROR")
+            try:
+                async with polling(settings):
+                    tg.fail_next("sendMessage", status=400)  # Telegram refuses the /help answer
+                    after = len(tg.calls)
+                    tg.push_message(CHAT, "/help")
+                    await tg.wait_for(answer_to(CHAT), after=after)
+                    assert (await say(tg, "/help")).text == HELP  # the bot carries on
+
+                    gen.delay = 0.1
+                    await say(tg, "/length 10")
+                    after = len(tg.calls)
+                    tg.push_message(CHAT, "slow one")
+                    await tg.wait_for(answer_to(CHAT), after=after)  # the reply has started
+                    busy = await say(tg, "impatient")
+                    assert busy.text == STILL_WRITING
+                    final = await tg.wait_for(is_final(CHAT), after=after)
+                    assert final.text == reply_html("slow one", expected_continuation(10))
+                    assert [b["prompt"] for _, b in gen.requests] == ["slow one"]
+            finally:
+                close_logs()
+            records = [
+                json.loads(x) for x in (settings.data_dir / LOG_FILE).read_text().splitlines()
+            ]
+            (error,) = [r for r in records if r.get("event") == "handler_error"]
+            assert error["chat_id"] == CHAT and "TelegramBadRequest" in error["exception"]
+
+    run(scenario())
+
+
+def test_the_fake_refuses_what_telegram_refuses() -> None:
+    assert html_error("<b>a &lt; b</b> &amp; c") is None
+    assert html_error("<b>cut</b") is not None and html_error("<b>open") is not None
+    assert html_error("a & b") is not None and html_error("&am") is not None
+    assert html_error("<script>x</script>") is not None
+    assert html_error("<b>" + "😀" * 2048 + "</b>") is None
+    assert html_error("😀" * 2049) is not None
+
+
 # ---- the command line -------------------------------------------------------------------------
 
 
@@ -510,16 +594,32 @@ def test_webhook_mode_receives_updates_with_the_secret(tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["--text_generator_service_url", "http://x"], "--telegram_api_token (or env"),
-        (["--telegram_api_token", "nonsense", "--text_generator_service_url", "http://x"],
-         "--telegram_api_token: not a bot token"),
-        (["--telegram_api_token", TOKEN, "--text_generator_service_url", "localhost:9228"],
-         "--text_generator_service_url: expected an http(s) URL"),
-        (["--telegram_api_token", TOKEN, "--text_generator_service_url", "http://x",
-          "--request_timeout", "0"], "--request_timeout must be > 0"),
+        (
+            ["--telegram_api_token", "nonsense", "--text_generator_service_url", "http://x"],
+            "--telegram_api_token: not a bot token",
+        ),
+        (
+            ["--telegram_api_token", TOKEN, "--text_generator_service_url", "localhost:9228"],
+            "--text_generator_service_url: expected an http(s) URL",
+        ),
+        (
+            [
+                "--telegram_api_token",
+                TOKEN,
+                "--text_generator_service_url",
+                "http://x",
+                "--request_timeout",
+                "0",
+            ],
+            "--request_timeout must be > 0",
+        ),
     ],
 )
 def test_cli_rejects_bad_input_with_one_line_and_exit_2(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(cli.TOKEN_ENV, raising=False)
     assert cli.main(argv) == 2
@@ -527,30 +627,58 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(
     assert err.startswith(f"fst-telegram: {message}") and err.count("\n") == 1
 
 
-def test_cli_runs_the_bot_with_the_token_from_env_and_stops_on_sigterm(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with fakes(tmp_path) as (tg, gen, settings):
-            env = {**os.environ, cli.TOKEN_ENV: TOKEN}
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fst.serving.telegram.cli",
-                "--text_generator_service_url", gen.url, "--telegram_api_server", tg.url,
-                "--data_dir", str(settings.data_dir), "--edit_interval", "0.05",
-                env=env, stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                await tg.wait_for(lambda c: c.method == "setMyCommands", timeout=20)
-                final = await say(tg, "from the cli", final=True)
-                assert final.text == reply_html("from the cli", expected_continuation(64))
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                _, stderr = await asyncio.wait_for(proc.communicate(), 15)
-            assert proc.returncode == 0, stderr.decode()[-2000:]
-            records = [json.loads(x) for x in (settings.data_dir / LOG_FILE).read_text().splitlines()]
-            reply = next(r for r in records if r.get("event") == "reply")
-            assert reply["chat_id"] == CHAT and reply["user_id"] == CHAT
-            assert "from the cli" not in (settings.data_dir / LOG_FILE).read_text()  # INFO: no texts
+def test_cli_main_runs_the_bot_with_the_token_from_env_and_stops_on_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cli.main` in this process (a subprocess would pay seconds of aiogram imports again);
+    the fakes run on a loop in another thread, which also plays the user and sends SIGTERM."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
 
-    run(scenario(), timeout=45)
+    def on_fake_loop(coro: Awaitable[Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)  # type: ignore[arg-type]
+
+    tg, gen = FakeTelegram(TOKEN), FakeGenerator()
+    on_fake_loop(tg.start())
+    on_fake_loop(gen.start())
+    data_dir = tmp_path / "data"
+    replies: list[Call] = []
+
+    def user() -> None:
+        # setMyCommands comes from the startup hook, after aiogram installed its SIGTERM handler.
+        on_fake_loop(tg.wait_for(lambda c: c.method == "setMyCommands", timeout=60), 65)
+        try:
+            replies.append(on_fake_loop(say(tg, "from the cli", final=True), 30))
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setenv(cli.TOKEN_ENV, TOKEN)
+    user_thread = threading.Thread(target=user, daemon=True)
+    user_thread.start()
+    argv = [
+        "--text_generator_service_url",
+        gen.url,
+        "--telegram_api_server",
+        tg.url,
+        "--data_dir",
+        str(data_dir),
+        "--edit_interval",
+        "0.05",
+    ]
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        user_thread.join(70)
+        on_fake_loop(tg.close())
+        on_fake_loop(gen.close())
+        loop.call_soon_threadsafe(loop.stop)
+    assert replies[0].text == reply_html("from the cli", expected_continuation(64))
+    log_text = (data_dir / LOG_FILE).read_text()
+    records = [json.loads(line) for line in log_text.splitlines()]
+    reply = next(r for r in records if r.get("event") == "reply")
+    assert reply["chat_id"] == CHAT and reply["user_id"] == CHAT and reply["trimmed"] is False
+    assert any(r.get("event") == "stop" for r in records)  # graceful shutdown ran
+    assert "from the cli" not in log_text  # at INFO, texts are not logged
 
 
 # ---- pieces -----------------------------------------------------------------------------------
@@ -563,7 +691,9 @@ def test_render_reply_counts_utf16_and_never_cuts_an_escape() -> None:
         r = render_reply("p", "&" * 50, limit=limit)
         assert r.trimmed and telegram_length(r.html) <= limit
         body = r.html.removeprefix("<b>p</b>")
-        assert body == "&amp;" * ((limit - 8 - 1) // 5) + "…"  # only whole escapes, then the ellipsis
+        assert (
+            body == "&amp;" * ((limit - 8 - 1) // 5) + "…"
+        )  # only whole escapes, then the ellipsis
     emoji = render_reply("p", "😀" * 10, limit=8 + 2 * 4 + 1)  # 4 emoji (2 units each) + "…"
     assert emoji.html == "<b>p</b>" + "😀" * 4 + "…"
 
@@ -594,7 +724,9 @@ def test_settings_validation_errors() -> None:
 # ---- with the real server ---------------------------------------------------------------------
 
 
-def test_end_to_end_with_a_real_fst_serve_on_a_tiny_bundle(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_end_to_end_with_a_real_fst_serve_on_a_tiny_bundle(
+    tmp_path: Path, tiny_plain_bundle: Path
+) -> None:
     """The bot's reply equals what fst.runtime generates greedily from the same bundle."""
     from serving_fakes import running_server
 
@@ -602,7 +734,7 @@ def test_end_to_end_with_a_real_fst_serve_on_a_tiny_bundle(tmp_path: Path, reque
     from fst.serving.app import create_app
     from fst.serving.settings import ServingSettings
 
-    bundle = request.getfixturevalue("tiny_plain_bundle")
+    bundle = tiny_plain_bundle
     prompt = "Hello world"
     (reference,) = Generator.from_bundle(bundle, threads=1).generate(
         prompt, max_new_tokens=8, temperature=0.0, top_k=50, top_p=1.0, repetition_penalty=1.0

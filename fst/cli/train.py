@@ -67,6 +67,7 @@ class TrainArgs:
     num_workers: int = 1
     bucket_batches: int = 50
     log_every_n_steps: int = 10
+    num_threads: int | None = None
     resume_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -82,6 +83,8 @@ class TrainArgs:
         _positive("bucket_batches", self.bucket_batches)
         _positive("log_every_n_steps", self.log_every_n_steps)
         _positive("seed", self.seed, minimum=0)
+        if self.num_threads is not None:
+            _positive("num_threads", self.num_threads, minimum=0)
         if not 0.0 <= self.ignore_meta_prob <= 1.0:
             raise ArgsError(f"--ignore_meta_prob must be in [0, 1], got {self.ignore_meta_prob}")
         if not self.learning_rate > 0:
@@ -114,6 +117,7 @@ class TrainArgs:
             raise ArgsError("give --tokenizer or --tokenizer_class_name, not both")
         if self.gpus is not None and (self.devices != "auto" or self.accelerator != "auto"):
             raise ArgsError("--gpus replaces --accelerator/--devices: give one or the other")
+        self.trainer_devices()  # raises ArgsError on a malformed --devices / --gpus
 
     @property
     def uses_demo_corpus(self) -> bool:
@@ -131,6 +135,13 @@ class TrainArgs:
         if self.max_epochs is not None:
             return self.max_epochs
         return -1 if self.max_steps > 0 else DEMO_MAX_EPOCHS
+
+    def resolved_num_threads(self) -> int:
+        """torch CPU threads; 0 keeps torch's default. The demo uses 1: a tiny model gains
+        nothing from intra-op threads and loses a lot when the cores are shared."""
+        if self.num_threads is not None:
+            return self.num_threads
+        return 1 if self.uses_demo_corpus else 0
 
     def trainer_devices(self) -> dict[str, Any]:
         """accelerator/devices for Lightning; --gpus "0," means GPU 0 (the original's flag)."""

@@ -21,6 +21,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand, ErrorEvent, TelegramObject
+
 from fst.serving.telegram.cache import LRUCache
 from fst.serving.telegram.chat_settings import SETTING_COMMANDS
 from fst.serving.telegram.client import GenerationClient

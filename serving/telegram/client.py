@@ -16,9 +16,11 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
+
 from fst.serving.telegram.chat_settings import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -60,17 +62,15 @@ class GenerationClient:
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
-            # `read` bounds the wait for each streamed chunk; `stream` bounds the total.
+            # `read` bounds the wait for each streamed chunk; _stream_completions bounds the total.
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            transport=transport,
         )
         self._has_completions = True
 
@@ -82,8 +82,11 @@ class GenerationClient:
         try:
             if self._has_completions:
                 try:
-                    async for piece in self._stream_completions(prompt, settings):
-                        yield piece
+                    # aclosing: when our caller stops early, the HTTP stream closes now (and the
+                    # server stops generating), not whenever the generator is garbage-collected.
+                    async with aclosing(self._stream_completions(prompt, settings)) as pieces:
+                        async for piece in pieces:
+                            yield piece
                     return
                 except _CompletionsMissing:
                     log.warning(

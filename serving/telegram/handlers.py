@@ -12,6 +12,7 @@ import logging
 from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, Message
+
 from fst.serving.telegram.chat_settings import SETTING_COMMANDS
 from fst.serving.telegram.replies import BotContext, RepeatCallback, continue_text
 

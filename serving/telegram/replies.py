@@ -13,6 +13,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+
 from fst.serving.telegram.cache import LRUCache
 from fst.serving.telegram.client import GenerationClient, GenerationError
 from fst.serving.telegram.store import SettingsStore

@@ -38,7 +38,9 @@ class BotSettings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.telegram_api_token, str) or not _TOKEN.match(self.telegram_api_token):
+        if not isinstance(self.telegram_api_token, str) or not _TOKEN.match(
+            self.telegram_api_token
+        ):
             raise SettingsError(
                 "--telegram_api_token: not a bot token (expected '<digits>:<secret>' from @BotFather)"
             )

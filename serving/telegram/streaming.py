@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter
 from aiogram.types import InlineKeyboardMarkup, Message
+
 from fst.serving.telegram.cache import LRUCache
 from fst.serving.telegram.render import render_reply
 

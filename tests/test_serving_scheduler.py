@@ -1,0 +1,114 @@
+"""The scheduler alone: batch formation, cancellation in the queue, back-pressure, shutdown.
+
+Jobs are queued before the worker starts, so the batches it forms are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from serving_fakes import FakeGenerator
+
+from fst.generation_params import GenerationParams
+from fst.runtime import GenerationRequest
+from fst.serving.metrics import ServingMetrics
+from fst.serving.scheduler import (
+    GenerationTimeoutError,
+    QueueFullError,
+    Scheduler,
+    SchedulerClosedError,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def request(prompt: str, n: int = 1, tokens: int = 3) -> GenerationRequest:
+    return GenerationRequest(
+        prompt, GenerationParams(max_new_tokens=tokens, num_return_sequences=n)
+    )
+
+
+def scheduler(fake: FakeGenerator, **kw) -> Scheduler:
+    options = {"max_batch_size": 8, "queue_size": 8, "batch_wait_s": 0.0, **kw}
+    return Scheduler(fake, metrics=ServingMetrics(), **options)
+
+
+def test_batches_fill_up_to_max_sequences_first_come_first_served() -> None:
+    fake = FakeGenerator()
+    sched = scheduler(fake)
+
+    async def main() -> list:
+        jobs = [sched.submit([request(p, n=3)], timeout_s=10) for p in "abc"]
+        jobs.append(sched.submit([request("d", n=1), request("e", n=1)], timeout_s=10))
+        sched.start()
+        results = [await job.wait() for job in jobs]
+        sched.stop(grace_s=5)
+        return results
+
+    results = asyncio.run(main())
+    # 3 + 3 fit in 8; the third job (3) would overflow, so it leads the next batch with d, e.
+    assert fake.batches == [6, 5]
+    assert [len(r) for r in results] == [1, 1, 1, 2]
+    assert [c.index for c in results[0][0]] == [0, 1, 2]
+    assert results[3][1][0].prompt == "e"
+
+
+def test_job_cancelled_while_queued_never_runs() -> None:
+    fake = FakeGenerator()
+    sched = scheduler(fake)
+
+    async def main() -> None:
+        kept = sched.submit([request("kept")], timeout_s=10)
+        gone = sched.submit([request("gone")], timeout_s=10)
+        gone.cancel("disconnect")
+        sched.start()
+        await kept.wait()
+        sched.stop(grace_s=5)
+
+    asyncio.run(main())
+    assert [r.prompt for r in fake.requests] == ["kept"]
+    assert sched.metrics.cancelled.labels(reason="disconnect")._value.get() == 1
+
+
+def test_queue_bound_and_deadline_in_the_queue() -> None:
+    sched = scheduler(FakeGenerator(), queue_size=2)
+
+    async def main() -> None:
+        expired = sched.submit([request("a")], timeout_s=0.01)
+        sched.submit([request("b")], timeout_s=10)
+        with pytest.raises(QueueFullError) as full:
+            sched.submit([request("c")], timeout_s=10)
+        assert full.value.retry_after_s >= 1
+        with pytest.raises(GenerationTimeoutError):
+            await expired.wait()  # the worker has not even started
+        assert expired.cancel_reason == "timeout"
+        sched.stop(grace_s=1)
+
+    asyncio.run(main())
+
+
+def test_stop_cancels_queued_work_aborts_the_batch_and_joins() -> None:
+    fake = FakeGenerator(step_s=0.02)
+    sched = scheduler(fake, max_batch_size=1)
+
+    async def main() -> None:
+        running = sched.submit([request("long", tokens=1000)], timeout_s=60)  # 20 s
+        queued = sched.submit([request("queued")], timeout_s=60)
+        sched.start()
+        while not fake.batches:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await asyncio.to_thread(sched.stop, 0.2)
+        assert time.monotonic() - started < 5
+        with pytest.raises(SchedulerClosedError):
+            await queued.wait()
+        (completions,) = await running.wait()
+        assert completions[0].finish_reason == "cancelled"
+        assert running.cancel_reason == "shutdown"
+        with pytest.raises(SchedulerClosedError):
+            sched.submit([request("late")], timeout_s=1)
+
+    asyncio.run(main())
+    assert [r.prompt for r in fake.requests] == ["long"]
