@@ -226,7 +226,11 @@ class FSTEngine:
         return dict(self._stats)
 
     def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"threads": self._threads, "provider": self.generator.provider}
+        info: dict[str, Any] = {
+            "threads": self._threads,
+            "provider": self.generator.provider,
+            "runtime_source": runtime_fingerprint(),
+        }
         graph = self.generator.manifest.graph
         info.update(variant=graph.variant, optimized=graph.optimized, logits=graph.logits)
         return info
@@ -248,6 +252,21 @@ class _StepClock:
             return out
 
         return timed
+
+
+def runtime_fingerprint() -> str:
+    """A short digest of runtime/*.py and fst/sampling.py: the runtime is still being
+    optimised, and rounds measured on different code must not be mixed unnoticed."""
+    import hashlib
+
+    import fst.runtime
+    import fst.sampling
+
+    digest = hashlib.sha256()
+    files = sorted(Path(fst.runtime.__file__).parent.glob("*.py"))
+    for path in [*files, Path(fst.sampling.__file__)]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def make_engine(name: str, folder: str, threads: int) -> Engine:

@@ -71,6 +71,7 @@ class Artifacts:
     config: dict[str, Any]
     params: int
     weight_params: int  # read once per decode step: all but the position embeddings
+    dims: dict[str, int]  # n_layer, n_embd, vocab_size: for the prefill FLOP count
     paths: dict[str, str] = field(default_factory=dict)  # engine -> folder
     bundles: dict[str, Any] = field(default_factory=dict)  # engine -> manifest summary
 
@@ -100,13 +101,26 @@ def build_hf_folder(name: str, cache: Path, bpe_dir: Path) -> Path:
     return folder
 
 
-def count_params(folder: Path) -> tuple[int, int]:
-    """All parameters (tied ones once), and those a decode step reads (all but wpe)."""
+def count_params(folder: Path) -> tuple[int, int, dict[str, int]]:
+    """All parameters (tied ones once), those a decode step reads (all but wpe), dims."""
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
     total = sum(p.numel() for p in model.parameters())
-    return total, total - model.transformer.wpe.weight.numel()
+    c = model.config
+    dims = {"n_layer": c.n_layer, "n_embd": c.n_embd, "vocab_size": c.vocab_size}
+    return total, total - model.transformer.wpe.weight.numel(), dims
+
+
+def prefill_gflop(art: Artifacts, length: int) -> float:
+    """FLOPs of a batch-1 prefill with logits for the last position only.
+
+    2 per weight per token for the blocks, causal attention scores and mixing
+    (2 × 2 × L²/2 × d per layer), and the LM head once.
+    """
+    d, layers, vocab = art.dims["n_embd"], art.dims["n_layer"], art.dims["vocab_size"]
+    blocks = art.weight_params - vocab * d  # minus the tied embedding / LM head
+    return (2 * blocks * length + 2 * layers * length**2 * d + 2 * vocab * d) / 1e9
 
 
 def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -> dict[str, Path]:
@@ -152,8 +166,8 @@ def convert_ct2(hf: Path, name: str, cache: Path, engines: list[str]) -> dict[st
 def prepare(name: str, args: argparse.Namespace) -> Artifacts:
     cache = args.cache_dir
     hf = build_hf_folder(name, cache, args.bpe_dir)
-    total, read = count_params(hf)
-    art = Artifacts(name=name, config=MODELS[name], params=total, weight_params=read)
+    total, read, dims = count_params(hf)
+    art = Artifacts(name=name, config=MODELS[name], params=total, weight_params=read, dims=dims)
     art.paths["hf"] = str(hf)
     for engine, folder in {
         **export_bundles(hf, name, cache, args),
@@ -322,12 +336,19 @@ def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dic
         engines[engine] = {
             "summary": {k: common.summarize(r["metrics"][k] for r in reports) for k in keys},
             "info": reports[0]["info"],
+            "runtime_sources": sorted(
+                {r["info"].get("runtime_source", "") for r in reports} - {""}
+            ),
         }
     med = {e: {k: v["median"] for k, v in d["summary"].items()} for e, d in engines.items()}
     bandwidth = floors["bandwidth_gbs"] * 1e9
     floor_ms = {
         "fp32": art.weight_params * 4 / bandwidth * 1e3,
         "int8": art.weight_params * 1 / bandwidth * 1e3,
+    }
+    # Prefill is compute-bound: FLOPs over the measured matmul speed.
+    ttft_floor_ms = {
+        str(n): prefill_gflop(art, n) / floors["matmul_gflops"] * 1e3 for n in w.prompt_lengths
     }
     first = next(iter(raw["rounds"]))
     key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
@@ -343,6 +364,7 @@ def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dic
         "params": art.params,
         "weight_params": art.weight_params,
         "floor_decode_ms": floor_ms,
+        "floor_ttft_ms": ttft_floor_ms,
         "artifacts": art.bundles,
         "engines": engines,
         "ratios": ratios(med, floor_ms, w),
@@ -487,7 +509,10 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
         "",
         f"Bandwidth floor of one batch-1 decode step: {m['floor_decode_ms']['fp32']:.1f} ms fp32 "
         f"({m['weight_params'] * 4 / 1e6:.0f} MB), {m['floor_decode_ms']['int8']:.1f} ms "
-        f"if every weight were int8.",
+        f"if every weight were int8. Compute floor of the time to first token (prefill "
+        f"FLOPs / measured matmul speed): "
+        + ", ".join(f"{v:.0f} ms ({n} tokens)" for n, v in m["floor_ttft_ms"].items())
+        + ".",
         "",
         f"| engine | decode ms/token | {ttfts} | peak RSS MB | batch-{w.batch} tokens/s "
         f"| decode ms/token at past {past} | vs HF | vs CT2 | vs floor |",
@@ -522,6 +547,28 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
         f"vs the rounds' median {common.fmt(drift['rounds_median'])} "
         f"(×{common.fmt(drift['ratio'], 2)}).",
     ]
+    for engine, d in m["engines"].items():
+        if len(d.get("runtime_sources", [])) > 1:
+            lines.append(
+                f"**Warning**: the runtime's code changed during the run; {engine}'s rounds "
+                f"measured {len(d['runtime_sources'])} versions ({', '.join(d['runtime_sources'])})."
+            )
+    for engine in ("fst-fp32", "fst-int8"):
+        s = m["engines"].get(engine, {}).get("summary", {})
+        if f"b1_p{p0}.stepper_ms" in s:
+            lines.append(
+                f"{engine}: a decode step spends {s[f'b1_p{p0}.stepper_ms']['median']:.2f} ms in "
+                f"the stepper (input binding + ONNX Runtime + logits copy); "
+                f"{s[f'b1_p{p0}.python_overhead_share']['median']:.1%} of the decode phase is "
+                "spent outside it (sampling, detokenising, bookkeeping)."
+            )
+        parity = m["artifacts"].get(engine, {}).get("parity")
+        if parity:
+            lines.append(
+                f"{engine} export parity vs PyTorch: top-1 agreement "
+                f"{parity['top1_agreement']:.3f} over {parity['checked_positions']} positions, "
+                f"max |Δlogit| {parity['max_abs_diff']:.3g}."
+            )
     for pair, g in m["greedy_agreement"].items():
         lines.append(
             f"Greedy {w.new_tokens} tokens, {pair}: {g['equal_fraction']:.0%} equal, "
@@ -702,7 +749,12 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     # Floors measured at both ends; the best one counts (a lower floor is the harder goal).
     floors_end = common.measure_floors(args.threads, size_mb=size_mb)
     floors = max(floors_start, floors_end, key=lambda f: f["bandwidth_gbs"])
-    floors = {**floors, "start": floors_start, "end": floors_end}
+    floors = {
+        **floors,
+        "matmul_gflops": max(floors_start["matmul_gflops"], floors_end["matmul_gflops"]),
+        "start": floors_start,
+        "end": floors_end,
+    }
     models = {
         name: summarize_model(art, r, floors, args.workload) for name, (art, r) in raw.items()
     }

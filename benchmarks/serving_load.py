@@ -11,8 +11,9 @@ previous one is answered) over a fixed number of requests. Every request streams
 `max_tokens` tokens (ignore_eos, so all requests do the same work) and records its time to
 first token and its latency.
 
-Reported per level: requests/s, generated tokens/s, latency and TTFT percentiles, and the
-mean batch size the server formed (from its /metrics). The ratio of tokens/s at the
+Each server batching mode (`--batching`: continuous, request) gets its own server and
+run. Reported per level: requests/s, generated tokens/s, latency and TTFT percentiles, and
+the mean batch size the server formed (from its /metrics). The ratio of tokens/s at the
 highest concurrency to concurrency 1 is what batching buys. Writes
 benchmarks/results/serving_load.{json,md}. On a shared machine absolute figures move by
 tens of percent between runs; the load average is recorded beside them.
@@ -88,13 +89,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def start_server(bundle: Path, port: int, mode: str, args: argparse.Namespace) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "fst.serving.cli",
         "--bundle", str(bundle),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--max-batch-size", str(args.max_batch_size),
+        "--batching", mode,
         "--queue-size", str(max(64, 2 * max(args.concurrency))),
         "--request-timeout-s", "600",
         "--log-level", "warning",
@@ -235,31 +237,40 @@ def render_markdown(report: dict) -> str:
         f"Model: {s['model']} ({report['bundle']['num_layers']} layers, random weights), "
         f"{s['max_tokens']} generated tokens per request (ignore_eos, temperature 0.8), "
         f"prompts of {s['prompt_chars']} characters; server max batch {s['max_batch_size']} "
-        "sequences; closed-loop clients.",
-        "",
-        "| concurrency | requests | req/s | tokens/s | latency p50 / p95 / p99 (s) "
-        "| TTFT p50 / p95 (s) | mean batch |",
-        "|---:|---:|---:|---:|---|---|---:|",
+        "sequences; closed-loop clients. 'mean batch': sequences per decoding step "
+        "(continuous) or per batch (request).",
     ]
-    for level in report["levels"]:
-        lat, ttft = level["latency_s"], level["ttft_s"]
-        batch = level["mean_batch_sequences"]
-        lines.append(
-            f"| {level['concurrency']} | {level['requests']} | {level['requests_per_s']:.2f} "
-            f"| {level['tokens_per_s']:.1f} | {lat['p50']:.2f} / {lat['p95']:.2f} / "
-            f"{lat['p99']:.2f} | {ttft['p50']:.2f} / {ttft['p95']:.2f} "
-            f"| {'–' if batch is None else f'{batch:.1f}'} |"
-        )
-    ratio = report["throughput_ratio"]
+    for mode, result in report["modes"].items():
+        lines += [
+            "",
+            f"## {mode} batching",
+            "",
+            "| concurrency | requests | req/s | tokens/s | latency p50 / p95 / p99 (s) "
+            "| TTFT p50 / p95 (s) | mean batch |",
+            "|---:|---:|---:|---:|---|---|---:|",
+        ]
+        for level in result["levels"]:
+            lat, ttft = level["latency_s"], level["ttft_s"]
+            batch = level["mean_batch_sequences"]
+            lines.append(
+                f"| {level['concurrency']} | {level['requests']} "
+                f"| {level['requests_per_s']:.2f} | {level['tokens_per_s']:.1f} "
+                f"| {lat['p50']:.2f} / {lat['p95']:.2f} / {lat['p99']:.2f} "
+                f"| {ttft['p50']:.2f} / {ttft['p95']:.2f} "
+                f"| {'–' if batch is None else f'{batch:.1f}'} |"
+            )
+        ratio = result["throughput_ratio"]
+        lines += [
+            "",
+            f"Throughput at concurrency {ratio['high']} / concurrency {ratio['low']}: "
+            f"**{ratio['value']:.2f}×** (generated tokens/s; what batching buys). "
+            f"Load average before/after: {result['load_before']} / {result['load_after']}.",
+        ]
     lines += [
         "",
-        f"Throughput at concurrency {ratio['high']} / concurrency {ratio['low']}: "
-        f"**{ratio['value']:.2f}×** (generated tokens/s; what batching buys).",
-        "",
         f"Machine: {report['machine']['cpu']['model']}, "
-        f"{report['machine']['cpu']['usable_cores']} usable cores, load average before/after "
-        f"{report['load_before']} / {report['load_after']} (shared machine: absolute figures "
-        "move between runs; p99 over few requests is close to the maximum).",
+        f"{report['machine']['cpu']['usable_cores']} usable cores, shared with other jobs: "
+        "absolute figures move between runs; p99 over few requests is close to the maximum.",
         "",
     ]
     return "\n".join(lines)
@@ -272,8 +283,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rebuild", action="store_true", help="re-export the bundle")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
-        "--requests", type=int, default=None, help="requests per level (default 8 + 2 × c)"
+        "--requests", type=int, default=None, help="requests per level (default 4 + 2 × c)"
     )
+    parser.add_argument(
+        "--batching", nargs="+", choices=["continuous", "request"],
+        default=["continuous", "request"], help="server batching modes to measure, in turn",
+    )  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-chars", type=int, default=160, help="about 35 GPT-2 tokens")
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -287,15 +302,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = parse_args(argv)
-    bundle = prepare_bundle(args.model, args.cache, args.rebuild)
+def run_mode(bundle: Path, mode: str, args: argparse.Namespace) -> dict:
+    """Start fst-serve with `mode` batching, run every concurrency level, stop it."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     load_before = common.load_average()
-    server = start_server(bundle, port, args)
+    server = start_server(bundle, port, mode, args)
     levels = []
     try:
         wait_ready(base, server)
@@ -303,15 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         warm = make_prompts(args.corpus, 2, args.prompt_chars)
         asyncio.run(run_level(base, warm, 2, 4))  # first-request costs out of the figures
         for c in args.concurrency:
-            count = args.requests or 8 + 2 * c
-            prompts = make_prompts(args.corpus, count, args.prompt_chars)
+            prompts = make_prompts(args.corpus, args.requests or 4 + 2 * c, args.prompt_chars)
             before = batch_counters(base)
             raw = asyncio.run(run_level(base, prompts, c, args.max_tokens))
             after = batch_counters(base)
-            delta = (after[0] - before[0], after[1] - before[1])
-            level = summarize_level(c, raw, delta)
+            level = summarize_level(c, raw, (after[0] - before[0], after[1] - before[1]))
             log.info(
-                "c=%d: %.2f req/s, %.1f tokens/s, p50 %.2fs, mean batch %.1f",
+                "%s c=%d: %.2f req/s, %.1f tokens/s, p50 %.2fs, mean batch %.1f",
+                mode,
                 c,
                 level["requests_per_s"],
                 level["tokens_per_s"],
@@ -322,6 +333,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(server)
     low, high = levels[0], levels[-1]
+    return {
+        "bundle": summary,
+        "levels": levels,
+        "throughput_ratio": {
+            "low": low["concurrency"],
+            "high": high["concurrency"],
+            "value": high["tokens_per_s"] / low["tokens_per_s"],
+        },
+        "load_before": load_before,
+        "load_after": common.load_average(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    bundle = prepare_bundle(args.model, args.cache, args.rebuild)
+    modes = {mode: run_mode(bundle, mode, args) for mode in args.batching}
     report = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -333,16 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "concurrency": args.concurrency,
         },
-        "bundle": summary,
-        "levels": levels,
-        "throughput_ratio": {
-            "low": low["concurrency"],
-            "high": high["concurrency"],
-            "value": high["tokens_per_s"] / low["tokens_per_s"],
-        },
+        "bundle": next(iter(modes.values()))["bundle"],
+        "modes": modes,
         "machine": common.machine_description(),
-        "load_before": load_before,
-        "load_after": common.load_average(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_atomic(args.out / f"{args.name}.json", json.dumps(report, indent=2) + "\n")

@@ -139,7 +139,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.presets:
         setup = SETUPS[name]
         if args.quick:
-            setup = Setup(name, setup.batch_size, setup.max_body_len, steps=3, warmup=1)
+            setup = Setup(name, batch_size=4, max_body_len=64, steps=3, warmup=1)
         tokenizer, batches = make_batches(
             setup, args.bpe_dir, args.corpus, setup.warmup + setup.steps
         )
@@ -213,7 +213,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved fits per variant")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--alpha", type=float, default=1.0, help="unlikelihood weight (> 0)")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny, 1 repeat, 3 steps")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny, 1 repeat, 3 steps of 4 × 64 tokens"
+    )
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where results go")
     p.add_argument("--bpe-dir", type=Path, default=DEFAULT_BPE, help="GPT-2 vocab.json/merges.txt")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="JSON-lines documents")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 import warnings
@@ -64,8 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with _logging_to(args.log_file):
-        return _run(args)
+    # SIGTERM (docker stop, a CI timeout) unwinds like Ctrl-C, so the temporary bundle
+    # folder is removed instead of left behind.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with _logging_to(args.log_file):
+            return _run(args)
+    except KeyboardInterrupt:
+        print("fst-export: interrupted; no bundle written", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -90,9 +104,6 @@ def _run(args: argparse.Namespace) -> int:
         log.debug("export failed", exc_info=True)
         print(f"fst-export: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fst-export: interrupted; no bundle written", file=sys.stderr)
-        return 130
     except Exception as e:
         log.exception("unexpected error")
         print(

@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-import onnx
-
 from fst.bundle import (
     ArchitectureInfo,
     BundleManifest,
@@ -24,7 +22,7 @@ from fst.bundle import (
 )
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
-from fst.export.onnx_export import export_onnx, save_onnx
+from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.progress import Stages
 from fst.export.source import ExportSource, SourceError, load_source
@@ -108,43 +106,21 @@ def _build(
     logits: str,
 ) -> tuple[GraphInfo, ParityReport]:
     """Write model.onnx and tokenizer.json into `tmp` and verify them."""
-    model, config = source.model, source.model.config
     work = tmp / "work"
     work.mkdir()
-    current = work / "traced.onnx"
     with stages.stage("export", f"opset {opset}, logits={logits}"):
-        _export_eager(source, current, opset, logits)
-    if optimize:
-        with stages.stage("optimize", "ONNX Runtime GPT-2 fusions"):
-            fused = apply_fusions(
-                current,
-                work / "fused.onnx",
-                num_heads=int(config.num_attention_heads),
-                hidden_size=int(config.hidden_size),
-            )
-            current = work / "fused.onnx"
-        stages.note(
-            "fused operators: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "none")
-        )
-    if variant == "fp16":
-        with stages.stage("fp16"):
-            convert_fp16(current, work / "fp16.onnx")
-            current = work / "fp16.onnx"
-    if variant == "int8":
-        with stages.stage("quantize", f"dynamic int8 ({INT8_WEIGHT_TYPE} weights)"):
-            quantize_int8(current, work / "int8.onnx", weight_type=INT8_WEIGHT_TYPE)
-            current = work / "int8.onnx"
+        traced = _export_eager(source, work / "traced.onnx", opset, logits)
+    final = _transform(traced, source.model.config, stages, variant, optimize)
     with stages.stage("write"):
-        external = save_onnx(onnx.load(str(current)), tmp / BUNDLE_MODEL)
+        external = move_onnx(final, tmp / BUNDLE_MODEL)
         shutil.rmtree(work)
         source.tokenizer.save(tmp / BUNDLE_TOKENIZER)
     dtype = "float16" if variant == "fp16" else "float32"
     with stages.stage("verify", "ONNX Runtime vs PyTorch, prefill + decode, left-padded batch"):
-        prompts = [source.tokenizer.encode_for_inference(p) for p in PARITY_PROMPTS]
         parity = verify_parity(
-            model,
+            source.model,
             tmp / BUNDLE_MODEL,
-            prompts,
+            [source.tokenizer.encode_for_inference(p) for p in PARITY_PROMPTS],
             pad_id=source.tokenizer.pad_token_id,
             variant=variant,
             logits=logits,
@@ -153,7 +129,7 @@ def _build(
     stages.note(describe(parity, variant))
     if not parity.passed:
         raise ExportError(describe(parity, variant) + "; no bundle written")
-    layers = int(config.num_hidden_layers)
+    layers = int(source.model.config.num_hidden_layers)
     graph = GraphInfo(
         file=BUNDLE_MODEL,
         external_data=external,
@@ -168,7 +144,31 @@ def _build(
     return graph, parity
 
 
-def _export_eager(source: ExportSource, path: Path, opset: int, logits: str) -> None:
+def _transform(path: Path, config, stages: Stages, variant: str, optimize: bool) -> Path:
+    """Fusions, then fp16 or int8; each step writes a new file beside `path`."""
+    if optimize:
+        with stages.stage("optimize", "ONNX Runtime GPT-2 fusions"):
+            fused = apply_fusions(
+                path,
+                path.with_name("fused.onnx"),
+                num_heads=int(config.num_attention_heads),
+                hidden_size=int(config.hidden_size),
+            )
+            path = path.with_name("fused.onnx")
+        counts = ", ".join(f"{op} {n}" for op, n in fused.items()) or "none"
+        stages.note(f"fused operators: {counts}")
+    if variant == "fp16":
+        with stages.stage("fp16"):
+            convert_fp16(path, path.with_name("fp16.onnx"))
+            path = path.with_name("fp16.onnx")
+    if variant == "int8":
+        with stages.stage("quantize", f"dynamic int8 ({INT8_WEIGHT_TYPE} weights)"):
+            quantize_int8(path, path.with_name("int8.onnx"), weight_type=INT8_WEIGHT_TYPE)
+            path = path.with_name("int8.onnx")
+    return path
+
+
+def _export_eager(source: ExportSource, path: Path, opset: int, logits: str) -> Path:
     """Trace with eager attention: its additive mask keeps fully padded rows finite (SDPA's
     boolean mask can give NaN there) and it traces to fewer nodes. PyTorch's reference in
     the parity check keeps the model's own attention implementation."""
@@ -176,7 +176,7 @@ def _export_eager(source: ExportSource, path: Path, opset: int, logits: str) -> 
     original = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        export_onnx(model, path, opset=opset, logits=logits)
+        return export_onnx(model, path, opset=opset, logits=logits)
     finally:
         model.set_attn_implementation(original)
 

@@ -35,32 +35,61 @@ def export_onnx(
     model: PreTrainedModel, path: Path, *, opset: int = 17, logits: LogitsMode = "all"
 ) -> Path:
     """Write `model` as an ONNX graph at `path` (weights external if > 2 GB); returns path."""
-    wrapper = CacheFlatteningWrapper(model, logits=logits)
-    layers = num_layers(model.config)
-    # The exporter may scatter one file per weight for big models: trace into a scratch
-    # folder, then save once, as one graph (+ one data file if needed).
+    if _fits_in_protobuf(model):
+        _trace(model, path, opset, logits)
+        return path
+    # Past 2 GB the exporter scatters one file per weight: trace into a scratch folder,
+    # then save once, as one graph plus one data file.
     scratch = path.parent / f"{path.stem}.trace"
     scratch.mkdir()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # TracerWarnings about Python branches in transformers' cache code: the branches
-            # taken with past > 0 are the general ones (see dummy_inputs).
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                dummy_inputs(model.config),
-                str(scratch / path.name),
-                input_names=input_names(layers),
-                output_names=output_names(layers),
-                dynamic_axes=dynamic_axes(layers, logits),
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        _trace(model, scratch / path.name, opset, logits)
         save_onnx(onnx.load(str(scratch / path.name)), path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def _trace(model: PreTrainedModel, path: Path, opset: int, logits: LogitsMode) -> None:
+    layers = num_layers(model.config)
+    with torch.no_grad(), warnings.catch_warnings():
+        # TracerWarnings about Python branches in transformers' cache code: the branches
+        # taken with past > 0 are the general ones (see dummy_inputs).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            CacheFlatteningWrapper(model, logits=logits),
+            dummy_inputs(model.config),
+            str(path),
+            input_names=input_names(layers),
+            output_names=output_names(layers),
+            dynamic_axes=dynamic_axes(layers, logits),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _fits_in_protobuf(model: PreTrainedModel) -> bool:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Constant folding stores a transposed copy of a tied lm_head beside the embedding.
+    head = model.get_output_embeddings()
+    if head is not None:
+        weights += head.weight.numel() * head.weight.element_size()
+    return weights < PROTOBUF_LIMIT - GRAPH_MARGIN
+
+
+def move_onnx(src: Path, dst: Path) -> str | None:
+    """Move a saved model to `dst` (a rename unless its weights are external); returns the
+    external data file name at `dst`, or None."""
+    if not has_external_data(src):
+        src.replace(dst)
+        return None
+    return save_onnx(onnx.load(str(src)), dst)
+
+
+def has_external_data(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def external_data_name(path: Path) -> str:

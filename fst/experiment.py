@@ -3,7 +3,8 @@
     description.json   all arguments, package and library versions
     generated.txt      samples written after each validation
     logs/              debug.log, info.log, errors.log; tensorboard/ event files
-    models/            best-*.ckpt (lowest Loss/valid) and last.ckpt
+    models/            best-*.ckpt (lowest Loss/valid), last.ckpt; interrupted.ckpt after
+                       Ctrl+C or a crash
 
 Torch-free (the TensorBoard logger and checkpoint callback are built by the trainer code).
 """

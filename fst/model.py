@@ -64,9 +64,10 @@ def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.
         )
     logger.info("Loading pretrained model from %s", model_path)
     try:
-        return transformers.AutoModelForCausalLM.from_pretrained(model_path, **overrides)
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_path, **overrides)
     except (OSError, ValueError) as e:
         raise ModelError(f"--model_path {model_path}: cannot load the model: {e}") from e
+    return model.train()  # from_pretrained returns eval mode; Lightning keeps module modes
 
 
 def resize_token_embeddings(model: transformers.PreTrainedModel, vocab_size: int) -> None:

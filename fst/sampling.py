@@ -26,7 +26,7 @@ from fst.generation_params import GenerationParams
 
 NEG_INF = np.float32(-np.inf)
 # Candidate-set sizes tried by top-p without top-k before falling back to the whole row.
-_TOP_P_GROWTH = (64, 1024, 8192)
+_TOP_P_GROWTH = (64, 1024)
 # Weights longer than this are searched block-wise (a full-vocabulary cumsum is slow).
 _BLOCK = 1024
 
@@ -128,34 +128,39 @@ def _top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
     return np.flatnonzero(row >= kth)
 
 
-def _cut_nucleus(
-    vals: np.ndarray, ids: np.ndarray, total: float, top: float, p: float
-) -> tuple[np.ndarray, bool]:
-    """Top-p over candidate logits `vals` of ascending token ids `ids`.
+def _cut_nucleus(vals: np.ndarray, total: float, top: float, p: float) -> tuple[np.ndarray, bool]:
+    """Top-p over candidate logits `vals`, ordered by ascending token id.
 
     Returns (kept positions in ascending order, whether the cut fell inside the candidates).
     `total` is sum(exp(x - top)) over every finite score of the row, candidates or not.
     HF removes a token when the ascending cumulative probability up to and including it is
-    <= 1 - p; that cumulative is 1 - (mass strictly above it), so walking down the sorted
-    values, tokens are kept until the first removed one. Only values are sorted (an argsort
-    costs ~5x more); the kept set is then "above the last kept value" plus as many of the
-    tokens tied with it as the count needs, higher ids first (a stable ascending sort).
+    <= 1 - p; that cumulative is 1 - (mass strictly above it), which only falls walking
+    down the sorted values, so the nucleus ends at the first removed token (a bisection).
+    Only values are sorted (an argsort costs ~5x more); the kept set is then "above the last
+    kept value" plus as many of the tokens tied with it as the count needs, higher ids first
+    (as a stable ascending sort would order them).
     """
     desc = np.sort(vals)[::-1]
     # float32 exp as in `total` (and as torch's softmax), accumulated in float64: the tail
     # mass total - above must not inherit rounding from a differently computed total.
-    weights = np.exp(desc - np.float32(top)).astype(np.float64)
-    above = np.cumsum(weights) - weights
-    removed = ((total - above) / total).astype(np.float32) <= np.float32(1.0 - p)
-    removed[0] = False  # min_tokens_to_keep = 1
-    if not removed.any():
+    weights = np.exp(desc - np.float32(top))
+    above = np.cumsum(weights, dtype=np.float64)
+    above -= weights
+    limit = np.float32(1.0 - p)
+    lo, hi = 1, desc.size  # the top token is always kept (min_tokens_to_keep = 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if np.float32((total - above[mid]) / total) <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == desc.size:
         return np.arange(vals.size), False
-    count = int(np.argmax(removed))  # removal is monotone: the first removed ends the nucleus
-    last = desc[count - 1]
-    above_last = np.flatnonzero(vals > last)
+    last = desc[lo - 1]
+    keep = vals > last
     ties = np.flatnonzero(vals == last)
-    kept_ties = ties[ties.size - (count - above_last.size) :]
-    return np.sort(np.concatenate([above_last, kept_ties])), True
+    keep[ties[ties.size - (lo - int(keep.sum())) :]] = True
+    return np.flatnonzero(keep), True
 
 
 def _nucleus_of_row(row: np.ndarray, p: float) -> np.ndarray:
@@ -163,20 +168,26 @@ def _nucleus_of_row(row: np.ndarray, p: float) -> np.ndarray:
 
     Candidate sets of growing size are tried: a partition finds the m-th largest score and
     every score >= it is a candidate (ties included), so a cut found inside them is exact.
+    A set whose mass is below p cannot contain the cut and is skipped without sorting.
+    Tokens whose probability underflows to 0 are always removed by HF's rule, so the last
+    try looks at the others only.
     """
-    top = float(row.max())
-    total = float(np.exp(row - np.float32(top)).sum(dtype=np.float64))
+    top = np.float32(row.max())
+    weights = np.exp(row - top)
+    total = float(weights.sum(dtype=np.float64))
     n = row.size
     for m in _TOP_P_GROWTH:
         if m >= n:
             break
         kth = np.partition(row, n - m)[n - m]
         cand = np.flatnonzero(row >= kth)
-        kept, done = _cut_nucleus(row[cand], cand, total, top, p)
+        if weights[cand].sum(dtype=np.float64) < p * total:
+            continue
+        kept, done = _cut_nucleus(row[cand], total, float(top), p)
         if done:
             return cand[kept]
-    cand = np.flatnonzero(row > NEG_INF)
-    return cand[_cut_nucleus(row[cand], cand, total, top, p)[0]]
+    cand = np.flatnonzero(weights > 0)
+    return cand[_cut_nucleus(row[cand], total, float(top), p)[0]]
 
 
 def _draw(weights: np.ndarray, u: float) -> int:
@@ -288,6 +299,6 @@ class SequenceSampler:
         if self.top_p < 1.0:
             top = float(vals.max())
             total = float(np.exp(vals - np.float32(top)).sum(dtype=np.float64))
-            kept = _cut_nucleus(vals, ids, total, top, self.top_p)[0]
+            kept = _cut_nucleus(vals, total, top, self.top_p)[0]
             return ids[kept], vals[kept]
         return ids, vals

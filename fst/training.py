@@ -163,6 +163,8 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         logger=TensorBoardLogger(save_dir=experiment.logs_dir, name="tensorboard", version=""),
         callbacks=[
             checkpoints,
+            # Ctrl+C or a crash leaves models/interrupted.ckpt to --resume_from.
+            SaveOnException(experiment.models_dir / "interrupted.ckpt"),
             SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
         ],
         default_root_dir=experiment.dir,
@@ -179,6 +181,21 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         last_checkpoint=Path(last) if last else None,
         global_step=trainer.global_step,
     )
+
+
+class SaveOnException(pl.Callback):
+    """Saves a checkpoint when training stops on an exception or Ctrl+C.
+
+    (Lightning's OnExceptionCheckpoint would also turn every fit(ckpt_path=None) into
+    ckpt_path="last", i.e. resume silently when a last.ckpt exists.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+        trainer.save_checkpoint(self.path)
+        logger.info("Saved %s (resume with --resume_from)", self.path)
 
 
 def data_files(args: TrainArgs) -> tuple[Path, Path]:

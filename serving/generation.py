@@ -16,7 +16,7 @@ from fastapi import Request
 from fst.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
 from fst.serving.errors import APIError
-from fst.serving.scheduler import (
+from fst.serving.jobs import (
     GenerationTimeoutError,
     Job,
     QueueFullError,
@@ -41,8 +41,9 @@ def make_params(names: Mapping[str, str], **values: Any) -> GenerationParams:
     except ValueError as exc:
         message = str(exc)
         field = message.split(" ", 1)[0].rstrip(":")
-        param = names.get(field, field)
-        raise APIError(400, message.replace(field, param, 1), param=param) from None
+        for ours, theirs in names.items():
+            message = message.replace(ours, theirs)
+        raise APIError(400, message, param=names.get(field, field)) from None
 
 
 def make_prompt(text: str, meta: str | None, generator: Any) -> Any:

@@ -33,6 +33,11 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(
         16, ge=1, le=256, description="most sequences decoded together in one batch"
     )
+    batching: Literal["continuous", "request"] = Field(
+        "continuous",
+        description="'continuous': requests join the running batch at the next token; "
+        "'request': a batch runs to its end before the next one starts",
+    )
     batch_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="how long a request may wait for others to share its batch"
     )

@@ -11,9 +11,10 @@ import logging
 import time
 from typing import Any
 
+from fst.serving.continuous import supports_continuous
 from fst.serving.errors import APIError
 from fst.serving.metrics import ServingMetrics
-from fst.serving.scheduler import Scheduler
+from fst.serving.scheduler import BatchingMode, Scheduler
 from fst.serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ServingState:
                 queue_size=self.settings.queue_size,
                 batch_wait_s=self.settings.batch_wait_ms / 1000,
                 metrics=self.metrics,
+                mode=self._batching_mode(),
             )
             self.scheduler.start()
         except Exception as exc:
@@ -64,12 +66,19 @@ class ServingState:
             return
         self.status = "ready"
         logger.info(
-            "model %r ready (provider %s, max batch %d sequences, queue %d)",
+            "model %r ready (provider %s, %s batching of up to %d sequences, queue %d)",
             self.model_name,
             getattr(self.generator, "provider", "?"),
+            self.scheduler.mode,
             self.settings.max_batch_size,
             self.settings.queue_size,
         )
+
+    def _batching_mode(self) -> BatchingMode:
+        if self.settings.batching == "continuous" and not supports_continuous(self.generator):
+            logger.info("this generator has no step-level API: batching at request level")
+            return "request"
+        return self.settings.batching
 
     def _load_generator(self) -> Any:
         from fst.runtime import Generator  # imported here so the app module stays light

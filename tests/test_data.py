@@ -46,7 +46,9 @@ def test_padded_batch_gives_the_same_logits_as_unpadded():
 
 
 def mean_spread(batches, lengths) -> float:
-    return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(
+        batches
+    )
 
 
 def test_bucket_sampler_covers_every_index_once_and_groups_lengths():
@@ -73,7 +75,9 @@ def test_bucket_sampler_shards_equal_counts_across_replicas():
         list(BucketBatchSampler(lengths, 8, True, seed=3, num_replicas=4, rank=r)) for r in range(4)
     ]
     assert [len(s) for s in shards] == [1, 1, 1, 1]
-    assert all(len(BucketBatchSampler(lengths, 8, True, num_replicas=4, rank=r)) == 1 for r in range(4))
+    assert all(
+        len(BucketBatchSampler(lengths, 8, True, num_replicas=4, rank=r)) == 1 for r in range(4)
+    )
     indices = [i for shard in shards for b in shard for i in b]
     assert len(indices) == len(set(indices))
 
@@ -91,7 +95,9 @@ def test_meta_is_redrawn_per_epoch_and_reproducible(gpt2_tokenizer):
     assert epoch0 != epoch1
     assert with_meta(0) == epoch0  # (seed, epoch) decides
     other_seed = DocumentDataModule(tok, docs, docs[:4], batch_size=4, seed=8)
-    assert [tok.end_of_meta_id in e.token_ids for e in other_seed.train_dataset(0).encodings] != epoch0
+    assert [
+        tok.end_of_meta_id in e.token_ids for e in other_seed.train_dataset(0).encodings
+    ] != epoch0
     # Validation keeps every meta.
     assert all(tok.end_of_meta_id in e.token_ids for e in data.valid_dataset().encodings)
 

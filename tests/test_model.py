@@ -9,10 +9,17 @@ import transformers
 from fst.model import PRESETS, ModelError, build_model, resize_token_embeddings
 
 
-def save_tiny_pretrained(folder, tie: bool = True, vocab_size: int = 50) -> transformers.PreTrainedModel:
+def save_tiny_pretrained(
+    folder, tie: bool = True, vocab_size: int = 50
+) -> transformers.PreTrainedModel:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=vocab_size, tie_word_embeddings=tie
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        n_positions=32,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie,
     )
     model = transformers.GPT2LMHeadModel(config)
     model.save_pretrained(folder)
@@ -26,7 +33,12 @@ def test_presets_are_gpt2_configs():
     assert model.config.eos_token_id == 7
     for key, value in PRESETS["tiny"].items():
         assert getattr(model.config, key) == value
-    assert PRESETS["gpt2-small"] == {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024}
+    assert PRESETS["gpt2-small"] == {
+        "n_layer": 12,
+        "n_head": 12,
+        "n_embd": 768,
+        "n_positions": 1024,
+    }
     assert PRESETS["gpt2-6l"]["n_layer"] == 6
 
 

@@ -21,8 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_fakes import running_server
 
-from fst.runtime import Generator
+from fst.generation_params import GenerationParams
+from fst.runtime import GenerationRequest, Generator
 from fst.serving.app import create_app
+from fst.serving.metrics import ServingMetrics
+from fst.serving.scheduler import Scheduler
 from fst.serving.settings import ServingSettings
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,10 +120,23 @@ def test_context_meta_and_version(client: TestClient, reference: Generator) -> N
     assert version["provider"] == reference.provider
 
 
-def test_batched_greedy_equals_unbatched(tiny_plain_bundle: Path, reference: Generator) -> None:
+def bucket_le_1_and_count(metrics: str) -> tuple[float, float]:
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[:1] != "#")
+    return (
+        float(values['fst_batch_size_sequences_bucket{le="1.0"}']),
+        float(values["fst_batch_size_sequences_count"]),
+    )
+
+
+@pytest.mark.parametrize("batching", ["continuous", "request"])
+def test_batched_greedy_equals_unbatched(
+    tiny_plain_bundle: Path, reference: Generator, batching: str
+) -> None:
     prompts = ["Hello", "The quick brown fox jumps over", "A", "Once upon a time, there was a"]
     expected = [reference.generate(p, max_new_tokens=10, **GREEDY_PLAIN)[0].text for p in prompts]
-    settings = ServingSettings(bundle=tiny_plain_bundle, threads=1, batch_wait_ms=500)
+    settings = ServingSettings(
+        bundle=tiny_plain_bundle, threads=1, batch_wait_ms=500, batching=batching
+    )
     with running_server(create_app(settings), ready_timeout=60) as base:
 
         async def drive() -> list[httpx.Response]:
@@ -133,8 +149,55 @@ def test_batched_greedy_equals_unbatched(tiny_plain_bundle: Path, reference: Gen
         responses = asyncio.run(drive())
         metrics = httpx.get(f"{base}/metrics").text
     assert [r.json()["choices"][0]["text"] for r in responses] == expected
-    assert "fst_batch_size_requests_sum 4.0" in metrics
-    assert "fst_batch_size_requests_count 1.0" in metrics  # all four in one batch
+    ones, count = bucket_le_1_and_count(metrics)
+    assert ones < count  # some batch (request) or decoding step (continuous) held several
+    if batching == "request":
+        assert "fst_batch_size_requests_sum 4.0" in metrics
+        assert "fst_batch_size_requests_count 1.0" in metrics  # all four in one batch
+
+
+def test_continuous_batching_joins_running_batch_and_cancels(
+    reference: Generator, tiny_plain_bundle: Path
+) -> None:
+    """Jobs join and leave a running batch, and each text equals its unbatched reference."""
+    generator = Generator.from_bundle(tiny_plain_bundle, threads=1)
+    metrics = ServingMetrics()
+    sched = Scheduler(
+        generator, max_batch_size=4, queue_size=8, batch_wait_s=0, metrics=metrics,
+        mode="continuous",
+    )  # fmt: skip
+    long = GenerationParams(max_new_tokens=100, ignore_eos=True, **GREEDY_PLAIN)
+    short = GenerationParams(max_new_tokens=5, num_return_sequences=2, temperature=0.9, seed=3)
+
+    async def main() -> tuple[list, list, list]:
+        sched.start()
+        first = sched.submit([GenerationRequest("Hello world", long)], timeout_s=60)
+        async for _ in first.pieces():
+            break  # `first` is decoding: the next jobs join its batch
+        gone = sched.submit([GenerationRequest("never", long)], timeout_s=60)
+        gone.cancel("disconnect")
+        second = sched.submit([GenerationRequest("The fox", short)], timeout_s=60)
+        second_result = await second.wait()
+        first_result = await first.wait()
+        last = sched.submit([GenerationRequest("Bye", long)], timeout_s=60)
+        async for _ in last.pieces():
+            break
+        await asyncio.to_thread(sched.stop, 0.0)  # no grace: cancel what runs
+        return first_result, second_result, await last.wait()
+
+    first, second, last = asyncio.run(main())
+    assert first[0][0].text == reference.generate("Hello world", long)[0].text
+    assert [c.text for c in second[0]] == [c.text for c in reference.generate("The fox", short)]
+    assert first[0][0].finish_reason == "length" and len(first[0][0].token_ids) == 100
+    assert last[0][0].finish_reason == "cancelled"
+    assert len(last[0][0].token_ids) < 100
+    # Some steps decoded 3 rows: `first` and the two samples of `second` together.
+    samples = metrics.batch_size.collect()[0].samples
+    (at_most_two,) = [s.value for s in samples if s.labels.get("le") == "2.0"]
+    (steps,) = [s.value for s in samples if s.name.endswith("_count")]
+    assert at_most_two < steps
+    assert metrics.cancelled.labels(reason="disconnect")._value.get() == 1
+    assert metrics.cancelled.labels(reason="shutdown")._value.get() == 1
 
 
 def test_fst_serve_command_serves_and_stops_on_sigterm(

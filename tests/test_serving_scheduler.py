@@ -13,13 +13,9 @@ from serving_fakes import FakeGenerator
 
 from fst.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
+from fst.serving.jobs import GenerationTimeoutError, QueueFullError, SchedulerClosedError
 from fst.serving.metrics import ServingMetrics
-from fst.serving.scheduler import (
-    GenerationTimeoutError,
-    QueueFullError,
-    Scheduler,
-    SchedulerClosedError,
-)
+from fst.serving.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -22,6 +22,8 @@ GPT2_TOKENIZER_CLASS = "HFGPT2DocumentTokenizer"
 DEMO_EXPERIMENT = "demo"
 # Demo budget: the tiny preset on the demo corpus for this many epochs takes ~2 min on 2 cores.
 DEMO_MAX_EPOCHS = 6
+# fst.model.PRESETS' names, repeated here so --help does not import torch (a test checks).
+PRESET_NAMES = ("tiny", "gpt2-6l", "gpt2-small")
 
 
 class ArgsError(ValueError):
@@ -203,191 +205,66 @@ def _overrides(text: str) -> dict[str, Any]:
     return result
 
 
+# (group, flag, type, help) of every option; defaults come from TrainArgs.
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("experiment", "experiments_root", str, "root of the experiment folders"),
+    ("experiment", "experiment_name", str, "folder name prefix (<name>_v<N>); default: the train file's folder name, 'demo' for the demo corpus"),
+    ("experiment", "resume_from", str, "Lightning .ckpt to resume from (global step, optimizer, scheduler; the vocabulary is the checkpoint's)"),
+    ("experiment", "seed", int, "seed of weight init, shuffling and meta dropping"),
+    ("data", "train_file", str, "JSON-lines training documents (none: the demo corpus, built in <experiments_root>/../documents/demo)"),
+    ("data", "valid_file", str, "JSON-lines validation documents"),
+    ("data", "batch_size", int, "sequences per batch (train and valid)"),
+    ("data", "max_meta_len", int, "meta tokens kept, from the right, [END_OF_META] included (0: train without meta)"),
+    ("data", "max_body_len", int, "body tokens per sequence; longer bodies are split into chunks"),
+    ("data", "ignore_meta_prob", float, "probability to drop a document's meta in training (redrawn every epoch)"),
+    ("data", "num_workers", int, "DataLoader worker processes (0: load in the main process)"),
+    ("data", "bucket_batches", int, "batches per length bucket: similar lengths share a batch (1: plain random batches)"),
+    ("model and tokenizer", "model_path", str, f"preset ({', '.join(PRESET_NAMES)}), Hugging Face model folder, or hub name (e.g. gpt2)"),
+    ("model and tokenizer", "model_overrides", _overrides, "model config overrides, e.g. 'n_layer=4,n_embd=128'"),
+    ("model and tokenizer", "tokenizer", str, "'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name; default: 'bpe' for presets, else the model's own"),
+    ("model and tokenizer", "tokenizer_class_name", str, f"original project's flag: {GPT2_TOKENIZER_CLASS} = GPT-2's tokenizer from --model_path's folder, else from the hub's gpt2"),
+    ("model and tokenizer", "bpe_vocab_size", int, "vocabulary size of a new BPE"),
+    ("optimisation", "learning_rate", float, "AdamW peak learning rate (~2.5e-5 to fine-tune a pretrained gpt2)"),
+    ("optimisation", "weight_decay", float, "AdamW weight decay"),
+    ("optimisation", "num_warmup_steps", int, "warmup steps of the cosine-with-hard-restarts schedule"),
+    ("optimisation", "num_cycles", int, "hard restarts of the cosine schedule (0: constant after warmup)"),
+    ("optimisation", "unlikelihood_alpha", _optional_float, "weight of the unlikelihood candidates loss (none or 0: off)"),
+    ("optimisation", "accumulate_grad_batches", int, "batches per optimizer step"),
+    ("optimisation", "gradient_clip_val", _optional_float, "gradient norm clipping (none: off)"),
+    ("trainer (PyTorch Lightning)", "max_epochs", int, f"epochs (none: {DEMO_MAX_EPOCHS}, or unlimited when --max_steps is set)"),
+    ("trainer (PyTorch Lightning)", "max_steps", int, "optimizer steps (-1: no limit)"),
+    ("trainer (PyTorch Lightning)", "val_check_interval", _count_or_fraction, "validate every fraction of an epoch (<= 1.0) or every N batches (> 1)"),
+    ("trainer (PyTorch Lightning)", "limit_train_batches", _count_or_fraction, "fraction (1.0) or number (10) of training batches per epoch"),
+    ("trainer (PyTorch Lightning)", "limit_val_batches", _count_or_fraction, "fraction (1.0) or number (10) of validation batches"),
+    ("trainer (PyTorch Lightning)", "log_every_n_steps", int, "TensorBoard logging interval"),
+    ("trainer (PyTorch Lightning)", "precision", str, "32-true, 16-mixed, bf16-mixed, ... (none: Lightning's 32-true)"),
+    ("trainer (PyTorch Lightning)", "gpus", str, "original project's flag: GPU indices ('0,' = GPU 0; '0,1') or a count; means --accelerator gpu"),
+    ("trainer (PyTorch Lightning)", "accelerator", str, "cpu, gpu, mps, auto"),
+    ("trainer (PyTorch Lightning)", "devices", str, "device count, indices like '0,1', or auto"),
+    ("trainer (PyTorch Lightning)", "strategy", str, "auto, ddp, fsdp, deepspeed, ... (multi-GPU / multi-node)"),
+    ("trainer (PyTorch Lightning)", "num_nodes", int, "machines in multi-node training"),
+    ("trainer (PyTorch Lightning)", "num_threads", int, "torch CPU threads (0: torch's default, all cores; none: 1 for the demo run, else 0)"),
+]  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainArgs()
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fst-train",
         description=(
             "Train a causal LM on JSON-lines documents ({'body': ..., 'meta': ...}). With no "
             "data arguments: the 'tiny' preset with a new byte-level BPE on the built-in demo "
-            f"corpus for {DEMO_MAX_EPOCHS} epochs (~2 min on 2 CPU cores). Multi-GPU / "
-            "multi-node: --strategy ddp|fsdp --devices N --num_nodes M (Lightning)."
+            f"corpus for {DEMO_MAX_EPOCHS} epochs (about 2 minutes on 2 CPU cores). Multi-GPU "
+            "and multi-node: --strategy ddp|fsdp --devices N --num_nodes M (Lightning)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("experiment")
-    g.add_argument(
-        "--experiments_root", default=d.experiments_root, help="root of experiment folders"
-    )
-    g.add_argument(
-        "--experiment_name",
-        default=None,
-        help="folder name prefix (<name>_v<N>); default: the train file's folder name, 'demo' for the demo corpus",
-    )
-    g.add_argument(
-        "--resume_from",
-        default=None,
-        help="Lightning .ckpt to resume training from (global step, optimizer, scheduler)",
-    )
-    g.add_argument(
-        "--seed", type=int, default=d.seed, help="seed of weights init, shuffling and meta dropping"
-    )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--train_file",
-        default=None,
-        help="JSON-lines training documents (default: the demo corpus under <experiments_root>/../documents/demo)",
-    )
-    g.add_argument("--valid_file", default=None, help="JSON-lines validation documents")
-    g.add_argument(
-        "--batch_size", type=int, default=d.batch_size, help="sequences per batch (train and valid)"
-    )
-    g.add_argument(
-        "--max_meta_len",
-        type=int,
-        default=d.max_meta_len,
-        help="meta tokens kept (from the right, [END_OF_META] included); 0: no meta",
-    )
-    g.add_argument(
-        "--max_body_len",
-        type=int,
-        default=d.max_body_len,
-        help="body tokens per chunk; longer bodies are split",
-    )
-    g.add_argument(
-        "--ignore_meta_prob",
-        type=float,
-        default=d.ignore_meta_prob,
-        help="probability to drop a document's meta in training (redrawn every epoch)",
-    )
-    g.add_argument(
-        "--num_workers",
-        type=int,
-        default=d.num_workers,
-        help="DataLoader worker processes (0: load in the main process)",
-    )
-    g.add_argument(
-        "--bucket_batches",
-        type=int,
-        default=d.bucket_batches,
-        help="batches per length bucket (similar lengths batched together; 1: plain random batches)",
-    )
-    g = p.add_argument_group("model and tokenizer")
-    g.add_argument(
-        "--model_path",
-        default=d.model_path,
-        help="preset (tiny, gpt2-6l, gpt2-small), Hugging Face model folder, or hub name (e.g. gpt2)",
-    )
-    g.add_argument(
-        "--model_overrides",
-        type=_overrides,
-        default={},
-        help="config overrides, e.g. 'n_layer=4,n_embd=128'",
-    )
-    g.add_argument(
-        "--tokenizer",
-        default=None,
-        help="'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name; default: 'bpe' for presets, else the model's own",
-    )
-    g.add_argument(
-        "--tokenizer_class_name",
-        default=None,
-        help=f"original project's flag: {GPT2_TOKENIZER_CLASS} = the GPT-2 tokenizer of --model_path's folder, else of the hub's gpt2",
-    )
-    g.add_argument(
-        "--bpe_vocab_size", type=int, default=d.bpe_vocab_size, help="vocabulary size of a new BPE"
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument(
-        "--learning_rate",
-        type=float,
-        default=d.learning_rate,
-        help="AdamW peak learning rate (use ~2.5e-5 to fine-tune a pretrained gpt2)",
-    )
-    g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    g.add_argument(
-        "--num_warmup_steps",
-        type=int,
-        default=d.num_warmup_steps,
-        help="linear warmup steps of the cosine-with-hard-restarts schedule",
-    )
-    g.add_argument(
-        "--num_cycles",
-        type=int,
-        default=d.num_cycles,
-        help="hard restarts of the cosine schedule (0: constant after warmup)",
-    )
-    g.add_argument(
-        "--unlikelihood_alpha",
-        type=_optional_float,
-        default=None,
-        help="weight of the unlikelihood candidates loss (0 or none: off)",
-    )
-    g.add_argument(
-        "--accumulate_grad_batches",
-        type=int,
-        default=d.accumulate_grad_batches,
-        help="batches per optimizer step",
-    )
-    g.add_argument(
-        "--gradient_clip_val",
-        type=_optional_float,
-        default=d.gradient_clip_val,
-        help="gradient norm clipping (none: off)",
-    )
-    g = p.add_argument_group("trainer (PyTorch Lightning)")
-    g.add_argument(
-        "--max_epochs",
-        type=int,
-        default=None,
-        help=f"epochs (default: {DEMO_MAX_EPOCHS}, or unlimited when --max_steps is set)",
-    )
-    g.add_argument(
-        "--max_steps", type=int, default=d.max_steps, help="optimizer steps (-1: no limit)"
-    )
-    g.add_argument(
-        "--val_check_interval",
-        type=_count_or_fraction,
-        default=d.val_check_interval,
-        help="validate every fraction of an epoch (<= 1.0) or every N batches (> 1)",
-    )
-    g.add_argument(
-        "--limit_train_batches",
-        type=_count_or_fraction,
-        default=d.limit_train_batches,
-        help="fraction (float) or number (int) of training batches per epoch",
-    )
-    g.add_argument(
-        "--limit_val_batches",
-        type=_count_or_fraction,
-        default=d.limit_val_batches,
-        help="fraction (float) or number (int) of validation batches",
-    )
-    g.add_argument(
-        "--log_every_n_steps",
-        type=int,
-        default=d.log_every_n_steps,
-        help="TensorBoard logging interval",
-    )
-    g.add_argument(
-        "--precision",
-        default=None,
-        help="Lightning precision: 32-true, 16-mixed, bf16-mixed, ... (default: Lightning's, 32-true)",
-    )
-    g.add_argument(
-        "--gpus",
-        default=None,
-        help="original project's flag: GPU indices ('0,' = GPU 0, '0,1') or a count; sets --accelerator gpu",
-    )
-    g.add_argument("--accelerator", default=d.accelerator, help="cpu, gpu, mps, auto")
-    g.add_argument("--devices", default=d.devices, help="device count, indices '0,1', or auto")
-    g.add_argument(
-        "--strategy", default=d.strategy, help="auto, ddp, fsdp, deepspeed, ... (scale-out)"
-    )
-    g.add_argument(
-        "--num_nodes", type=int, default=d.num_nodes, help="machines for multi-node training"
-    )
-    return p
+    defaults, groups = TrainArgs(), {}
+    for group, name, type_, help_text in _OPTIONS:
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        default = getattr(defaults, name)
+        groups[group].add_argument(f"--{name}", type=type_, default=default, help=help_text)
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:

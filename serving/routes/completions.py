@@ -30,6 +30,7 @@ from fst.serving.generation import (
     submit,
     wait_for_job,
 )
+from fst.serving.jobs import Job
 from fst.serving.openai_schemas import (
     CompletionChoice,
     CompletionRequest,
@@ -39,7 +40,6 @@ from fst.serving.openai_schemas import (
     ModelList,
     Usage,
 )
-from fst.serving.scheduler import Job
 from fst.serving.state import ServingState
 
 logger = logging.getLogger(__name__)

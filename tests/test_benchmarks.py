@@ -1,0 +1,202 @@
+"""The benchmark harnesses: their helpers, their goal arithmetic, and a smoke run end to end.
+
+The end-to-end runs (a tiny model, HF + our runtime, one round) are slow and marked so;
+the helpers are checked against hand-computed values on every run so the scripts do not rot.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import latency  # noqa: E402
+
+
+def test_summarize_median_min_max() -> None:
+    assert common.summarize([3.0, 1.0, 2.0, 10.0]) == {
+        "median": 2.5,
+        "min": 1.0,
+        "max": 10.0,
+        "n": 4,
+    }
+    with pytest.raises(ValueError):
+        common.summarize([])
+
+
+def test_ratio_is_none_when_a_side_is_missing() -> None:
+    assert common.ratio(1.0, 4.0) == 0.25
+    assert common.ratio(None, 4.0) is None
+    assert common.ratio(1.0, None) is None
+
+
+def test_cpu_info_reads_model_and_kernel_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Fancy CPU 9000\nflags\t\t: fpu sse4_2 avx2 fma avx512f\n\n"
+        "processor\t: 1\nmodel name\t: Fancy CPU 9000\nflags\t\t: fpu sse4_2 avx2 fma avx512f\n"
+    )
+    info = common.cpu_info(str(cpuinfo))
+    assert info["model"] == "Fancy CPU 9000"
+    assert info["flags"] == ["sse4_2", "avx2", "fma", "avx512f"]  # in INTERESTING_FLAGS order
+
+
+def test_peak_rss_sees_a_large_allocation() -> None:
+    before = common.peak_rss_mb()
+    block = np.ones(200 * 1024 * 1024 // 8)  # 200 MB, written so it is resident
+    assert common.peak_rss_mb() >= before + 150
+    del block
+
+
+def test_write_atomic_replaces_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "report.md"
+    common.write_atomic(target, "one")
+    common.write_atomic(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["report.md"]  # no temp file left
+
+
+def test_prompts_are_exact_token_windows(tmp_path: Path, gpt2_bpe_dir: Path, nietzsche_dir: Path):
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
+
+    raw = ByteLevelBPETokenizer(str(gpt2_bpe_dir / "vocab.json"), str(gpt2_bpe_dir / "merges.txt"))
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    w = latency.Workload(prompt_lengths=(32, 100), batch=3, past_lengths=(20, 300))
+    prompts = latency.make_prompts(
+        tmp_path / "tokenizer.json", nietzsche_dir / "train.documents", w
+    )
+
+    every = [*prompts["prompt"].values(), *prompts["batch"], *prompts["past"].values()]
+    for p in every:  # the text our runtime gets encodes to the ids HF and CTranslate2 get
+        assert tokenizer.encode(p["text"]).ids == p["ids"]
+    assert [len(prompts["prompt"][str(n)]["ids"]) for n in (32, 100)] == [32, 100]
+    assert [len(prompts["past"][str(n)]["ids"]) for n in (20, 300)] == [20, 300]
+    rows = [tuple(p["ids"]) for p in prompts["batch"]]
+    assert len(rows) == 3 and len(set(rows)) == 3 and {len(r) for r in rows} == {32}
+
+
+def test_goals_from_medians() -> None:
+    w = latency.Workload()
+    med = {
+        "hf": {"b1_p32.decode_ms": 50.0},
+        "fst-fp32": {
+            "b1_p32.decode_ms": 20.0,
+            "b1_p32.ttft_ms": 90.0,
+            "b1_p512.ttft_ms": 700.0,
+            "b8.tokens_per_s": 150.0,
+            "b1_p32.python_overhead_share": 0.03,
+        },
+        "ct2-fp32": {
+            "b1_p32.decode_ms": 18.0,
+            "b1_p32.ttft_ms": 100.0,
+            "b1_p512.ttft_ms": 600.0,
+            "b8.tokens_per_s": 100.0,
+        },
+        "fst-int8": {"b1_p32.decode_ms": 9.0, "peak_rss_mb": 420.0},
+    }
+    goals = {g["goal"]: g for g in latency.goals(med, {"fp32": 16.0, "int8": 4.0}, w)}
+
+    def check(goal: str, value: float | None, met: bool | None) -> None:
+        if value is None:
+            assert goals[goal]["value"] is None
+        else:
+            assert goals[goal]["value"] == pytest.approx(value)
+        assert goals[goal]["met"] is met
+
+    check("fp32 decode / HF eager decode", 0.4, True)
+    check("fp32 decode / CTranslate2 fp32 decode", 20 / 18, False)
+    check("fp32 decode / fp32 bandwidth floor", 1.25, False)
+    check("int8 decode / CTranslate2 int8 decode", None, None)  # CTranslate2 int8 absent
+    check("int8 decode / int8 bandwidth floor", 2.25, False)
+    check("fst-fp32 TTFT (32-token prompt) / ct2-fp32", 0.9, True)
+    check("fst-fp32 TTFT (512-token prompt) / ct2-fp32", 700 / 600, False)
+    check("fst-fp32 batch-8 tokens/s / ct2-fp32", 1.5, True)  # an "at least" goal
+    check("fst-fp32 per-step Python overhead / decode step", 0.03, True)
+    check("fst-int8 peak RSS MB (batch 1)", 420.0, False)
+
+
+def test_prefill_flops_of_gpt2_small() -> None:
+    # GPT-2 small: 124.44 M parameters, 0.79 M of them position embeddings.
+    art = latency.Artifacts(
+        name="gpt2-small",
+        config={},
+        params=124_439_808,
+        weight_params=124_439_808 - 1024 * 768,
+        dims={"n_layer": 12, "n_embd": 768, "vocab_size": 50257},
+    )
+    blocks = 124_439_808 - 1024 * 768 - 50257 * 768  # 84.9 M in the transformer blocks
+    expected = (2 * blocks * 32 + 2 * 12 * 32**2 * 768 + 2 * 50257 * 768) / 1e9
+    assert latency.prefill_gflop(art, 32) == pytest.approx(expected)
+    assert 5.4 < expected < 5.6
+
+
+def test_cli_rejects_an_unknown_model() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "latency.py"), "--models", "gpt5"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "--models: unknown model 'gpt5'" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
+    """Tiny model, HF and our fp32 bundle, one round: every stage of the script runs."""
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(BENCH / "latency.py"), "--quick", "--engines", "hf,fst-fp32"]
+    cmd += ["--rounds", "1", "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    report = json.loads((out / "latency.json").read_text())
+    assert report["schema_version"] == latency.SCHEMA_VERSION
+    assert report["floors"]["bandwidth_gbs"] > 0 and report["floors"]["matmul_gflops"] > 0
+    model = report["models"]["tiny"]
+    assert set(model["engines"]) == {"hf", "fst-fp32"}
+    w = latency.Workload(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in report["workload"].items()}
+    )
+    keys = {f"b1_p{n}.{m}" for n in w.prompt_lengths for m in ("ttft_ms", "decode_ms")}
+    keys |= {f"b{w.batch}.tokens_per_s", "peak_rss_mb", "peak_rss_mb_all", "load_s"}
+    keys |= {f"past_{n}.decode_ms" for n in w.past_lengths}
+    for engine in ("hf", "fst-fp32"):
+        summary = model["engines"][engine]["summary"]
+        assert keys <= set(summary)
+        assert all(s["n"] == 1 and s["min"] <= s["median"] <= s["max"] for s in summary.values())
+        assert summary["b1_p32.decode_ms"]["median"] > 0
+    # Our runtime reports how its decode phase splits; the share is a fraction.
+    assert (
+        0 <= model["engines"]["fst-fp32"]["summary"]["b1_p32.python_overhead_share"]["median"] < 1
+    )
+    # Same weights, greedy: our fp32 bundle continues exactly like Hugging Face.
+    assert model["greedy_agreement"]["fst-fp32 vs hf"]["equal_fraction"] == 1.0
+    assert model["ratios"]["fst-fp32"]["decode_vs_hf"] > 0
+    assert {g["goal"] for g in model["goals"]} >= {"fp32 decode / HF eager decode"}
+    assert "| fst runtime, fp32 bundle |" in (out / "latency.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert (out / "latency.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(BENCH / "training.py"), "--quick", "--out-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "training.json").read_text())
+    tiny = report["presets"]["tiny"]
+    lm, ul = tiny["tokens_per_s"]["lm"]["median"], tiny["tokens_per_s"]["lm+ul"]["median"]
+    assert lm > 0 and ul > 0
+    assert tiny["ul_overhead"] == pytest.approx(lm / ul)
+    assert "| tiny |" in (tmp_path / "training.md").read_text()

@@ -1,0 +1,423 @@
+"""fst.export: ONNX bundles with KV cache, checked against PyTorch / Hugging Face.
+
+Tiny models only (2 layers, n_embd 32). The references are the Hugging Face model itself:
+its logits and `generate(do_sample=False)` tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from fst.bundle import BundleManifest, sha256_file
+from fst.constants import BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER, onnx_past_names
+from fst.export import cli
+from fst.export.exporter import ExportError, export_bundle
+from fst.export.verify import left_pad, position_ids_for, verify_parity
+from fst.runtime.session import (
+    ProviderUnavailableError,
+    choose_providers,
+    create_session,
+    tensorrt_options,
+)
+from fst.tokenization import DocumentTokenizer
+
+PROMPTS = [[464, 3290, 286, 1204, 318, 326, 262], [15496, 995]]  # GPT-2 ids, lengths 7 and 2
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def hf_model(folder: Path):
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def run(session, manifest: BundleManifest, ids, mask, past=None):
+    """One ONNX step; past=None means an empty past (past_seq = 0)."""
+    arch = manifest.architecture
+    if past is None:
+        shape = (ids.shape[0], arch.num_heads, 0, arch.head_dim)
+        past = {
+            name: np.zeros(shape, dtype=manifest.graph.dtype)
+            for i in range(arch.num_layers)
+            for name in onnx_past_names(i)
+        }
+    positions = position_ids_for(mask)[:, -ids.shape[1] :]
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past}
+    logits, *presents = session.run(None, feed)
+    return logits, dict(zip(past, presents, strict=True))
+
+
+def ort_greedy(bundle: Path, prompts, steps: int, pad_id: int) -> np.ndarray:
+    """Greedy tokens [B, steps] from an ONNX Runtime loop with KV cache."""
+    manifest = BundleManifest.load(bundle)
+    session, _ = create_session(bundle / BUNDLE_MODEL, providers=["cpu"], threads=1)
+    ids, mask = left_pad(prompts, pad_id)
+    past, tokens = None, []
+    for _ in range(steps):
+        logits, past = run(session, manifest, ids, mask, past)
+        ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
+        tokens.append(ids[:, 0])
+    return np.stack(tokens, axis=1)
+
+
+def no_temp_dirs(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def all_logits_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    output = tmp_path_factory.mktemp("all_logits") / "bundle"
+    export_bundle(output, model_path=str(tiny_hf_model_dir), logits="all", progress=False)
+    return output
+
+
+# ---- the plain (Hugging Face folder) bundle -------------------------------------------------
+
+
+def test_manifest_is_complete_and_matches_the_files(tiny_plain_bundle, tiny_hf_model_dir):
+    manifest = BundleManifest.load(tiny_plain_bundle)
+    config = json.loads((tiny_hf_model_dir / "config.json").read_text())
+    arch = manifest.architecture
+    assert (arch.model_type, arch.num_layers, arch.num_heads) == ("gpt2", 2, 2)
+    assert (arch.hidden_size, arch.head_dim, arch.max_positions) == (32, 16, 128)
+    assert arch.vocab_size == config["vocab_size"] == 50257
+    assert manifest.graph.variant == "fp32" and manifest.graph.dtype == "float32"
+    assert manifest.graph.logits == "last" and manifest.graph.external_data is None
+    # The graph really has the names the manifest promises, in that order.
+    graph = onnx.load(str(tiny_plain_bundle / BUNDLE_MODEL), load_external_data=False).graph
+    assert [i.name for i in graph.input] == manifest.graph.inputs
+    assert [o.name for o in graph.output] == manifest.graph.outputs
+    assert manifest.graph.inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert manifest.graph.outputs[1:3] == ["present.0.key", "present.0.value"]
+    # Plain LM: GPT-2's EOS, no document tokens.
+    tok = manifest.tokenizer
+    assert tok.document_format is False and tok.eos_token_id == 50256
+    assert tok.start_of_document_id is None and tok.end_of_meta_id is None
+    assert manifest.training.source == str(tiny_hf_model_dir)
+    assert manifest.training.global_step is None
+    assert {"torch", "transformers", "onnx", "onnxruntime", "fst"} <= set(manifest.versions)
+    # Every file is listed with its real sha256, and nothing else is in the folder.
+    files = sorted(p.name for p in tiny_plain_bundle.iterdir())
+    assert files == sorted([*manifest.files, BUNDLE_MANIFEST])
+    for name, digest in manifest.files.items():
+        assert sha256_file(tiny_plain_bundle / name) == digest
+    assert manifest.parity.passed and manifest.parity.tolerance == pytest.approx(1e-3)
+    assert manifest.parity.max_abs_diff <= manifest.parity.tolerance
+    assert manifest.parity.checked_positions == 2 * 7  # 2 rows x (prefill + 6 decode steps)
+    assert no_temp_dirs(tiny_plain_bundle.parent)
+
+
+def test_bundle_tokenizer_is_gpt2s(tiny_plain_bundle):
+    tokenizer = DocumentTokenizer.from_pretrained(
+        tiny_plain_bundle / BUNDLE_TOKENIZER, document_format=False
+    )
+    assert tokenizer.encode_text("Hello world") == [15496, 995]
+
+
+def test_verification_passes_again_on_the_written_bundle(tiny_plain_bundle, tiny_hf_model_dir):
+    report = verify_parity(
+        hf_model(tiny_hf_model_dir),
+        tiny_plain_bundle / BUNDLE_MODEL,
+        PROMPTS,
+        pad_id=50256,
+        logits="last",
+        decode_steps=5,
+    )
+    assert report.passed and report.max_abs_diff < 1e-4 and report.top1_agreement == 1.0
+    assert report.checked_positions == 2 * 6
+
+
+def test_greedy_onnx_loop_equals_hf_generate(tiny_plain_bundle, tiny_hf_model_dir):
+    model = hf_model(tiny_hf_model_dir)
+    model.generation_config.eos_token_id = None  # always 8 tokens, no early stop
+    ids, mask = left_pad(PROMPTS, 50256)
+    expected = model.generate(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=50256,
+    )[:, ids.shape[1] :].numpy()
+    got = ort_greedy(tiny_plain_bundle, PROMPTS, steps=8, pad_id=50256)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_prefill_with_empty_past_and_chunked_prefill_match_pytorch(
+    all_logits_bundle, tiny_hf_model_dir
+):
+    manifest = BundleManifest.load(all_logits_bundle)
+    session, _ = create_session(all_logits_bundle / BUNDLE_MODEL, providers=["cpu"], threads=1)
+    ids = np.array([PROMPTS[0]], dtype=np.int64)
+    with torch.no_grad():
+        expected = hf_model(tiny_hf_model_dir)(torch.from_numpy(ids)).logits.numpy()
+    # Whole prompt with past_seq = 0.
+    full, presents = run(session, manifest, ids, np.ones_like(ids))
+    assert full.shape == expected.shape
+    np.testing.assert_allclose(full, expected, atol=1e-5)
+    assert presents["past_key_values.0.key"].shape == (1, 2, 7, 16)
+    # The same prompt in two chunks: 3 tokens with past 0, then 4 tokens with past 3.
+    first, past = run(session, manifest, ids[:, :3], np.ones((1, 3), dtype=np.int64))
+    second, _ = run(session, manifest, ids[:, 3:], np.ones((1, 7), dtype=np.int64), past)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), expected, atol=1e-5)
+
+
+def test_left_padded_batch_equals_single_prompts(all_logits_bundle):
+    manifest = BundleManifest.load(all_logits_bundle)
+    session, _ = create_session(all_logits_bundle / BUNDLE_MODEL, providers=["cpu"], threads=1)
+    ids, mask = left_pad(PROMPTS, 50256)
+    batch_logits, batch_past = run(session, manifest, ids, mask)
+    short = np.array([PROMPTS[1]], dtype=np.int64)
+    single_logits, single_past = run(session, manifest, short, np.ones_like(short))
+    # Row 1 is padded on the left by 5: its real positions are the last two.
+    np.testing.assert_allclose(batch_logits[1, -2:], single_logits[0], atol=1e-5)
+    # ... and the next decode step agrees too.
+    step = np.array([[11], [11]], dtype=np.int64)
+    batch_next, _ = run(session, manifest, step, np.concatenate([mask, [[1], [1]]], 1), batch_past)
+    single_next, _ = run(session, manifest, step[1:], np.ones((1, 3), np.int64), single_past)
+    np.testing.assert_allclose(batch_next[1], single_next[0], atol=1e-5)
+
+
+# ---- variants -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory, tiny_hf_model_dir, tiny_plain_bundle) -> Path:
+    """An int8 export through the CLI, with --force over a copy of the plain bundle."""
+    import shutil
+
+    output = tmp_path_factory.mktemp("int8") / "bundle"
+    shutil.copytree(tiny_plain_bundle, output)
+    args = ["--model_path", str(tiny_hf_model_dir), "--output", str(output)]
+    log = str(output.parent / "debug.log")
+    assert cli.main([*args, "--force", "--quantize", "int8", "--quiet", "--log_file", log]) == 0
+    return output
+
+
+def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_bundle):
+    manifest = BundleManifest.load(int8_bundle)
+    assert manifest.graph.variant == "int8" and manifest.graph.dtype == "float32"
+    parity = manifest.parity
+    assert parity.tolerance is None and parity.passed
+    assert 0 < parity.max_abs_diff < 1.0 and parity.top1_agreement >= 0.8
+    assert sha256_file(int8_bundle / BUNDLE_MODEL) == manifest.files[BUNDLE_MODEL]
+    fp32_size = (tiny_plain_bundle / BUNDLE_MODEL).stat().st_size
+    assert (int8_bundle / BUNDLE_MODEL).stat().st_size < 0.5 * fp32_size
+    ops = {n.op_type for n in onnx.load(str(int8_bundle / BUNDLE_MODEL)).graph.node}
+    assert "MatMulInteger" in ops
+
+
+def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_model_dir):
+    output = tmp_path / "fp16"
+    manifest = export_bundle(
+        output, model_path=str(tiny_hf_model_dir), optimize=True, fp16=True, progress=False
+    )
+    assert manifest.graph.optimized and manifest.graph.variant == "fp16"
+    assert manifest.graph.dtype == "float16" and manifest.parity.passed
+    model = onnx.load(str(output / BUNDLE_MODEL))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"SkipLayerNormalization", "FastGelu"} <= ops
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert types["past_key_values.0.key"] == onnx.TensorProto.FLOAT16
+    assert types["input_ids"] == onnx.TensorProto.INT64
+
+
+# ---- the document (training checkpoint) bundle ----------------------------------------------
+
+
+def test_document_bundle_from_training_checkpoint(tiny_document_bundle, tiny_checkpoint):
+    from fst.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(tiny_checkpoint)
+    manifest = BundleManifest.load(tiny_document_bundle)
+    tok, info = manifest.tokenizer, loaded.info
+    assert tok.document_format is True
+    assert tok.start_of_document_id == loaded.tokenizer.start_of_document_id is not None
+    assert tok.end_of_meta_id == loaded.tokenizer.end_of_meta_id is not None
+    assert tok.eos_token_id == loaded.tokenizer.eos_token_id
+    assert (tok.max_meta_len, tok.max_body_len) == (
+        info["document"]["max_meta_len"],
+        info["document"]["max_body_len"],
+    )
+    assert manifest.training.global_step == info["global_step"]
+    assert manifest.training.epoch == info["epoch"]
+    assert manifest.training.args == info["training_args"]
+    assert manifest.architecture.vocab_size == loaded.model.config.vocab_size
+    assert manifest.parity.passed
+    # The bundle's tokenizer.json is the training tokenizer.
+    tokenizer = DocumentTokenizer.from_pretrained(
+        tiny_document_bundle / BUNDLE_TOKENIZER, document_format=True
+    )
+    assert tokenizer.encode_text("the cat sat") == loaded.tokenizer.encode_text("the cat sat")
+    # Greedy decoding through ONNX Runtime equals Hugging Face generate on the trained model.
+    prompts = [loaded.tokenizer.encode_for_inference(p) for p in ("The cat", "A dog ran after")]
+    model = loaded.model
+    model.generation_config.eos_token_id = None
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    expected = model.generate(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )[:, ids.shape[1] :].numpy()
+    got = ort_greedy(tiny_document_bundle, prompts, steps=8, pad_id=tok.pad_token_id)
+    np.testing.assert_array_equal(got, expected)
+
+
+# ---- atomic writes, --force, bad inputs -----------------------------------------------------
+
+
+def cli_fails(args: list[str], capsys) -> str:
+    """Run fst-export in-process; assert exit 2 with exactly one line on stderr."""
+    capsys.readouterr()  # drop what the test printed before
+    code = cli.main([*args, "--log_file", str(Path(args[-1]).parent / "debug.log")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_checkpoints_fail_cleanly(tmp_path, capsys):
+    text_file = tmp_path / "notes.ckpt"
+    text_file.write_text("not a checkpoint\n")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    cases = {
+        tmp_path / "missing.ckpt": "no such checkpoint file",
+        text_file: "not a PyTorch checkpoint",
+        foreign: "not an fst checkpoint",
+    }
+    for ckpt, message in cases.items():
+        out = tmp_path / f"bundle-{ckpt.stem}"
+        err = cli_fails(["--ckpt", str(ckpt), "--output", str(out)], capsys)
+        assert message in err and str(ckpt) in err
+        assert not out.exists()
+    assert no_temp_dirs(tmp_path)
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "llama"
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=64,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    err = cli_fails(["--model_path", str(folder), "--output", str(tmp_path / "out")], capsys)
+    assert "'llama' is not supported" in err and "supported: gpt2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_force(tmp_path, tiny_hf_model_dir, tiny_plain_bundle, capsys):
+    import shutil
+
+    output = tmp_path / "bundle"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    args = ["--model_path", str(tiny_hf_model_dir), "--output", str(output)]
+    err = cli_fails(args, capsys)
+    assert "already exists" in err and "--force" in err
+    # --force never deletes a folder that is not a bundle.
+    err = cli_fails([*args, "--force"], capsys)
+    assert "not an fst bundle" in err and (output / "keep.txt").read_text() == "mine"
+    # An existing bundle is kept without --force.
+    shutil.rmtree(output)
+    shutil.copytree(tiny_plain_bundle, output)
+    cli_fails(args, capsys)
+    assert BundleManifest.load(output) == BundleManifest.load(tiny_plain_bundle)
+    assert no_temp_dirs(tmp_path)
+
+
+def test_force_replaces_an_existing_bundle(int8_bundle):
+    # int8_bundle was a copy of the fp32 plain bundle before `--force --quantize int8`.
+    assert BundleManifest.load(int8_bundle).graph.variant == "int8"
+    assert sorted(p.name for p in int8_bundle.iterdir()) == sorted(
+        [BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER]
+    )
+    assert no_temp_dirs(int8_bundle.parent)
+
+
+def test_failed_verification_leaves_no_bundle(tmp_path, tiny_hf_model_dir, monkeypatch):
+    from fst.bundle import ParityReport
+    from fst.export import exporter
+
+    def failing(*args, **kwargs):
+        return ParityReport(
+            max_abs_diff=0.5, logit_scale=1.0, tolerance=1e-3, top1_agreement=0.5,
+            checked_positions=14, passed=False,
+        )  # fmt: skip
+
+    monkeypatch.setattr(exporter, "verify_parity", failing)
+    output = tmp_path / "bundle"
+    with pytest.raises(ExportError, match="FAILED; no bundle written"):
+        export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_option_errors():
+    with pytest.raises(ExportError, match="exactly one of"):
+        export_bundle(Path("/tmp/never"), progress=False)
+    with pytest.raises(ExportError, match="exclude each other"):
+        export_bundle(Path("/tmp/never"), model_path="x", fp16=True, quantize="int8")
+    with pytest.raises(ExportError, match="--opset"):
+        export_bundle(Path("/tmp/never"), model_path="x", opset=11)
+
+
+def test_cli_help_runs_as_a_console_script():
+    fst_export = Path(sys.executable).parent / "fst-export"
+    result = subprocess.run([str(fst_export), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for option in ("--ckpt", "--model_path", "--output", "--optimize", "--quantize", "--fp16",
+                   "--opset", "--force", "--logits"):  # fmt: skip
+        assert option in result.stdout
+
+
+# ---- session creation -----------------------------------------------------------------------
+
+
+def test_session_defaults_to_an_available_provider(tiny_plain_bundle):
+    assert choose_providers()[-1] == "CPUExecutionProvider"
+    session, used = create_session(tiny_plain_bundle / BUNDLE_MODEL, threads=1)
+    assert used == session.get_providers()[0] == "CPUExecutionProvider"
+
+
+def test_explicit_unavailable_provider_is_an_error(tiny_plain_bundle):
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider not available"):
+        create_session(tiny_plain_bundle / BUNDLE_MODEL, providers=["cuda"])
+    with pytest.raises(ProviderUnavailableError, match="TensorrtExecutionProvider"):
+        choose_providers(["tensorrt", "cpu"])
+
+
+def test_tensorrt_profiles_cover_prefill_and_decode(tmp_path):
+    options = tensorrt_options(
+        input_names=["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"],
+        num_heads=2,
+        head_dim=16,
+        max_positions=128,
+        fp16=True,
+        engine_cache_dir=tmp_path / "trt",
+        max_batch=4,
+        opt_past=64,
+    )
+    assert options["trt_fp16_enable"] == "True"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert options["trt_profile_min_shapes"] == (
+        "input_ids:1x1,attention_mask:1x1,position_ids:1x1,past_key_values.0.key:1x2x0x16"
+    )
+    assert options["trt_profile_opt_shapes"] == (
+        "input_ids:1x1,attention_mask:1x65,position_ids:1x1,past_key_values.0.key:1x2x64x16"
+    )
+    assert options["trt_profile_max_shapes"] == (
+        "input_ids:4x128,attention_mask:4x128,position_ids:4x128,past_key_values.0.key:4x2x127x16"
+    )
