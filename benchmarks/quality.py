@@ -6,10 +6,10 @@
 
 The same model is trained from scratch once per loss — MLE, then UL with alpha 1.0 (the
 paper's) and 5.0 (the original README's) — by `fst-train` subprocesses with identical
-arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights, batch
-order and dropout draws), same BPE (trained on the same file), same step budget. The last
-checkpoint of each run is evaluated by `fst-eval` on the validation documents with the
-paper's protocol (see `fst/evaluation.py`). Writes benchmarks/results/quality.{json,md}
+arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights and
+batch order), same BPE (trained on the same file), same step budget. The last checkpoint of
+each run (or `--checkpoint best`) is evaluated by `fst-eval` on the validation documents with
+the paper's protocol (see `fst/evaluation.py`). Writes benchmarks/results/quality.{json,md}
 (a smoke run writes into its work folder instead, so it never passes for a result).
 
 Goal (issue 8): greedy seq-rep-4 down by >= 30% relative with perplexity up by <= 10%.
@@ -223,7 +223,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{budget['bpe_vocab_size']}; {budget['max_body_len']}-token chunks, batch {budget['batch_size']}, "
         f"AdamW lr {budget['learning_rate']} (cosine, {budget['num_warmup_steps']} warmup steps), "
         f"weight decay {budget['weight_decay']}, {budget['max_steps']} steps, seed {budget['seed']}. "
-        "Evaluated: the last checkpoint of each run, on `nietzsche/valid.documents` "
+        f"Evaluated: the {report['checkpoint']} checkpoint of each run, on `nietzsche/valid.documents` "
         f"({runs[0]['results']['token_level']['num_tokens']:,} scored tokens, "
         f"{runs[0]['results']['num_prefixes']} prefixes of 50 tokens, 100-token continuations).",
         "",
@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # chatty about event files
 
     budget = SMOKE if args.smoke else Budget()
     overrides = {
@@ -322,7 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for run in runs_for(alphas):
         record = train(run, budget, work, env, args.reuse)
-        results = evaluate(run, record["checkpoint"], work, env, eval_flags)
+        checkpoint = (
+            record["checkpoint"] if args.checkpoint == "last" else record["best_checkpoint"]
+        )
+        if checkpoint is None:
+            raise SystemExit(
+                f"{run.name}: no best checkpoint (no validation ran); use --checkpoint last"
+            )
+        results = evaluate(run, checkpoint, work, env, eval_flags)
         runs.append({"name": run.name, "alpha": run.alpha, **record, "results": results})
     for r in runs[1:]:
         r["comparison"] = compare(runs[0]["results"], r["results"])
@@ -332,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "budget": asdict(budget),
         "eval_flags": eval_flags,
+        "checkpoint": args.checkpoint,
         "same_tokenization": same_tokens,
         "goal": {
             "seq_rep_4_greedy_relative_change_max": SEQ_REP_GOAL,

@@ -194,7 +194,13 @@ class SaveOnException(pl.Callback):
         self.path = path
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
-        trainer.save_checkpoint(self.path)
+        if trainer.global_step == 0:
+            return  # nothing trained yet (e.g. a setup error): nothing worth resuming
+        try:
+            trainer.save_checkpoint(self.path)
+        except Exception:  # never hide the original error behind this one
+            logger.warning("Could not save %s", self.path, exc_info=True)
+            return
         logger.info("Saved %s (resume with --resume_from)", self.path)
 
 

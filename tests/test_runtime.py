@@ -293,20 +293,34 @@ def test_empty_run_and_completion_fields(plain_generator) -> None:
     assert isinstance(c, Completion) and c.prompt == "A" and c.index == 0
 
 
-def test_document_prompts_are_encoded_as_in_training(request) -> None:
-    try:
-        bundle = request.getfixturevalue("tiny_document_bundle")
-    except pytest.FixtureLookupError:
-        pytest.skip("tiny_document_bundle fixture not available yet")
-    generator = Generator.from_bundle(bundle, threads=1)
+DOCUMENTS = [
+    Document("Hello there", "a title"),
+    Document("Hello there"),
+    Document("", "only a meta"),
+    Document("a long body " * 30, "a meta much longer than the eight tokens kept of it"),
+]
+
+
+def test_document_prompts_are_encoded_as_in_training(tiny_document_bundle, tiny_checkpoint):
+    from fst.checkpoint import load_checkpoint
+
+    trained = load_checkpoint(tiny_checkpoint)
+    generator = Generator.from_bundle(tiny_document_bundle, threads=1)
     tok = generator.tokenizer
-    assert tok.document_format
-    ids = generator.encode_prompt({"body": "Hello", "meta": "a title"})
-    assert ids == tok.encode_for_inference(Document("Hello", "a title"))
-    meta = tok.encode_text("a title")
-    assert ids == [*meta, tok.end_of_meta_id, tok.start_of_document_id, *tok.encode_text("Hello")]
-    assert generator.encode_prompt("Hello") == [tok.start_of_document_id, *tok.encode_text("Hello")]
-    assert generator.generate({"body": "Hello", "meta": "a title"}, GREEDY)[0].token_ids
+    assert tok.document_format and tok.settings() == trained.tokenizer.settings()
+    for doc in DOCUMENTS:
+        expected = trained.tokenizer.encode_for_inference(doc)
+        assert generator.encode_prompt(doc) == expected
+        assert generator.encode_prompt({"body": doc.body, "meta": doc.meta}) == expected
+    ids = generator.encode_prompt({"body": "Hello there", "meta": "a title"})
+    body, meta = tok.encode_text("Hello there"), tok.encode_text("a title")
+    assert ids == [*meta, tok.end_of_meta_id, tok.start_of_document_id, *body]
+    assert generator.encode_prompt("Hello there") == [tok.start_of_document_id, *body]
+    # and generation from them is the checkpoint's PyTorch model's greedy generation
+    for doc in DOCUMENTS[:3]:
+        completion = generator.generate(doc, GREEDY, max_new_tokens=12)[0]
+        expected = hf_greedy(trained.model, generator.encode_prompt(doc), max_new_tokens=12)
+        assert completion.token_ids == expected
 
 
 # ---- CLI ------------------------------------------------------------------------------------

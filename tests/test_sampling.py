@@ -81,7 +81,7 @@ def test_top_k_matches_hf(ties: bool) -> None:
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_top_p_matches_hf(ties: bool) -> None:
-    for seed in SEEDS:
+    for seed in range(25):
         scores = random_scores(seed, ties=ties)
         for p in (1e-4, 0.3, 0.9, 0.95, 0.999, 0.99999):
             assert_same_top_p(sampling.top_p(scores, p), hf(TopPLogitsWarper(p), scores), scores)
@@ -213,10 +213,10 @@ def test_samples_follow_the_filtered_distribution(vocab: int) -> None:
     hot = rng.choice(vocab, 6, replace=False)
     row[hot] = np.log(np.array([0.05, 0.1, 0.15, 0.2, 0.2, 0.3], dtype=np.float32))
     params = GenerationParams(temperature=1.0, top_k=0, top_p=1.0)
-    draws = np.array(sample_many(params, row, 3, 0, 20000))
+    draws = np.array(sample_many(params, row, 3, 0, 10000))
     assert set(draws.tolist()) <= set(hot.tolist())
     freq = np.array([(draws == h).mean() for h in hot])
-    np.testing.assert_allclose(freq, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3], atol=0.015)
+    np.testing.assert_allclose(freq, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3], atol=0.02)  # ~4 sigma
 
 
 def test_draw_never_picks_zero_weight_even_at_the_end() -> None:
