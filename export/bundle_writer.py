@@ -8,6 +8,7 @@ in `--output` must never delete someone's folder.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -45,12 +46,21 @@ def staging_folder(output: Path, force: bool) -> Iterator[Path]:
     """A temporary folder beside `output` that becomes `output` if the block succeeds."""
     check_output(output, force)
     tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
+    # mkdtemp makes the folder private (0700); a bundle is read by servers running as
+    # other users, so give it the permissions a plain mkdir would have.
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         _replace(tmp, output, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace(tmp: Path, output: Path, force: bool) -> None:

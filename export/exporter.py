@@ -114,7 +114,9 @@ def _build(
     with stages.stage("write"):
         external = move_onnx(final, tmp / BUNDLE_MODEL)
         shutil.rmtree(work)
-        source.tokenizer.save(tmp / BUNDLE_TOKENIZER)
+        # Not tokenizer.save(): its private temp file would leave tokenizer.json 0600,
+        # and the whole folder is atomic anyway.
+        (tmp / BUNDLE_TOKENIZER).write_text(source.tokenizer.to_json(), encoding="utf-8")
     dtype = "float16" if variant == "fp16" else "float32"
     with stages.stage("verify", "ONNX Runtime vs PyTorch, prefill + decode, left-padded batch"):
         parity = verify_parity(

@@ -95,7 +95,9 @@ class Prefix:
 
 
 @dataclass
-class TokenLevel:
+class _Totals:
+    """What the token-level pass accumulates over batches."""
+
     nll_sum: float = 0.0
     num_tokens: int = 0
     predictions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
@@ -116,38 +118,38 @@ def token_level_metrics(
     encodings = tokenizer.encode_documents(documents)  # no rng: the meta is never dropped
     # Sorted by length so batches carry little padding; the order does not change any sum.
     encodings.sort(key=lambda e: len(e.token_ids))
-    acc = TokenLevel()
+    totals = _Totals()
     for start in range(0, len(encodings), batch_size):
-        _score_batch(model, encodings[start : start + batch_size], tokenizer.pad_token_id, acc)
-    if acc.num_tokens == 0:
+        _score_batch(model, encodings[start : start + batch_size], tokenizer.pad_token_id, totals)
+    if totals.num_tokens == 0:
         raise EvaluationError("the documents have no scored tokens")
-    nll = acc.nll_sum / acc.num_tokens
+    nll = totals.nll_sum / totals.num_tokens
     true_tokens = set()
-    for _, targets in acc.predictions:
+    for _, targets in totals.predictions:
         true_tokens.update(targets.tolist())
     return {
         "perplexity": math.exp(nll),
         "nll": nll,
-        "num_tokens": acc.num_tokens,
-        **token_prediction_metrics_over(acc.predictions, window),
+        "num_tokens": totals.num_tokens,
+        **token_prediction_metrics_over(totals.predictions, window),
         "human_uniq": len(true_tokens),
     }
 
 
 def _score_batch(
-    model: transformers.PreTrainedModel, batch: list[Encoding], pad_id: int, acc: TokenLevel
+    model: transformers.PreTrainedModel, batch: list[Encoding], pad_id: int, totals: _Totals
 ) -> None:
     input_ids, attention_mask, labels = _pad_right(batch, pad_id)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
     logits, targets = logits[:, :-1], labels[:, 1:]  # logits[:, t] predicts labels[:, t + 1]
     scored = targets != LOSS_IGNORE  # [B, T-1]
     nll = F.cross_entropy(logits[scored], targets[scored], reduction="sum")
-    acc.nll_sum += float(nll.double())
-    acc.num_tokens += int(scored.sum())
+    totals.nll_sum += float(nll.double())
+    totals.num_tokens += int(scored.sum())
     predictions = logits.argmax(dim=-1)  # [B, T-1]
     for row in range(len(batch)):
         keep = scored[row]
-        acc.predictions.append((predictions[row, keep].numpy(), targets[row, keep].numpy()))
+        totals.predictions.append((predictions[row, keep].numpy(), targets[row, keep].numpy()))
 
 
 def _pad_right(
@@ -361,9 +363,10 @@ def evaluate_bundle(
     No token-level metrics: they need logits of every position, which the runtime does not
     expose. The runtime takes text prompts, so each block is decoded and re-encoded;
     `reencoded_mismatches` counts the prompts whose ids differ from the block's. Sampling
-    uses the runtime's per-sequence seeded generators, so samples differ from `generate`'s.
+    uses the runtime's seeded generators (prompt i: seed + i), so samples differ from
+    `generate`'s; greedy continuations are the same.
     """
-    from fst.runtime import Generator
+    from fst.runtime import GenerationRequest, Generator
 
     config = config or EvalConfig()
     started = time.perf_counter()
@@ -386,10 +389,16 @@ def evaluate_bundle(
     sequence_level: dict[str, Any] = {}
     for decoding in config.decodings:
         params = runtime_params(decoding, config)
+        # One seed per prompt: the runtime seeds a sample from its params only, so a shared
+        # seed would draw the same random numbers for every prompt and correlate them.
+        requests = [
+            GenerationRequest(prompt, params.with_overrides(seed=config.seed + i))
+            for i, prompt in enumerate(prompts)
+        ]
         continuations = []
-        for start in range(0, len(prompts), config.batch_size):
-            completions = generator.generate(prompts[start : start + config.batch_size], params)
-            continuations += [c.token_ids for c in completions]
+        for start in range(0, len(requests), config.batch_size):
+            completions = generator.run(requests[start : start + config.batch_size])
+            continuations += [c.token_ids for (c,) in completions]
         sequence_level[decoding] = sequence_metrics(continuations)
     _add_human(sequence_level, prefixes, config)
     return {

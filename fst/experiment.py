@@ -1,6 +1,7 @@
 """The experiment folder: `<experiments_root>/<experiment_name>_v<N>/` and its logging.
 
     description.json   all arguments, package and library versions
+    tokenizer.json     the training tokenizer (also inside every checkpoint)
     generated.txt      samples written after each validation
     logs/              debug.log, info.log, errors.log; tensorboard/ event files
     models/            best-*.ckpt (lowest Loss/valid), last.ckpt; interrupted.ckpt after
@@ -54,6 +55,15 @@ class Experiment:
         text = json.dumps(description, ensure_ascii=False, indent=2, default=str) + "\n"
         write_text_atomic(self.description_file, text)
         return self.description_file
+
+
+def open_experiment(path: str | Path) -> Experiment:
+    """An existing experiment folder (e.g. the one rank 0 created, for the other ranks)."""
+    folder = Path(path)
+    name, _, version = folder.name.rpartition("_v")
+    if not folder.is_dir() or not version.isdigit():
+        raise FileNotFoundError(f"{folder}: not an experiment folder (<name>_v<N>)")
+    return Experiment(name=name, version=int(version), dir=folder)
 
 
 def create_experiment(experiments_root: str | Path, name: str) -> Experiment:

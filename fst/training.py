@@ -1,34 +1,46 @@
 """What fst-train runs: data → tokenizer → model → Lightning Trainer, inside an experiment.
 
-`train(args)` raises; `run_training(args)` turns errors into exit codes and one-line
-messages (tracebacks go to the experiment's debug log).
+`train(args, experiment)` raises; `run_training(args)` turns errors into exit codes and
+one-line messages (tracebacks go to the experiment's debug log).
+
+Multi-process training: Lightning's DDP/FSDP launcher re-runs the same command for the
+other local ranks. They find rank 0's experiment folder in `FST_EXPERIMENT_DIR` and load
+its `tokenizer.json` instead of creating their own, so all ranks share one folder and one
+vocabulary. With an external launcher (torchrun, SLURM) set `FST_EXPERIMENT_DIR` to a
+folder on a shared file system for every process except the first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import transformers
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fst.checkpoint import CheckpointError, build_model_from_info, read_checkpoint
 from fst.cli.train import GPT2_TOKENIZER_CLASS, ArgsError, TrainArgs
-from fst.constants import CHECKPOINT_KEY
+from fst.constants import BUNDLE_TOKENIZER, CHECKPOINT_KEY
 from fst.data import RELOAD_EVERY_N_EPOCHS, DocumentDataModule
 from fst.demo_corpus import build_demo_corpus
 from fst.documents import Document, DocumentError, read_documents
-from fst.experiment import Experiment, create_experiment, experiment_logging
+from fst.experiment import Experiment, create_experiment, experiment_logging, open_experiment
 from fst.lightning_module import DocumentLM, OptimizerSettings, SampleWriter, library_versions
 from fst.model import PRESETS, ModelError, build_model
 from fst.tokenization import DocumentTokenizer
 
 logger = logging.getLogger("fst.train")
+
+EXPERIMENT_ENV = "FST_EXPERIMENT_DIR"
 
 # Errors caused by the user's input: exit code 2 and one line on stderr.
 INPUT_ERRORS = (
@@ -51,8 +63,7 @@ class TrainResult:
 
 def run_training(args: TrainArgs) -> int:
     """fst-train's body: 0 on success, 2 on bad input, 1 on any other failure."""
-    experiment = create_experiment(args.experiments_root, args.name)
-    with experiment_logging(experiment.logs_dir):
+    with shared_experiment(args) as experiment, experiment_logging(experiment.logs_dir):
         try:
             result = train(args, experiment)
         except INPUT_ERRORS as e:
@@ -67,10 +78,32 @@ def run_training(args: TrainArgs) -> int:
                 file=sys.stderr,
             )
             return 1
-    print(f"Experiment folder: {experiment.dir}")
-    if result.best_checkpoint:
-        print(f"Best checkpoint: {result.best_checkpoint}")
+    if is_first_process():
+        print(f"Experiment folder: {experiment.dir}")
+        if result.best_checkpoint:
+            print(f"Best checkpoint: {result.best_checkpoint}")
     return 0
+
+
+@contextmanager
+def shared_experiment(args: TrainArgs) -> Iterator[Experiment]:
+    """A new experiment folder, or rank 0's one for processes Lightning launches."""
+    if not is_first_process():
+        yield open_experiment(os.environ[EXPERIMENT_ENV])
+        return
+    experiment = create_experiment(args.experiments_root, args.name)
+    # Ranks launched by Lightning inherit our environment; restored so a later run in this
+    # process gets its own folder.
+    os.environ[EXPERIMENT_ENV] = str(experiment.dir)
+    try:
+        yield experiment
+    finally:
+        del os.environ[EXPERIMENT_ENV]
+
+
+def is_first_process() -> bool:
+    """False in the ranks Lightning (or the user, see module docstring) starts besides rank 0."""
+    return EXPERIMENT_ENV not in os.environ
 
 
 def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
@@ -85,37 +118,35 @@ def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
 
 
 def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
+    first = experiment_is_mine(experiment)
     description = {"arguments": args.to_json_dict(), "versions": library_versions()}
-    experiment.write_description(description)
+    if first:
+        experiment.write_description(description)
     logger.info("Experiment folder: %s", experiment.dir)
 
     train_file, valid_file = data_files(args)
     train_docs, valid_docs = read_documents(train_file), read_documents(valid_file)
-    logger.info(
-        "Documents: %d train (%s), %d valid (%s)",
-        len(train_docs),
-        train_file,
-        len(valid_docs),
-        valid_file,
-    )
+    logger.info("Documents: %d train, %d valid", len(train_docs), len(valid_docs))
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    tokenizer, model = tokenizer_and_model(args, train_file)
+    tokenizer, model = tokenizer_and_model(args, train_file, experiment)
     logger.info(
         "Model: %s, %.2fM parameters, vocab %d",
         model.config.model_type,
         model.num_parameters() / 1e6,
         tokenizer.vocab_size,
     )
-    description["data"] = {
-        "train_file": str(train_file),
-        "valid_file": str(valid_file),
-        "train_documents": len(train_docs),
-        "valid_documents": len(valid_docs),
-    }
-    description["model_config"] = model.config.to_dict()
-    description["tokenizer"] = {**tokenizer.settings(), "vocab_size": tokenizer.vocab_size}
-    experiment.write_description(description)
+    if first:
+        tokenizer.save(experiment.dir / BUNDLE_TOKENIZER)
+        description["data"] = {
+            "train_file": str(train_file),
+            "valid_file": str(valid_file),
+            "train_documents": len(train_docs),
+            "valid_documents": len(valid_docs),
+        }
+        description["model_config"] = model.config.to_dict()
+        description["tokenizer"] = {**tokenizer.settings(), "vocab_size": tokenizer.vocab_size}
+        experiment.write_description(description)
 
     data = DocumentDataModule(
         tokenizer,
@@ -147,7 +178,35 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         save_top_k=1,
         save_last=True,
     )
-    trainer = pl.Trainer(
+    callbacks = [
+        checkpoints,
+        SaveOnException(experiment.models_dir / "interrupted.ckpt"),
+        SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
+    ]
+    trainer = build_trainer(args, experiment, callbacks)
+    trainer.fit(module, datamodule=data, ckpt_path=args.resume_from)
+    best = checkpoints.best_model_path or None
+    last = checkpoints.last_model_path or None
+    logger.info("Finished at global step %d; best checkpoint: %s", trainer.global_step, best)
+    return TrainResult(
+        experiment=experiment,
+        best_checkpoint=Path(best) if best else None,
+        last_checkpoint=Path(last) if last else None,
+        global_step=trainer.global_step,
+    )
+
+
+def experiment_is_mine(experiment: Experiment) -> bool:
+    """Whether this process created the folder (and so writes its shared files)."""
+    return os.environ.get(EXPERIMENT_ENV) in (None, str(experiment.dir)) and is_rank_zero()
+
+
+def is_rank_zero() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def build_trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
+    return pl.Trainer(
         **args.trainer_devices(),
         strategy=args.strategy,
         num_nodes=args.num_nodes,
@@ -161,30 +220,15 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         gradient_clip_val=args.gradient_clip_val or None,
         log_every_n_steps=args.log_every_n_steps,
         logger=TensorBoardLogger(save_dir=experiment.logs_dir, name="tensorboard", version=""),
-        callbacks=[
-            checkpoints,
-            # Ctrl+C or a crash leaves models/interrupted.ckpt to --resume_from.
-            SaveOnException(experiment.models_dir / "interrupted.ckpt"),
-            SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
-        ],
+        callbacks=callbacks,
         default_root_dir=experiment.dir,
         reload_dataloaders_every_n_epochs=RELOAD_EVERY_N_EPOCHS,
         use_distributed_sampler=False,  # DocumentDataModule shards batches itself
     )
-    trainer.fit(module, datamodule=data, ckpt_path=args.resume_from)
-    best = checkpoints.best_model_path or None
-    last = checkpoints.last_model_path or None
-    logger.info("Finished at global step %d; best checkpoint: %s", trainer.global_step, best)
-    return TrainResult(
-        experiment=experiment,
-        best_checkpoint=Path(best) if best else None,
-        last_checkpoint=Path(last) if last else None,
-        global_step=trainer.global_step,
-    )
 
 
 class SaveOnException(pl.Callback):
-    """Saves a checkpoint when training stops on an exception or Ctrl+C.
+    """Saves models/interrupted.ckpt when training stops on an exception or Ctrl+C.
 
     (Lightning's OnExceptionCheckpoint would also turn every fit(ckpt_path=None) into
     ckpt_path="last", i.e. resume silently when a last.ckpt exists.)
@@ -213,26 +257,36 @@ def data_files(args: TrainArgs) -> tuple[Path, Path]:
     return build_demo_corpus(demo_dir)
 
 
-def tokenizer_and_model(args: TrainArgs, train_file: Path):
-    """The tokenizer and the model, fresh or (with --resume_from) as in the checkpoint."""
-    settings = {
-        "document_format": True,
-        "max_meta_len": args.max_meta_len,
-        "max_body_len": args.max_body_len,
-        "ignore_meta_prob": args.ignore_meta_prob,
-    }
+def document_settings(args: TrainArgs) -> dict:
+    """DocumentTokenizer settings of this run."""
     if args.max_meta_len == 0:
         # The original's "no meta" (its README passes --max_meta_len=0 --ignore_meta_prob=1.0):
         # every meta is dropped; the tokenizer needs a length >= 1 that is then never used.
         logger.info("--max_meta_len 0: documents are trained without their meta")
-        settings.update(max_meta_len=1, ignore_meta_prob=1.0)
+        return {"max_meta_len": 1, "max_body_len": args.max_body_len, "ignore_meta_prob": 1.0}
+    return {
+        "max_meta_len": args.max_meta_len,
+        "max_body_len": args.max_body_len,
+        "ignore_meta_prob": args.ignore_meta_prob,
+    }
+
+
+def tokenizer_and_model(
+    args: TrainArgs, train_file: Path, experiment: Experiment
+) -> tuple[DocumentTokenizer, transformers.PreTrainedModel]:
+    """The tokenizer and the model, fresh or (with --resume_from) as in the checkpoint."""
+    settings = {"document_format": True, **document_settings(args)}
     if args.resume_from:
         info = read_checkpoint(args.resume_from)[CHECKPOINT_KEY]
         # The vocabulary must be the checkpoint's; the document settings are this run's.
-        settings = {**info["document"], **settings}
-        tokenizer = DocumentTokenizer.from_json(info["tokenizer_json"], **settings)
+        tokenizer = DocumentTokenizer.from_json(
+            info["tokenizer_json"], **{**info["document"], **settings}
+        )
         return tokenizer, build_model_from_info(info)
-    tokenizer = load_tokenizer(args, train_file, settings)
+    if experiment_is_mine(experiment):
+        tokenizer = load_tokenizer(args, train_file, settings)
+    else:  # the other ranks use rank 0's tokenizer: a BPE trained twice might differ
+        tokenizer = DocumentTokenizer.from_pretrained(experiment.dir / BUNDLE_TOKENIZER, **settings)
     model = build_model(
         args.model_path, tokenizer.vocab_size, tokenizer.eos_token_id, args.model_overrides
     )
@@ -259,6 +313,6 @@ def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> Documen
 
 def sample_prompt(tokenizer: DocumentTokenizer, valid_docs: list[Document]) -> Document:
     """The generated.txt prompt: [START_OF_DOCUMENT], after a validation meta if metas are used."""
-    uses_meta = tokenizer.max_meta_len > 0 and tokenizer.settings()["ignore_meta_prob"] < 1.0
+    uses_meta = tokenizer.settings()["ignore_meta_prob"] < 1.0
     meta = next((d.meta for d in valid_docs if d.meta), None) if uses_meta else None
     return Document(body="", meta=meta)

@@ -7,6 +7,8 @@ its logits and `generate(do_sample=False)` tokens.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +113,12 @@ def test_manifest_is_complete_and_matches_the_files(tiny_plain_bundle, tiny_hf_m
     assert files == sorted([*manifest.files, BUNDLE_MANIFEST])
     for name, digest in manifest.files.items():
         assert sha256_file(tiny_plain_bundle / name) == digest
+    # Readable like any folder made with mkdir (servers may run as another user).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(tiny_plain_bundle.stat().st_mode) == 0o777 & ~umask
+    for name in files:
+        assert stat.S_IMODE((tiny_plain_bundle / name).stat().st_mode) == 0o666 & ~umask
     assert manifest.parity.passed and manifest.parity.tolerance == pytest.approx(1e-3)
     assert manifest.parity.max_abs_diff <= manifest.parity.tolerance
     assert manifest.parity.checked_positions == 2 * 7  # 2 rows x (prefill + 6 decode steps)

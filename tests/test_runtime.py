@@ -373,3 +373,15 @@ def test_generation_defaults_come_from_the_bundle(tiny_plain_bundle, tmp_path) -
     assert generator.default_params == GenerationParams(temperature=0.0, max_new_tokens=5)
     completion = generator.generate("Hello", ignore_eos=True)[0]
     assert len(completion.token_ids) == 5
+
+
+def test_fp16_bundle_generates_like_fp32(tmp_path, eos_model_dir, eos_generator) -> None:
+    from fst.export.exporter import export_bundle
+
+    export_bundle(tmp_path / "fp16", model_path=str(eos_model_dir), fp16=True, progress=False)
+    fp16 = Generator.from_bundle(tmp_path / "fp16", threads=1)
+    assert fp16.manifest.graph.dtype == "float16"
+    ours = fp16.generate(PROMPTS, GREEDY, max_new_tokens=6)
+    reference = eos_generator.generate(PROMPTS, GREEDY, max_new_tokens=6)
+    firsts = [a.token_ids[0] == b.token_ids[0] for a, b in zip(ours, reference, strict=True)]
+    assert sum(firsts) >= len(PROMPTS) - 1  # fp16 rounding may flip a near tie
