@@ -46,7 +46,8 @@ MODELS: dict[str, dict[str, Any]] = {
 ENGINES = ("hf", "fst-fp32", "fst-int8", "ct2-fp32", "ct2-int8")
 # The engine each of ours is compared with, at the same precision.
 CT2_PEER = {"fst-fp32": "ct2-fp32", "fst-int8": "ct2-int8"}
-WORKER_TIMEOUT_S = 1800
+WORKER_TIMEOUT_S = 3600
+WARMUP_TOKENS = 4  # the warm-up call of each scenario: prefill + a few decode steps
 
 log = logging.getLogger("latency")
 
@@ -60,7 +61,7 @@ class Workload:
     batch: int = 8  # tokens/s with prefill included, prompts of prompt_lengths[0]
     past_lengths: tuple[int, ...] = (32, 256, 1000)  # decode cost as the KV cache grows
     past_new_tokens: int = 16
-    repeats: int = 1  # measured calls per scenario inside one worker (after a warm-up)
+    repeats: int = 1  # measured calls per scenario inside one worker (after a short warm-up)
 
 
 @dataclass
@@ -251,13 +252,13 @@ def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namesp
 def measure(
     engine: Any, prompts: list[dict], new_tokens: int, repeats: int
 ) -> tuple[list[Any], list[dict[str, float]]]:
-    """Warm up once, then `repeats` timed calls; every sequence must get exactly new_tokens.
-
-    Returns the timings and, for engines that time their own steps (ours), their stats.
-    """
+    """A short warm-up call, then `repeats` timed calls; every sequence must get exactly
+    `new_tokens` tokens. Returns the timings and, for engines that time their own steps
+    (ours), their stats."""
     ids = [p["ids"] for p in prompts]
+    engine.run(ids, WARMUP_TOKENS)  # same shapes: allocators and kernels warmed up
     runs, stats = [], []
-    for _ in range(repeats + 1):
+    for _ in range(repeats):
         timing = engine.run(ids, new_tokens)
         lengths = {len(t) for t in timing.tokens}
         if lengths != {new_tokens} or len(timing.tokens) != len(ids):
@@ -265,7 +266,7 @@ def measure(
         runs.append(timing)
         if hasattr(engine, "last_stats"):
             stats.append(engine.last_stats())
-    return runs[1:], stats[1:]
+    return runs, stats
 
 
 def decode_ms(t: Any, new_tokens: int) -> float:
@@ -660,6 +661,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="models and bundles (outside the repository; env FST_BENCH_CACHE)",
     )
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where results go")
+    p.add_argument("--out-name", default="latency", help="results file names: NAME.{json,md,png}")
     p.add_argument("--bpe-dir", type=Path, default=DEFAULT_BPE, help="GPT-2 vocab.json/merges.txt")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="JSON-lines prompt text")
     p.add_argument(
@@ -774,10 +776,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "models": models,
     }
     out = args.out_dir
-    common.write_atomic(out / "latency.json", json.dumps(report, indent=1) + "\n")
-    common.write_atomic(out / "latency.md", render_markdown(report))
-    render_chart(report, out / "latency.png")
-    log.info("wrote %s", out / "latency.md")
+    name = args.out_name
+    common.write_atomic(out / f"{name}.json", json.dumps(report, indent=1) + "\n")
+    common.write_atomic(out / f"{name}.md", render_markdown(report))
+    render_chart(report, out / f"{name}.png")
+    log.info("wrote %s", out / f"{name}.md")
     return 0
 
 

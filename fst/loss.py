@@ -39,13 +39,11 @@ def language_model_losses(
     (labels are the input ids with `LOSS_IGNORE` where no loss is wanted). The shift is done
     here, once, the same way Hugging Face's own loss does it.
     """
-    logits = logits[:, :-1, :]  # [B, T-1, V]: predictions
-    targets = labels[:, 1:]  # [B, T-1]: what each prediction should be
-    lm_loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        targets.reshape(-1),
-        ignore_index=LOSS_IGNORE,
-    )
+    # targets[:, t] = labels[:, t+1]; the last position has nothing to predict. Padding the
+    # targets instead of slicing the logits avoids copying the [B, T, V] logits.
+    targets = F.pad(labels[:, 1:], (0, 1), value=LOSS_IGNORE)  # [B, T]
+    logits = logits.float()  # no copy for fp32; bf16/fp16 logits get an fp32 loss
+    lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
     if not unlikelihood_alpha:
         return LossOutput(loss=lm_loss, lm_loss=lm_loss, ul_loss=None)
     ul_loss = unlikelihood_candidates_loss(logits, targets)

@@ -6,8 +6,8 @@ one-line messages (tracebacks go to the experiment's debug log).
 Multi-process training: Lightning's DDP/FSDP launcher re-runs the same command for the
 other local ranks. They find rank 0's experiment folder in `FST_EXPERIMENT_DIR` and load
 its `tokenizer.json` instead of creating their own, so all ranks share one folder and one
-vocabulary. With an external launcher (torchrun, SLURM) set `FST_EXPERIMENT_DIR` to a
-folder on a shared file system for every process except the first.
+vocabulary. On other nodes (NODE_RANK > 0) set `FST_EXPERIMENT_DIR` to rank 0's folder on
+a shared file system.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def run_training(args: TrainArgs) -> int:
                 file=sys.stderr,
             )
             return 1
-    if is_first_process():
+    if is_rank_zero():
         print(f"Experiment folder: {experiment.dir}")
         if result.best_checkpoint:
             print(f"Best checkpoint: {result.best_checkpoint}")
@@ -87,23 +87,29 @@ def run_training(args: TrainArgs) -> int:
 
 @contextmanager
 def shared_experiment(args: TrainArgs) -> Iterator[Experiment]:
-    """A new experiment folder, or rank 0's one for processes Lightning launches."""
-    if not is_first_process():
+    """Rank 0 creates the experiment folder; the other ranks open it from FST_EXPERIMENT_DIR."""
+    if not is_rank_zero():
+        if EXPERIMENT_ENV not in os.environ:
+            raise ArgsError(f"{EXPERIMENT_ENV} must name rank 0's experiment folder on this rank")
         yield open_experiment(os.environ[EXPERIMENT_ENV])
         return
     experiment = create_experiment(args.experiments_root, args.name)
-    # Ranks launched by Lightning inherit our environment; restored so a later run in this
-    # process gets its own folder.
+    # Ranks launched by Lightning inherit our environment; restored afterwards so a later
+    # run in this process gets its own folder.
+    previous = os.environ.get(EXPERIMENT_ENV)
     os.environ[EXPERIMENT_ENV] = str(experiment.dir)
     try:
         yield experiment
     finally:
-        del os.environ[EXPERIMENT_ENV]
+        if previous is None:
+            del os.environ[EXPERIMENT_ENV]
+        else:
+            os.environ[EXPERIMENT_ENV] = previous
 
 
-def is_first_process() -> bool:
-    """False in the ranks Lightning (or the user, see module docstring) starts besides rank 0."""
-    return EXPERIMENT_ENV not in os.environ
+def is_rank_zero() -> bool:
+    """True unless a launcher (Lightning, torchrun, SLURM) started us as another rank."""
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
@@ -118,7 +124,7 @@ def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
 
 
 def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
-    first = experiment_is_mine(experiment)
+    first = is_rank_zero()  # writes the shared files
     description = {"arguments": args.to_json_dict(), "versions": library_versions()}
     if first:
         experiment.write_description(description)
@@ -194,15 +200,6 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         last_checkpoint=Path(last) if last else None,
         global_step=trainer.global_step,
     )
-
-
-def experiment_is_mine(experiment: Experiment) -> bool:
-    """Whether this process created the folder (and so writes its shared files)."""
-    return os.environ.get(EXPERIMENT_ENV) in (None, str(experiment.dir)) and is_rank_zero()
-
-
-def is_rank_zero() -> bool:
-    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def build_trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
@@ -283,7 +280,7 @@ def tokenizer_and_model(
             info["tokenizer_json"], **{**info["document"], **settings}
         )
         return tokenizer, build_model_from_info(info)
-    if experiment_is_mine(experiment):
+    if is_rank_zero():
         tokenizer = load_tokenizer(args, train_file, settings)
     else:  # the other ranks use rank 0's tokenizer: a BPE trained twice might differ
         tokenizer = DocumentTokenizer.from_pretrained(experiment.dir / BUNDLE_TOKENIZER, **settings)

@@ -129,10 +129,9 @@ class CausalLMStepper:
             binding.bind_output(name, self._cache_device)
         self.session._sess.run_with_iobinding(binding, None)
         outputs = binding.get_outputs()
+        presents = [outputs[i] for i in range(1, len(outputs))]
         logits = outputs[0].numpy()[:, -1, :]  # [B, S or 1, V] -> last position
-        return np.ascontiguousarray(logits, dtype=np.float32), [
-            outputs[i] for i in range(1, len(outputs))
-        ]
+        return np.ascontiguousarray(logits, dtype=np.float32), presents
 
     def select(self, cache: KVCache, rows: Sequence[int] | np.ndarray) -> KVCache:
         """A cache holding only `rows` (in that order; repeats allowed), with the leading

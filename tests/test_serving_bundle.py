@@ -241,3 +241,41 @@ def test_fst_serve_command_serves_and_stops_on_sigterm(
     assert code == -signal.SIGTERM  # uvicorn re-raises the signal after a graceful shutdown
     assert "scheduler stopped" in log
     assert "Hello" not in log  # prompts are not logged at INFO
+
+
+def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> None:
+    """Document-format bundle: body + meta are encoded as in training, on both APIs."""
+    reference = Generator.from_bundle(tiny_document_bundle, threads=1)
+    greedy = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+    app = create_app(ServingSettings(bundle=tiny_document_bundle, threads=1))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        original = client.post(
+            "/generated_texts/",
+            json={"body": "The cat", "meta": "cats", "max_number_of_generated_tokens": 6,
+                  "temperature": 0, "repetition_penalty": 1.0, "top_k": 0},
+        )  # fmt: skip
+        v1 = client.post(
+            "/v1/completions",
+            json={"prompt": ["The dog", "A mat"], "meta": "dogs", "max_tokens": 6,
+                  "temperature": 0},
+        )  # fmt: skip
+        no_meta = client.post(
+            "/v1/completions", json={"prompt": "The dog", "max_tokens": 6, "temperature": 0}
+        )
+        summary = client.get("/version").json()["bundle"]
+    doc = {"body": "The cat", "meta": "cats"}
+    assert original.json()["texts"] == [reference.generate(doc, max_new_tokens=6, **greedy)[0].text]
+    docs = [{"body": "The dog", "meta": "dogs"}, {"body": "A mat", "meta": "dogs"}]
+    assert [c["text"] for c in v1.json()["choices"]] == [
+        c.text for c in reference.generate(docs, max_new_tokens=6, **greedy)
+    ]
+    assert v1.json()["usage"]["prompt_tokens"] == sum(len(reference.encode_prompt(d)) for d in docs)
+    bare = {"body": "The dog", "meta": None}
+    assert no_meta.json()["choices"][0]["text"] == (
+        reference.generate(bare, max_new_tokens=6, **greedy)[0].text
+    )
+    assert summary["document_format"] is True

@@ -473,6 +473,57 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
     assert (tmp_path / "experiments" / "docs_v0" / "models" / "interrupted.ckpt").is_file()
 
 
+@pytest.mark.slow
+def test_ddp_on_cpu_shares_one_experiment_folder(tmp_path):
+    """Two DDP processes (gloo on CPU): one folder, one tokenizer, one checkpoint set."""
+    train, valid = write_tiny_documents(tmp_path / "docs")
+    out = subprocess.run(
+        [FST_TRAIN, f"--train_file={train}", f"--valid_file={valid}", "--strategy=ddp",
+         "--accelerator=cpu", "--devices=2", f"--experiments_root={tmp_path / 'experiments'}",
+         "--model_overrides=n_layer=1,n_embd=32", "--bpe_vocab_size=300", "--batch_size=2",
+         "--max_steps=4", "--val_check_interval=2", "--num_workers=0", "--num_threads=1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "experiments").iterdir()] == ["docs_v0"]
+    folder = tmp_path / "experiments" / "docs_v0"
+    assert out.stdout.count("\nExperiment folder:") == 1  # the final line, from rank 0 only
+    loaded = load_checkpoint(folder / "models" / "last.ckpt")
+    assert loaded.info["global_step"] == 4
+    assert loaded.tokenizer.to_json() == (folder / "tokenizer.json").read_text()
+    assert [b["Global step"] for b in read_json_blocks(folder / "generated.txt")] == [2, 4]
+
+
+@pytest.mark.slow
+def test_default_run_trains_on_the_demo_corpus(tmp_path):
+    """`fst-train` with no data arguments (shortened to 10 batches here)."""
+    out = subprocess.run(
+        [FST_TRAIN, "--max_epochs=1", "--limit_train_batches=10", "--limit_val_batches=2"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "data" / "documents" / "demo" / "train.documents").is_file()
+    folder = tmp_path / "data" / "experiments" / "demo_v0"
+    assert "Experiment folder: data/experiments/demo_v0" in out.stdout
+    blocks = read_json_blocks(folder / "generated.txt")
+    assert [b["Global step"] for b in blocks] == [10]
+    info = load_checkpoint(folder / "models" / "last.ckpt").info
+    assert info["model_config"]["n_layer"] == 2 and info["model_config"]["vocab_size"] == 4096
+
+
+def test_sample_prompt_uses_a_validation_meta_only_when_metas_are_trained(gpt2_bpe_dir):
+    from fst.documents import Document
+    from fst.tokenization import DocumentTokenizer
+    from fst.training import sample_prompt
+
+    docs = [Document("no meta"), Document("body", meta="cats"), Document("b", meta="dogs")]
+    files = (gpt2_bpe_dir / "vocab.json", gpt2_bpe_dir / "merges.txt")
+    with_meta = DocumentTokenizer.from_gpt2_files(*files, ignore_meta_prob=0.5)
+    assert sample_prompt(with_meta, docs) == Document(body="", meta="cats")
+    without = DocumentTokenizer.from_gpt2_files(*files, ignore_meta_prob=1.0)
+    assert sample_prompt(without, docs) == Document(body="", meta=None)
+
+
 def test_args_dataclass_round_trips_to_json(tmp_path):
     args = tiny_train_args(tmp_path)
     assert TrainArgs(**args.to_json_dict()) == args
