@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fst-serve",
         description="Serve an fst bundle: the original /generated_texts/ API and an "
-        "OpenAI-compatible /v1/completions, with dynamic batching.",
+        "OpenAI-compatible /v1/completions, with continuous batching.",
     )
     for name, field in ServingSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{field.description} (env FST_{name.upper()}; default: {default})"
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif get_origin(field.annotation) is Literal:
+            parser.add_argument(flag, choices=get_args(field.annotation), help=help_text)
         else:
             parser.add_argument(flag, metavar=name.upper(), help=help_text)
     return parser

@@ -43,8 +43,8 @@ def client(tiny_plain_bundle: Path) -> TestClient:
     app = create_app(ServingSettings(bundle=tiny_plain_bundle, threads=1, model_name="tiny"))
     with TestClient(app) as client:
         deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:
-            assert client.get("/ready").json()["status"] == "loading"
+        while (ready := client.get("/ready")).status_code != 200:
+            assert ready.json()["status"] == "loading"
             assert time.monotonic() < deadline
             time.sleep(0.05)
         yield client
