@@ -323,7 +323,9 @@ def benchmark_model(art: Artifacts, prompts_file: Path, args: argparse.Namespace
     for r in range(args.rounds):
         for engine in engines:
             log.info("%s round %d/%d: %s", art.name, r + 1, args.rounds, engine)
-            rounds[engine].append(run_worker(engine, art.paths[engine], prompts_file, args))
+            report = run_worker(engine, art.paths[engine], prompts_file, args)
+            rounds[engine].append(report)
+            log.debug("%s: %s", engine, {k: round(v, 2) for k, v in report["metrics"].items()})
     first = engines[0]
     log.info("%s drift re-run: %s", art.name, first)
     rerun = run_worker(first, art.paths[first], prompts_file, args)

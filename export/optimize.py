@@ -67,13 +67,15 @@ def convert_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    # Ops whose float16 kernels lose too much (or do not exist on CPU) stay float32.
+    # The default op_block_list keeps the mask arithmetic (Range, CumSum, Min, Max) in
+    # float32 behind Casts. Shape inference is skipped: it fails on protos over 2 GB.
     fp16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
     save_onnx(fp16, dst)
 
 
-def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QInt8") -> None:
-    """Dynamic int8 quantisation of the MatMul weights (activations quantised at run time)."""
+def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QUInt8") -> None:
+    """Dynamic int8: MatMul and embedding (Gather) weights stored as 8-bit, activations
+    quantised at run time. `weight_type` is "QUInt8" or "QInt8" (see the exporter)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))

@@ -27,10 +27,10 @@ from fst.runtime.session import create_session
 
 # fp32 gate: max |onnx - torch| <= FP32_RELATIVE_TOLERANCE * max(1, max |logit|).
 FP32_RELATIVE_TOLERANCE = 1e-3
-# int8 / fp16 gate: greedy top-1 agreement with PyTorch at the checked positions.
-# Measured at export on GPT-2-small-sized random init and a trained tiny model (see the
-# export note): fp16 agrees ~1.0, dynamic int8 ~0.9-1.0. Below 0.8 the variant no longer
-# behaves like the model it came from.
+# int8 / fp16 gate: greedy top-1 agreement with PyTorch at the checked positions. Measured
+# (see the export note): fp16 1.0; dynamic int8 0.93-1.0 on GPT-2-small random init (nearly
+# flat logits, so the hardest case) and on a trained tiny model. A broken conversion lands
+# near 0; 0.8 tolerates two flipped near-ties among the 14 positions of the default check.
 MIN_TOP1_AGREEMENT = 0.8
 DECODE_STEPS = 6
 

@@ -57,7 +57,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # weights_only: a checkpoint is data, never code to run.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch.load fails in many ways on a file that is not its own
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        first_sentence = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        reason = f"{type(e).__name__}: {first_sentence}"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from e
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(f"{path}: not an fst checkpoint (no '{CHECKPOINT_KEY}' entry)")
     version = checkpoint[CHECKPOINT_KEY].get("format_version")

@@ -29,6 +29,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _NON_PROPAGATING = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
 
 
+class _NoTraceback(logging.Formatter):
+    """Console lines stay one line: tracebacks go to the log files only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(
+            logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        )
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -117,7 +126,7 @@ def experiment_logging(logs_dir: Path, console: bool = True) -> Iterator[None]:
     if console:
         stream = logging.StreamHandler(sys.stdout)  # stderr is for errors only
         stream.setLevel(logging.INFO)
-        stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        stream.setFormatter(_NoTraceback("%(levelname)s %(name)s: %(message)s"))
         stream.addFilter(lambda record: record.name.split(".")[0] == "fst")
         attached.append((root, stream))
     old_level = root.level

@@ -54,14 +54,21 @@ def build_model(
     return model
 
 
-def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.PreTrainedModel:
-    """A pretrained causal LM from a local folder or the Hugging Face hub."""
+def check_model_path(model_path: str) -> None:
+    """Fail early, with a clear message, on a local path that is not a model folder."""
+    if model_path in PRESETS:
+        return
     looks_local = Path(model_path).exists() or model_path.startswith((".", "/", "~"))
     if looks_local and not (Path(model_path).expanduser() / "config.json").is_file():
         raise ModelError(
             f"--model_path {model_path}: not a preset ({', '.join(PRESETS)}) and not a "
             "Hugging Face model folder (no config.json)"
         )
+
+
+def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.PreTrainedModel:
+    """A pretrained causal LM from a local folder or the Hugging Face hub."""
+    check_model_path(model_path)
     logger.info("Loading pretrained model from %s", model_path)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(model_path, **overrides)

@@ -35,7 +35,7 @@ from fst.demo_corpus import build_demo_corpus
 from fst.documents import Document, DocumentError, read_documents
 from fst.experiment import Experiment, create_experiment, experiment_logging, open_experiment
 from fst.lightning_module import DocumentLM, OptimizerSettings, SampleWriter, library_versions
-from fst.model import PRESETS, ModelError, build_model
+from fst.model import PRESETS, ModelError, build_model, check_model_path
 from fst.tokenization import DocumentTokenizer
 
 logger = logging.getLogger("fst.train")
@@ -203,6 +203,14 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
 
 
 def build_trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
+    """The Lightning Trainer; its own option checks (precision, strategy, ...) → ArgsError."""
+    try:
+        return _trainer(args, experiment, callbacks)
+    except (ValueError, MisconfigurationException) as e:
+        raise ArgsError(f"trainer options: {e}") from e
+
+
+def _trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
     return pl.Trainer(
         **args.trainer_devices(),
         strategy=args.strategy,
@@ -280,6 +288,7 @@ def tokenizer_and_model(
             info["tokenizer_json"], **{**info["document"], **settings}
         )
         return tokenizer, build_model_from_info(info)
+    check_model_path(args.model_path)
     if is_rank_zero():
         tokenizer = load_tokenizer(args, train_file, settings)
     else:  # the other ranks use rank 0's tokenizer: a BPE trained twice might differ

@@ -4,6 +4,16 @@ Imports only numpy, onnxruntime, tokenizers and fst's torch-free modules.
 """
 
 from fst.generation_params import GenerationParams
+from fst.runtime.decode_batch import DecodeBatch, Row, StepEvent
 from fst.runtime.generator import Completion, GenerationRequest, Generator, Prompt
 
-__all__ = ["Completion", "GenerationParams", "GenerationRequest", "Generator", "Prompt"]
+__all__ = [
+    "Completion",
+    "DecodeBatch",
+    "GenerationParams",
+    "GenerationRequest",
+    "Generator",
+    "Prompt",
+    "Row",
+    "StepEvent",
+]

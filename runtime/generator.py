@@ -6,6 +6,7 @@ Public API (the server, the bot, the CLI and the benchmarks code against it)::
     gen.generate(prompt_or_prompts, params=None, **overrides) -> list[Completion]
     gen.stream(prompt, params=None, **overrides) -> Iterator[str]
     gen.run(requests, on_piece=None, is_cancelled=None) -> list[list[Completion]]
+    gen.new_batch() -> DecodeBatch        # step-level API, see decode_batch.py
 
 A prompt is a string, an `fst.documents.Document` or a mapping {"body": ..., "meta": ...};
 documents are encoded as in training (meta only for bundles trained with the document
@@ -16,62 +17,36 @@ each (left-padded), their KV cache rows are repeated for `num_return_sequences`,
 row samples with its own params, seeded generator and stop strings, so a sample depends on
 its seed and prompt only. Finished rows are dropped from the batch when enough of them
 accumulate. A `Completion.token_ids` holds the generated ids (the EOS included when one
-ended it); `text` is their decoding cut before the first stop string.
+ended it); `text` is their decoding cut before the first stop string. The per-token loop
+itself is `DecodeBatch` (decode_batch.py), which the server's continuous batching shares.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Union
-
-import numpy as np
+from typing import Any
 
 from fst.bundle import BundleManifest
 from fst.documents import Document
 from fst.generation_params import GenerationParams
+from fst.runtime.decode_batch import (
+    Completion,
+    DecodeBatch,
+    GenerationRequest,
+    Prompt,
+    Row,
+    StepEvent,
+)
 from fst.runtime.kv_cache import CausalLMStepper
 from fst.runtime.session import create_session
-from fst.runtime.streaming import TextStream
-from fst.sampling import SequenceSampler, sequence_rng
 from fst.tokenization import DocumentTokenizer
 
 log = logging.getLogger(__name__)
 
-Prompt = Union[str, Document, Mapping[str, Any]]
-# Drop finished rows from the batch once this fraction of it has finished (copying the
-# cache once costs about as much as a few decode steps of the finished rows).
-COMPACT_FRACTION = 0.25
-
-
-@dataclass
-class Completion:
-    prompt: Prompt
-    text: str
-    token_ids: list[int]  # generated ids only
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
-    prompt_tokens: int
-    index: int  # which of this prompt's samples
-
-
-@dataclass
-class GenerationRequest:
-    prompt: Prompt
-    params: GenerationParams
-
-
-class _Sequence:
-    """One sample being generated: its sampler, its text and how it finished."""
-
-    def __init__(self, request: int, index: int, sampler: SequenceSampler, stream: TextStream):
-        self.request = request
-        self.index = index
-        self.sampler = sampler
-        self.stream = stream
-        self.token_ids: list[int] = []
-        self.finish_reason: str | None = None
+__all__ = ["Completion", "DecodeBatch", "GenerationRequest", "Generator", "Prompt"]
 
 
 class Generator:
@@ -159,8 +134,9 @@ class Generator:
         params = self._params(params, overrides)
         if params.num_return_sequences != 1:
             raise ValueError("stream: num_return_sequences must be 1")
-        decoding = _Decoding(self, [GenerationRequest(prompt, params)], None)  # validates now
-        return (piece for _, _, piece in decoding.events())
+        batch = self.new_batch()
+        batch.add([GenerationRequest(prompt, params)])  # validates (and prefills) now
+        return (event.piece for event in _drain(batch) if event.piece)
 
     def run(
         self,
@@ -174,11 +150,16 @@ class Generator:
         string, never half a character). `is_cancelled(request_idx)` is polled every step;
         a cancelled request's sequences stop with finish_reason "cancelled".
         """
-        decoding = _Decoding(self, requests, is_cancelled)
-        for event in decoding.events():
-            if on_piece is not None:
-                on_piece(*event)
-        return decoding.completions()
+        batch = self.new_batch()
+        rows = batch.add(requests)  # row.tag is the request's index
+        for event in _drain(batch, rows, is_cancelled):
+            if on_piece is not None and event.piece:
+                on_piece(event.row.tag, event.row.index, event.piece)
+        return [[row.completion() for row in per_request] for per_request in rows]
+
+    def new_batch(self) -> DecodeBatch:
+        """An empty batch to add requests to and step: the runtime's per-token loop."""
+        return DecodeBatch(self)
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]
@@ -187,121 +168,19 @@ class Generator:
         return params.with_overrides(**overrides) if overrides else params
 
 
-class _Decoding:
-    """One `run`: validates and encodes at construction, then decodes as `events()` is read."""
-
-    def __init__(
-        self,
-        generator: Generator,
-        requests: Sequence[GenerationRequest],
-        is_cancelled: Callable[[int], bool] | None,
-    ) -> None:
-        self.generator = generator
-        self.requests = list(requests)
-        self.is_cancelled = is_cancelled
-        self.prompt_ids = [self._encode(i, r) for i, r in enumerate(self.requests)]
-        self.sequences = [seq for i, r in enumerate(self.requests) for seq in self._sequences(i, r)]
-
-    def _encode(self, i: int, request: GenerationRequest) -> list[int]:
-        if not isinstance(request.params, GenerationParams):
-            raise ValueError(f"request {i}: params must be GenerationParams")
-        ids = self.generator.encode_prompt(request.prompt)
-        limit = self.generator.max_positions
-        if len(ids) + request.params.max_new_tokens > limit:
-            raise ValueError(
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({request.params.max_new_tokens}) "
-                f"exceeds the model's {limit} positions"
-            )
-        return ids
-
-    def _sequences(self, i: int, request: GenerationRequest) -> list[_Sequence]:
-        params = request.params
-        seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
-        eos = [] if self.generator.eos_token_id is None else [self.generator.eos_token_id]
-        tokenizer = self.generator.tokenizer
-        return [
-            _Sequence(
-                i,
-                k,
-                SequenceSampler(
-                    params,
-                    self.prompt_ids[i],
-                    eos,
-                    sequence_rng(seed, k),
-                    self.generator.vocab_size,
-                ),
-                TextStream(tokenizer.decode, params.stop),
-            )
-            for k in range(params.num_return_sequences)
-        ]
-
-    def events(self) -> Iterator[tuple[int, int, str]]:
-        """Decode to the end, yielding (request_idx, seq_idx, piece) as text becomes final."""
-        if not self.requests:
-            return
-        stepper = self.generator._stepper
-        pad = self.generator.tokenizer.pad_token_id
-        logits, cache = stepper.prefill(self.prompt_ids, pad)
-        rows = np.array([s.request for s in self.sequences])
-        if rows.size != len(self.requests):  # samples of one prompt share its prefill
-            logits, cache = logits[rows], stepper.select(cache, rows)
-        batch = list(self.sequences)  # the sequence in each row of the cache
-        while True:
-            self._poll_cancelled(batch)
-            tokens = np.full(len(batch), pad, dtype=np.int64)
-            for row, seq in enumerate(batch):
-                if seq.finish_reason is None:
-                    tokens[row] = token = seq.sampler.choose(logits[row], len(seq.token_ids))
-                    piece = self._advance(seq, token)
-                    if piece:
-                        yield seq.request, seq.index, piece
-            live = [row for row, seq in enumerate(batch) if seq.finish_reason is None]
-            if not live:
-                return
-            if len(batch) - len(live) >= max(1, COMPACT_FRACTION * len(batch)):
-                batch, tokens = [batch[r] for r in live], tokens[live]
-                cache = stepper.select(cache, live)
-            logits = stepper.decode(cache, tokens)
-
-    def _advance(self, seq: _Sequence, token: int) -> str:
-        """Record a sampled token; finish the sequence if it ends here; return final text."""
-        params = self.requests[seq.request].params
-        seq.token_ids.append(token)
-        seq.sampler.observe(token)
-        piece = seq.stream.push(token)
-        if seq.stream.stopped or (token == self.generator.eos_token_id and not params.ignore_eos):
-            seq.finish_reason = "stop"
-        elif len(seq.token_ids) >= params.max_new_tokens:
-            seq.finish_reason = "length"
-        if seq.finish_reason is not None:
-            piece += seq.stream.finish()
-        return piece
-
-    def _poll_cancelled(self, batch: list[_Sequence]) -> None:
-        if self.is_cancelled is None:
-            return
-        live = {seq.request for seq in batch if seq.finish_reason is None}
-        for request in live:
-            if self.is_cancelled(request):
-                for seq in batch:
-                    if seq.request == request and seq.finish_reason is None:
-                        seq.finish_reason = "cancelled"
-                        seq.stream.finish()  # the text keeps what was generated
-
-    def completions(self) -> list[list[Completion]]:
-        out: list[list[Completion]] = [[] for _ in self.requests]
-        for seq in self.sequences:
-            out[seq.request].append(
-                Completion(
-                    prompt=self.requests[seq.request].prompt,
-                    text=seq.stream.text,
-                    token_ids=seq.token_ids,
-                    finish_reason=seq.finish_reason or "cancelled",
-                    prompt_tokens=len(self.prompt_ids[seq.request]),
-                    index=seq.index,
-                )
-            )
-        return out
+def _drain(
+    batch: DecodeBatch,
+    rows: list[list[Row]] | None = None,
+    is_cancelled: Callable[[int], bool] | None = None,
+) -> Iterator[StepEvent]:
+    """Step `batch` until every row ends, yielding its events; before each step, cancel the
+    requests (`rows[i]`) for which `is_cancelled(i)` says so."""
+    while batch.live_rows:
+        if is_cancelled is not None and rows is not None:
+            for i, per_request in enumerate(rows):
+                if any(not row.finished for row in per_request) and is_cancelled(i):
+                    batch.cancel(per_request)
+        yield from batch.step()
 
 
 def load_tokenizer(folder: Path, manifest: BundleManifest) -> DocumentTokenizer:

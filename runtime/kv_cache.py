@@ -1,11 +1,13 @@
-"""The exported graph as a stepper: prefill, decode steps, and row selection of the KV cache.
+"""The exported graph as a stepper: prefill, decode steps, and row selection / merging of the
+KV cache.
 
-The cache stays in ONNX Runtime's hands: each step's `present.*` outputs are OrtValues bound
-(through IO binding) as the next step's `past_key_values.*` inputs, never copied to numpy.
+The cache stays in ONNX Runtime's hands: each step's `present.*` outputs are bound (through
+IO binding, see `ort_io`) as the next step's `past_key_values.*` inputs, never copied.
 With the CUDA or TensorRT provider the cache stays on the GPU (UNTESTED: no GPU here).
 The graph concatenates past and new keys itself, so a step allocates its presents; ORT's
-arena recycles that memory. Only `select` (expanding a prompt to its samples, dropping
-finished rows) copies the cache, once, through numpy.
+arena recycles that memory. Only `combine` (behind `select` and `merge`: expanding a prompt
+to its samples, dropping finished rows, letting new prompts join a running batch) copies
+the cache, once per kept element.
 
 Rows are left-padded: `attention_mask` marks the padding and each row keeps its own next
 position, so rows of different prompt lengths decode together.
@@ -29,6 +31,7 @@ from fst.constants import (
     onnx_past_names,
     onnx_present_names,
 )
+from fst.runtime.ort_io import make_io
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -38,7 +41,7 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 class KVCache:
     """The state of a batch between steps."""
 
-    presents: list[Any]  # 2 * layers C-level OrtValues [B, H, P, D], key then value per layer
+    presents: list[Any]  # 2 * layers ORT values [B, H, P, D], key then value per layer
     attention_mask: np.ndarray  # [B, P] int64, 0 = left padding
     next_positions: np.ndarray  # [B] int64, position id of each row's next token
     keep_alive: list[np.ndarray] = field(default_factory=list)  # numpy memory behind presents
@@ -55,7 +58,9 @@ class KVCache:
 class CausalLMStepper:
     """Runs the bundle's graph: `prefill` a batch of prompts, then `decode` one token a row."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: BundleManifest) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, manifest: BundleManifest, public_io: bool = False
+    ) -> None:
         self.session = session
         arch = manifest.architecture
         self.num_layers = arch.num_layers
@@ -65,12 +70,10 @@ class CausalLMStepper:
         self._past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
         self._present_names = [n for i in range(self.num_layers) for n in onnx_present_names(i)]
         self._check_graph()
-        # ORT's Python IOBinding wrapper rebuilds a device object on every call (~15 us); a
-        # GPT-2 small step binds ~50 names, so the C-level binding is used with devices made once.
         gpu = session.get_providers()[0] in _GPU_PROVIDERS
-        self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
-        self._cache_device = ort.OrtDevice.make("cuda", 0)._get_c_device() if gpu else self._cpu
-        self._cache_device_type = "cuda" if gpu else "cpu"
+        self.io = make_io(
+            session, [ONNX_LOGITS], self._present_names, "cuda" if gpu else "cpu", public_io
+        )
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
@@ -92,10 +95,8 @@ class CausalLMStepper:
         # HF's convention: positions count real tokens only; padding gets a dummy position.
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         empty = np.zeros((batch, self.num_heads, 0, self.head_dim), dtype=self.dtype)
-        binding = self.session.io_binding()._iobinding
-        for name in self._past_names:
-            binding.bind_input(name, empty)
-        logits, presents = self._run(binding, input_ids, mask, positions)
+        inputs = dict.fromkeys(self._past_names, empty)
+        logits, presents = self._run(inputs, {}, input_ids, mask, positions)
         return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
 
     def decode(self, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
@@ -103,11 +104,9 @@ class CausalLMStepper:
         batch = cache.batch_size
         mask = np.ones((batch, cache.past_length + 1), dtype=np.int64)
         mask[:, :-1] = cache.attention_mask
-        binding = self.session.io_binding()._iobinding
-        for name, value in zip(self._past_names, cache.presents, strict=True):
-            binding.bind_ortvalue_input(name, value)
+        pasts = dict(zip(self._past_names, cache.presents, strict=True))
         logits, cache.presents = self._run(
-            binding, tokens.reshape(batch, 1), mask, cache.next_positions.reshape(batch, 1)
+            {}, pasts, tokens.reshape(batch, 1), mask, cache.next_positions.reshape(batch, 1)
         )
         cache.attention_mask = mask
         cache.next_positions = cache.next_positions + 1
@@ -115,35 +114,85 @@ class CausalLMStepper:
 
     def _run(
         self,
-        binding: Any,  # the C-level SessionIOBinding
+        arrays: dict[str, np.ndarray],
+        pasts: dict[str, Any],
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
     ) -> tuple[np.ndarray, list[Any]]:
-        # The numpy inputs stay referenced by the caller's frame until the run is over.
-        binding.bind_input(ONNX_INPUT_IDS, input_ids)
-        binding.bind_input(ONNX_ATTENTION_MASK, attention_mask)
-        binding.bind_input(ONNX_POSITION_IDS, position_ids)
-        binding.bind_output(ONNX_LOGITS, self._cpu)
-        for name in self._present_names:
-            binding.bind_output(name, self._cache_device)
-        self.session._sess.run_with_iobinding(binding, None)
-        outputs = binding.get_outputs()
-        presents = [outputs[i] for i in range(1, len(outputs))]
-        logits = outputs[0].numpy()[:, -1, :]  # [B, S or 1, V] -> last position
-        return np.ascontiguousarray(logits, dtype=np.float32), presents
+        arrays[ONNX_INPUT_IDS] = input_ids
+        arrays[ONNX_ATTENTION_MASK] = attention_mask
+        arrays[ONNX_POSITION_IDS] = position_ids
+        outputs = self.io.run(arrays, pasts)
+        logits = self.io.to_numpy(outputs[0])[:, -1, :]  # [B, S or 1, V] -> last position
+        return np.ascontiguousarray(logits, dtype=np.float32), outputs[1:]
+
+    # ---- row selection: the only places the cache is copied --------------------------------
 
     def select(self, cache: KVCache, rows: Sequence[int] | np.ndarray) -> KVCache:
         """A cache holding only `rows` (in that order; repeats allowed), with the leading
         columns that are padding in every kept row trimmed off."""
-        rows = np.asarray(rows, dtype=np.int64)
-        mask = cache.attention_mask[rows]
-        start = int(np.argmax(mask.any(axis=0))) if mask.size else 0
-        arrays = [np.ascontiguousarray(v.numpy()[rows][:, :, start:, :]) for v in cache.presents]
-        presents = [ort.OrtValue.ortvalue_from_numpy(a, self._cache_device_type) for a in arrays]
-        return KVCache(
-            [p._ortvalue for p in presents],
-            np.ascontiguousarray(mask[:, start:]),
-            cache.next_positions[rows],
-            keep_alive=arrays,
-        )
+        return self.combine([(cache, rows)])
+
+    def merge(
+        self,
+        running: KVCache,
+        keep: Sequence[int] | np.ndarray,
+        new: KVCache,
+        new_rows: Sequence[int] | np.ndarray | None = None,
+    ) -> KVCache:
+        """Rows `keep` of `running` followed by rows `new_rows` (default: all) of `new`: how
+        prompts prefilled on their own join a running batch."""
+        rows = np.arange(new.batch_size) if new_rows is None else new_rows
+        return self.combine([(running, keep), (new, rows)])
+
+    def combine(self, parts: Sequence[tuple[KVCache, Sequence[int] | np.ndarray]]) -> KVCache:
+        """The chosen rows of each cache, stacked in order, in one cache.
+
+        Each part is trimmed of the leading columns that are padding in all its chosen rows,
+        then every part is left-padded to the longest (zeros under a 0 mask: attention never
+        sees them). Each kept element is copied once, straight into the new tensors.
+        """
+        chosen = [(cache, np.asarray(rows, dtype=np.int64)) for cache, rows in parts]
+        chosen = [(cache, rows) for cache, rows in chosen if rows.size]
+        if not chosen:
+            raise ValueError("combine: no rows chosen")
+        masks, starts = [], []
+        for cache, rows in chosen:
+            mask = cache.attention_mask[rows]
+            start = int(np.argmax(mask.any(axis=0)))
+            masks.append(mask[:, start:])
+            starts.append(start)
+        past = max(m.shape[1] for m in masks)
+        total = sum(m.shape[0] for m in masks)
+        mask = np.zeros((total, past), dtype=np.int64)
+        offsets = np.cumsum([0] + [m.shape[0] for m in masks])
+        for m, offset in zip(masks, offsets, strict=False):
+            mask[offset : offset + m.shape[0], past - m.shape[1] :] = m
+        arrays = []
+        for layer in range(len(chosen[0][0].presents)):
+            sources = [self.io.to_numpy(cache.presents[layer]) for cache, _ in chosen]
+            heads, dim = sources[0].shape[1], sources[0].shape[3]
+            out = np.empty((total, heads, past, dim), dtype=sources[0].dtype)
+            for source, (_, rows), start, offset in zip(
+                sources, chosen, starts, offsets, strict=False
+            ):
+                _copy_rows(out[offset : offset + rows.size], source[:, :, start:], rows)
+            arrays.append(out)
+        next_positions = np.concatenate([cache.next_positions[rows] for cache, rows in chosen])
+        presents = [self.io.from_numpy(a) for a in arrays]
+        return KVCache(presents, mask, next_positions, keep_alive=arrays)
+
+
+def _copy_rows(out: np.ndarray, source: np.ndarray, rows: np.ndarray) -> None:
+    """out[i] = source[rows[i]] right-aligned on the past axis, zeros to its left."""
+    pad = out.shape[2] - source.shape[2]
+    if pad:
+        out[:, :, :pad] = 0
+    out = out[:, :, pad:]
+    first = int(rows[0])
+    if np.array_equal(rows, np.arange(first, first + rows.size)):
+        out[...] = source[first : first + rows.size]  # one block copy
+    else:
+        for i, row in enumerate(rows):  # row by row: no fancy-indexing temporary
+            out[i] = source[row]

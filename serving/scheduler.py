@@ -9,8 +9,8 @@ once.
 
 Two ways to batch (`mode`):
 - "continuous" (token level, the default with the runtime's Generator): a job joins the
-  running batch at the next decoding step (`continuous.ContinuousEngine`), and leaves it as
-  soon as it finishes, so nobody waits for a whole batch to end.
+  running batch at the next decoding step (`continuous.ContinuousEngine` over the runtime's
+  `DecodeBatch`), and leaves it as soon as it finishes, so nobody waits for a whole batch.
 - "request" (request level, for any object with `Generator.run`): the waiting jobs (after
   up to `batch_wait_s` for company) run as one `Generator.run` batch; jobs that arrive
   meanwhile wait for the next batch.
@@ -27,7 +27,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from fst.serving.continuous import ContinuousEngine, Row
+from fst.runtime import Row
+from fst.serving.continuous import ContinuousEngine, owner
 from fst.serving.jobs import (
     CancelReason,
     GenerationTimeoutError,
@@ -189,13 +190,13 @@ class Scheduler:
                 continue
             live = engine.live_rows
             self.metrics.batch_size.observe(len(live))
-            self.metrics.batch_requests.observe(len({id(row.owner) for row in live}))
+            self.metrics.batch_requests.observe(len({id(owner(row)) for row in live}))
             self.metrics.running_sequences.set(len(live))
             try:
-                ended = engine.step(lambda row: self._should_stop(row.owner))
+                ended = engine.step(self._should_stop)
             except Exception as exc:
                 logger.exception("decoding step failed")
-                for job in {id(row.owner): row.owner for row in engine.live_rows}.values():
+                for job in {id(owner(row)): owner(row) for row in engine.live_rows}.values():
                     job.deliver("error", exc)
                 engine.reset()
                 continue
@@ -216,16 +217,16 @@ class Scheduler:
             jobs[0].deliver("error", exc)
             return
         for job in jobs:
-            job.rows = [row for row in rows if row.owner is job]
+            job.rows = [row for row in rows if owner(row) is job]
 
     def _row_ended(self, row: Row) -> None:
-        job = row.owner
+        job = owner(row)
         if any(r.finish_reason is None for r in job.rows):
             return
         self._service_s = max(time.monotonic() - (job.started_at or job.enqueued_at), 0.001)
         completions: list[list[Any]] = [[] for _ in job.requests]
         for r in job.rows:
-            completions[r.request].append(r.completion())
+            completions[r.tag.prompt].append(r.completion())
         self._finish(job, completions)
 
     # -- worker thread: request-level batching ---------------------------------------------

@@ -379,7 +379,7 @@ def test_option_errors():
     with pytest.raises(ExportError, match="exclude each other"):
         export_bundle(Path("/tmp/never"), model_path="x", fp16=True, quantize="int8")
     with pytest.raises(ExportError, match="--opset"):
-        export_bundle(Path("/tmp/never"), model_path="x", opset=11)
+        export_bundle(Path("/tmp/never"), model_path="x", opset=12)
 
 
 def test_cli_help_runs_as_a_console_script():

@@ -89,6 +89,7 @@ def test_experiment_folder_contents(tiny_checkpoint):
     assert "Training a byte-level BPE" in info_log and "DEBUG" not in info_log
     assert "DEBUG" in (folder / "logs" / "debug.log").read_text()
     assert list((folder / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "[START_OF_DOCUMENT]" in (folder / "tokenizer.json").read_text()
     models = sorted(p.name for p in (folder / "models").iterdir())
     assert "last.ckpt" in models
     assert [m for m in models if m.startswith("best-")], models
@@ -337,6 +338,28 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("fst-train: error: ") and message in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--precision=bogus"], "trainer options: Precision 'bogus' is invalid"),
+        (["--strategy=nonsense"], "trainer options: You selected an invalid strategy name"),
+        (["--model_path=./no/such/model"], "--model_path ./no/such/model: not a preset"),
+        (["--tokenizer=./no/such/tokenizer"], "tokenizer: ./no/such/tokenizer: not a local tokenizer"),
+        (["--resume_from=RESUME"], "not a readable PyTorch checkpoint"),
+    ],
+)  # fmt: skip
+def test_bad_input_found_during_setup_exits_2(tmp_path, capsys, extra, message):
+    train, valid = write_tiny_documents(tmp_path / "docs")
+    extra = [e.replace("RESUME", str(train)) for e in extra]
+    argv = [f"--train_file={train}", f"--valid_file={valid}", "--num_workers=0",
+            f"--experiments_root={tmp_path / 'experiments'}", "--bpe_vocab_size=300", *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fst-train: error: ") and message in err, err
+    assert err.count("\n") == 1
+    assert "Traceback" in (tmp_path / "experiments" / "docs_v0" / "logs" / "debug.log").read_text()
 
 
 def test_malformed_documents_exit_2_with_file_and_line(tmp_path):

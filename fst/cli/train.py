@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-logger = logging.getLogger("fst.train")
 
 GPT2_TOKENIZER_CLASS = "HFGPT2DocumentTokenizer"
 DEMO_EXPERIMENT = "demo"
@@ -32,7 +29,7 @@ class ArgsError(ValueError):
 
 @dataclass(frozen=True)
 class TrainArgs:
-    """Every fst-train option, validated once. Field comments are the --help texts."""
+    """Every fst-train option, validated once (the --help texts are in `_OPTIONS`)."""
 
     experiments_root: str = "./data/experiments"
     experiment_name: str | None = None

@@ -1,0 +1,304 @@
+"""The per-token decode loop, in one place: a batch of sequences that requests join and leave.
+
+Public API (`Generator.run/generate/stream` and the server's continuous batching use it)::
+
+    batch = generator.new_batch()                    # or DecodeBatch(generator)
+    rows = batch.add(requests, tags=None)            # list[list[Row]], one list per request
+    while batch.live_rows:
+        for event in batch.step():                   # list[StepEvent]
+            event.row, event.piece, event.finished
+    batch.cancel(row_or_request)
+    row.completion()                                 # -> Completion
+
+`add` validates every request first (ValueError before anything changes), prefills the new
+prompts together (left-padded), repeats each prompt's cache row for its
+`num_return_sequences`, and merges those rows into the running batch: requests may join
+between any two steps. `step` chooses one token for every live row (its own params, seeded
+generator and repetition history), detokenises incrementally, applies stop strings, EOS and
+the length limit, and returns the text that became final plus the rows that ended. A
+sample therefore depends on its prompt, params and seed only, never on its neighbours.
+
+The model runs lazily: `step` first feeds the previous step's tokens (dropping finished
+rows once a quarter of the batch has finished, as copying the cache costs about as much as
+a few decode steps of those rows), then samples. So the text of a step is returned as soon
+as it is sampled, and an `add` between steps joins a batch whose logits are up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from fst.documents import Document
+from fst.generation_params import GenerationParams
+from fst.runtime.kv_cache import KVCache
+from fst.runtime.streaming import TextStream
+from fst.sampling import SequenceSampler, sequence_rng
+
+if TYPE_CHECKING:
+    from fst.runtime.generator import Generator
+
+Prompt = Union[str, Document, Mapping[str, Any]]
+# Drop finished rows from the batch once this fraction of it has finished (copying the
+# cache once costs about as much as a few decode steps of the finished rows).
+COMPACT_FRACTION = 0.25
+
+
+@dataclass
+class Completion:
+    prompt: Prompt
+    text: str
+    token_ids: list[int]  # generated ids only
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
+    prompt_tokens: int
+    index: int  # which of this prompt's samples
+
+
+@dataclass
+class GenerationRequest:
+    prompt: Prompt
+    params: GenerationParams
+
+
+class Row:
+    """One sample of one request, decoding in a row of the batch.
+
+    Read-only for callers: `request`, `tag` (whatever the caller passed to `add`), `index`
+    (which of the request's samples), `prompt_tokens`, `token_ids` (generated so far, the
+    EOS included when one ended it), `text` (final text so far, cut before a stop string)
+    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled").
+    """
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        tag: Any,
+        index: int,
+        prompt_ids: list[int],
+        sampler: SequenceSampler,
+        stream: TextStream,
+        eos_token_id: int | None,
+    ) -> None:
+        self.request = request
+        self.tag = tag
+        self.index = index
+        self.prompt_tokens = len(prompt_ids)
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self._sampler = sampler
+        self._stream = stream
+        self._eos = eos_token_id
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def text(self) -> str:
+        return self._stream.text
+
+    def completion(self) -> Completion:
+        return Completion(
+            prompt=self.request.prompt,
+            text=self._stream.text,
+            token_ids=self.token_ids,
+            finish_reason=self.finish_reason or "cancelled",
+            prompt_tokens=self.prompt_tokens,
+            index=self.index,
+        )
+
+    def _choose(self, logits: np.ndarray) -> int:
+        """The next token from this step's logits [V] (modified in place)."""
+        return self._sampler.choose(logits, len(self.token_ids))
+
+    def _advance(self, token: int) -> str:
+        """Record a sampled token; finish the row if it ends here; return the final text."""
+        params = self.request.params
+        self.token_ids.append(token)
+        self._sampler.observe(token)
+        piece = self._stream.push(token)
+        if self._stream.stopped or (token == self._eos and not params.ignore_eos):
+            self.finish_reason = "stop"
+        elif len(self.token_ids) >= params.max_new_tokens:
+            self.finish_reason = "length"
+        if self.finish_reason is not None:
+            piece += self._stream.finish()
+        return piece
+
+    def _cancel(self) -> None:
+        self.finish_reason = "cancelled"
+        self._stream.finish()  # the text keeps what was generated; nothing more is streamed
+
+    def __repr__(self) -> str:
+        state = f"tokens={len(self.token_ids)}, finish_reason={self.finish_reason!r}"
+        return f"Row(tag={self.tag!r}, index={self.index}, {state})"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a step did to one row: text that became final, and whether the row ended."""
+
+    row: Row
+    piece: str  # "" when nothing became final (e.g. half a character, a possible stop)
+    finished: bool  # the row ended (row.finish_reason says how); reported exactly once
+
+
+class DecodeBatch:
+    """Sequences decoding together; see the module docstring. Not thread-safe: one owner."""
+
+    def __init__(self, generator: Generator) -> None:
+        self._stepper = generator._stepper
+        self._tokenizer = generator.tokenizer
+        self._encode_prompt = generator.encode_prompt
+        self._pad_id = generator.tokenizer.pad_token_id
+        self._eos_id = generator.eos_token_id
+        self._vocab_size = generator.vocab_size
+        self._max_positions = generator.max_positions
+        self._rows: list[Row] = []  # the sequence in each row of the cache
+        self._cache: KVCache | None = None
+        self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
+        self._pending: np.ndarray | None = None  # [rows] tokens sampled, not yet fed
+        self._cancelled: list[Row] = []  # cancelled since the last step, to report
+
+    @property
+    def live_rows(self) -> list[Row]:
+        """The rows still decoding (in batch order)."""
+        return [row for row in self._rows if row.finish_reason is None]
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the KV cache: live ones plus finished ones not dropped yet."""
+        return len(self._rows)
+
+    # ---- joining ------------------------------------------------------------------------
+
+    def add(
+        self, requests: Sequence[GenerationRequest], tags: Sequence[Any] | None = None
+    ) -> list[list[Row]]:
+        """Start `requests` (with `tags[i]` as each row's tag, default the request's index);
+        returns their rows, one list per request.
+
+        Raises ValueError, before anything changes, for a request the model cannot take.
+        """
+        requests = list(requests)
+        tags = list(range(len(requests))) if tags is None else list(tags)
+        if len(tags) != len(requests):
+            raise ValueError(f"add: {len(requests)} requests but {len(tags)} tags")
+        prompt_ids = [self._encode(i, r) for i, r in enumerate(requests)]
+        if not requests:
+            return []
+        per_request = [
+            self._new_rows(r, tag, ids)
+            for r, tag, ids in zip(requests, tags, prompt_ids, strict=True)
+        ]
+        self._feed_pending()
+        logits, cache = self._stepper.prefill(prompt_ids, self._pad_id)
+        source = np.array([i for i, rows in enumerate(per_request) for _ in rows])
+        new_rows = [row for rows in per_request for row in rows]
+        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
+        if live:  # join the running batch (its finished rows leave it now)
+            assert self._cache is not None and self._logits is not None
+            self._cache = self._stepper.merge(self._cache, live, cache, source)
+            self._logits = np.concatenate([self._logits[live], logits[source]])
+            self._rows = [self._rows[i] for i in live] + new_rows
+        else:
+            if source.size != len(requests):  # samples of one prompt share its prefill
+                logits, cache = logits[source], self._stepper.select(cache, source)
+            self._rows, self._cache, self._logits = new_rows, cache, logits
+        return per_request
+
+    def _encode(self, i: int, request: GenerationRequest) -> list[int]:
+        if not isinstance(getattr(request, "params", None), GenerationParams):
+            raise ValueError(f"request {i}: params must be GenerationParams")
+        ids = self._encode_prompt(request.prompt)
+        if len(ids) + request.params.max_new_tokens > self._max_positions:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({request.params.max_new_tokens}) "
+                f"exceeds the model's {self._max_positions} positions"
+            )
+        return ids
+
+    def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:
+        params = request.params
+        seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
+        eos = [] if self._eos_id is None else [self._eos_id]
+        return [
+            Row(
+                request,
+                tag,
+                k,
+                ids,
+                SequenceSampler(params, ids, eos, sequence_rng(seed, k), self._vocab_size),
+                TextStream(self._tokenizer.decode, params.stop),
+                self._eos_id,
+            )
+            for k in range(params.num_return_sequences)
+        ]
+
+    # ---- decoding -----------------------------------------------------------------------
+
+    def step(self) -> list[StepEvent]:
+        """One token for every live row; returns the rows that got final text or ended.
+
+        Rows cancelled since the last step are reported first (finished, no piece).
+        """
+        events = [StepEvent(row, "", True) for row in self._cancelled]
+        self._cancelled = []
+        self._feed_pending()
+        if not self._rows:
+            return events
+        assert self._logits is not None
+        tokens = np.full(len(self._rows), self._pad_id, dtype=np.int64)
+        for i, row in enumerate(self._rows):
+            if row.finish_reason is not None:
+                continue
+            tokens[i] = token = row._choose(self._logits[i])
+            piece = row._advance(token)
+            if piece or row.finish_reason is not None:
+                events.append(StepEvent(row, piece, row.finish_reason is not None))
+        if any(row.finish_reason is None for row in self._rows):
+            self._pending = tokens
+        else:
+            self._clear()
+        return events
+
+    def _feed_pending(self) -> None:
+        """Run the model on the tokens sampled last step, so every row has fresh logits."""
+        if self._pending is None:
+            return
+        assert self._cache is not None
+        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
+        if not live:
+            self._clear()
+            return
+        if len(self._rows) - len(live) >= max(1, COMPACT_FRACTION * len(self._rows)):
+            self._cache = self._stepper.select(self._cache, live)
+            self._rows, self._pending = [self._rows[i] for i in live], self._pending[live]
+        # If the model fails, the batch is left as it was (the cache advances on success).
+        self._logits = self._stepper.decode(self._cache, self._pending)
+        self._pending = None
+
+    def _clear(self) -> None:
+        self._rows, self._cache, self._logits, self._pending = [], None, None, None
+
+    # ---- leaving early ------------------------------------------------------------------
+
+    def cancel(self, target: Row | GenerationRequest | Iterable[Row]) -> None:
+        """Stop a row, every row of a request (the object given to `add`), or some rows.
+
+        Their text keeps what was generated; they leave the batch with the next step,
+        which reports them as finished with finish_reason "cancelled".
+        """
+        if isinstance(target, Row):
+            targets: Iterable[Row] = [target]
+        elif isinstance(target, GenerationRequest):
+            targets = [row for row in self._rows if row.request is target]
+        else:
+            targets = target
+        for row in targets:
+            if row.finish_reason is None:
+                row._cancel()
+                self._cancelled.append(row)

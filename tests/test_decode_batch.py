@@ -1,0 +1,154 @@
+"""fst.runtime.DecodeBatch: requests joining and leaving a running batch, the cache merge
+under it, and the public-API fallback of the ONNX Runtime binding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fst.generation_params import GenerationParams
+from fst.runtime import DecodeBatch, GenerationRequest, Generator
+from fst.runtime.kv_cache import CausalLMStepper
+from fst.runtime.ort_io import FastIO, PublicIO, make_io
+
+GREEDY = GenerationParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
+SEEDED = GenerationParams(
+    temperature=1.3, top_k=0, top_p=0.95, max_new_tokens=10, seed=7, num_return_sequences=2
+)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_plain_bundle: Path) -> Generator:
+    return Generator.from_bundle(tiny_plain_bundle, threads=1)
+
+
+def alone(generator: Generator, prompt: str, params: GenerationParams) -> list[list[int]]:
+    return [c.token_ids for c in generator.generate(prompt, params)]
+
+
+def drain(batch: DecodeBatch, steps: int | None = None) -> list:
+    """Step `steps` times (or until done); return every event."""
+    events = []
+    while batch.live_rows and (steps is None or steps > 0):
+        events += batch.step()
+        steps = None if steps is None else steps - 1
+    return events
+
+
+def test_requests_joining_a_running_batch_decode_as_alone(generator: Generator) -> None:
+    first = GenerationRequest("Hello", GREEDY)
+    # Longer than `first`'s past when it joins (first's rows get left padding), then a
+    # shorter one (the joining rows get it); the seeded one brings two samples per prompt.
+    longer = GenerationRequest("The quick brown fox jumps over the lazy dog", GREEDY)
+    seeded = GenerationRequest("A", SEEDED)
+    batch = generator.new_batch()
+    (first_rows,) = batch.add([first])
+    events = drain(batch, 3)
+    (longer_rows,) = batch.add([longer], tags=["longer"])
+    assert batch.batch_size == 2
+    events += drain(batch, 2)
+    (seeded_rows,) = batch.add([seeded], tags=["seeded"])
+    assert batch.batch_size == 4 and len(batch.live_rows) == 4
+    events += drain(batch)
+
+    assert [r.token_ids for r in first_rows] == alone(generator, "Hello", GREEDY)
+    assert [r.token_ids for r in longer_rows] == alone(generator, longer.prompt, GREEDY)
+    assert [r.token_ids for r in seeded_rows] == alone(generator, "A", SEEDED)
+    assert [r.tag for r in longer_rows + seeded_rows] == ["longer", "seeded", "seeded"]
+    rows = first_rows + longer_rows + seeded_rows
+    # Pieces join to each row's text; each row is reported finished exactly once.
+    for row in rows:
+        assert "".join(e.piece for e in events if e.row is row) == row.text
+        assert [e.finished for e in events if e.row is row].count(True) == 1
+        assert row.completion().finish_reason == "length"
+    assert batch.live_rows == [] and batch.batch_size == 0
+
+
+def test_cancel_frees_the_row_and_leaves_the_others_unchanged(generator: Generator) -> None:
+    keep = GenerationRequest("Hello world", GREEDY)
+    drop = GenerationRequest("A", SEEDED.with_overrides(num_return_sequences=3))
+    batch = generator.new_batch()
+    keep_rows, drop_rows = batch.add([keep, drop])
+    drain(batch, 2)
+    batch.cancel(drop_rows[0])  # one row ...
+    assert len(batch.live_rows) == 3
+    batch.cancel(drop)  # ... then the rest of its request
+    assert batch.live_rows == keep_rows and batch.batch_size == 4
+    events = batch.step()
+    assert [(e.row, e.piece, e.finished) for e in events[:3]] == [(r, "", True) for r in drop_rows]
+    assert batch.batch_size == 1  # the cancelled rows left the KV cache
+    drain(batch)
+    assert [r.finish_reason for r in drop_rows] == ["cancelled"] * 3
+    assert all(len(r.token_ids) == 2 for r in drop_rows)
+    assert [r.token_ids for r in keep_rows] == alone(generator, "Hello world", GREEDY)
+    batch.cancel(keep_rows[0])  # a finished row stays as it ended
+    assert keep_rows[0].finish_reason == "length" and batch.step() == []
+
+
+def test_a_bad_request_changes_nothing(generator: Generator) -> None:
+    batch = generator.new_batch()
+    (rows,) = batch.add([GenerationRequest("Hello", GREEDY)])
+    drain(batch, 4)
+    too_long = GenerationRequest("Hi", GREEDY.with_overrides(max_new_tokens=200))
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+        batch.add([GenerationRequest("A", GREEDY), too_long])
+    with pytest.raises(ValueError, match="params must be GenerationParams"):
+        batch.add([GenerationRequest("A", {"temperature": 0})])
+    with pytest.raises(ValueError, match="2 requests but 1 tags"):
+        batch.add([GenerationRequest("A", GREEDY)] * 2, tags=["x"])
+    assert batch.batch_size == 1 and batch.add([]) == []
+    drain(batch)
+    assert [r.token_ids for r in rows] == alone(generator, "Hello", GREEDY)
+
+
+def test_merge_pads_both_caches_on_the_left(generator: Generator) -> None:
+    stepper = generator._stepper
+    pad = generator.tokenizer.pad_token_id
+    _, running = stepper.prefill([[5, 6, 7], [8]], pad)  # row 1: two columns of padding
+    stepper.decode(running, np.array([9, 10]))
+    _, new = stepper.prefill([[11, 12, 13, 14, 15, 16], [17, 18]], pad)
+    merged = stepper.merge(running, [1], new, [1, 0, 1])
+    # Kept row 1 of `running` had 2 leading padding columns: trimmed; then padded to 6.
+    assert merged.attention_mask.tolist() == [
+        [0, 0, 0, 0, 1, 1],
+        [0, 0, 0, 0, 1, 1],
+        [1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 0, 1, 1],
+    ]
+    assert merged.next_positions.tolist() == [2, 2, 6, 2]
+    for layer, value in enumerate(merged.presents):
+        got = stepper.io.to_numpy(value)
+        ran = stepper.io.to_numpy(running.presents[layer])
+        fresh = stepper.io.to_numpy(new.presents[layer])
+        assert np.array_equal(got[0, :, 4:], ran[1, :, 2:])
+        assert np.array_equal(got[1, :, 4:], fresh[1, :, 4:])
+        assert np.array_equal(got[2], fresh[0])
+        assert np.array_equal(got[3], got[1])
+        assert not got[[0, 1, 3], :, :4].any()  # padding is zeros, never garbage
+
+
+class NoPrivateAttributes:
+    """A session as a future onnxruntime might expose it: public attributes only."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._session, name)
+
+
+def test_public_io_fallback_generates_the_same(generator: Generator) -> None:
+    session = generator._stepper.session
+    assert isinstance(generator._stepper.io, FastIO)
+    assert type(make_io(NoPrivateAttributes(session), ["logits"], [], "cpu")) is PublicIO
+    public = Generator(generator.manifest, generator.tokenizer, session, generator.provider)
+    public._stepper = CausalLMStepper(NoPrivateAttributes(session), generator.manifest)
+    assert type(public._stepper.io) is PublicIO
+    prompts = ["Hello", "The quick brown fox"]
+    expected = generator.generate(prompts, SEEDED)
+    got = public.generate(prompts, SEEDED)
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
