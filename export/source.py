@@ -53,7 +53,7 @@ def _from_checkpoint(path: Path) -> ExportSource:
     except CheckpointError as e:
         raise SourceError(str(e)) from e
     except Exception as e:  # a KeyError in a hand-edited payload, a truncated tensor...
-        raise SourceError(f"{path}: broken fst checkpoint ({type(e).__name__}: {e})") from e
+        raise SourceError(f"{path}: broken fst checkpoint ({_first_line(e)})") from e
     _check(loaded.model, loaded.tokenizer, path)
     info = loaded.info
     return ExportSource(

@@ -152,9 +152,12 @@ class Generator:
         """
         batch = self.new_batch()
         rows = batch.add(requests)  # row.tag is the request's index
-        for event in _drain(batch, rows, is_cancelled):
-            if on_piece is not None and event.piece:
-                on_piece(event.row.tag, event.row.index, event.piece)
+        while batch.live_rows:
+            if is_cancelled is not None:
+                _cancel_requests(batch, rows, is_cancelled)
+            for row, piece, _ in batch.step():
+                if on_piece is not None and piece:
+                    on_piece(row.tag, row.index, piece)
         return [[row.completion() for row in per_request] for per_request in rows]
 
     def new_batch(self) -> DecodeBatch:
@@ -168,19 +171,19 @@ class Generator:
         return params.with_overrides(**overrides) if overrides else params
 
 
-def _drain(
-    batch: DecodeBatch,
-    rows: list[list[Row]] | None = None,
-    is_cancelled: Callable[[int], bool] | None = None,
-) -> Iterator[StepEvent]:
-    """Step `batch` until every row ends, yielding its events; before each step, cancel the
-    requests (`rows[i]`) for which `is_cancelled(i)` says so."""
+def _drain(batch: DecodeBatch) -> Iterator[StepEvent]:
+    """Step `batch` until every row has ended, yielding its events."""
     while batch.live_rows:
-        if is_cancelled is not None and rows is not None:
-            for i, per_request in enumerate(rows):
-                if any(not row.finished for row in per_request) and is_cancelled(i):
-                    batch.cancel(per_request)
         yield from batch.step()
+
+
+def _cancel_requests(
+    batch: DecodeBatch, rows: list[list[Row]], is_cancelled: Callable[[int], bool]
+) -> None:
+    """Cancel the rows of each request `i` still decoding for which `is_cancelled(i)`."""
+    for i, per_request in enumerate(rows):
+        if any(not row.finished for row in per_request) and is_cancelled(i):
+            batch.cancel(per_request)
 
 
 def load_tokenizer(folder: Path, manifest: BundleManifest) -> DocumentTokenizer:

@@ -239,6 +239,25 @@ def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_mode
     assert types["input_ids"] == onnx.TensorProto.INT64
 
 
+def test_big_models_keep_their_weights_in_one_external_file(
+    tmp_path, tiny_hf_model_dir, monkeypatch
+):
+    from fst.export import onnx_export
+
+    # Pretend the protobuf limit is 1 MB above the graph margin: the 13 MB tiny model is "big".
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", onnx_export.GRAPH_MARGIN + 2**20)
+    output = tmp_path / "bundle"
+    manifest = export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
+    assert manifest.graph.external_data == "model.onnx.data"
+    assert sorted(manifest.files) == ["model.onnx", "model.onnx.data", "tokenizer.json"]
+    assert (
+        (output / "model.onnx").stat().st_size < 2**20 < (output / "model.onnx.data").stat().st_size
+    )
+    for name, digest in manifest.files.items():
+        assert sha256_file(output / name) == digest
+    assert manifest.parity.passed  # ONNX Runtime found the weights beside the graph
+
+
 # ---- the document (training checkpoint) bundle ----------------------------------------------
 
 
@@ -288,7 +307,8 @@ def test_document_bundle_from_training_checkpoint(tiny_document_bundle, tiny_che
 def cli_fails(args: list[str], capsys) -> str:
     """Run fst-export in-process; assert exit 2 with exactly one line on stderr."""
     capsys.readouterr()  # drop what the test printed before
-    code = cli.main([*args, "--log_file", str(Path(args[-1]).parent / "debug.log")])
+    output = Path(args[args.index("--output") + 1])
+    code = cli.main([*args, "--log_file", str(output.parent / "debug.log")])
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
