@@ -25,6 +25,7 @@ from fst.export import bundle_writer
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.progress import Stages
+from fst.export.tied_weights import share_tied_embedding_file
 from fst.export.source import ExportSource, SourceError, load_source
 from fst.export.verify import describe, verify_parity
 from fst.export.wrapper import input_names, output_names
@@ -115,11 +116,14 @@ def _build(
         traced = _export_eager(source, work / "traced.onnx", opset, logits)
     final = _transform(traced, source.model.config, stages, variant, optimize)
     with stages.stage("write"):
-        external = move_onnx(final, tmp / BUNDLE_MODEL)
+        # A tied lm_head was traced as a second, transposed copy of the embedding.
+        shared = share_tied_embedding_file(final, final.with_name("shared.onnx"))
+        external = move_onnx(final.with_name("shared.onnx"), tmp / BUNDLE_MODEL)
         shutil.rmtree(work)
         # Not tokenizer.save(): its private temp file would leave tokenizer.json 0600,
         # and the whole folder is atomic anyway.
         (tmp / BUNDLE_TOKENIZER).write_text(source.tokenizer.to_json(), encoding="utf-8")
+    log.info("initializers replaced by a Transpose of the embedding: %s", shared or "none")
     dtype = "float16" if variant == "fp16" else "float32"
     with stages.stage("verify", "ONNX Runtime vs PyTorch, prefill + decode, left-padded batch"):
         parity = verify_parity(

@@ -4,10 +4,10 @@ Public API (`Generator.run/generate/stream` and the server's continuous batching
 
     batch = generator.new_batch()                    # or DecodeBatch(generator)
     rows = batch.add(requests, tags=None)            # list[list[Row]], one list per request
-    while batch.live_rows:
+    while batch.num_live:                            # == len(batch.live_rows)
         for event in batch.step():                   # list[StepEvent]
             event.row, event.piece, event.finished
-    batch.cancel(row_or_request)
+    batch.cancel(row_or_request)                     # a Row, a request, or some rows
     row.completion()                                 # -> Completion
 
 `add` validates every request first (ValueError before anything changes), prefills the new
@@ -163,11 +163,17 @@ class DecodeBatch:
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
         self._pending: np.ndarray | None = None  # [rows] tokens sampled, not yet fed
         self._cancelled: list[Row] = []  # cancelled since the last step, to report
+        self._num_live = 0  # rows of `_rows` still decoding
 
     @property
     def live_rows(self) -> list[Row]:
         """The rows still decoding (in batch order)."""
         return [row for row in self._rows if row.finish_reason is None]
+
+    @property
+    def num_live(self) -> int:
+        """len(live_rows), without building the list."""
+        return self._num_live
 
     @property
     def batch_size(self) -> int:
@@ -209,6 +215,7 @@ class DecodeBatch:
             if source.size != len(requests):  # samples of one prompt share its prefill
                 logits, cache = logits[source], self._stepper.select(cache, source)
             self._rows, self._cache, self._logits = new_rows, cache, logits
+        self._num_live = len(self._rows)  # finished rows left with the merge
         return per_request
 
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
@@ -246,8 +253,9 @@ class DecodeBatch:
 
         Rows cancelled since the last step are reported first (finished, no piece).
         """
-        events = [StepEvent(row, "", True) for row in self._cancelled]
-        self._cancelled = []
+        events: list[StepEvent] = []
+        if self._cancelled:
+            events, self._cancelled = [StepEvent(r, "", True) for r in self._cancelled], []
         self._feed_pending()
         if not self._rows:
             return events
@@ -265,6 +273,7 @@ class DecodeBatch:
                     events.append(StepEvent(row, piece, False))
             else:
                 events.append(StepEvent(row, piece, True))
+        self._num_live = live
         if live:
             self._pending = tokens
         else:
@@ -276,11 +285,11 @@ class DecodeBatch:
         if self._pending is None:
             return
         assert self._cache is not None
-        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
-        if not live:
+        if not self._num_live:
             self._clear()
             return
-        if len(self._rows) - len(live) >= max(1, COMPACT_FRACTION * len(self._rows)):
+        if len(self._rows) - self._num_live >= max(1, COMPACT_FRACTION * len(self._rows)):
+            live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
             self._cache = self._stepper.select(self._cache, live)
             self._rows, self._pending = [self._rows[i] for i in live], self._pending[live]
         # If the model fails, the batch is left as it was (the cache advances on success).
@@ -289,6 +298,7 @@ class DecodeBatch:
 
     def _clear(self) -> None:
         self._rows, self._cache, self._logits, self._pending = [], None, None, None
+        self._num_live = 0
 
     # ---- leaving early ------------------------------------------------------------------
 
@@ -308,3 +318,4 @@ class DecodeBatch:
             if row.finish_reason is None:
                 row._cancel()
                 self._cancelled.append(row)
+                self._num_live -= 1

@@ -152,7 +152,7 @@ class Generator:
         """
         batch = self.new_batch()
         rows = batch.add(requests)  # row.tag is the request's index
-        while batch.live_rows:
+        while batch.num_live:
             if is_cancelled is not None:
                 _cancel_requests(batch, rows, is_cancelled)
             for row, piece, _ in batch.step():
@@ -173,7 +173,7 @@ class Generator:
 
 def _drain(batch: DecodeBatch) -> Iterator[StepEvent]:
     """Step `batch` until every row has ended, yielding its events."""
-    while batch.live_rows:
+    while batch.num_live:
         yield from batch.step()
 
 
