@@ -58,7 +58,8 @@ class TokenizerSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.document_format, bool):
             raise ValueError(f"document_format must be true or false, got {self.document_format!r}")
-        _check_int("max_meta_len", self.max_meta_len, minimum=1)
+        # 0 means "no meta part at all" (the original README trains with --max_meta_len=0).
+        _check_int("max_meta_len", self.max_meta_len, minimum=0)
         # [START_OF_DOCUMENT] plus at least one body token per chunk.
         _check_int("max_body_len", self.max_body_len, minimum=2)
         prob = self.ignore_meta_prob
@@ -271,7 +272,8 @@ class DocumentTokenizer:
         body_ids = self.encode_text(body)[-self.max_body_len :] if body else []
         if not self.document_format:
             return body_ids or [self.eos_token_id]
-        meta_ids = self._meta_part(self.encode_text(meta)) if meta else []
+        use_meta = meta and self.max_meta_len > 0
+        meta_ids = self._meta_part(self.encode_text(meta)) if use_meta else []
         return [*meta_ids, self.start_of_document_id, *body_ids]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -290,7 +292,7 @@ class DocumentTokenizer:
     def _keep_meta(self, doc: Document, rng: random.Random | None) -> bool:
         """Whether this document's meta is used; draws from `rng` only when it matters."""
         prob = self._settings.ignore_meta_prob
-        if not doc.meta or prob == 1.0:
+        if not doc.meta or prob == 1.0 or self.max_meta_len == 0:
             return False
         if prob == 0.0 or rng is None:
             return True

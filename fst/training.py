@@ -265,10 +265,7 @@ def data_files(args: TrainArgs) -> tuple[Path, Path]:
 def document_settings(args: TrainArgs) -> dict:
     """DocumentTokenizer settings of this run."""
     if args.max_meta_len == 0:
-        # The original's "no meta" (its README passes --max_meta_len=0 --ignore_meta_prob=1.0):
-        # every meta is dropped; the tokenizer needs a length >= 1 that is then never used.
         logger.info("--max_meta_len 0: documents are trained without their meta")
-        return {"max_meta_len": 1, "max_body_len": args.max_body_len, "ignore_meta_prob": 1.0}
     return {
         "max_meta_len": args.max_meta_len,
         "max_body_len": args.max_body_len,

@@ -267,7 +267,7 @@ def test_from_pretrained_folder_without_tokenizer(tmp_path):
 @pytest.mark.parametrize(
     ("setting", "value"),
     [
-        ("max_meta_len", 0),
+        ("max_meta_len", -1),
         ("max_meta_len", 2.5),
         ("max_body_len", 1),
         ("max_body_len", True),
@@ -315,3 +315,14 @@ def test_train_bpe_plain_mode_has_only_eos(tmp_path):
     tok = DocumentTokenizer.train_bpe([train], vocab_size=300, document_format=False)
     assert tok.eos_token_id == 0 and tok.start_of_document_id is None
     assert tok.settings()["document_format"] is False
+
+
+def test_max_meta_len_zero_means_no_meta(gpt2_bpe_dir):
+    """The original README trains with --max_meta_len=0: no meta part, at train or inference."""
+    tok = DocumentTokenizer.from_gpt2_files(
+        gpt2_bpe_dir / "vocab.json", gpt2_bpe_dir / "merges.txt", max_meta_len=0
+    )
+    doc = Document(body="Hello world", meta="tags")
+    (enc,) = tok.encode_for_train(doc, rng=random.Random(0))
+    assert enc.token_ids == [tok.start_of_document_id, 15496, 995, tok.eos_token_id]
+    assert tok.encode_for_inference(doc) == [tok.start_of_document_id, 15496, 995]
