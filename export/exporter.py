@@ -25,8 +25,8 @@ from fst.export import bundle_writer
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.progress import Stages
-from fst.export.tied_weights import share_tied_embedding_file
 from fst.export.source import ExportSource, SourceError, load_source
+from fst.export.tied_weights import share_tied_embedding_file
 from fst.export.verify import describe, verify_parity
 from fst.export.wrapper import input_names, output_names
 

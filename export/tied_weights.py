@@ -63,7 +63,9 @@ def share_tied_embedding(model: onnx.ModelProto) -> list[str]:
         _rename_input(graph, name, transposed[table.name])
         removed.append(name)
     # By index: `remove(message)` would compare whole tensors on the way.
-    for index in sorted((i for i, t in enumerate(graph.initializer) if t.name in removed), reverse=True):
+    for index in sorted(
+        (i for i, t in enumerate(graph.initializer) if t.name in removed), reverse=True
+    ):
         del graph.initializer[index]
     return removed
 

@@ -153,11 +153,10 @@ class DecodeBatch:
     def __init__(self, generator: Generator) -> None:
         self._stepper = generator._stepper
         self._tokenizer = generator.tokenizer
-        self._encode_prompt = generator.encode_prompt
+        self._encode_request = generator.encode_request
         self._pad_id = generator.tokenizer.pad_token_id
         self._eos_id = generator.eos_token_id
         self._vocab_size = generator.vocab_size
-        self._max_positions = generator.max_positions
         self._rows: list[Row] = []  # the sequence in each row of the cache
         self._cache: KVCache | None = None
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
@@ -221,13 +220,7 @@ class DecodeBatch:
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
         if not isinstance(getattr(request, "params", None), GenerationParams):
             raise ValueError(f"request {i}: params must be GenerationParams")
-        ids = self._encode_prompt(request.prompt)
-        if len(ids) + request.params.max_new_tokens > self._max_positions:
-            raise ValueError(
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({request.params.max_new_tokens}) "
-                f"exceeds the model's {self._max_positions} positions"
-            )
-        return ids
+        return self._encode_request(request)
 
     def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:
         params = request.params
@@ -315,7 +308,7 @@ class DecodeBatch:
         else:
             targets = target
         for row in targets:
-            if row.finish_reason is None:
+            if row.finish_reason is None and row in self._rows:  # live and ours
                 row._cancel()
                 self._cancelled.append(row)
                 self._num_live -= 1

@@ -7,6 +7,7 @@ Public API (the server, the bot, the CLI and the benchmarks code against it)::
     gen.stream(prompt, params=None, **overrides) -> Iterator[str]
     gen.run(requests, on_piece=None, is_cancelled=None) -> list[list[Completion]]
     gen.new_batch() -> DecodeBatch        # step-level API, see decode_batch.py
+    gen.encode_prompt(prompt) -> list[int]; gen.encode_request(request) -> list[int]
 
 A prompt is a string, an `fst.documents.Document` or a mapping {"body": ..., "meta": ...};
 documents are encoded as in training (meta only for bundles trained with the document
@@ -38,7 +39,6 @@ from fst.runtime.decode_batch import (
     GenerationRequest,
     Prompt,
     Row,
-    StepEvent,
 )
 from fst.runtime.kv_cache import CausalLMStepper
 from fst.runtime.session import create_session
@@ -91,6 +91,18 @@ class Generator:
         """Prompt ids as the model saw documents in training; ValueError on a bad prompt."""
         return self.tokenizer.encode_for_inference(self._as_document(prompt))
 
+    def encode_request(self, request: GenerationRequest) -> list[int]:
+        """Prompt ids of a request; ValueError if the model cannot take it (too long)."""
+        if not isinstance(getattr(request, "params", None), GenerationParams):
+            raise ValueError("params must be GenerationParams")
+        ids = self.encode_prompt(request.prompt)
+        if len(ids) + request.params.max_new_tokens > self.max_positions:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({request.params.max_new_tokens}) "
+                f"exceeds the model's {self.max_positions} positions"
+            )
+        return ids
+
     def _as_document(self, prompt: Prompt) -> Document | str:
         if isinstance(prompt, str):
             return prompt
@@ -134,9 +146,9 @@ class Generator:
         params = self._params(params, overrides)
         if params.num_return_sequences != 1:
             raise ValueError("stream: num_return_sequences must be 1")
-        batch = self.new_batch()
-        batch.add([GenerationRequest(prompt, params)])  # validates (and prefills) now
-        return (event.piece for event in _drain(batch) if event.piece)
+        request = GenerationRequest(prompt, params)
+        self.encode_request(request)  # validates now; prefills when first read
+        return _pieces(self.new_batch(), request)
 
     def run(
         self,
@@ -171,10 +183,13 @@ class Generator:
         return params.with_overrides(**overrides) if overrides else params
 
 
-def _drain(batch: DecodeBatch) -> Iterator[StepEvent]:
-    """Step `batch` until every row has ended, yielding its events."""
+def _pieces(batch: DecodeBatch, request: GenerationRequest) -> Iterator[str]:
+    """The text pieces of `request`, decoded alone in `batch`."""
+    batch.add([request])
     while batch.num_live:
-        yield from batch.step()
+        for event in batch.step():
+            if event.piece:
+                yield event.piece
 
 
 def _cancel_requests(

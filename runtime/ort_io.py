@@ -3,7 +3,7 @@
 The one place where fst.runtime touches ONNX Runtime internals, and why: the public
 `IOBinding` wrapper rebuilds a device object for every output it binds and wraps every
 output in a Python `OrtValue`; a GPT-2 small step binds ~50 names, and that costs about
-twice the C-level binding's Python time (measured 114 vs 48 us per step here). `FastIO`
+2.5x the C-level binding's Python time (measured ~115-145 vs ~50-60 us a step). `FastIO`
 therefore drives the C-level binding (`session._sess`, `IOBinding._iobinding`,
 `OrtDevice._get_c_device`, `OrtValue._ortvalue`) with devices made once. If a future
 onnxruntime drops one of those attributes, `make_io` falls back to `PublicIO`, which does

@@ -76,7 +76,8 @@ def test_cancel_frees_the_row_and_leaves_the_others_unchanged(generator: Generat
     keep = GenerationRequest("Hello world", GREEDY)
     drop = GenerationRequest("A", SEEDED.with_overrides(num_return_sequences=3))
     batch = generator.new_batch()
-    keep_rows, drop_rows = batch.add([keep, drop])
+    (keep_rows,) = batch.add([keep])
+    (drop_rows,) = batch.add([drop])  # joins before any step
     drain(batch, 2)
     batch.cancel(drop_rows[0])  # one row ...
     assert len(batch.live_rows) == 3
@@ -91,6 +92,10 @@ def test_cancel_frees_the_row_and_leaves_the_others_unchanged(generator: Generat
     assert [r.token_ids for r in keep_rows] == alone(generator, "Hello world", GREEDY)
     batch.cancel(keep_rows[0])  # a finished row stays as it ended
     assert keep_rows[0].finish_reason == "length" and batch.step() == []
+    other = generator.new_batch()
+    (foreign,) = other.add([GenerationRequest("A", GREEDY)])
+    batch.cancel(foreign)  # not this batch's rows: nothing happens
+    assert other.num_live == 1 and foreign[0].finish_reason is None
 
 
 def test_a_bad_request_changes_nothing(generator: Generator) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -23,11 +24,14 @@ from fst.bundle import BundleManifest, sha256_file
 from fst.constants import BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER, onnx_past_names
 from fst.export import cli
 from fst.export.exporter import ExportError, export_bundle
+from fst.export.tied_weights import share_tied_embedding
 from fst.export.verify import left_pad, position_ids_for, verify_parity
 from fst.runtime.session import (
+    CPU,
     ProviderUnavailableError,
     choose_providers,
     create_session,
+    session_options,
     tensorrt_options,
 )
 from fst.tokenization import DocumentTokenizer
@@ -70,6 +74,17 @@ def ort_greedy(bundle: Path, prompts, steps: int, pad_id: int) -> np.ndarray:
         mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
         tokens.append(ids[:, 0])
     return np.stack(tokens, axis=1)
+
+
+def embedding_sized(model: onnx.ModelProto, vocab: int = 50257, hidden: int = 32) -> list[str]:
+    """Initializers shaped like the token embedding or its transpose."""
+    return [t.name for t in model.graph.initializer if sorted(t.dims) == sorted([vocab, hidden])]
+
+
+def head_weight_producer(model: onnx.ModelProto, op_type: str) -> onnx.NodeProto:
+    """The node computing the second input of the (only) `op_type` node that makes logits."""
+    head = next(n for n in model.graph.node if n.op_type == op_type and "lm_head" in n.name)
+    return next(n for n in model.graph.node if head.input[1] in n.output)
 
 
 def no_temp_dirs(parent: Path) -> bool:
@@ -195,6 +210,63 @@ def test_left_padded_batch_equals_single_prompts(all_logits_bundle):
     np.testing.assert_allclose(batch_next[1], single_next[0], atol=1e-5)
 
 
+def test_share_tied_embedding_replaces_only_an_exact_transpose():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((5, 3)).astype(np.float32)  # [vocab, hidden]
+    other = table.T + np.float32(1.0)  # the same shape, not the table's transpose
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+            helper.make_node("MatMul", ["x", "tied"], ["tied_out"], name="lm_head"),
+            helper.make_node("MatMul", ["x", "other"], ["other_out"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, [2, 3] if name == "embedded" else [2, 5]
+            )
+            for name in ("embedded", "tied_out", "other_out")
+        ],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(table.T.copy(), "tied"),
+            numpy_helper.from_array(other, "other"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert share_tied_embedding(model) == ["tied"]
+    onnx.checker.check_model(model)
+    assert sorted(t.name for t in model.graph.initializer) == ["other", "table"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=[CPU])
+    ids, x = np.array([4, 0]), rng.standard_normal((2, 3)).astype(np.float32)
+    embedded, tied_out, other_out = session.run(None, {"ids": ids, "x": x})
+    np.testing.assert_array_equal(embedded, table[ids])
+    np.testing.assert_allclose(tied_out, x @ table.T, rtol=1e-6)
+    np.testing.assert_allclose(other_out, x @ other, rtol=1e-6)
+    assert share_tied_embedding(model) == []  # nothing left to share
+
+
+def test_tied_lm_head_is_stored_once_and_folded_by_onnx_runtime(tiny_plain_bundle, tmp_path):
+    model = onnx.load(str(tiny_plain_bundle / BUNDLE_MODEL))
+    # The tracer folded lm_head's Transpose(wte) into a second [32, vocab] copy; it is gone.
+    assert embedding_sized(model) == ["model.transformer.wte.weight"]
+    transpose = head_weight_producer(model, "MatMul")
+    assert transpose.op_type == "Transpose"
+    assert list(transpose.input) == ["model.transformer.wte.weight"]
+    # ONNX Runtime folds that Transpose when the session loads: no transpose per decode step.
+    options = session_options(threads=1)
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tiny_plain_bundle / BUNDLE_MODEL), options, providers=[CPU])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert "Transpose" not in {n.op_type for n in optimized.graph.node if "wte" in n.input[0]}
+
+
 # ---- variants -------------------------------------------------------------------------------
 
 
@@ -220,8 +292,12 @@ def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_b
     assert sha256_file(int8_bundle / BUNDLE_MODEL) == manifest.files[BUNDLE_MODEL]
     fp32_size = (tiny_plain_bundle / BUNDLE_MODEL).stat().st_size
     assert (int8_bundle / BUNDLE_MODEL).stat().st_size < 0.5 * fp32_size
-    ops = {n.op_type for n in onnx.load(str(int8_bundle / BUNDLE_MODEL)).graph.node}
-    assert "MatMulInteger" in ops
+    model = onnx.load(str(int8_bundle / BUNDLE_MODEL))
+    assert "MatMulInteger" in {n.op_type for n in model.graph.node}
+    # The lm_head is quantized too, and shares the quantized embedding (one uint8 copy).
+    assert embedding_sized(model) == ["model.transformer.wte.weight_quantized"]
+    transpose = head_weight_producer(model, "MatMulInteger")
+    assert list(transpose.input) == ["model.transformer.wte.weight_quantized"]
 
 
 def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_model_dir):
@@ -234,6 +310,7 @@ def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_mode
     model = onnx.load(str(output / BUNDLE_MODEL))
     ops = {n.op_type for n in model.graph.node}
     assert {"SkipLayerNormalization", "FastGelu"} <= ops
+    assert len(embedding_sized(model)) == 1
     types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     assert types["past_key_values.0.key"] == onnx.TensorProto.FLOAT16
     assert types["input_ids"] == onnx.TensorProto.INT64
