@@ -28,8 +28,9 @@ class OutputExistsError(FileExistsError):
 def check_output(output: Path, force: bool) -> None:
     """Fail early (before minutes of work) when `output` cannot be written."""
     if not output.exists():
-        if not output.parent.is_dir():
-            raise OutputExistsError(f"{output.parent}: the output's parent folder does not exist")
+        parent = next((p for p in output.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise OutputExistsError(f"{parent}: exists and is not a folder; cannot write {output}")
         return
     if not force:
         raise OutputExistsError(f"{output}: already exists (use --force to replace it)")
@@ -45,6 +46,7 @@ def check_output(output: Path, force: bool) -> None:
 def staging_folder(output: Path, force: bool) -> Iterator[Path]:
     """A temporary folder beside `output` that becomes `output` if the block succeeds."""
     check_output(output, force)
+    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
     # mkdtemp makes the folder private (0700); a bundle is read by servers running as
     # other users, so give it the permissions a plain mkdir would have.
