@@ -287,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_steps", type=int, default=None, help="override the step budget")
     p.add_argument("--seed", type=int, default=None, help="override the seed")
     p.add_argument("--max_prefixes", type=int, default=None, help="default: all (smoke: 16)")
+    p.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="which checkpoint of each run to evaluate (best = lowest Loss/valid, which for UL "
+        "runs includes alpha x the UL loss)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads of every subprocess")
     p.add_argument("--work_dir", type=Path, default=None, help=f"default: {DEFAULT_WORK}[-smoke]")
     p.add_argument(
