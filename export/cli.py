@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--optimize",
         action="store_true",
-        help="apply ONNX Runtime's GPT-2 fusions (layer norm, GELU; attention where matched)",
+        help="ONNX Runtime fused operators (MultiHeadAttention, layer norm, GELU); "
+        "the graph then needs onnxruntime's com.microsoft ops",
     )
     parser.add_argument(
         "--quantize", choices=["int8"], help="dynamic int8 quantization (CPU inference)"

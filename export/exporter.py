@@ -24,6 +24,7 @@ from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
+from fst.export.ort_attention import ORT_MHA, attention_implementation
 from fst.export.progress import Stages
 from fst.export.source import ExportSource, SourceError, load_source
 from fst.export.tied_weights import share_tied_embedding_file
@@ -112,8 +113,9 @@ def _build(
     """Write model.onnx and tokenizer.json into `tmp` and verify them."""
     work = tmp / "work"
     work.mkdir()
-    with stages.stage("export", f"opset {opset}, logits={logits}"):
-        traced = _export_eager(source, work / "traced.onnx", opset, logits)
+    attention = "fused MultiHeadAttention" if optimize else "eager attention"
+    with stages.stage("export", f"opset {opset}, logits={logits}, {attention}"):
+        traced = _trace(source, work / "traced.onnx", opset, logits, optimize)
     final = _transform(traced, source.model.config, stages, variant, optimize)
     with stages.stage("write"):
         # A tied lm_head was traced as a second, transposed copy of the embedding.
@@ -177,17 +179,14 @@ def _transform(path: Path, config, stages: Stages, variant: str, optimize: bool)
     return path
 
 
-def _export_eager(source: ExportSource, path: Path, opset: int, logits: str) -> Path:
+def _trace(source: ExportSource, path: Path, opset: int, logits: str, optimize: bool) -> Path:
     """Trace with eager attention: its additive mask keeps fully padded rows finite (SDPA's
-    boolean mask can give NaN there) and it traces to fewer nodes. PyTorch's reference in
-    the parity check keeps the model's own attention implementation."""
-    model = source.model
-    original = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        return export_onnx(model, path, opset=opset, logits=logits)
-    finally:
-        model.set_attn_implementation(original)
+    boolean mask can give NaN there) and it traces to fewer nodes. With --optimize the same
+    attention becomes ONNX Runtime's fused MultiHeadAttention (see ort_attention). PyTorch's
+    reference in the parity check keeps the model's own attention implementation."""
+    attention = ORT_MHA if optimize else "eager"
+    with attention_implementation(source.model, attention):
+        return export_onnx(source.model, path, opset=opset, logits=logits)
 
 
 def _manifest(

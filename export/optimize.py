@@ -34,11 +34,11 @@ def count_ops(model: onnx.ModelProto, op_types: tuple[str, ...] = FUSED_OPS) -> 
 
 
 def apply_fusions(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """ONNX Runtime's GPT-2 fusions (layer norm, GELU, attention where the pattern matches).
+    """ONNX Runtime's GPT-2 fusions: SkipLayerNormalization, LayerNormalization, FastGelu.
 
-    Returns how many of each fused operator the graph holds afterwards. On graphs traced
-    from transformers 5 the attention pattern (DynamicCache concat + 4D mask) is not
-    matched, so only SkipLayerNormalization / LayerNormalization / FastGelu appear.
+    Returns how many of each fused operator the graph holds afterwards. Its attention
+    fusion matches only transformers 4.x graphs; with --optimize the exporter traces the
+    attention as MultiHeadAttention already (see ort_attention), and the count says so.
     """
     from onnxruntime.transformers.optimizer import optimize_model
 

@@ -300,6 +300,29 @@ def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_b
     assert list(transpose.input) == ["model.transformer.wte.weight_quantized"]
 
 
+def test_optimize_traces_attention_as_fused_multihead_attention(tmp_path, tiny_hf_model_dir):
+    output = tmp_path / "optimized"
+    manifest = export_bundle(
+        output, model_path=str(tiny_hf_model_dir), optimize=True, progress=False
+    )
+    assert manifest.graph.optimized and manifest.parity.passed
+    assert manifest.parity.max_abs_diff < 1e-4
+    ops = [n.op_type for n in onnx.load(str(output / BUNDLE_MODEL)).graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops  # one per layer
+    # Left-padded batch, prefill then decode: the same greedy tokens as Hugging Face.
+    model = hf_model(tiny_hf_model_dir)
+    model.generation_config.eos_token_id = None
+    ids, mask = left_pad(PROMPTS, 50256)
+    expected = model.generate(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=50256,
+    )[:, ids.shape[1] :].numpy()
+    np.testing.assert_array_equal(ort_greedy(output, PROMPTS, steps=8, pad_id=50256), expected)
+
+
 def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_model_dir):
     output = tmp_path / "fp16"
     manifest = export_bundle(
@@ -309,7 +332,7 @@ def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_mode
     assert manifest.graph.dtype == "float16" and manifest.parity.passed
     model = onnx.load(str(output / BUNDLE_MODEL))
     ops = {n.op_type for n in model.graph.node}
-    assert {"SkipLayerNormalization", "FastGelu"} <= ops
+    assert {"MultiHeadAttention", "SkipLayerNormalization", "FastGelu"} <= ops
     assert len(embedding_sized(model)) == 1
     types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     assert types["past_key_values.0.key"] == onnx.TensorProto.FLOAT16
