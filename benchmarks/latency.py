@@ -344,6 +344,12 @@ def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dic
             ),
         }
     med = {e: {k: v["median"] for k, v in d["summary"].items()} for e, d in engines.items()}
+    # The least-disturbed round of each engine (fastest time, highest throughput): on a
+    # loaded machine a second view of the goals, closer to what the engines can do.
+    best = {
+        e: {k: v["max" if k.endswith("tokens_per_s") else "min"] for k, v in d["summary"].items()}
+        for e, d in engines.items()
+    }
     bandwidth = floors["bandwidth_gbs"] * 1e9
     floor_ms = {
         "fp32": art.weight_params * 4 / bandwidth * 1e3,
@@ -372,6 +378,7 @@ def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dic
         "engines": engines,
         "ratios": ratios(med, floor_ms, w),
         "goals": goals(med, floor_ms, w),
+        "goals_best_rounds": goals(best, floor_ms, w),
         "greedy_agreement": greedy_agreement(raw["rounds"]),
         "drift": drift,
         "rounds": raw["rounds"],
@@ -536,13 +543,22 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
             common.fmt(r["decode_vs_floor"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| goal | this run | target | met |", "|---|---|---|---|"]
-    for g in m["goals"]:
-        met = {True: "yes", False: "**no**", None: "–"}[g["met"]]
+    lines += [
+        "",
+        "| goal | this run (medians) | met | least-disturbed rounds | met | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    mark = {True: "yes", False: "**no**", None: "–"}
+    for g, b in zip(m["goals"], m["goals_best_rounds"], strict=True):
         sign = "≤" if g["at_most"] else "≥"
         lines.append(
-            f"| {g['goal']} | {common.fmt(g['value'], 2)} | {sign} {g['target']} | {met} |"
+            f"| {g['goal']} | {common.fmt(g['value'], 2)} | {mark[g['met']]} "
+            f"| {common.fmt(b['value'], 2)} | {mark[b['met']]} | {sign} {g['target']} |"
         )
+    lines.append(
+        "\nLeast-disturbed rounds: each engine's fastest time (highest tokens/s) over the "
+        "rounds, a second view of the goals when the machine is loaded."
+    )
     drift = m["drift"]
     lines += [
         "",
