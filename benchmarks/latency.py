@@ -125,7 +125,7 @@ def prefill_gflop(art: Artifacts, length: int) -> float:
 
 
 def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -> dict[str, Path]:
-    """Our fp32 and int8 bundles, re-exported only when the export options changed."""
+    """Our fp32 and int8 bundles, re-exported when the options or the exporter changed."""
     wanted = [(e, q) for e, q in (("fst-fp32", None), ("fst-int8", "int8")) if e in args.engines]
     if not wanted:
         return {}
@@ -136,15 +136,29 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
     for engine, quantize in wanted:
         folder = cache / name / f"bundle-{engine.removeprefix('fst-')}"
         options = {"optimize": args.optimize, "quantize": quantize, "logits": args.logits}
+        stamp = {
+            **options,
+            "exporter_source": source_digest(Path(export_bundle.__code__.co_filename).parent),
+        }
         marker = folder / "fst_bench_export.json"
-        fresh = marker.is_file() and json.loads(marker.read_text()) == options
+        fresh = marker.is_file() and json.loads(marker.read_text()) == stamp
         if not fresh or args.rebuild:
             log.info("exporting %s %s", name, engine)
             export_bundle(folder, model_path=str(hf), force=True, progress=False, **options)
-            marker.write_text(json.dumps(options))
+            marker.write_text(json.dumps(stamp))
         BundleManifest.load(folder)  # fails loudly on a broken bundle
         out[engine] = folder
     return out
+
+
+def source_digest(folder: Path) -> str:
+    """Digest of a package's *.py: a bundle exported by older exporter code is stale."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def convert_ct2(hf: Path, name: str, cache: Path, engines: list[str]) -> dict[str, Path]:
@@ -694,7 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="last",
         help="exported graph's logits (last: only the last position)",
     )
-    p.add_argument("--rebuild", action="store_true", help="re-export bundles even if cached")
+    p.add_argument("--rebuild", action="store_true", help="re-export bundles even if up to date")
     p.add_argument("-v", "--verbose", action="store_true")
     # Worker mode (internal): measure one engine and print one JSON line.
     p.add_argument("--worker", help=argparse.SUPPRESS)
