@@ -566,8 +566,8 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
     for g, b in zip(m["goals"], m["goals_best_rounds"], strict=True):
         sign = "≤" if g["at_most"] else "≥"
         lines.append(
-            f"| {g['goal']} | {common.fmt(g['value'], 2)} | {mark[g['met']]} "
-            f"| {common.fmt(b['value'], 2)} | {mark[b['met']]} | {sign} {g['target']} |"
+            f"| {g['goal']} | {common.fmt(g['value'], 3)} | {mark[g['met']]} "
+            f"| {common.fmt(b['value'], 3)} | {mark[b['met']]} | {sign} {g['target']} |"
         )
     lines.append(
         "\nLeast-disturbed rounds: each engine's fastest time (highest tokens/s) over the "
@@ -638,6 +638,8 @@ def render_chart(report: dict, path: Path) -> bool:
                 color="tab:red",
                 label=f"{precision} bandwidth floor",
             )
+        # One disturbed round must not flatten the other bars: cap at 1.5x the slowest median.
+        bars.set_ylim(0, 1.5 * max(x["median"] for x in s))
         bars.set_title(f"{name}: decode ms/token, batch 1 (lower is better)")
         bars.legend()
         for e in engines:
@@ -709,6 +711,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="exported graph's logits (last: only the last position)",
     )
     p.add_argument("--rebuild", action="store_true", help="re-export bundles even if up to date")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only rewrite the Markdown and chart of an earlier NAME.json",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     # Worker mode (internal): measure one engine and print one JSON line.
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -754,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main(args)
+    if args.render:
+        return render_only(args.render)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
@@ -762,6 +772,18 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("failed", exc_info=True)
         print(f"latency.py: {e}", file=sys.stderr)
         return 1
+
+
+def render_only(path: Path) -> int:
+    """Rewrite NAME.md and NAME.png beside an earlier NAME.json (no measurement)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"latency.py: --render {path}: {e}", file=sys.stderr)
+        return 2
+    common.write_atomic(path.with_suffix(".md"), render_markdown(report))
+    render_chart(report, path.with_suffix(".png"))
+    return 0
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
