@@ -43,10 +43,14 @@ def language_model_losses(
     # targets instead of slicing the logits avoids copying the [B, T, V] logits.
     targets = F.pad(labels[:, 1:], (0, 1), value=LOSS_IGNORE)  # [B, T]
     logits = logits.float()  # no copy for fp32; bf16/fp16 logits get an fp32 loss
-    lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
     if not unlikelihood_alpha:
+        lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
         return LossOutput(loss=lm_loss, lm_loss=lm_loss, ul_loss=None)
-    ul_loss = unlikelihood_candidates_loss(logits, targets)
+    # One log-softmax serves both losses: a second full-vocabulary normalisation (and its
+    # backward) made the UL step 1.86x the LM step on the tiny preset (benchmarks/training.py).
+    logp = F.log_softmax(logits, dim=-1)  # [B, T, V]
+    lm_loss = F.nll_loss(logp.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
+    ul_loss = _unlikelihood_from_logp(logp, targets)
     return LossOutput(loss=lm_loss + unlikelihood_alpha * ul_loss, lm_loss=lm_loss, ul_loss=ul_loss)
 
 
@@ -56,13 +60,18 @@ def unlikelihood_candidates_loss(logits: torch.Tensor, targets: torch.Tensor) ->
     logits: [B, T, V], targets: [B, T] with logits[:, t] predicting targets[:, t] (no shift).
     Returns a scalar; 0 when the batch has no candidate at all.
     """
-    B, T, _ = logits.shape
+    return _unlikelihood_from_logp(F.log_softmax(logits.float(), dim=-1), targets)
+
+
+def _unlikelihood_from_logp(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The UL loss from log-probabilities [B, T, V] aligned with targets [B, T]."""
+    B, T, _ = logp.shape
     valid = targets != LOSS_IGNORE  # [B, T]
     ids = targets.masked_fill(~valid, 0)  # [B, T], safe to gather with
 
     # same[b, t, s]: targets t and s are the same token.
     same = ids.unsqueeze(2) == ids.unsqueeze(1)  # [B, T, T]
-    earlier = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril(diagonal=-1)  # s < t
+    earlier = torch.ones(T, T, dtype=torch.bool, device=logp.device).tril(diagonal=-1)  # s < t
     pair_valid = valid.unsqueeze(2) & valid.unsqueeze(1)  # [B, T, T]
 
     # A target s is a candidate's first occurrence when no valid earlier target equals it;
@@ -73,14 +82,10 @@ def unlikelihood_candidates_loss(logits: torch.Tensor, targets: torch.Tensor) ->
     # candidates[b, t, s]: token targets[b, s] is a negative candidate for position t.
     candidates = earlier & pair_valid & ~same & first.unsqueeze(1)  # [B, T, S]
     if not candidates.any():
-        return logits.new_zeros(())
+        return logp.new_zeros(())
 
-    # log p_t(c) = logit_t(c) - logsumexp_t: gather over candidate ids instead of
-    # materialising a second [B, T, V] log-softmax tensor.
     candidate_ids = ids.unsqueeze(1).expand(B, T, T)  # [B, T, S]: id of target s
-    logits = logits.float()
-    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, T, 1]
-    candidate_logp = logits.gather(2, candidate_ids) - log_norm  # [B, T, S]
+    candidate_logp = logp.gather(2, candidate_ids)  # [B, T, S]
 
     one_minus_p = torch.clamp(1.0 - candidate_logp[candidates].exp(), min=_MIN_PROB_COMPLEMENT)
     return -torch.log(one_minus_p).mean()
