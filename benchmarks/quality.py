@@ -3,6 +3,7 @@
     python benchmarks/quality.py                 # the experiment (~35 min per run on 2 idle cores)
     python benchmarks/quality.py --smoke         # tiny budget: proves the pipeline end to end
     python benchmarks/quality.py --reuse         # keep runs already trained in the work folder
+    python benchmarks/quality.py --jobs 2 --threads 1   # runs side by side, one core each
 
 The same model is trained from scratch once per loss — MLE, then UL with alpha 1.0 (the
 paper's) and 5.0 (the original README's) — by `fst-train` subprocesses with identical
@@ -22,10 +23,10 @@ import dataclasses
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class Budget:
     num_warmup_steps: int = 100
     max_steps: int = 2000  # ~24 epochs of the 137k-token training set
     seed: int = 42
+    unlikelihood_reduction: str = "token"  # the paper's (fst/loss.py); MLE runs ignore it
 
     def train_flags(self) -> list[str]:
         flags = []
@@ -158,16 +160,22 @@ def evaluate(
 def _run_logged(
     command: list[str], log_file: Path, env: dict[str, str]
 ) -> tuple[float, float, str]:
-    """Run to completion with output in `log_file`; wall and CPU seconds, and the output."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run to completion with output in `log_file`; wall and CPU seconds, and the output.
+
+    The CPU time is this child's own (wait4), so runs side by side (--jobs) don't mix.
+    """
     started = time.perf_counter()
     with log_file.open("w") as f:
-        code = subprocess.run(
-            command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO
-        ).returncode
+        child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        child.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = usage.ru_utime + usage.ru_stime
     output = log_file.read_text(errors="replace")
     if code != 0:
         tail = "\n".join(output.splitlines()[-5:])
@@ -222,7 +230,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{runs[0]['results']['source']['num_parameters'] / 1e6:.1f}M parameters; byte-level BPE "
         f"{budget['bpe_vocab_size']}; {budget['max_body_len']}-token chunks, batch {budget['batch_size']}, "
         f"AdamW lr {budget['learning_rate']} (cosine, {budget['num_warmup_steps']} warmup steps), "
-        f"weight decay {budget['weight_decay']}, {budget['max_steps']} steps, seed {budget['seed']}. "
+        f"weight decay {budget['weight_decay']}, {budget['max_steps']} steps, seed {budget['seed']}; "
+        f"UL reduction `{budget.get('unlikelihood_reduction', 'pair')}` (fst/loss.py). "
         f"Evaluated: the {report['checkpoint']} checkpoint of each run, on `nietzsche/valid.documents` "
         f"({runs[0]['results']['token_level']['num_tokens']:,} scored tokens, "
         f"{runs[0]['results']['num_prefixes']} prefixes of 50 tokens, 100-token continuations).",
@@ -261,7 +270,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         f"Machine: {report['machine']['cpu'].get('model', '?')}, load average at start "
         f"{report['load_average_start']} and end {report['machine']['load_average']}. "
-        f"Total wall time {report['total_seconds'] / 60:.1f} min.",
+        f"Total wall time {report['total_seconds'] / 60:.1f} min, "
+        f"{report.get('jobs', 1)} run(s) at a time.",
         "",
     ]
     return "\n".join(lines)
@@ -295,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs includes alpha x the UL loss)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads of every subprocess")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs trained and evaluated side by side (default 1)"
+    )
     p.add_argument("--work_dir", type=Path, default=None, help=f"default: {DEFAULT_WORK}[-smoke]")
     p.add_argument(
         "--out", type=Path, default=None, help=f"default: {DEFAULT_OUT} (smoke: the work dir)"
@@ -327,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started, load_start = time.perf_counter(), common.load_average()
     work.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for run in runs_for(alphas):
+
+    def train_and_evaluate(run: Run) -> dict[str, Any]:
         record = train(run, budget, work, env, args.reuse)
         checkpoint = (
             record["checkpoint"] if args.checkpoint == "last" else record["best_checkpoint"]
@@ -338,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run.name}: no best checkpoint (no validation ran); use --checkpoint last"
             )
         results = evaluate(run, checkpoint, work, env, eval_flags)
-        runs.append({"name": run.name, "alpha": run.alpha, **record, "results": results})
+        return {"name": run.name, "alpha": run.alpha, **record, "results": results}
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = list(pool.map(train_and_evaluate, runs_for(alphas)))
     for r in runs[1:]:
         r["comparison"] = compare(runs[0]["results"], r["results"])
     same_tokens = len({r["results"]["token_level"]["num_tokens"] for r in runs}) == 1
@@ -357,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "load_average_start": load_start,
         "machine": common.machine_description(),
+        "jobs": args.jobs,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     if not same_tokens:

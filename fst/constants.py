@@ -38,3 +38,8 @@ def onnx_past_names(layer: int) -> tuple[str, str]:
 def onnx_present_names(layer: int) -> tuple[str, str]:
     """Names of the present key/value outputs of one layer."""
     return f"present.{layer}.key", f"present.{layer}.value"
+
+
+# Reductions of the unlikelihood loss (fst.loss): the paper's per-token sum, or the original
+# project's mean over (token, candidate) pairs.
+UL_REDUCTIONS: tuple[str, ...] = ("token", "pair")

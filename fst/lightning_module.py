@@ -21,7 +21,7 @@ import fst
 from fst.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
 from fst.documents import Document
 from fst.generation_params import TRAINING_SAMPLE_PARAMS, GenerationParams
-from fst.loss import language_model_losses
+from fst.loss import ULReduction, language_model_losses
 from fst.tokenization import DocumentTokenizer
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class DocumentLM(pl.LightningModule):
         tokenizer: DocumentTokenizer,
         optimizer: OptimizerSettings,
         unlikelihood_alpha: float | None = None,
+        unlikelihood_reduction: ULReduction = "token",
         training_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -53,6 +54,7 @@ class DocumentLM(pl.LightningModule):
         self.tokenizer = tokenizer
         self.optimizer_settings = optimizer
         self.unlikelihood_alpha = unlikelihood_alpha or None
+        self.unlikelihood_reduction = unlikelihood_reduction
         self.training_args = dict(training_args or {})
         self._valid_nll = 0.0  # token-weighted LM loss sum of the current validation
         self._valid_tokens = 0
@@ -62,7 +64,9 @@ class DocumentLM(pl.LightningModule):
 
     def _losses(self, batch: dict[str, torch.Tensor]):
         logits = self(batch["input_ids"], batch["attention_mask"])
-        return language_model_losses(logits, batch["labels"], self.unlikelihood_alpha)
+        return language_model_losses(
+            logits, batch["labels"], self.unlikelihood_alpha, self.unlikelihood_reduction
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self._losses(batch)

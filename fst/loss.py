@@ -2,9 +2,19 @@
 
 Token-level unlikelihood: at every target position t the tokens that already appeared as
 targets before t (minus the target itself) are negative candidates, and the model is pushed
-to give them low probability: loss = -log(clamp(1 - p(c), 1e-5)), averaged over all
-(position, candidate) pairs of the batch. Following the paper, the candidates form a *set*:
-a token that appeared several times in the context counts once per position.
+to give them low probability with -log(clamp(1 - p(c), 1e-5)). Following the paper, the
+candidates form a *set*: a token that appeared several times in the context counts once per
+position.
+
+Reduction (`UL_REDUCTIONS`):
+- "token" (default, the paper's): the terms are summed over each position's candidates and
+  averaged over target tokens, exactly like the LM loss. This is what the authors' fairseq
+  criterion computes (sum over candidates, divided by the token count), so alpha = 1.0 means
+  what it means in the paper.
+- "pair": the mean over all (position, candidate) pairs, as the original project computed it.
+  With ~50 candidates per position in 128-token chunks it is ~50x weaker than "token", which is
+  why the original README used alpha 5.0; an 800-step experiment with it at alpha 1.0 changed
+  nothing measurable (benchmarks/results/quality.md, issue 8).
 
 Positions whose label is `LOSS_IGNORE` (padding, meta, the start token) neither predict nor
 serve as candidates.
@@ -13,14 +23,17 @@ serve as candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from fst.constants import LOSS_IGNORE
+from fst.constants import LOSS_IGNORE, UL_REDUCTIONS
 
 # Lower bound of 1 - p(candidate) inside the log, as in the original project.
 _MIN_PROB_COMPLEMENT = 1e-5
+
+ULReduction = Literal["token", "pair"]
 
 
 @dataclass
@@ -31,7 +44,10 @@ class LossOutput:
 
 
 def language_model_losses(
-    logits: torch.Tensor, labels: torch.Tensor, unlikelihood_alpha: float | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    unlikelihood_alpha: float | None = None,
+    unlikelihood_reduction: ULReduction = "token",
 ) -> LossOutput:
     """LM loss (+ alpha × unlikelihood loss) for a causal LM.
 
@@ -50,21 +66,29 @@ def language_model_losses(
     # backward) made the UL step 1.86x the LM step on the tiny preset (benchmarks/training.py).
     logp = F.log_softmax(logits, dim=-1)  # [B, T, V]
     lm_loss = F.nll_loss(logp.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
-    ul_loss = _unlikelihood_from_logp(logp, targets)
+    ul_loss = _unlikelihood_from_logp(logp, targets, unlikelihood_reduction)
     return LossOutput(loss=lm_loss + unlikelihood_alpha * ul_loss, lm_loss=lm_loss, ul_loss=ul_loss)
 
 
-def unlikelihood_candidates_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def unlikelihood_candidates_loss(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: ULReduction = "token"
+) -> torch.Tensor:
     """Unlikelihood loss over already aligned predictions and targets.
 
     logits: [B, T, V], targets: [B, T] with logits[:, t] predicting targets[:, t] (no shift).
     Returns a scalar; 0 when the batch has no candidate at all.
     """
-    return _unlikelihood_from_logp(F.log_softmax(logits.float(), dim=-1), targets)
+    return _unlikelihood_from_logp(F.log_softmax(logits.float(), dim=-1), targets, reduction)
 
 
-def _unlikelihood_from_logp(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _unlikelihood_from_logp(
+    logp: torch.Tensor, targets: torch.Tensor, reduction: ULReduction
+) -> torch.Tensor:
     """The UL loss from log-probabilities [B, T, V] aligned with targets [B, T]."""
+    if reduction not in UL_REDUCTIONS:
+        raise ValueError(
+            f"unknown unlikelihood reduction {reduction!r}; use one of {UL_REDUCTIONS}"
+        )
     B, T, _ = logp.shape
     valid = targets != LOSS_IGNORE  # [B, T]
     ids = targets.masked_fill(~valid, 0)  # [B, T], safe to gather with
@@ -88,4 +112,7 @@ def _unlikelihood_from_logp(logp: torch.Tensor, targets: torch.Tensor) -> torch.
     candidate_logp = logp.gather(2, candidate_ids)  # [B, T, S]
 
     one_minus_p = torch.clamp(1.0 - candidate_logp[candidates].exp(), min=_MIN_PROB_COMPLEMENT)
-    return -torch.log(one_minus_p).mean()
+    terms = -torch.log(one_minus_p)
+    if reduction == "pair":
+        return terms.mean()
+    return terms.sum() / valid.sum()

@@ -173,6 +173,7 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
             num_cycles=args.num_cycles,
         ),
         unlikelihood_alpha=args.unlikelihood_alpha,
+        unlikelihood_reduction=args.unlikelihood_reduction,
         training_args=args.to_json_dict(),
     )
     checkpoints = ModelCheckpoint(

@@ -12,9 +12,16 @@ from fst.constants import LOSS_IGNORE
 from fst.loss import language_model_losses, unlikelihood_candidates_loss
 
 
-def reference_unlikelihood_tensor(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Welleck et al. token-level UL, written the obvious way: loop over rows and positions."""
+def reference_unlikelihood_tensor(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "token"
+) -> torch.Tensor:
+    """Welleck et al. token-level UL, written the obvious way: loop over rows and positions.
+
+    "token": sum of the terms / number of target tokens (the authors' fairseq criterion);
+    "pair": mean of the terms (the original project).
+    """
     terms = []
+    num_targets = 0
     for b in range(logits.shape[0]):
         logp = F.log_softmax(logits[b].double(), dim=-1)
         seen: list[int] = []
@@ -22,14 +29,20 @@ def reference_unlikelihood_tensor(logits: torch.Tensor, targets: torch.Tensor) -
             target = int(targets[b, t])
             if target == LOSS_IGNORE:
                 continue
+            num_targets += 1
             for c in sorted(set(seen) - {target}):
                 terms.append(-torch.log(torch.clamp(1.0 - logp[t, c].exp(), min=1e-5)))
             seen.append(target)
-    return torch.stack(terms).mean() if terms else torch.zeros((), dtype=torch.float64)
+    if not terms:
+        return torch.zeros((), dtype=torch.float64)
+    total = torch.stack(terms).sum()
+    return total / len(terms) if reduction == "pair" else total / num_targets
 
 
-def reference_unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return reference_unlikelihood_tensor(logits, targets).item()
+def reference_unlikelihood(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "token"
+) -> float:
+    return reference_unlikelihood_tensor(logits, targets, reduction).item()
 
 
 def random_batch(batch: int, length: int, vocab: int, seed: int):
@@ -50,25 +63,46 @@ def random_batch(batch: int, length: int, vocab: int, seed: int):
     ("batch", "length", "vocab", "seed"),
     [(1, 5, 7, 0), (3, 9, 11, 1), (4, 16, 32, 2), (2, 33, 50, 3)],
 )
-def test_unlikelihood_matches_loop(batch, length, vocab, seed):
+@pytest.mark.parametrize("reduction", ["token", "pair"])
+def test_unlikelihood_matches_loop(batch, length, vocab, seed, reduction):
     logits, labels = random_batch(batch, length, vocab, seed)
-    got = unlikelihood_candidates_loss(logits, labels)
-    assert got.item() == pytest.approx(reference_unlikelihood(logits, labels), rel=1e-5)
+    got = unlikelihood_candidates_loss(logits, labels, reduction)
+    expected = reference_unlikelihood(logits, labels, reduction)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_token_reduction_is_the_papers_sum_over_candidates_per_token():
+    # targets 5, 6, 7, 5 with uniform logits over V = 10: the candidates are {} , {5}, {5, 6},
+    # {6, 7} (the target 5 is never its own candidate); each term is -log(1 - 1/10).
+    logits = torch.zeros(1, 4, 10)
+    targets = torch.tensor([[5, 6, 7, 5]])
+    term = -math.log(1 - 0.1)
+    token = unlikelihood_candidates_loss(logits, targets, "token")
+    pair = unlikelihood_candidates_loss(logits, targets, "pair")
+    assert token.item() == pytest.approx(5 * term / 4, rel=1e-6)  # 5 pairs, 4 tokens
+    assert pair.item() == pytest.approx(term, rel=1e-6)  # the mean of 5 equal terms
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match="unknown unlikelihood reduction"):
+        unlikelihood_candidates_loss(torch.zeros(1, 2, 3), torch.tensor([[0, 1]]), "sum")
 
 
 def test_unlikelihood_counts_repeated_context_tokens_once():
     # targets 1, 1, 2: position 2 has the single candidate {1} although 1 appeared twice.
     logits = torch.zeros(1, 3, 4)
     logits[0, 2, 1] = 2.0
-    got = unlikelihood_candidates_loss(logits, torch.tensor([[1, 1, 2]]))
+    got = unlikelihood_candidates_loss(logits, torch.tensor([[1, 1, 2]]), "pair")
     p = math.exp(2.0) / (math.exp(2.0) + 3)
     assert got.item() == pytest.approx(-math.log(1 - p), rel=1e-6)
+    token = unlikelihood_candidates_loss(logits, torch.tensor([[1, 1, 2]]), "token")
+    assert token.item() == pytest.approx(-math.log(1 - p) / 3, rel=1e-6)  # one term, 3 tokens
 
 
 def test_unlikelihood_clamps_certain_candidates():
     logits = torch.full((1, 2, 3), -50.0)
     logits[0, 1, 0] = 50.0  # p(candidate 0) == 1 at position 1
-    got = unlikelihood_candidates_loss(logits, torch.tensor([[0, 2]]))
+    got = unlikelihood_candidates_loss(logits, torch.tensor([[0, 2]]), "pair")
     assert got.item() == pytest.approx(-math.log(1e-5), rel=1e-4)
 
 
@@ -88,12 +122,13 @@ def test_ignored_positions_do_not_predict_or_serve_as_candidates():
     assert expected != pytest.approx(reference_unlikelihood(logits, labels), rel=1e-3)
 
 
-def test_gradient_matches_loop():
+@pytest.mark.parametrize("reduction", ["token", "pair"])
+def test_gradient_matches_loop(reduction):
     logits, labels = random_batch(2, 7, 10, 5)
     ours = logits.clone().requires_grad_(True)
-    unlikelihood_candidates_loss(ours, labels).backward()
+    unlikelihood_candidates_loss(ours, labels, reduction).backward()
     reference = logits.clone().double().requires_grad_(True)
-    reference_unlikelihood_tensor(reference, labels).backward()
+    reference_unlikelihood_tensor(reference, labels, reduction).backward()
     torch.testing.assert_close(ours.grad, reference.grad.float(), rtol=1e-4, atol=1e-6)
 
 
@@ -125,9 +160,10 @@ def test_alpha_off_is_plain_lm_loss(alpha):
     assert got.ul_loss is None
 
 
-def test_total_is_lm_plus_alpha_times_shifted_unlikelihood():
+@pytest.mark.parametrize("reduction", ["token", "pair"])
+def test_total_is_lm_plus_alpha_times_shifted_unlikelihood(reduction):
     logits, labels = random_batch(3, 8, 12, 7)
-    got = language_model_losses(logits, labels, unlikelihood_alpha=5.0)
-    ul = reference_unlikelihood(logits[:, :-1], labels[:, 1:])
+    got = language_model_losses(logits, labels, 5.0, reduction)
+    ul = reference_unlikelihood(logits[:, :-1], labels[:, 1:], reduction)
     assert got.ul_loss.item() == pytest.approx(ul, rel=1e-5)
     assert got.loss.item() == pytest.approx(got.lm_loss.item() + 5.0 * ul, rel=1e-5)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fst.constants import UL_REDUCTIONS
+
 GPT2_TOKENIZER_CLASS = "HFGPT2DocumentTokenizer"
 DEMO_EXPERIMENT = "demo"
 # Demo budget: the tiny preset on the demo corpus for this many epochs takes ~2 min on 2 cores.
@@ -49,6 +51,7 @@ class TrainArgs:
     num_warmup_steps: int = 50
     num_cycles: int = 1
     unlikelihood_alpha: float | None = None
+    unlikelihood_reduction: str = "token"
     accumulate_grad_batches: int = 1
     val_check_interval: float | int = 1.0
     max_epochs: int | None = None
@@ -92,6 +95,11 @@ class TrainArgs:
             raise ArgsError(f"--weight_decay must be >= 0, got {self.weight_decay}")
         if self.unlikelihood_alpha is not None and self.unlikelihood_alpha < 0:
             raise ArgsError(f"--unlikelihood_alpha must be >= 0, got {self.unlikelihood_alpha}")
+        if self.unlikelihood_reduction not in UL_REDUCTIONS:
+            raise ArgsError(
+                f"--unlikelihood_reduction must be one of {', '.join(UL_REDUCTIONS)}, "
+                f"got {self.unlikelihood_reduction!r}"
+            )
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise ArgsError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
         for name in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
@@ -226,6 +234,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("optimisation", "num_warmup_steps", int, "warmup steps of the cosine-with-hard-restarts schedule"),
     ("optimisation", "num_cycles", int, "hard restarts of the cosine schedule (0: constant after warmup)"),
     ("optimisation", "unlikelihood_alpha", _optional_float, "weight of the unlikelihood candidates loss (none or 0: off)"),
+    ("optimisation", "unlikelihood_reduction", str, "token: sum over candidates, mean over tokens (the paper's; alpha 1.0 as in the paper); pair: mean over (token, candidate) pairs (the original project's, ~50x weaker: it used alpha 5.0)"),
     ("optimisation", "accumulate_grad_batches", int, "batches per optimizer step"),
     ("optimisation", "gradient_clip_val", _optional_float, "gradient norm clipping (none: off)"),
     ("trainer (PyTorch Lightning)", "max_epochs", int, f"epochs (none: {DEMO_MAX_EPOCHS}, or unlimited when --max_steps is set)"),
