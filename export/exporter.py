@@ -26,6 +26,7 @@ from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.ort_attention import ORT_MHA, attention_implementation
 from fst.export.progress import Stages
+from fst.export.simplify import simplify_file
 from fst.export.source import ExportSource, SourceError, load_source
 from fst.export.tied_weights import share_tied_embedding_file
 from fst.export.verify import describe, verify_parity
@@ -158,7 +159,9 @@ def _build(
 def _transform(path: Path, config, stages: Stages, variant: str, optimize: bool) -> Path:
     """Fusions, then fp16 or int8; each step writes a new file beside `path`."""
     if optimize:
-        with stages.stage("optimize", "ONNX Runtime GPT-2 fusions"):
+        with stages.stage("optimize", "static shapes, then ONNX Runtime GPT-2 fusions"):
+            simplified = simplify_file(path, path.with_name("simplified.onnx"))
+            path = path.with_name("simplified.onnx")
             fused = apply_fusions(
                 path,
                 path.with_name("fused.onnx"),
@@ -167,7 +170,11 @@ def _transform(path: Path, config, stages: Stages, variant: str, optimize: bool)
             )
             path = path.with_name("fused.onnx")
         counts = ", ".join(f"{op} {n}" for op, n in fused.items()) or "none"
-        stages.note(f"fused operators: {counts}")
+        stages.note(
+            f"shape arithmetic removed: {simplified['nodes_removed']} nodes "
+            f"({simplified['gemm_to_matmul']} Gemm sandwiches → MatMul, "
+            f"{simplified['constant_reshapes']} reshapes made static); fused operators: {counts}"
+        )
     if variant == "fp16":
         with stages.stage("fp16"):
             convert_fp16(path, path.with_name("fp16.onnx"))

@@ -6,6 +6,7 @@ its logits and `generate(do_sample=False)` tokens.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import stat
@@ -309,6 +310,9 @@ def test_optimize_traces_attention_as_fused_multihead_attention(tmp_path, tiny_h
     assert manifest.parity.max_abs_diff < 1e-4
     ops = [n.op_type for n in onnx.load(str(output / BUNDLE_MODEL)).graph.node]
     assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops  # one per layer
+    # Static shapes (export/simplify.py): no per-layer shape arithmetic, no Gemm sandwich;
+    # what Shape nodes remain build the attention mask once per step.
+    assert "Gemm" not in ops and ops.count("Shape") <= 6, collections.Counter(ops)
     # Left-padded batch, prefill then decode: the same greedy tokens as Hugging Face.
     model = hf_model(tiny_hf_model_dir)
     model.generation_config.eos_token_id = None

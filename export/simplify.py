@@ -1,0 +1,238 @@
+"""Remove the shape arithmetic that tracing leaves around every reshape.
+
+`torch.onnx.export` records `x.view(x.size(0), x.size(1), H, D)` as Shape → Gather →
+Unsqueeze → Concat → Reshape, and Hugging Face's Conv1D (`addmm` on a flattened input) as
+Reshape → Gemm → Reshape with the same kind of subgraph on both sides. ONNX Runtime cannot
+fold those (the shapes are dynamic), so a GPT-2 small decode step ran ~250 tiny kernels that
+only recompute shapes. With the dimensions known symbolically (ONNX Runtime's symbolic shape
+inference) the rewrites are exact:
+
+- a Reshape whose output dims are constants, the input's own dims at the same position, or
+  a single unknown gets a constant shape (0 = copy that dim, -1 = the unknown one);
+- Reshape → Gemm → Reshape around a [.., K] tensor becomes MatMul (+ Add for the bias) on the
+  unflattened tensor, which ONNX Runtime's fusions then merge into SkipLayerNormalization;
+- nodes whose outputs nobody reads any more are dropped.
+
+Every rewrite keeps standard ONNX operators; the exporter's parity check against PyTorch
+(prefill and decode, padded batch) runs on the result as on any graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None
+
+
+def simplify_shapes(model: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite `model` in place; returns how many reshapes/Gemms were rewritten and nodes dropped."""
+    dims = _symbolic_dims(model)
+    before = len(model.graph.node)
+    gemms = _gemm_sandwiches_to_matmul(model, dims)
+    reshapes = _constant_reshape_shapes(model, dims)
+    _drop_dead_nodes(model)
+    return {
+        "gemm_to_matmul": gemms,
+        "constant_reshapes": reshapes,
+        "nodes_removed": before - len(model.graph.node),
+    }
+
+
+def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """name → dims (int, symbol string, or None when unknown) of every tensor."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    # Inference needs the values of small shape constants only: big weights become typed
+    # graph inputs in a light copy, so this stays cheap for large models.
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    big = [
+        t
+        for t in light.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 4096
+    ]
+    kept = [t for t in light.graph.initializer if t not in big]
+    for tensor in big:
+        light.graph.input.append(
+            helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(kept)
+    inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=False)
+    dims: dict[str, list[Dim]] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        shape = info.type.tensor_type.shape
+        dims[info.name] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim
+        ]
+    for tensor in model.graph.initializer:
+        dims[tensor.name] = list(tensor.dims)
+    return dims
+
+
+def _gemm_sandwiches_to_matmul(model: onnx.ModelProto, dims: dict[str, list[Dim]]) -> int:
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = _consumers(graph)
+    initializers = {t.name for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    rewritten = 0
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}  # id(second reshape) -> replacement
+    removed: set[int] = set()
+    for gemm in graph.node:
+        if gemm.op_type != "Gemm" or not _plain_gemm(gemm) or gemm.input[1] not in initializers:
+            continue
+        flatten = producers.get(gemm.input[0])
+        outs = consumers.get(gemm.output[0], [])
+        if flatten is None or flatten.op_type != "Reshape" or len(outs) != 1:
+            continue
+        unflatten = outs[0]
+        if unflatten.op_type != "Reshape" or gemm.output[0] in graph_outputs:
+            continue
+        if len(consumers.get(flatten.output[0], [])) != 1:
+            continue
+        x = flatten.input[0]
+        x_dims, out_dims = dims.get(x), dims.get(unflatten.output[0])
+        if not x_dims or not out_dims or len(x_dims) != len(out_dims) or len(x_dims) < 2:
+            continue
+        if not _same_dims(x_dims[:-1], out_dims[:-1]):
+            continue
+        has_bias = len(gemm.input) > 2 and gemm.input[2] != ""
+        matmul_out = gemm.output[0] if has_bias else unflatten.output[0]
+        replacement = [
+            helper.make_node("MatMul", [x, gemm.input[1]], [matmul_out], name=gemm.name + "_MatMul")
+        ]
+        if has_bias:
+            replacement.append(
+                helper.make_node(
+                    "Add", [matmul_out, gemm.input[2]], [unflatten.output[0]], name=gemm.name + "_Add"
+                )
+            )
+        new_nodes[id(unflatten)] = replacement
+        removed.update({id(flatten), id(gemm)})
+        rewritten += 1
+    if rewritten:
+        nodes = []
+        for node in graph.node:
+            if id(node) in removed:
+                continue
+            nodes.extend(new_nodes.get(id(node), [node]))
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
+
+
+def _plain_gemm(node: onnx.NodeProto) -> bool:
+    """Y = A @ B + C with no transposes or scaling: exactly MatMul (+ Add)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (
+        attrs.get("alpha", 1.0) == 1.0
+        and attrs.get("beta", 1.0) == 1.0
+        and attrs.get("transA", 0) == 0
+        and attrs.get("transB", 0) == 0
+    )
+
+
+def _constant_reshape_shapes(model: onnx.ModelProto, dims: dict[str, list[Dim]]) -> int:
+    graph = model.graph
+    constants = _constant_names(graph)
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] in constants:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("allowzero", 0):
+            continue
+        shape = _static_shape(dims.get(node.input[0]), dims.get(node.output[0]))
+        if shape is None:
+            continue
+        name = f"{node.name or node.output[0]}_static_shape"
+        graph.initializer.append(numpy_helper.from_array(_int64(shape), name))
+        constants.add(name)
+        node.input[1] = name
+        rewritten += 1
+    return rewritten
+
+
+def _static_shape(data: Sequence[Dim] | None, out: Sequence[Dim] | None) -> list[int] | None:
+    """A constant Reshape target for `data` → `out`, or None when the dims don't allow one."""
+    if not data or not out:
+        return None
+    shape: list[int] = []
+    unknown = 0
+    for i, dim in enumerate(out):
+        if isinstance(dim, int) and dim > 0:
+            shape.append(dim)
+        elif isinstance(dim, str) and i < len(data) and data[i] == dim:
+            shape.append(0)  # copy the input's dim i
+        elif dim is None or dim == 0:
+            return None  # unknown to inference, or a real zero (0 would mean "copy")
+        else:
+            shape.append(-1)
+            unknown += 1
+    return shape if unknown <= 1 else None
+
+
+def _same_dims(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
+    return all(x is not None and x == y for x, y in zip(a, b, strict=True))
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    """Remove nodes (and initializers) nothing reads; repeat until stable."""
+    graph = model.graph
+    while True:
+        used = {o.name for o in graph.output}
+        for node in graph.node:
+            used.update(node.input)
+            for attr in node.attribute:  # subgraphs (If/Loop) read outer names too
+                for sub in [attr.g, *attr.graphs]:
+                    for inner in sub.node:
+                        used.update(inner.input)
+        alive = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(alive) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(alive)
+    kept = [t for t in graph.initializer if t.name in used]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    return readers
+
+
+def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer}
+    names.update(n.output[0] for n in graph.node if n.op_type == "Constant")
+    return names
+
+
+def _int64(values: list[int]):
+    import numpy as np
+
+    return np.asarray(values, dtype=np.int64)
+
+
+def simplify_file(src: Path, dst: Path) -> dict[str, int]:
+    """`simplify_shapes` from one .onnx file to another (the exporter's chained steps)."""
+    from fst.export.onnx_export import save_onnx
+
+    model = onnx.load(str(src))
+    counts = simplify_shapes(model)
+    save_onnx(model, dst)
+    return counts
