@@ -40,7 +40,7 @@ from fst.runtime.decode_batch import (
     Prompt,
     Row,
 )
-from fst.runtime.kv_cache import CausalLMStepper
+from fst.runtime.kv_cache import CausalLMStepper, ModelCallHook
 from fst.runtime.session import create_session
 from fst.tokenization import DocumentTokenizer
 
@@ -67,6 +67,17 @@ class Generator:
         self.eos_token_id = manifest.tokenizer.eos_token_id
         self.default_params = _default_params(manifest.generation_defaults)
         self._stepper = CausalLMStepper(session, manifest)
+
+    @property
+    def on_model_call(self) -> ModelCallHook | None:
+        """Observer of every ONNX Runtime run: `hook(kind, batch_size, start, end)` with kind
+        "prefill" or "decode" and `time.perf_counter()` seconds (input binding, the run and
+        the logits copy). For benchmarks and metrics; None (the default) costs nothing."""
+        return self._stepper.on_model_call
+
+    @on_model_call.setter
+    def on_model_call(self, hook: ModelCallHook | None) -> None:
+        self._stepper.on_model_call = hook
 
     @classmethod
     def from_bundle(

@@ -15,7 +15,8 @@ position, so rows of different prompt lengths decode together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ from fst.constants import (
     onnx_present_names,
 )
 from fst.runtime.ort_io import make_io
+
+ModelCallHook = Callable[[str, int, float, float], None]
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -74,6 +77,9 @@ class CausalLMStepper:
         self.io = make_io(
             session, [ONNX_LOGITS], self._present_names, "cuda" if gpu else "cpu", public_io
         )
+        # Called as hook(kind, batch_size, start, end) after every graph run ("prefill" or
+        # "decode"; perf_counter seconds); see Generator.on_model_call.
+        self.on_model_call: ModelCallHook | None = None
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
@@ -96,7 +102,7 @@ class CausalLMStepper:
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         empty = np.zeros((batch, self.num_heads, 0, self.head_dim), dtype=self.dtype)
         inputs = dict.fromkeys(self._past_names, empty)
-        logits, presents = self._run(inputs, {}, input_ids, mask, positions)
+        logits, presents = self._run("prefill", inputs, {}, input_ids, mask, positions)
         return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
 
     def decode(self, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
@@ -106,7 +112,12 @@ class CausalLMStepper:
         mask[:, :-1] = cache.attention_mask
         pasts = dict(zip(self._past_names, cache.presents, strict=True))
         logits, cache.presents = self._run(
-            {}, pasts, tokens.reshape(batch, 1), mask, cache.next_positions.reshape(batch, 1)
+            "decode",
+            {},
+            pasts,
+            tokens.reshape(batch, 1),
+            mask,
+            cache.next_positions.reshape(batch, 1),
         )
         cache.attention_mask = mask
         cache.next_positions = cache.next_positions + 1
@@ -114,18 +125,24 @@ class CausalLMStepper:
 
     def _run(
         self,
+        kind: str,
         arrays: dict[str, np.ndarray],
         pasts: dict[str, Any],
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
     ) -> tuple[np.ndarray, list[Any]]:
+        hook = self.on_model_call
+        start = time.perf_counter() if hook else 0.0
         arrays[ONNX_INPUT_IDS] = input_ids
         arrays[ONNX_ATTENTION_MASK] = attention_mask
         arrays[ONNX_POSITION_IDS] = position_ids
         outputs = self.io.run(arrays, pasts)
         logits = self.io.to_numpy(outputs[0])[:, -1, :]  # [B, S or 1, V] -> last position
-        return np.ascontiguousarray(logits, dtype=np.float32), outputs[1:]
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        if hook:
+            hook(kind, input_ids.shape[0], start, time.perf_counter())
+        return logits, outputs[1:]
 
     # ---- row selection: the only places the cache is copied --------------------------------
 

@@ -2,7 +2,8 @@
 
 `MetricsMiddleware` counts every HTTP request by route template and status and times it
 until the last byte is sent (for a stream, the whole stream). The scheduler reports queue
-depth, batch sizes, time to first token and tokens generated.
+depth, batch sizes, time to first token and tokens generated; the runtime's model-call hook
+reports prefill and decode step durations.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -90,6 +92,18 @@ class ServingMetrics:
             ["reason"],
             registry=r,
         )
+
+        self.model_calls = Histogram(
+            "fst_model_call_duration_seconds",
+            "one ONNX Runtime run of the model (input binding, run, logits copy), by kind",
+            ["kind"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+
+    def observe_model_call(self, kind: str, batch_size: int, start: float, end: float) -> None:
+        """`Generator.on_model_call` hook: prefill and decode step durations."""
+        self.model_calls.labels(kind=kind).observe(end - start)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -51,6 +51,8 @@ class ServingState:
                 self.generator = await asyncio.to_thread(self._load_generator)
             if self.settings.warmup:
                 await asyncio.to_thread(self._warm_up, self.generator)
+            if hasattr(self.generator, "on_model_call"):  # after warm-up: real traffic only
+                self.generator.on_model_call = self.metrics.observe_model_call
             self.scheduler = Scheduler(
                 self.generator,
                 max_batch_size=self.settings.max_batch_size,

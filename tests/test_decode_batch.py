@@ -162,3 +162,23 @@ def test_public_io_fallback_generates_the_same(generator: Generator) -> None:
     expected = generator.generate(prompts, SEEDED)
     got = public.generate(prompts, SEEDED)
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+
+
+def test_model_call_hook_reports_every_graph_run(generator: Generator) -> None:
+    calls = []
+    generator.on_model_call = lambda kind, batch, start, end: calls.append(
+        (kind, batch, start, end)
+    )
+    try:
+        params = GREEDY.with_overrides(max_new_tokens=5, num_return_sequences=2)
+        completions = generator.generate(["Hello", "The quick brown fox"], params)
+    finally:
+        generator.on_model_call = None
+    # One prefill of the two prompts; each prompt's two samples share it; then 4 decode steps
+    # of the 4 rows (the 5th token is sampled from the 4th step's logits).
+    assert [(kind, batch) for kind, batch, _, _ in calls] == [("prefill", 2)] + [("decode", 4)] * 4
+    assert all(start <= end for _, _, start, end in calls)
+    assert all(calls[i][3] <= calls[i + 1][2] for i in range(len(calls) - 1))
+    assert all(len(c.token_ids) == 5 for c in completions)
+    generator.generate("Hello", params)  # hook removed: nothing recorded
+    assert len(calls) == 5

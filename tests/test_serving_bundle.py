@@ -151,7 +151,13 @@ def test_batched_greedy_equals_unbatched(
     assert [r.json()["choices"][0]["text"] for r in responses] == expected
     ones, count = bucket_le_1_and_count(metrics)
     assert ones < count  # some batch (request) or decoding step (continuous) held several
+    # The runtime's model-call hook: one prefill per batch or join, one decode per step.
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[:1] != "#")
+    prefills = float(values['fst_model_call_duration_seconds_count{kind="prefill"}'])
+    decodes = float(values['fst_model_call_duration_seconds_count{kind="decode"}'])
+    assert 1 <= prefills <= 4 and 9 <= decodes <= 4 * 9
     if batching == "request":
+        assert prefills == 1 and decodes == 9  # 10 tokens: 1 from the prefill, 9 steps
         assert "fst_batch_size_requests_sum 4.0" in metrics
         assert "fst_batch_size_requests_count 1.0" in metrics  # all four in one batch
 
