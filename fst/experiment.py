@@ -4,7 +4,7 @@
     tokenizer.json     the training tokenizer (also inside every checkpoint)
     generated.txt      samples written after each validation
     logs/              debug.log, info.log, errors.log; tensorboard/ event files
-    models/            best-*.ckpt (lowest Loss/valid), last.ckpt; interrupted.ckpt after
+    models/            best-*.ckpt (lowest Perplexity/valid), last.ckpt; interrupted.ckpt after
                        Ctrl+C or a crash
 
 Torch-free (the TensorBoard logger and checkpoint callback are built by the trainer code).

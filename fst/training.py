@@ -180,7 +180,8 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         dirpath=experiment.models_dir,
         filename="best-epoch={epoch}-step={step}",
         auto_insert_metric_name=False,
-        monitor="Loss/valid",
+        # The best language model, whatever the UL weight: Loss/valid would add alpha x UL.
+        monitor="Perplexity/valid",
         mode="min",
         save_top_k=1,
         save_last=True,

@@ -92,7 +92,12 @@ def test_experiment_folder_contents(tiny_checkpoint):
     assert "[START_OF_DOCUMENT]" in (folder / "tokenizer.json").read_text()
     models = sorted(p.name for p in (folder / "models").iterdir())
     assert "last.ckpt" in models
-    assert [m for m in models if m.startswith("best-")], models
+    best = [m for m in models if m.startswith("best-")]
+    assert len(best) == 1, models
+    # The best checkpoint is the validation with the lowest perplexity (LM loss only).
+    perplexity = scalars(folder, "Perplexity/valid")
+    best_step = min(perplexity, key=perplexity.get) + 1  # TensorBoard logs global_step - 1
+    assert best[0].endswith(f"-step={best_step}.ckpt"), (best, perplexity)
 
 
 def test_generated_samples_follow_the_original_format(tiny_checkpoint):
