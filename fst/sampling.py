@@ -120,10 +120,24 @@ def _penalise(row: np.ndarray, ids: np.ndarray, penalty: float) -> None:
 
 
 def _top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
-    """Ids kept by top-k (ascending id order), found with a partition, not a sort."""
+    """Ids kept by top-k (ascending id order), found with partitions, never a sort.
+
+    On a long row the k-th largest score is first bounded from below by the k-th largest of
+    block maxima (k distinct scores of the row), so the exact partition only sees the few
+    hundred scores above that bound: ~2.5x faster than partitioning the whole vocabulary.
+    """
     n = row.size
     if k >= n:
         return np.flatnonzero(row > NEG_INF)
+    block = n // (4 * k)
+    if block >= 8:
+        blocks = n // block  # >= 4k maxima
+        maxima = row[: blocks * block].reshape(blocks, block).max(axis=1)
+        bound = np.partition(maxima, blocks - k)[blocks - k]
+        cand = np.flatnonzero(row >= bound)  # holds every score >= the k-th largest
+        scores = row[cand]
+        kth = np.partition(scores, scores.size - k)[scores.size - k]
+        return cand[scores >= kth]
     kth = np.partition(row, n - k)[n - k]
     return np.flatnonzero(row >= kth)
 
@@ -135,7 +149,7 @@ def _cut_nucleus(vals: np.ndarray, total: float, top: float, p: float) -> tuple[
     `total` is sum(exp(x - top)) over every finite score of the row, candidates or not.
     HF removes a token when the ascending cumulative probability up to and including it is
     <= 1 - p; that cumulative is 1 - (mass strictly above it), which only falls walking
-    down the sorted values, so the nucleus ends at the first removed token (a bisection).
+    down the sorted values, so the nucleus ends at the first removed token.
     Only values are sorted (an argsort costs ~5x more); the kept set is then "above the last
     kept value" plus as many of the tokens tied with it as the count needs, higher ids first
     (as a stable ascending sort would order them).
@@ -146,21 +160,21 @@ def _cut_nucleus(vals: np.ndarray, total: float, top: float, p: float) -> tuple[
     weights = np.exp(desc - np.float32(top))
     above = np.cumsum(weights, dtype=np.float64)
     above -= weights
-    limit = np.float32(1.0 - p)
-    lo, hi = 1, desc.size  # the top token is always kept (min_tokens_to_keep = 1)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if np.float32((total - above[mid]) / total) <= limit:
-            hi = mid
-        else:
-            lo = mid + 1
+    # HF's rule in float32: removed when the mass from here down is <= 1 - p. It only holds
+    # from some index on; the first such index (>= 1: the top token is always kept) ends the
+    # nucleus. One vectorised test beats a Python bisection on these short arrays.
+    removed = ((total - above[1:]) / total).astype(np.float32) <= np.float32(1.0 - p)
+    first = int(removed.argmax())
+    lo = first + 1 if removed.size and removed[first] else desc.size
     if lo == desc.size:
         return np.arange(vals.size), False
     last = desc[lo - 1]
-    keep = vals > last
-    ties = np.flatnonzero(vals == last)
-    keep[ties[ties.size - (lo - int(keep.sum())) :]] = True
-    return np.flatnonzero(keep), True
+    kept = np.flatnonzero(vals >= last)
+    if kept.size == lo:  # no tie at the cut (the usual case)
+        return kept, True
+    ties = kept[vals[kept] == last]  # too many tied with the last kept value:
+    drop = ties[: kept.size - lo]  # the lower ids go first
+    return kept[~np.isin(kept, drop)], True
 
 
 def _nucleus_of_row(row: np.ndarray, p: float) -> np.ndarray:

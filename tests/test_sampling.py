@@ -250,3 +250,18 @@ def test_no_full_vocabulary_sort_when_top_k_is_set(monkeypatch) -> None:
         GenerationParams(top_k=0, top_p=0.9), [], [], sequence_rng(0, 0), row.size
     ).choose(peaked, 0)
     assert sizes and max(sizes) <= 64
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_fast_top_k_ids_equal_the_plain_rule(ties: bool) -> None:
+    """The sampler's block-maxima top-k keeps exactly the ids scoring >= the k-th largest."""
+    rng = np.random.default_rng(1)
+    for vocab in (50257, 5000, 100):
+        for k in (1, 5, 50, 200):
+            row = (rng.standard_normal(vocab) * 3).astype(np.float32)
+            if ties:
+                row = np.round(row)
+            row[rng.integers(0, vocab, vocab // 3)] = -np.inf  # already filtered scores
+            kth = np.sort(row)[::-1][min(k, vocab) - 1]
+            expected = np.flatnonzero(row >= kth) if k < vocab else np.flatnonzero(row > -np.inf)
+            np.testing.assert_array_equal(sampling._top_k_ids(row, k), expected)
