@@ -142,10 +142,14 @@ def train(run: Run, budget: Budget, work: Path, env: dict[str, str], reuse: bool
 
 
 def evaluate(
-    run: Run, checkpoint: str, work: Path, env: dict[str, str], eval_flags: list[str]
+    run: Run,
+    checkpoint: str,
+    work: Path,
+    env: dict[str, str],
+    eval_flags: list[str],
+    reuse: bool = False,
 ) -> dict[str, Any]:
-    """fst-eval in a subprocess; returns its JSON."""
-    log.info("%s: evaluating %s", run.name, checkpoint)
+    """fst-eval in a subprocess; returns its JSON (with --reuse: an earlier identical one)."""
     command = [
         sys.executable, "-m", "fst.cli.evaluate",
         "--ckpt", checkpoint,
@@ -154,10 +158,25 @@ def evaluate(
         "--name", run.slug,
         *eval_flags,
     ]  # fmt: skip
+    result_path = work / "eval" / f"{run.slug}.eval.json"
+    command_path = work / "runs" / f"{run.slug}.eval-command.json"
+    if reuse and result_path.is_file() and command_path.is_file():
+        earlier = json.loads(command_path.read_text())
+        if earlier["command"][1:] == command[1:] and earlier["mtime"] == _mtime(checkpoint):
+            log.info("%s: reusing the evaluation of %s", run.name, checkpoint)
+            return json.loads(result_path.read_text())
+    log.info("%s: evaluating %s", run.name, checkpoint)
     seconds, _, _ = _run_logged(command, work / "runs" / f"{run.slug}.eval.log", env)
-    results = json.loads((work / "eval" / f"{run.slug}.eval.json").read_text())
+    results = json.loads(result_path.read_text())
     results["eval_wall_seconds"] = round(seconds, 1)
+    common.write_atomic(
+        command_path, json.dumps({"command": command, "mtime": _mtime(checkpoint)}) + "\n"
+    )
     return results
+
+
+def _mtime(path: str) -> float:
+    return Path(path).stat().st_mtime
 
 
 def _run_logged(
@@ -315,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help=f"default: {DEFAULT_OUT} (smoke: the work dir)"
     )
     p.add_argument(
-        "--reuse", action="store_true", help="skip runs already trained with the same command"
+        "--reuse",
+        action="store_true",
+        help="skip runs already trained (and evaluated) with the same command",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -352,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"{run.name}: no best checkpoint (no validation ran); use --checkpoint last"
             )
-        results = evaluate(run, checkpoint, work, env, eval_flags)
+        results = evaluate(run, checkpoint, work, env, eval_flags, args.reuse)
         return {"name": run.name, "alpha": run.alpha, **record, "results": results}
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
