@@ -5,8 +5,8 @@
     python benchmarks/quality.py --reuse         # keep runs already trained in the work folder
     python benchmarks/quality.py --jobs 2 --threads 1   # runs side by side, one core each
 
-The same model is trained from scratch once per loss — MLE, then UL with alpha 1.0 (the
-paper's) and 5.0 (the original README's) — by `fst-train` subprocesses with identical
+The same model is trained from scratch once per loss — MLE, then token-level UL with alpha
+1.0 (the paper's), 2.0 and 5.0 — by `fst-train` subprocesses with identical
 arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights and
 batch order), same BPE (trained on the same file), same step budget. The last checkpoint of
 each run (or `--checkpoint best`) is evaluated by `fst-eval` on the validation documents with
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--smoke", action="store_true", help="tiny preset, 30 steps, 16 prefixes")
-    p.add_argument("--alphas", default="1.0,5.0", help="UL weights to compare with MLE")
+    p.add_argument("--alphas", default="1.0,2.0,5.0", help="UL weights to compare with MLE")
     p.add_argument("--max_steps", type=int, default=None, help="override the step budget")
     p.add_argument("--seed", type=int, default=None, help="override the seed")
     p.add_argument("--max_prefixes", type=int, default=None, help="default: all (smoke: 16)")
