@@ -182,3 +182,12 @@ def test_model_call_hook_reports_every_graph_run(generator: Generator) -> None:
     assert all(len(c.token_ids) == 5 for c in completions)
     generator.generate("Hello", params)  # hook removed: nothing recorded
     assert len(calls) == 5
+
+
+def test_the_reused_binding_keeps_no_cache_alive(generator: Generator) -> None:
+    """FastIO reuses one IO binding; after a run it must hold no input or output values,
+    or the previous step's KV cache would stay in memory between steps and after the end."""
+    io = generator._stepper.io
+    assert isinstance(io, FastIO)
+    generator.generate("Hello", GREEDY.with_overrides(max_new_tokens=3))
+    assert len(io._binding.get_outputs()) == 0
