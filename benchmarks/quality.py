@@ -8,8 +8,8 @@
 The same model is trained from scratch once per loss — MLE, then token-level UL with alpha
 1.0 (the paper's), 2.0 and 5.0 — by `fst-train` subprocesses with identical
 arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights and
-batch order), same BPE (trained on the same file), same step budget. The last checkpoint of
-each run (or `--checkpoint best`) is evaluated by `fst-eval` on the validation documents with
+batch order), same BPE (trained on the same file), same step budget. The checkpoint with the lowest validation perplexity of each run (or
+`--checkpoint last`) is evaluated by `fst-eval` on the validation documents with
 the paper's protocol (see `fst/evaluation.py`). Writes benchmarks/results/quality.{json,md}
 (a smoke run writes into its work folder instead, so it never passes for a result).
 
@@ -254,7 +254,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"AdamW lr {budget['learning_rate']} (cosine, {budget['num_warmup_steps']} warmup steps), "
         f"weight decay {budget['weight_decay']}, {budget['max_steps']} steps, seed {budget['seed']}; "
         f"UL reduction `{budget.get('unlikelihood_reduction', 'pair')}` (fst/loss.py). "
-        f"Evaluated: the {report['checkpoint']} checkpoint of each run, on `nietzsche/valid.documents` "
+        f"Evaluated: the {report['checkpoint']} checkpoint of each run (steps "
+        f"{' / '.join(str(r['results']['source']['global_step']) for r in runs)}), on `nietzsche/valid.documents` "
         f"({runs[0]['results']['token_level']['num_tokens']:,} scored tokens, "
         f"{runs[0]['results']['num_prefixes']} prefixes of 50 tokens, 100-token continuations).",
         "",
@@ -289,6 +290,8 @@ def markdown(report: dict[str, Any]) -> str:
         example = r["results"]["greedy_examples"][0]
         lines += [f"**{r['name']}** — prefix: {_quote(example['prefix'])}", "",
                   f"> {_quote(example['continuation'])}", ""]  # fmt: skip
+    if report.get("note"):
+        lines += [report["note"], ""]
     lines += [
         f"Machine: {report['machine']['cpu'].get('model', '?')}, load average at start "
         f"{report['load_average_start']} and end {report['machine']['load_average']}. "
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--checkpoint",
         choices=("last", "best"),
-        default="last",
+        default="best",
         help="which checkpoint of each run to evaluate (best = lowest validation perplexity)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads of every subprocess")
@@ -338,7 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip runs already trained (and evaluated) with the same command",
     )
+    p.add_argument(
+        "--render", type=Path, metavar="JSON", help="only rewrite the Markdown of an earlier run"
+    )
     args = p.parse_args(argv)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        common.write_atomic(args.render.with_suffix(".md"), markdown(report))
+        print(f"Wrote {args.render.with_suffix('.md')}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # chatty about event files
 

@@ -184,17 +184,18 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         monitor="Perplexity/valid",
         mode="min",
         save_top_k=1,
-        save_last=True,
     )
+    last_checkpoint = SaveLast(experiment.models_dir / "last.ckpt")
     callbacks = [
         checkpoints,
+        last_checkpoint,
         SaveOnException(experiment.models_dir / "interrupted.ckpt"),
         SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
     ]
     trainer = build_trainer(args, experiment, callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=args.resume_from)
     best = checkpoints.best_model_path or None
-    last = checkpoints.last_model_path or None
+    last = last_checkpoint.path if last_checkpoint.path.is_file() else None
     logger.info("Finished at global step %d; best checkpoint: %s", trainer.global_step, best)
     return TrainResult(
         experiment=experiment,
@@ -232,6 +233,38 @@ def _trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Tra
         reload_dataloaders_every_n_epochs=RELOAD_EVERY_N_EPOCHS,
         use_distributed_sampler=False,  # DocumentDataModule shards batches itself
     )
+
+
+class SaveLast(pl.Callback):
+    """models/last.ckpt: the state after every validation and at the end of training.
+
+    Lightning 2.6's ModelCheckpoint(save_last=True) rewrites last.ckpt only when a top-k
+    checkpoint was saved, so with a monitor "last" was the last *improvement* (issue 8's
+    runs evaluated a step-680 "last" of an 800-step run). Written to a temporary file and
+    renamed: a crash never leaves a truncated last.ckpt.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._saved_step: int | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Only when steps ran after the last validation: a checkpoint taken after the loop
+        # ended resumes with TensorBoard step numbers one higher than an unbroken run.
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        self._saved_step = trainer.global_step
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)  # every rank calls it; rank zero writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier()
 
 
 class SaveOnException(pl.Callback):

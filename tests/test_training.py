@@ -219,6 +219,15 @@ def test_checkpoint_errors(tmp_path, tiny_checkpoint):
         load_checkpoint(truncated)
 
 
+def test_last_checkpoint_is_the_end_of_training_not_the_last_improvement(tmp_path):
+    # Validations at steps 3 and 6, training ends at 7: last.ckpt must hold step 7 (Lightning's
+    # own save_last would keep the step of the last saved top-k checkpoint).
+    result = run_tiny_training(tmp_path, max_steps=7)
+    assert read_checkpoint(result.last_checkpoint)[CHECKPOINT_KEY]["global_step"] == 7
+    assert result.best_checkpoint.name.endswith(("-step=3.ckpt", "-step=6.ckpt"))
+    assert not list(result.last_checkpoint.parent.glob("*.tmp"))
+
+
 def test_resume_continues_the_global_step(tmp_path, tiny_checkpoint):
     result = run_tiny_training(
         tmp_path, resume_from=str(tiny_checkpoint), max_steps=9, unlikelihood_alpha=1.0
