@@ -8,8 +8,8 @@
 The same model is trained from scratch once per loss — MLE, then token-level UL with alpha
 1.0 (the paper's), 2.0 and 5.0 — by `fst-train` subprocesses with identical
 arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights and
-batch order), same BPE (trained on the same file), same step budget. The checkpoint with the lowest validation perplexity of each run (or
-`--checkpoint last`) is evaluated by `fst-eval` on the validation documents with
+batch order), same BPE (trained on the same file), same step budget. The checkpoint with the
+lowest validation perplexity of each run (or `--checkpoint last`) is evaluated by `fst-eval` on the validation documents with
 the paper's protocol (see `fst/evaluation.py`). Writes benchmarks/results/quality.{json,md}
 (a smoke run writes into its work folder instead, so it never passes for a result).
 
@@ -64,9 +64,9 @@ class Budget:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     num_warmup_steps: int = 100
-    # ~9 epochs of the 137k-token training set: validation perplexity is lowest around step
-    # 760 and rises steadily after (a 2000-step run went from 199 to 296 by step 1530), so
-    # the cosine schedule ends where the model is best and the last checkpoint is the best.
+    # ~9 epochs of the 137k-token training set: MLE validation perplexity is lowest around
+    # step 760 and rises steadily after (a 2000-step run went from 199 to 296 by step 1530),
+    # so the cosine schedule ends near the best point (UL runs' best came at 595-765).
     max_steps: int = 800
     seed: int = 42
     unlikelihood_reduction: str = "token"  # the paper's (fst/loss.py); MLE runs ignore it

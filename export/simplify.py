@@ -19,26 +19,28 @@ Every rewrite keeps standard ONNX operators; the exporter's parity check against
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-
-log = logging.getLogger(__name__)
 
 Dim = int | str | None
 
 
 def simplify_shapes(model: onnx.ModelProto) -> dict[str, int]:
     """Rewrite `model` in place; returns how many reshapes/Gemms were rewritten and nodes dropped."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     dims = _symbolic_dims(model)
     before = len(model.graph.node)
-    gemms = _gemm_sandwiches_to_matmul(model, dims)
+    gemms = _gemm_sandwiches_to_matmul(OnnxModel(model), dims)
     reshapes = _constant_reshape_shapes(model, dims)
-    _drop_dead_nodes(model)
+    # Dead shape arithmetic (and the initializers only it read) goes; inputs stay.
+    pruned = OnnxModel(model)
+    pruned.prune_graph(allow_remove_graph_inputs=False)
+    pruned.update_graph()
     return {
         "gemm_to_matmul": gemms,
         "constant_reshapes": reshapes,
@@ -79,10 +81,11 @@ def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return dims
 
 
-def _gemm_sandwiches_to_matmul(model: onnx.ModelProto, dims: dict[str, list[Dim]]) -> int:
-    graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers = _consumers(graph)
+def _gemm_sandwiches_to_matmul(onnx_model, dims: dict[str, list[Dim]]) -> int:
+    """`onnx_model`: an onnxruntime.transformers OnnxModel around the model being rewritten."""
+    graph = onnx_model.model.graph
+    producers = onnx_model.output_name_to_node()
+    consumers = onnx_model.input_name_to_nodes()
     initializers = {t.name for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
     rewritten = 0
@@ -114,7 +117,10 @@ def _gemm_sandwiches_to_matmul(model: onnx.ModelProto, dims: dict[str, list[Dim]
         if has_bias:
             replacement.append(
                 helper.make_node(
-                    "Add", [matmul_out, gemm.input[2]], [unflatten.output[0]], name=gemm.name + "_Add"
+                    "Add",
+                    [matmul_out, gemm.input[2]],
+                    [unflatten.output[0]],
+                    name=gemm.name + "_Add",
                 )
             )
         new_nodes[id(unflatten)] = replacement
@@ -131,9 +137,13 @@ def _gemm_sandwiches_to_matmul(model: onnx.ModelProto, dims: dict[str, list[Dim]
     return rewritten
 
 
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def _plain_gemm(node: onnx.NodeProto) -> bool:
     """Y = A @ B + C with no transposes or scaling: exactly MatMul (+ Add)."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attributes(node)
     return (
         attrs.get("alpha", 1.0) == 1.0
         and attrs.get("beta", 1.0) == 1.0
@@ -149,14 +159,13 @@ def _constant_reshape_shapes(model: onnx.ModelProto, dims: dict[str, list[Dim]])
     for node in graph.node:
         if node.op_type != "Reshape" or node.input[1] in constants:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("allowzero", 0):
+        if _attributes(node).get("allowzero", 0):
             continue
         shape = _static_shape(dims.get(node.input[0]), dims.get(node.output[0]))
         if shape is None:
             continue
         name = f"{node.name or node.output[0]}_static_shape"
-        graph.initializer.append(numpy_helper.from_array(_int64(shape), name))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), name))
         constants.add(name)
         node.input[1] = name
         rewritten += 1
@@ -186,46 +195,10 @@ def _same_dims(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
     return all(x is not None and x == y for x, y in zip(a, b, strict=True))
 
 
-def _drop_dead_nodes(model: onnx.ModelProto) -> None:
-    """Remove nodes (and initializers) nothing reads; repeat until stable."""
-    graph = model.graph
-    while True:
-        used = {o.name for o in graph.output}
-        for node in graph.node:
-            used.update(node.input)
-            for attr in node.attribute:  # subgraphs (If/Loop) read outer names too
-                for sub in [attr.g, *attr.graphs]:
-                    for inner in sub.node:
-                        used.update(inner.input)
-        alive = [n for n in graph.node if any(o in used for o in n.output if o)]
-        if len(alive) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(alive)
-    kept = [t for t in graph.initializer if t.name in used]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
-    return readers
-
-
 def _constant_names(graph: onnx.GraphProto) -> set[str]:
     names = {t.name for t in graph.initializer}
     names.update(n.output[0] for n in graph.node if n.op_type == "Constant")
     return names
-
-
-def _int64(values: list[int]):
-    import numpy as np
-
-    return np.asarray(values, dtype=np.int64)
 
 
 def simplify_file(src: Path, dst: Path) -> dict[str, int]:

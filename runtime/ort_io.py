@@ -85,8 +85,9 @@ class FastIO(PublicIO):
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
         self._cache = ort.OrtDevice.make(cache_device, 0)._get_c_device()
         ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.float32))._ortvalue  # noqa: B018
-        # One binding for the session's life, cleared each step: building the Python
-        # IOBinding wrapper cost ~30 us a step. The lock keeps a Generator shared by threads correct (their runs take turns).
+        # One binding for the session's life, cleared after each run: building the Python
+        # IOBinding wrapper cost ~30 us a step. The lock keeps a Generator shared by
+        # threads correct (their runs take turns).
         self._binding = session.io_binding()._iobinding
         self._lock = threading.Lock()
         self._binding.clear_binding_inputs  # noqa: B018

@@ -161,17 +161,22 @@ def test_verification_passes_again_on_the_written_bundle(tiny_plain_bundle, tiny
     assert report.checked_positions == 2 * 6
 
 
-def test_greedy_onnx_loop_equals_hf_generate(tiny_plain_bundle, tiny_hf_model_dir):
-    model = hf_model(tiny_hf_model_dir)
-    model.generation_config.eos_token_id = None  # always 8 tokens, no early stop
-    ids, mask = left_pad(PROMPTS, 50256)
-    expected = model.generate(
+def hf_greedy(model_dir: Path, prompts: list[list[int]], steps: int) -> np.ndarray:
+    """Hugging Face `generate` (greedy, left-padded batch, always `steps` tokens)."""
+    model = hf_model(model_dir)
+    model.generation_config.eos_token_id = None  # always `steps` tokens, no early stop
+    ids, mask = left_pad(prompts, 50256)
+    return model.generate(
         input_ids=torch.from_numpy(ids),
         attention_mask=torch.from_numpy(mask),
-        max_new_tokens=8,
+        max_new_tokens=steps,
         do_sample=False,
         pad_token_id=50256,
     )[:, ids.shape[1] :].numpy()
+
+
+def test_greedy_onnx_loop_equals_hf_generate(tiny_plain_bundle, tiny_hf_model_dir):
+    expected = hf_greedy(tiny_hf_model_dir, PROMPTS, steps=8)
     got = ort_greedy(tiny_plain_bundle, PROMPTS, steps=8, pad_id=50256)
     np.testing.assert_array_equal(got, expected)
 
@@ -314,16 +319,7 @@ def test_optimize_traces_attention_as_fused_multihead_attention(tmp_path, tiny_h
     # what Shape nodes remain build the attention mask once per step.
     assert "Gemm" not in ops and ops.count("Shape") <= 6, collections.Counter(ops)
     # Left-padded batch, prefill then decode: the same greedy tokens as Hugging Face.
-    model = hf_model(tiny_hf_model_dir)
-    model.generation_config.eos_token_id = None
-    ids, mask = left_pad(PROMPTS, 50256)
-    expected = model.generate(
-        input_ids=torch.from_numpy(ids),
-        attention_mask=torch.from_numpy(mask),
-        max_new_tokens=8,
-        do_sample=False,
-        pad_token_id=50256,
-    )[:, ids.shape[1] :].numpy()
+    expected = hf_greedy(tiny_hf_model_dir, PROMPTS, steps=8)
     np.testing.assert_array_equal(ort_greedy(output, PROMPTS, steps=8, pad_id=50256), expected)
 
 
