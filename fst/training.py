@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,6 +192,7 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         checkpoints,
         last_checkpoint,
         SaveOnException(experiment.models_dir / "interrupted.ckpt"),
+        StopOnCtrlC(),
         SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
     ]
     trainer = build_trainer(args, experiment, callbacks)
@@ -286,6 +289,44 @@ class SaveOnException(pl.Callback):
             logger.warning("Could not save %s", self.path, exc_info=True)
             return
         logger.info("Saved %s (resume with --resume_from)", self.path)
+
+
+class StopOnCtrlC(pl.Callback):
+    """Makes Ctrl+C stop training even when Python swallows its KeyboardInterrupt.
+
+    DataLoader workers are forked at every epoch and every validation. A SIGINT that lands
+    while Python runs an at-fork handler (logging's lock release, seen in the Ctrl+C test
+    about one run in ten) raises KeyboardInterrupt inside it; Python prints "Exception
+    ignored" and training went on forever. The handler installed here remembers the signal
+    and the next batch or epoch boundary raises KeyboardInterrupt again, which Lightning
+    handles as usual (SaveOnException writes interrupted.ckpt).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def _stop_if_requested(self, *args, **kwargs) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_epoch_start = _stop_if_requested
+    on_train_batch_start = _stop_if_requested
+    on_validation_start = _stop_if_requested
+    on_validation_batch_start = _stop_if_requested
 
 
 def data_files(args: TrainArgs) -> tuple[Path, Path]:

@@ -510,6 +510,31 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
     assert (tmp_path / "experiments" / "docs_v0" / "models" / "interrupted.ckpt").is_file()
 
 
+def test_ctrl_c_swallowed_by_python_still_stops_training():
+    """A KeyboardInterrupt lost inside an at-fork handler is raised again at the next batch."""
+    import time
+
+    from fst.training import StopOnCtrlC
+
+    before = signal.getsignal(signal.SIGINT)
+    guard = StopOnCtrlC()
+    guard.on_train_batch_start(None, None, None, 0)  # no Ctrl+C yet: training goes on
+    guard.setup(None, None, "fit")
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the handler runs at the next bytecode; never reached
+        except KeyboardInterrupt:
+            pass  # swallowed, as Python does when it lands in an at-fork handler
+        with pytest.raises(KeyboardInterrupt):
+            guard.on_train_batch_start(None, None, None, 1)
+        with pytest.raises(KeyboardInterrupt):
+            guard.on_validation_start(None, None)
+    finally:
+        guard.teardown(None, None, "fit")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.slow
 def test_ddp_on_cpu_shares_one_experiment_folder(tmp_path):
     """Two DDP processes (gloo on CPU): one folder, one tokenizer, one checkpoint set."""
