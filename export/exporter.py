@@ -24,7 +24,7 @@ from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
-from fst.export.ort_attention import ORT_MHA, attention_implementation
+from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
 from fst.export.progress import Stages
 from fst.export.simplify import simplify_file
 from fst.export.source import ExportSource, SourceError, load_source
@@ -114,9 +114,13 @@ def _build(
     """Write model.onnx and tokenizer.json into `tmp` and verify them."""
     work = tmp / "work"
     work.mkdir()
-    attention = "fused MultiHeadAttention" if optimize else "eager attention"
+    kv_layout = choose_kv_layout(source.model.config, optimize, variant)
+    attention = {
+        "shared": "GroupQueryAttention, shared KV buffer",
+        "concat": "fused MultiHeadAttention" if optimize else "eager attention",
+    }[kv_layout]
     with stages.stage("export", f"opset {opset}, logits={logits}, {attention}"):
-        traced = _trace(source, work / "traced.onnx", opset, logits, optimize)
+        traced = _trace(source, work / "traced.onnx", opset, logits, optimize, kv_layout)
     final = _transform(traced, source.model.config, stages, variant, optimize)
     with stages.stage("write"):
         # A tied lm_head was traced as a second, transposed copy of the embedding.
@@ -137,6 +141,7 @@ def _build(
             variant=variant,
             logits=logits,
             dtype=dtype,
+            kv_layout=kv_layout,
         )
     stages.note(describe(parity, variant))
     if not parity.passed:
@@ -150,6 +155,7 @@ def _build(
         dtype=dtype,
         optimized=optimize,
         logits=logits,
+        kv_layout=kv_layout,
         inputs=input_names(layers),
         outputs=output_names(layers),
     )
@@ -186,14 +192,28 @@ def _transform(path: Path, config, stages: Stages, variant: str, optimize: bool)
     return path
 
 
-def _trace(source: ExportSource, path: Path, opset: int, logits: str, optimize: bool) -> Path:
+def choose_kv_layout(config, optimize: bool, variant: str) -> str:
+    """"shared" (GroupQueryAttention writing into one KV buffer, no per-step cache copy)
+    for optimized fp32/int8 graphs; "concat" otherwise. fp16 bundles (meant for GPUs, where
+    that op's attention_bias path is untested here) and head sizes that are not a multiple
+    of 8 (the op's CPU kernel refuses them) keep MultiHeadAttention with a Concat."""
+    head_dim = int(config.hidden_size) // int(config.num_attention_heads)
+    if optimize and variant != "fp16" and head_dim % 8 == 0:
+        return "shared"
+    return "concat"
+
+
+def _trace(
+    source: ExportSource, path: Path, opset: int, logits: str, optimize: bool, kv_layout: str
+) -> Path:
     """Trace with eager attention: its additive mask keeps fully padded rows finite (SDPA's
     boolean mask can give NaN there) and it traces to fewer nodes. With --optimize the same
-    attention becomes ONNX Runtime's fused MultiHeadAttention (see ort_attention). PyTorch's
-    reference in the parity check keeps the model's own attention implementation."""
-    attention = ORT_MHA if optimize else "eager"
+    attention becomes ONNX Runtime's fused MultiHeadAttention or, with the shared KV
+    layout, GroupQueryAttention (see ort_attention). PyTorch's reference in the parity
+    check keeps the model's own attention implementation."""
+    attention = {"shared": ORT_GQA, "concat": ORT_MHA if optimize else "eager"}[kv_layout]
     with attention_implementation(source.model, attention):
-        return export_onnx(source.model, path, opset=opset, logits=logits)
+        return export_onnx(source.model, path, opset=opset, logits=logits, kv_layout=kv_layout)
 
 
 def _manifest(

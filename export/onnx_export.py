@@ -16,7 +16,9 @@ from transformers import PreTrainedModel
 
 from fst.export.wrapper import (
     CacheFlatteningWrapper,
+    KVLayout,
     LogitsMode,
+    SharedBufferWrapper,
     dummy_inputs,
     dynamic_axes,
     input_names,
@@ -32,37 +34,48 @@ GRAPH_MARGIN = 64 * 2**20
 
 
 def export_onnx(
-    model: PreTrainedModel, path: Path, *, opset: int = 17, logits: LogitsMode = "all"
+    model: PreTrainedModel,
+    path: Path,
+    *,
+    opset: int = 17,
+    logits: LogitsMode = "all",
+    kv_layout: KVLayout = "concat",
 ) -> Path:
-    """Write `model` as an ONNX graph at `path` (weights external if > 2 GB); returns path."""
+    """Write `model` as an ONNX graph at `path` (weights external if > 2 GB); returns path.
+
+    kv_layout "shared" needs the model to run ORT_GQA attention (see ort_attention).
+    """
     if _fits_in_protobuf(model):
-        _trace(model, path, opset, logits)
+        _trace(model, path, opset, logits, kv_layout)
         return path
     # Past 2 GB the exporter scatters one file per weight: trace into a scratch folder,
     # then save once, as one graph plus one data file.
     scratch = path.parent / f"{path.stem}.trace"
     scratch.mkdir()
     try:
-        _trace(model, scratch / path.name, opset, logits)
+        _trace(model, scratch / path.name, opset, logits, kv_layout)
         save_onnx(onnx.load(str(scratch / path.name)), path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 
-def _trace(model: PreTrainedModel, path: Path, opset: int, logits: LogitsMode) -> None:
+def _trace(
+    model: PreTrainedModel, path: Path, opset: int, logits: LogitsMode, kv_layout: KVLayout
+) -> None:
     layers = num_layers(model.config)
+    wrapper = SharedBufferWrapper if kv_layout == "shared" else CacheFlatteningWrapper
     with torch.no_grad(), warnings.catch_warnings():
         # TracerWarnings about Python branches in transformers' cache code: the branches
         # taken with past > 0 are the general ones (see dummy_inputs).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            CacheFlatteningWrapper(model, logits=logits),
-            dummy_inputs(model.config),
+            wrapper(model, logits=logits),
+            dummy_inputs(model.config, kv_layout=kv_layout),
             str(path),
             input_names=input_names(layers),
             output_names=output_names(layers),
-            dynamic_axes=dynamic_axes(layers, logits),
+            dynamic_axes=dynamic_axes(layers, logits, kv_layout),
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

@@ -13,6 +13,16 @@ left padding and fully padded rows behave exactly as in eager PyTorch). The KV-c
 stays an ONNX op: past and present inputs/outputs do not change.
 
 In PyTorch the op computes eager attention, so tracing and `model(...)` still work.
+
+`ORT_GQA` goes one step further for decoding (kv_layout "shared"): the attention is traced
+as `com.microsoft.GroupQueryAttention` with num_heads == kv_num_heads (plain multi-head
+attention), which takes this step's keys/values and a past *buffer* [B, H, capacity, D].
+It writes the new entries at [T-S, T) (T = attention_mask length) and returns the buffer
+as the present; when the runtime binds past and present to the same OrtValue, ONNX
+Runtime writes in place (its CPU kernel compares the two data pointers), so a decode step
+no longer copies the whole cache as the Concat does. Left padding is the additive
+`attention_bias` [B, 1, S, T] built from the attention mask; the op adds causality itself.
+Its CPU kernel wants head_dim % 8 == 0 (checked by the exporter).
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 ORT_MHA = "fst_ort_mha"  # the attention implementation name registered with transformers
+ORT_GQA = "fst_ort_gqa"  # shared KV buffer (see the module docstring)
+ONNX_INT32 = 6  # TensorProto.INT32
 
 
 class _MultiHeadAttention(torch.autograd.Function):
@@ -65,17 +77,116 @@ def _ort_mha_attention(module, query, key, value, attention_mask, scaling=None, 
     return out, None
 
 
+class _GroupQueryAttention(torch.autograd.Function):
+    """Attention over a KV buffer in PyTorch; one GroupQueryAttention node in the graph."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads):
+        # query/key/value [B, H, S, D]: this step's tokens; past [B, H, C, D] buffers whose
+        # first T - S positions are filled; seqlens [B] = T - 1 and total = T (int32, the
+        # op's seqlens_k and total_sequence_length); bias [B, 1, S, T] (additive padding).
+        steps, total = query.shape[2], bias.shape[-1]
+        present_key, present_value = past_key.clone(), past_value.clone()
+        present_key[:, :, total - steps : total] = key
+        present_value[:, :, total - steps : total] = value
+        scores = torch.matmul(query, present_key[:, :, :total].transpose(-1, -2)) * scale + bias
+        causal = torch.ones(steps, total, dtype=torch.bool).tril(total - steps)
+        weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
+        out = torch.matmul(weights, present_value[:, :, :total]).transpose(1, 2)  # [B, S, H, D]
+        return out, present_key, present_value
+
+    @staticmethod
+    def symbolic(g, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads):
+        from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
+
+        def const(value):
+            return g.op("Constant", value_t=torch.tensor(value))
+
+        def flat(x):  # [B, H, S, D] -> [B, S, H*D]
+            return g.op("Reshape", g.op("Transpose", x, perm_i=[0, 2, 1, 3]), const([0, 0, -1]))
+
+        q, k, v = flat(query), flat(key), flat(value)
+        none = _optional_input_placeholder_tensor(g)  # no rotary caches, no position_ids
+        out, present_key, present_value = g.op(
+            "com.microsoft::GroupQueryAttention",
+            q, k, v, past_key, past_value, seqlens, total, none, none, none, bias,
+            num_heads_i=heads,
+            kv_num_heads_i=heads,
+            scale_f=scale,
+            outputs=3,
+        )  # fmt: skip
+        out.setType(q.type())
+        present_key.setType(past_key.type())
+        present_value.setType(past_value.type())
+        return g.op("Reshape", out, const([0, 0, heads, -1])), present_key, present_value
+
+
+class SharedKV:
+    """What ORT_GQA attention reads and writes during one forward (see shared_kv)."""
+
+    def __init__(
+        self,
+        pasts: list[tuple[torch.Tensor, torch.Tensor]],
+        seqlens: torch.Tensor,
+        total: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> None:
+        self.pasts = pasts  # per layer (key, value) buffers [B, H, C, D]
+        self.seqlens = seqlens  # [B] int32, T - 1 (computed once for all layers)
+        self.total = total  # int32 scalar T
+        self.bias = bias  # [B, 1, S, T]
+        self.presents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+_shared_kv: SharedKV | None = None
+
+
+@contextmanager
+def shared_kv(state: SharedKV) -> Iterator[SharedKV]:
+    """Hand `state` to the ORT_GQA attention of every layer inside the block.
+
+    transformers' attention interface receives no cache buffers, so the wrapper passes
+    them (and collects the presents) through this module-level slot.
+    """
+    global _shared_kv
+    previous, _shared_kv = _shared_kv, state
+    try:
+        yield state
+    finally:
+        _shared_kv = previous
+
+
+def _ort_gqa_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    state = _shared_kv
+    if state is None:
+        raise RuntimeError(f"the {ORT_GQA} attention runs only inside shared_kv(...)")
+    scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
+    past_key, past_value = state.pasts[module.layer_idx]
+    out, present_key, present_value = _GroupQueryAttention.apply(
+        query, key, value, past_key, past_value,
+        state.seqlens, state.total, state.bias, scale, module.num_heads,
+    )  # fmt: skip
+    state.presents[module.layer_idx] = (present_key, present_value)
+    return out, None
+
+
+def _no_mask(*args, **kwargs) -> None:
+    return None  # ORT_GQA takes the padding bias from SharedKV and is causal itself
+
+
 def _register() -> None:
-    """Make ORT_MHA a known attention implementation (idempotent: a dict update)."""
+    """Make ORT_MHA and ORT_GQA known attention implementations (idempotent)."""
     AttentionInterface.register(ORT_MHA, _ort_mha_attention)
     # The eager mask: additive float, finite on fully padded rows.
     ALL_MASK_ATTENTION_FUNCTIONS.register(ORT_MHA, eager_mask)
+    AttentionInterface.register(ORT_GQA, _ort_gqa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ORT_GQA, _no_mask)
 
 
 @contextmanager
 def attention_implementation(model: PreTrainedModel, name: str) -> Iterator[None]:
-    """Run `model` with attention `name` ("eager" or ORT_MHA) inside the block."""
-    if name == ORT_MHA:
+    """Run `model` with attention `name` ("eager", ORT_MHA or ORT_GQA) inside the block."""
+    if name in (ORT_MHA, ORT_GQA):
         _register()
     original = model.config._attn_implementation
     model.set_attn_implementation(name)

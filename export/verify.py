@@ -66,8 +66,13 @@ def verify_parity(
     logits: str = "all",
     dtype: str = "float32",
     decode_steps: int = DECODE_STEPS,
+    kv_layout: str = "concat",
 ) -> ParityReport:
-    """Compare ONNX Runtime with `model`; the report says whether the gate passed."""
+    """Compare ONNX Runtime with `model`; the report says whether the gate passed.
+
+    With kv_layout "shared" the past buffers have one spare position beyond the last step
+    (capacity > total length); each step's presents are fed back as the next past.
+    """
     session, _ = create_session(onnx_path, providers=["CPUExecutionProvider"])
     ids, mask = left_pad(prompts, pad_id)
     config = model.config
@@ -75,8 +80,9 @@ def verify_parity(
     head_dim = int(config.hidden_size) // heads
     layers = int(config.num_hidden_layers)
     np_dtype = np.dtype(dtype)
+    capacity = ids.shape[1] + decode_steps + 1 if kv_layout == "shared" else 0
     past = {
-        name: np.zeros((len(prompts), heads, 0, head_dim), dtype=np_dtype)
+        name: np.zeros((len(prompts), heads, capacity, head_dim), dtype=np_dtype)
         for i in range(layers)
         for name in onnx_past_names(i)
     }

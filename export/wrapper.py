@@ -4,7 +4,13 @@ transformers 5 passes the KV cache as a `Cache` object, which the ONNX exporter 
 trace as an input. `CacheFlatteningWrapper.forward` takes the past as flat tensors
 (`past_key_values.{i}.key/value`, [batch, heads, past_seq, head_dim]), builds a
 `DynamicCache` from them, runs the model and returns the logits plus the flat presents
-(`present.{i}.key/value`, [batch, heads, past_seq + seq, head_dim]).
+(`present.{i}.key/value`, [batch, heads, past_seq + seq, head_dim]) — kv_layout "concat".
+
+`SharedBufferWrapper` is the kv_layout "shared" interface (ORT_GQA attention, see
+ort_attention): past and present are buffers of one size [batch, heads, capacity,
+head_dim]; the first total_seq - seq positions hold the past, the graph writes this step's
+keys/values after them and returns the buffers, which ONNX Runtime updates in place when
+the caller binds each present to its past.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from fst.constants import (
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 
 LogitsMode = Literal["all", "last"]
+KVLayout = Literal["concat", "shared"]
 
 
 class UnsupportedModelError(ValueError):
@@ -59,19 +66,23 @@ def output_names(layers: int) -> list[str]:
     return [ONNX_LOGITS, *(name for i in range(layers) for name in onnx_present_names(i))]
 
 
-def dynamic_axes(layers: int, logits: LogitsMode) -> dict[str, dict[int, str]]:
-    """Named dynamic dimensions: batch, seq, past_seq and total_seq (= past_seq + seq)."""
+def dynamic_axes(
+    layers: int, logits: LogitsMode, kv_layout: KVLayout = "concat"
+) -> dict[str, dict[int, str]]:
+    """Named dynamic dimensions: batch, seq, past_seq and total_seq (= past_seq + seq);
+    with the shared layout past and present have the buffer's kv_capacity instead."""
     axes: dict[str, dict[int, str]] = {
         ONNX_INPUT_IDS: {0: "batch", 1: "seq"},
         ONNX_ATTENTION_MASK: {0: "batch", 1: "total_seq"},
         ONNX_POSITION_IDS: {0: "batch", 1: "seq"},
         ONNX_LOGITS: {0: "batch"} if logits == "last" else {0: "batch", 1: "seq"},
     }
+    shared = kv_layout == "shared"
     for i in range(layers):
         for name in onnx_past_names(i):
-            axes[name] = {0: "batch", 2: "past_seq"}
+            axes[name] = {0: "batch", 2: "kv_capacity" if shared else "past_seq"}
         for name in onnx_present_names(i):
-            axes[name] = {0: "batch", 2: "total_seq"}
+            axes[name] = {0: "batch", 2: "kv_capacity" if shared else "total_seq"}
     return axes
 
 
@@ -110,18 +121,57 @@ class CacheFlatteningWrapper(torch.nn.Module):
         return (out.logits, *presents)
 
 
-def dummy_inputs(config: PretrainedConfig, batch: int = 2, seq: int = 3, past: int = 4):
+class SharedBufferWrapper(CacheFlatteningWrapper):
+    """The same interface with kv_layout "shared"; the model must run ORT_GQA attention."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, S] int64
+        attention_mask: torch.Tensor,  # [B, T] int64, T = past + S, 0 = padding
+        position_ids: torch.Tensor,  # [B, S] int64
+        *buffers: torch.Tensor,  # 2 * layers tensors [B, H, C, D], C >= T
+    ) -> tuple[torch.Tensor, ...]:
+        from fst.export.ort_attention import SharedKV, shared_kv
+
+        steps = input_ids.shape[1]
+        padding = (1 - attention_mask[:, None, None, :]).to(torch.float32)
+        bias = (padding * torch.finfo(torch.float32).min).expand(-1, -1, steps, -1)
+        # The op's int32 seqlens_k (T - 1 per row: rows are left-padded to one length) and
+        # total_sequence_length, traced once here rather than once per layer.
+        seqlens = torch.ones_like(attention_mask).sum(1).to(torch.int32) - 1
+        total = seqlens[0] + 1
+        pairs = [(buffers[2 * i], buffers[2 * i + 1]) for i in range(self.layers)]
+        with shared_kv(SharedKV(pairs, seqlens, total, bias)) as state:
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=self.logits_to_keep,
+            )
+        presents = [t for i in range(self.layers) for t in state.presents[i]]
+        return (out.logits, *presents)
+
+
+def dummy_inputs(
+    config: PretrainedConfig,
+    batch: int = 2,
+    seq: int = 3,
+    past: int = 4,
+    kv_layout: KVLayout = "concat",
+):
     """Example inputs for tracing.
 
     The sizes are distinct and past > 1 on purpose: with past = 0 the tracer records
     `DynamicLayer.get_seq_length()`'s empty-cache branch as a constant, and the graph then
     decodes wrongly; with equal sizes it may tie dimensions together. The exported graph
-    still runs with past_seq = 0 (verified by the exporter and the tests).
+    still runs with past_seq = 0 (verified by the exporter and the tests). Shared buffers
+    get two spare positions (capacity > total_seq).
     """
     heads = int(config.num_attention_heads)
     head_dim = int(config.hidden_size) // heads
     input_ids = torch.randint(0, int(config.vocab_size), (batch, seq), dtype=torch.long)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
     position_ids = torch.arange(past, past + seq, dtype=torch.long).expand(batch, seq).clone()
-    pasts = [torch.zeros(batch, heads, past, head_dim) for _ in range(2 * num_layers(config))]
+    length = past + seq + 2 if kv_layout == "shared" else past
+    pasts = [torch.zeros(batch, heads, length, head_dim) for _ in range(2 * num_layers(config))]
     return (input_ids, attention_mask, position_ids, *pasts)

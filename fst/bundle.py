@@ -43,6 +43,13 @@ class GraphInfo(_Strict):
     logits: Literal["all", "last"] = Field(
         "all", description="'last': logits only for the last position ([batch, 1, vocab])"
     )
+    kv_layout: Literal["concat", "shared"] = Field(
+        "concat",
+        description=(
+            "'concat': past [B, H, past, D] -> present [B, H, past + seq, D]; 'shared': past "
+            "and present are one buffer [B, H, capacity, D] (bind both to the same value)"
+        ),
+    )
     inputs: list[str]
     outputs: list[str]
 

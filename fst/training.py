@@ -292,28 +292,48 @@ class SaveOnException(pl.Callback):
 
 
 class StopOnCtrlC(pl.Callback):
-    """Makes Ctrl+C stop training even when Python swallows its KeyboardInterrupt.
+    """Ctrl+C stops training cleanly: the main process alone handles it.
 
-    DataLoader workers are forked at every epoch and every validation. A SIGINT that lands
-    while Python runs an at-fork handler (logging's lock release, seen in the Ctrl+C test
-    about one run in ten) raises KeyboardInterrupt inside it; Python prints "Exception
-    ignored" and training went on forever. The handler installed here remembers the signal
-    and the next batch or epoch boundary raises KeyboardInterrupt again, which Lightning
-    handles as usual (SaveOnException writes interrupted.ckpt).
+    A terminal's Ctrl+C sends SIGINT to the whole process group, DataLoader workers
+    included. Two races made fst-train misbehave (the Ctrl+C test, about one run in ten):
+    - a worker forked at an epoch or validation start died of the KeyboardInterrupt before
+      reaching torch's handler (exit code 1), and the main process then failed with
+      "DataLoader worker exited unexpectedly" or a lost shared-memory batch instead of
+      saving interrupted.ckpt. So, during fit, forked children ignore SIGINT (set by an
+      at-fork hook, before any of their code runs); the main process shuts them down.
+    - in the main process the KeyboardInterrupt can land in an at-fork handler or a
+      `__del__`, where Python prints "Exception ignored" and carries on: training went on
+      forever. The handler installed here remembers the signal, and the next batch or
+      epoch boundary raises KeyboardInterrupt again, which Lightning handles as usual
+      (SaveOnException writes interrupted.ckpt).
     """
+
+    _fitting = False  # read by the at-fork hook (process-wide, like the signal handler)
+    _hook_installed = False
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if not StopOnCtrlC._hook_installed:
+            os.register_at_fork(after_in_child=StopOnCtrlC._after_fork_in_child)
+            StopOnCtrlC._hook_installed = True
+        StopOnCtrlC._fitting = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        StopOnCtrlC._fitting = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+    @staticmethod
+    def _after_fork_in_child() -> None:
+        if StopOnCtrlC._fitting:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _on_sigint(self, signum, frame) -> None:
         self.requested = True

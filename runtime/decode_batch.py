@@ -201,7 +201,8 @@ class DecodeBatch:
             for r, tag, ids in zip(requests, tags, prompt_ids, strict=True)
         ]
         self._feed_pending()
-        logits, cache = self._stepper.prefill(prompt_ids, self._pad_id)
+        reserve = max(r.params.max_new_tokens for r in requests)
+        logits, cache = self._stepper.prefill(prompt_ids, self._pad_id, reserve=reserve)
         source = np.array([i for i, rows in enumerate(per_request) for _ in rows])
         new_rows = [row for rows in per_request for row in rows]
         live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]

@@ -4,10 +4,18 @@ KV cache.
 The cache stays in ONNX Runtime's hands: each step's `present.*` outputs are bound (through
 IO binding, see `ort_io`) as the next step's `past_key_values.*` inputs, never copied.
 With the CUDA or TensorRT provider the cache stays on the GPU (UNTESTED: no GPU here).
-The graph concatenates past and new keys itself, so a step allocates its presents; ORT's
-arena recycles that memory. Only `combine` (behind `select` and `merge`: expanding a prompt
-to its samples, dropping finished rows, letting new prompts join a running batch) copies
-the cache, once per kept element.
+Two graph layouts (the manifest's graph.kv_layout):
+
+- "concat": the graph concatenates past and new keys, so every step allocates presents one
+  position longer and copies the whole past into them (ORT's arena recycles the memory).
+- "shared" (--optimize exports): each layer's past is a buffer [B, H, capacity, D] that is
+  also bound as its present; the graph writes only the new position, in place. Buffers are
+  numpy arrays (on the CPU) with room for `reserve` more tokens; a decode step that would
+  overflow moves the cache into buffers twice as long (amortised: one copy per doubling).
+
+Only `combine` (behind `select` and `merge`: expanding a prompt to its samples, dropping
+finished rows, letting new prompts join a running batch) and buffer growth copy the cache,
+once per kept element.
 
 Rows are left-padded: `attention_mask` marks the padding and each row keeps its own next
 position, so rows of different prompt lengths decode together.
@@ -37,6 +45,8 @@ from fst.runtime.ort_io import make_io
 ModelCallHook = Callable[[str, int, float, float], None]
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+# Room a shared-layout cache keeps for tokens to come when the caller gives no hint.
+DEFAULT_RESERVE = 64
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -44,7 +54,9 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 class KVCache:
     """The state of a batch between steps."""
 
-    presents: list[Any]  # 2 * layers ORT values [B, H, P, D], key then value per layer
+    # 2 * layers ORT values, key then value per layer: [B, H, P, D] ("concat" layout) or
+    # buffers [B, H, capacity, D] whose first P positions are the past ("shared" layout)
+    presents: list[Any]
     attention_mask: np.ndarray  # [B, P] int64, 0 = left padding
     next_positions: np.ndarray  # [B] int64, position id of each row's next token
     keep_alive: list[np.ndarray] = field(default_factory=list)  # numpy memory behind presents
@@ -56,6 +68,11 @@ class KVCache:
     @property
     def past_length(self) -> int:
         return self.attention_mask.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        """Positions the buffers hold ("shared"); equal to past_length with "concat"."""
+        return self.keep_alive[0].shape[2] if self.keep_alive else self.past_length
 
 
 class CausalLMStepper:
@@ -70,10 +87,17 @@ class CausalLMStepper:
         self.num_heads = arch.num_heads
         self.head_dim = arch.head_dim
         self.dtype = _NUMPY_DTYPES[manifest.graph.dtype]
+        self.shared = manifest.graph.kv_layout == "shared"
+        self.max_positions = arch.max_positions
         self._past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
         self._present_names = [n for i in range(self.num_layers) for n in onnx_present_names(i)]
         self._check_graph()
         gpu = session.get_providers()[0] in _GPU_PROVIDERS
+        if gpu and self.shared:
+            raise ValueError(
+                "this runtime keeps shared-layout KV buffers in host memory: run the bundle "
+                "on the CPU provider, or export without --optimize for CUDA / TensorRT"
+            )
         self.io = make_io(
             session, [ONNX_LOGITS], self._present_names, "cuda" if gpu else "cpu", public_io
         )
@@ -90,8 +114,13 @@ class CausalLMStepper:
         if missing:
             raise ValueError(f"the bundle's graph lacks inputs/outputs: {', '.join(missing)}")
 
-    def prefill(self, prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, KVCache]:
-        """Run left-padded prompts; returns the last position's logits [B, V] and the cache."""
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], pad_id: int, reserve: int = DEFAULT_RESERVE
+    ) -> tuple[np.ndarray, KVCache]:
+        """Run left-padded prompts; returns the last position's logits [B, V] and the cache.
+
+        `reserve`: tokens the caller expects to decode (a shared-layout cache makes room
+        for them up front; more still fit, by growing)."""
         batch, length = len(prompts), max(len(p) for p in prompts)
         input_ids = np.full((batch, length), pad_id, dtype=np.int64)
         mask = np.zeros((batch, length), dtype=np.int64)
@@ -100,6 +129,12 @@ class CausalLMStepper:
             mask[row, length - len(ids) :] = 1
         # HF's convention: positions count real tokens only; padding gets a dummy position.
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        if self.shared:
+            buffers = self._buffers(batch, self._capacity(length, reserve))
+            cache = KVCache([self.io.from_numpy(b) for b in buffers], mask, mask.sum(axis=1))
+            cache.keep_alive = buffers
+            logits = self._run_shared("prefill", cache, input_ids, mask, positions)
+            return logits, cache
         empty = np.zeros((batch, self.num_heads, 0, self.head_dim), dtype=self.dtype)
         inputs = dict.fromkeys(self._past_names, empty)
         logits, presents = self._run("prefill", inputs, {}, input_ids, mask, positions)
@@ -110,6 +145,19 @@ class CausalLMStepper:
         batch = cache.batch_size
         mask = np.ones((batch, cache.past_length + 1), dtype=np.int64)
         mask[:, :-1] = cache.attention_mask
+        if self.shared:
+            if cache.past_length + 1 > cache.capacity:
+                self._grow(cache, cache.past_length + 1)
+            logits = self._run_shared(
+                "decode",
+                cache,
+                tokens.reshape(batch, 1),
+                mask,
+                cache.next_positions.reshape(batch, 1),
+            )
+            cache.attention_mask = mask
+            cache.next_positions = cache.next_positions + 1
+            return logits
         pasts = dict(zip(self._past_names, cache.presents, strict=True))
         logits, cache.presents = self._run(
             "decode",
@@ -123,6 +171,21 @@ class CausalLMStepper:
         cache.next_positions = cache.next_positions + 1
         return logits
 
+    def _run_shared(
+        self,
+        kind: str,
+        cache: KVCache,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+    ) -> np.ndarray:
+        """One run that writes this step's keys/values into the cache's buffers."""
+        pasts = dict(zip(self._past_names, cache.presents, strict=True))
+        logits, _ = self._run(
+            kind, {}, pasts, input_ids, attention_mask, position_ids, into=cache.presents
+        )
+        return logits
+
     def _run(
         self,
         kind: str,
@@ -131,18 +194,39 @@ class CausalLMStepper:
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
+        into: Sequence[Any] | None = None,
     ) -> tuple[np.ndarray, list[Any]]:
         hook = self.on_model_call
         start = time.perf_counter() if hook else 0.0
         arrays[ONNX_INPUT_IDS] = input_ids
         arrays[ONNX_ATTENTION_MASK] = attention_mask
         arrays[ONNX_POSITION_IDS] = position_ids
-        outputs = self.io.run(arrays, pasts)
+        outputs = self.io.run(arrays, pasts, into)
         logits = self.io.to_numpy(outputs[0])[:, -1, :]  # [B, S or 1, V] -> last position
         logits = np.ascontiguousarray(logits, dtype=np.float32)
         if hook:
             hook(kind, input_ids.shape[0], start, time.perf_counter())
         return logits, outputs[1:]
+
+    # ---- shared-layout buffers ----------------------------------------------------------------
+
+    def _capacity(self, needed: int, reserve: int) -> int:
+        """Buffer length for `needed` positions and `reserve` more, within max_positions."""
+        return max(needed, min(needed + max(reserve, 1), self.max_positions))
+
+    def _buffers(self, batch: int, capacity: int) -> list[np.ndarray]:
+        # Uninitialised: the graph reads only positions it has written (< total length).
+        shape = (batch, self.num_heads, capacity, self.head_dim)
+        return [np.empty(shape, dtype=self.dtype) for _ in self._past_names]
+
+    def _grow(self, cache: KVCache, needed: int) -> None:
+        """Move `cache` into buffers about twice as long (its past copied once)."""
+        past = cache.past_length
+        buffers = self._buffers(cache.batch_size, self._capacity(needed, cache.capacity))
+        for old, new in zip(cache.keep_alive, buffers, strict=True):
+            new[:, :, :past] = old[:, :, :past]
+        cache.presents = [self.io.from_numpy(b) for b in buffers]
+        cache.keep_alive = buffers
 
     # ---- row selection: the only places the cache is copied --------------------------------
 
@@ -186,15 +270,21 @@ class CausalLMStepper:
         offsets = np.cumsum([0] + [m.shape[0] for m in masks])
         for m, offset in zip(masks, offsets, strict=False):
             mask[offset : offset + m.shape[0], past - m.shape[1] :] = m
+        # A shared-layout result keeps the most room any part had left.
+        room = max(cache.capacity - cache.past_length for cache, _ in chosen)
+        capacity = self._capacity(past, room) if self.shared else past
         arrays = []
         for layer in range(len(chosen[0][0].presents)):
-            sources = [self.io.to_numpy(cache.presents[layer]) for cache, _ in chosen]
+            sources = [
+                self.io.to_numpy(cache.presents[layer])[:, :, : cache.past_length]
+                for cache, _ in chosen
+            ]
             heads, dim = sources[0].shape[1], sources[0].shape[3]
-            out = np.empty((total, heads, past, dim), dtype=sources[0].dtype)
+            out = np.empty((total, heads, capacity, dim), dtype=sources[0].dtype)
             for source, (_, rows), start, offset in zip(
                 sources, chosen, starts, offsets, strict=False
             ):
-                _copy_rows(out[offset : offset + rows.size], source[:, :, start:], rows)
+                _copy_rows(out[offset : offset + rows.size, :, :past], source[:, :, start:], rows)
             arrays.append(out)
         next_positions = np.concatenate([cache.next_positions[rows] for cache, rows in chosen])
         presents = [self.io.from_numpy(a) for a in arrays]

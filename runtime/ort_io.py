@@ -39,11 +39,18 @@ class PublicIO:
         self.cache_outputs = list(cache_outputs)
         self.cache_device = cache_device
 
-    def run(self, arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]) -> list[Any]:
+    def run(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        values: Mapping[str, Any],
+        into: Sequence[Any] | None = None,
+    ) -> list[Any]:
         """Run once; `arrays` are numpy inputs, `values` cache values from earlier runs.
 
         Returns the outputs in order: `cpu_outputs` (on the CPU), then `cache_outputs`
-        (on the cache device). The numpy inputs must stay referenced until it returns.
+        (on the cache device, or written into the values `into`, one per cache output:
+        the shared KV layout binds each present to its past buffer). The numpy inputs
+        must stay referenced until it returns.
         """
         binding = self.session.io_binding()
         for name, array in arrays.items():
@@ -52,8 +59,12 @@ class PublicIO:
             binding.bind_ortvalue_input(name, value)
         for name in self.cpu_outputs:
             binding.bind_output(name, "cpu")
-        for name in self.cache_outputs:
-            binding.bind_output(name, self.cache_device)
+        if into is not None:
+            for name, value in zip(self.cache_outputs, into, strict=True):
+                binding.bind_ortvalue_output(name, value)
+        else:
+            for name in self.cache_outputs:
+                binding.bind_output(name, self.cache_device)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
 
@@ -92,8 +103,14 @@ class FastIO(PublicIO):
         self._lock = threading.Lock()
         self._binding.clear_binding_inputs  # noqa: B018
         self._binding.clear_binding_outputs  # noqa: B018
+        self._binding.bind_ortvalue_output  # noqa: B018
 
-    def run(self, arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]) -> list[Any]:
+    def run(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        values: Mapping[str, Any],
+        into: Sequence[Any] | None = None,
+    ) -> list[Any]:
         with self._lock:
             binding = self._binding
             try:
@@ -103,8 +120,12 @@ class FastIO(PublicIO):
                     binding.bind_ortvalue_input(name, value)
                 for name in self.cpu_outputs:
                     binding.bind_output(name, self._cpu)
-                for name in self.cache_outputs:
-                    binding.bind_output(name, self._cache)
+                if into is not None:
+                    for name, value in zip(self.cache_outputs, into, strict=True):
+                        binding.bind_ortvalue_output(name, value)
+                else:
+                    for name in self.cache_outputs:
+                        binding.bind_output(name, self._cache)
                 self._c_session.run_with_iobinding(binding, None)
                 outputs = binding.get_outputs()
                 return [outputs[i] for i in range(len(outputs))]

@@ -150,6 +150,20 @@ def tiny_plain_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_shared_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    """tiny_plain_bundle exported with --optimize: kv_layout "shared" (GroupQueryAttention
+    writing each step's keys/values into preallocated buffers)."""
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_shared_bundle") / "bundle"
+    manifest = export_bundle(
+        output, model_path=str(tiny_hf_model_dir), optimize=True, progress=False
+    )
+    assert manifest.graph.kv_layout == "shared"
+    return output
+
+
+@pytest.fixture(scope="session")
 def tiny_document_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     """A document-format fp32 bundle (logits of the last position) exported from
     tiny_checkpoint: [START_OF_DOCUMENT] / [END_OF_META] ids in its manifest."""

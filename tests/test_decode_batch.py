@@ -3,8 +3,6 @@ under it, and the public-API fallback of the ONNX Runtime binding."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -25,9 +23,11 @@ SEEDED = GenerationParams(
 )
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_plain_bundle: Path) -> Generator:
-    return Generator.from_bundle(tiny_plain_bundle, threads=1)
+@pytest.fixture(scope="module", params=["concat", "shared"])
+def generator(request) -> Generator:
+    """Each test runs on both KV layouts (plain export, and --optimize's shared buffers)."""
+    bundle = {"concat": "tiny_plain_bundle", "shared": "tiny_shared_bundle"}[request.param]
+    return Generator.from_bundle(request.getfixturevalue(bundle), threads=1)
 
 
 def alone(generator: Generator, prompt: str, params: GenerationParams) -> list[list[int]]:
@@ -130,9 +130,10 @@ def test_merge_pads_both_caches_on_the_left(generator: Generator) -> None:
     ]
     assert merged.next_positions.tolist() == [2, 2, 6, 2]
     for layer, value in enumerate(merged.presents):
-        got = stepper.io.to_numpy(value)
-        ran = stepper.io.to_numpy(running.presents[layer])
-        fresh = stepper.io.to_numpy(new.presents[layer])
+        # Shared-layout buffers are longer than the past: compare the past positions.
+        got = stepper.io.to_numpy(value)[:, :, :6]
+        ran = stepper.io.to_numpy(running.presents[layer])[:, :, : running.past_length]
+        fresh = stepper.io.to_numpy(new.presents[layer])[:, :, : new.past_length]
         assert np.array_equal(got[0, :, 4:], ran[1, :, 2:])
         assert not got[0, :, :4].any()  # the added padding is zeros, never garbage
         assert np.array_equal(got[1], fresh[1]) and np.array_equal(got[3], fresh[1])
@@ -191,3 +192,26 @@ def test_the_reused_binding_keeps_no_cache_alive(generator: Generator) -> None:
     assert isinstance(io, FastIO)
     generator.generate("Hello", GREEDY.with_overrides(max_new_tokens=3))
     assert len(io._binding.get_outputs()) == 0
+
+
+def test_shared_buffers_are_written_in_place_and_grow_when_full(tiny_shared_bundle) -> None:
+    generator = Generator.from_bundle(tiny_shared_bundle, threads=1)
+    stepper, pad = generator._stepper, generator.tokenizer.pad_token_id
+    assert stepper.shared
+    prompts = [[5, 6, 7], [8]]
+    _, roomy = stepper.prefill(prompts, pad, reserve=32)
+    _, tight = stepper.prefill(prompts, pad, reserve=1)
+    assert (roomy.capacity, tight.capacity) == (35, 4)
+    assert stepper.prefill(prompts, pad, reserve=1000)[1].capacity == 128  # max_positions
+    buffer = roomy.keep_alive[0]
+    tokens = np.array([9, 10])
+    capacities = []
+    for _ in range(12):
+        logits = stepper.decode(roomy, tokens)
+        np.testing.assert_allclose(stepper.decode(tight, tokens), logits, atol=1e-5)
+        capacities.append(tight.capacity)
+        tokens = logits.argmax(-1)
+    assert roomy.keep_alive[0] is buffer  # never reallocated: each step wrote in place
+    assert sorted(set(capacities)) == [4, 9, 19]  # when full: needed + old capacity
+    past = roomy.past_length
+    np.testing.assert_allclose(tight.keep_alive[0][:, :, :past], buffer[:, :, :past], atol=1e-6)

@@ -48,10 +48,12 @@ def hf_model(folder: Path):
 
 
 def run(session, manifest: BundleManifest, ids, mask, past=None):
-    """One ONNX step; past=None means an empty past (past_seq = 0)."""
+    """One ONNX step; past=None means an empty past (past_seq = 0; with the shared KV
+    layout, empty buffers with room for 16 more tokens)."""
     arch = manifest.architecture
     if past is None:
-        shape = (ids.shape[0], arch.num_heads, 0, arch.head_dim)
+        capacity = mask.shape[1] + 16 if manifest.graph.kv_layout == "shared" else 0
+        shape = (ids.shape[0], arch.num_heads, capacity, arch.head_dim)
         past = {
             name: np.zeros(shape, dtype=manifest.graph.dtype)
             for i in range(arch.num_layers)
@@ -306,21 +308,57 @@ def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_b
     assert list(transpose.input) == ["model.transformer.wte.weight_quantized"]
 
 
-def test_optimize_traces_attention_as_fused_multihead_attention(tmp_path, tiny_hf_model_dir):
+def test_optimize_traces_attention_into_a_shared_kv_buffer(tmp_path, tiny_hf_model_dir):
     output = tmp_path / "optimized"
     manifest = export_bundle(
         output, model_path=str(tiny_hf_model_dir), optimize=True, progress=False
     )
     assert manifest.graph.optimized and manifest.parity.passed
+    assert manifest.graph.kv_layout == "shared"
     assert manifest.parity.max_abs_diff < 1e-4
-    ops = [n.op_type for n in onnx.load(str(output / BUNDLE_MODEL)).graph.node]
-    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops  # one per layer
+    model = onnx.load(str(output / BUNDLE_MODEL))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops  # one per layer
+    assert "Concat" not in [n.op_type for n in model.graph.node if "attn" in n.name]
+    # Past and present have the buffer's length (one dynamic dimension for both).
+    values = {v.name: v for v in [*model.graph.input, *model.graph.output]}
+    dims = [
+        values[n].type.tensor_type.shape.dim[2].dim_param
+        for n in ("past_key_values.1.value", "present.1.value")
+    ]
+    assert dims == ["kv_capacity", "kv_capacity"]
     # Static shapes (export/simplify.py): no per-layer shape arithmetic, no Gemm sandwich;
-    # what Shape nodes remain build the attention mask once per step.
+    # what Shape nodes remain build the attention bias once per step.
     assert "Gemm" not in ops and ops.count("Shape") <= 6, collections.Counter(ops)
-    # Left-padded batch, prefill then decode: the same greedy tokens as Hugging Face.
+    # Left-padded batch, prefill then decode (buffers fed back): HF's greedy tokens.
     expected = hf_greedy(tiny_hf_model_dir, PROMPTS, steps=8)
     np.testing.assert_array_equal(ort_greedy(output, PROMPTS, steps=8, pad_id=50256), expected)
+
+
+def test_optimize_keeps_multihead_attention_when_heads_are_not_a_multiple_of_8(
+    tmp_path, gpt2_bpe_dir
+):
+    """GroupQueryAttention's CPU kernel wants head_dim % 8 == 0: 4-wide heads keep the
+    fused MultiHeadAttention with a Concat cache."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder = tmp_path / "hf"
+    tokenizer = GPT2TokenizerFast(
+        vocab=str(gpt2_bpe_dir / "vocab.json"), merges=str(gpt2_bpe_dir / "merges.txt")
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_head=8, n_embd=32, n_positions=64, vocab_size=len(tokenizer))
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    manifest = export_bundle(tmp_path / "b", model_path=str(folder), optimize=True, progress=False)
+    assert manifest.graph.kv_layout == "concat" and manifest.parity.passed
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / BUNDLE_MODEL)).graph.node]
+    assert ops.count("MultiHeadAttention") == 1 and "GroupQueryAttention" not in ops
+    expected = hf_greedy(folder, PROMPTS, steps=6)
+    np.testing.assert_array_equal(
+        ort_greedy(tmp_path / "b", PROMPTS, steps=6, pad_id=50256), expected
+    )
 
 
 def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_model_dir):

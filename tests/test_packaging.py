@@ -13,8 +13,18 @@ MAPPED = ("fst/export/", "fst/runtime/", "fst/serving/", "fst/serving/telegram/"
 
 def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
         check=True,
         capture_output=True,
     )
@@ -23,9 +33,11 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
     for prefix in MAPPED:
         assert f"{prefix}__init__.py" in names, f"{prefix} missing from the wheel"
     assert not any(n.startswith(("export/", "runtime/", "serving/", "tests/")) for n in names)
-    entry_points = zipfile.ZipFile(wheel).read(
-        next(n for n in names if n.endswith("entry_points.txt"))
-    ).decode()
+    entry_points = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in names if n.endswith("entry_points.txt")))
+        .decode()
+    )
     for script in ("fst-train", "fst-export", "fst-generate", "fst-serve", "fst-telegram"):
         assert script in entry_points
 
@@ -37,8 +49,11 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
         f"assert fst.runtime.__file__.startswith({str(unpacked)!r}), fst.runtime.__file__;"
         f"assert fst.export.__file__.startswith({str(unpacked)!r}), fst.export.__file__"
     )
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(unpacked)!r}); {code}"],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(unpacked)!r}); {code}"],
+        check=True,
+        cwd=tmp_path,
+    )
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:

@@ -33,18 +33,24 @@ def eos_model_dir(tmp_path_factory, tiny_hf_model_dir) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def eos_generator(tmp_path_factory, eos_model_dir) -> Generator:
+@pytest.fixture(scope="module", params=["concat", "shared"])
+def eos_generator(request, tmp_path_factory, eos_model_dir) -> Generator:
+    """Both KV layouts: a plain export and an --optimize one (shared buffers)."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("eos_bundle") / "bundle"
-    export_bundle(output, model_path=str(eos_model_dir), progress=False)
+    optimize = request.param == "shared"
+    manifest = export_bundle(
+        output, model_path=str(eos_model_dir), optimize=optimize, progress=False
+    )
+    assert manifest.graph.kv_layout == request.param
     return Generator.from_bundle(output, threads=1)
 
 
-@pytest.fixture(scope="module")
-def plain_generator(tiny_plain_bundle) -> Generator:
-    return Generator.from_bundle(tiny_plain_bundle, threads=1)
+@pytest.fixture(scope="module", params=["concat", "shared"])
+def plain_generator(request) -> Generator:
+    bundle = {"concat": "tiny_plain_bundle", "shared": "tiny_shared_bundle"}[request.param]
+    return Generator.from_bundle(request.getfixturevalue(bundle), threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -530,9 +530,18 @@ def test_ctrl_c_swallowed_by_python_still_stops_training():
             guard.on_train_batch_start(None, None, None, 1)
         with pytest.raises(KeyboardInterrupt):
             guard.on_validation_start(None, None)
+        # A child forked during fit (a DataLoader worker) leaves Ctrl+C to this process.
+        child = os.fork()
+        if child == 0:
+            os._exit(0 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 1)
+        assert os.waitpid(child, 0)[1] == 0
     finally:
         guard.teardown(None, None, "fit")
     assert signal.getsignal(signal.SIGINT) is before
+    child = os.fork()  # after fit, children are left alone
+    if child == 0:
+        os._exit(0 if signal.getsignal(signal.SIGINT) is before else 1)
+    assert os.waitpid(child, 0)[1] == 0
 
 
 @pytest.mark.slow
