@@ -11,6 +11,10 @@ inference) the rewrites are exact:
   a single unknown gets a constant shape (0 = copy that dim, -1 = the unknown one);
 - Reshape → Gemm → Reshape around a [.., K] tensor becomes MatMul (+ Add for the bias) on the
   unflattened tensor, which ONNX Runtime's fusions then merge into SkipLayerNormalization;
+- Reshape → Reshape collapses into one, and a Reshape whose output has its input's dims
+  goes (the split-heads / merge-heads views around a fused attention);
+- GroupQueryAttention reading the three outputs of one Split of the QKV projection reads
+  the projection itself (the op's packed-QKV input): no Split, no copies;
 - nodes whose outputs nobody reads any more are dropped.
 
 Every rewrite keeps standard ONNX operators; the exporter's parity check against PyTorch
@@ -37,15 +41,28 @@ def simplify_shapes(model: onnx.ModelProto) -> dict[str, int]:
     before = len(model.graph.node)
     gemms = _gemm_sandwiches_to_matmul(OnnxModel(model), dims)
     reshapes = _constant_reshape_shapes(model, dims)
-    # Dead shape arithmetic (and the initializers only it read) goes; inputs stay.
-    pruned = OnnxModel(model)
-    pruned.prune_graph(allow_remove_graph_inputs=False)
-    pruned.update_graph()
+    _prune(model)  # the shape arithmetic of those reshapes still reads their inputs
+    collapsed = _collapse_reshape_chains(OnnxModel(model), dims)
+    identities = _remove_identity_reshapes(OnnxModel(model), dims)
+    _prune(model)  # bypassed reshapes still read the Split outputs: drop them first
+    packed = _pack_qkv(OnnxModel(model))
+    _prune(model)
     return {
         "gemm_to_matmul": gemms,
         "constant_reshapes": reshapes,
+        "reshapes_removed": collapsed + identities,
+        "packed_qkv": packed,
         "nodes_removed": before - len(model.graph.node),
     }
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    """Drop nodes (and initializers) nobody reads any more; graph inputs stay."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    pruned = OnnxModel(model)
+    pruned.prune_graph(allow_remove_graph_inputs=False)
+    pruned.update_graph()
 
 
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
@@ -135,6 +152,89 @@ def _gemm_sandwiches_to_matmul(onnx_model, dims: dict[str, list[Dim]]) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
     return rewritten
+
+
+def _collapse_reshape_chains(onnx_model, dims: dict[str, list[Dim]]) -> int:
+    """Reshape(Reshape(x)) → Reshape(x) when the inner one feeds nothing else."""
+    graph = onnx_model.model.graph
+    producers = onnx_model.output_name_to_node()
+    consumers = onnx_model.input_name_to_nodes()
+    graph_outputs = {o.name for o in graph.output}
+    collapsed = 0
+    for outer in graph.node:
+        inner = producers.get(outer.input[0]) if outer.op_type == "Reshape" else None
+        if inner is None or inner.op_type != "Reshape" or inner.output[0] in graph_outputs:
+            continue
+        if len(consumers.get(inner.output[0], [])) != 1:
+            continue
+        # The outer target may copy dims (0) of its input: recompute it for the new input.
+        shape = _static_shape(dims.get(inner.input[0]), dims.get(outer.output[0]))
+        if shape is None:
+            continue
+        name = f"{outer.name or outer.output[0]}_collapsed_shape"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), name))
+        outer.input[0], outer.input[1] = inner.input[0], name
+        producers[outer.output[0]] = outer
+        collapsed += 1
+    return collapsed
+
+
+def _remove_identity_reshapes(onnx_model, dims: dict[str, list[Dim]]) -> int:
+    """Readers of a Reshape whose output dims equal its input's read the input instead."""
+    graph = onnx_model.model.graph
+    graph_outputs = {o.name for o in graph.output}
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.output[0] in graph_outputs:
+            continue
+        source, out = dims.get(node.input[0]), dims.get(node.output[0])
+        if source and out and len(source) == len(out) and _same_dims(source, out):
+            renames[node.output[0]] = node.input[0]
+    for name in list(renames):  # chains: follow to the first non-removed tensor
+        while renames[name] in renames:
+            renames[name] = renames[renames[name]]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    return len(renames)
+
+
+def _pack_qkv(onnx_model) -> int:
+    """GroupQueryAttention(Split(qkv) → q, k, v) → GroupQueryAttention(qkv, "", "")."""
+    graph = onnx_model.model.graph
+    producers = onnx_model.output_name_to_node()
+    consumers = onnx_model.input_name_to_nodes()
+    packed = 0
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention" or len(node.input) < 3:
+            continue
+        split = producers.get(node.input[0])
+        if split is None or split.op_type != "Split" or list(split.output) != list(node.input[:3]):
+            continue
+        if _attributes(split).get("axis", 0) not in (-1, 2) or len(split.output) != 3:
+            continue
+        if any(len(consumers.get(out, [])) != 1 for out in split.output):
+            continue
+        if not _equal_split(split, onnx_model):
+            continue
+        node.input[0], node.input[1], node.input[2] = split.input[0], "", ""
+        packed += 1
+    return packed
+
+
+def _equal_split(split: onnx.NodeProto, onnx_model) -> bool:
+    """Three equal parts (no sizes given, or equal sizes as attribute or constant input)."""
+    sizes = _attributes(split).get("split")
+    if sizes is None and len(split.input) > 1 and split.input[1]:
+        tensor = onnx_model.get_initializer(split.input[1])
+        if tensor is None:
+            constant = onnx_model.output_name_to_node().get(split.input[1])
+            if constant is None or constant.op_type != "Constant":
+                return False
+            tensor = _attributes(constant)["value"]
+        sizes = numpy_helper.to_array(tensor).tolist()
+    return sizes is None or len(set(sizes)) == 1
 
 
 def _attributes(node: onnx.NodeProto) -> dict:

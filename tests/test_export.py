@@ -319,7 +319,11 @@ def test_optimize_traces_attention_into_a_shared_kv_buffer(tmp_path, tiny_hf_mod
     model = onnx.load(str(output / BUNDLE_MODEL))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops  # one per layer
-    assert "Concat" not in [n.op_type for n in model.graph.node if "attn" in n.name]
+    attention = [n for n in model.graph.node if "attn" in n.name]
+    # No cache Concat; q/k/v as the op's packed input, straight from the QKV projection
+    # (no Split, no split-heads / merge-heads reshapes).
+    assert not {"Concat", "Split", "Reshape"} & {n.op_type for n in attention}
+    assert all(n.input[1:3] == ["", ""] for n in attention if n.op_type == "GroupQueryAttention")
     # Past and present have the buffer's length (one dynamic dimension for both).
     values = {v.name: v for v in [*model.graph.input, *model.graph.output]}
     dims = [

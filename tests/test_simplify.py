@@ -86,3 +86,51 @@ def test_simplify_removes_shape_arithmetic_and_keeps_outputs():
     # Still dynamic: another batch and length give the same result as the traced graph.
     other = np.random.default_rng(2).standard_normal((1, 9, 8)).astype(np.float32)
     np.testing.assert_allclose(run(model, other), run(traced_like_graph(), other), atol=1e-6)
+
+
+def heads_round_trip_graph() -> onnx.ModelProto:
+    """x [b, s, 8] → split heads [b, s, 2, 4] → merge heads [b, s, 8] → + bias, and the
+    split heads viewed again as [b, s, 4, 2] (a chain that is not an identity)."""
+    shapes = {
+        "heads": np.array([0, 0, 2, 4], np.int64),
+        "merged": np.array([0, 0, 8], np.int64),
+        "other": np.array([0, 0, 4, 2], np.int64),
+    }
+    bias = np.arange(8, dtype=np.float32)
+    inits = [numpy_helper.from_array(v, f"{k}_shape") for k, v in shapes.items()]
+    inits.append(numpy_helper.from_array(bias, "bias"))
+    n = helper.make_node
+    nodes = [
+        n("Reshape", ["x", "heads_shape"], ["heads"]),
+        n("Reshape", ["heads", "merged_shape"], ["merged"]),
+        n("Add", ["merged", "bias"], ["y"]),
+        n("Reshape", ["x", "heads_shape"], ["heads2"]),
+        n("Reshape", ["heads2", "other_shape"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "heads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 8]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", "s", 4, 2]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_reshape_chains_collapse_and_identity_reshapes_go():
+    model = heads_round_trip_graph()
+    x = np.random.default_rng(3).standard_normal((2, 5, 8)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})
+    simplify_shapes(model)
+    onnx.checker.check_model(model)
+    by_output = {node.output[0]: node for node in model.graph.node}
+    assert by_output["y"].op_type == "Add" and by_output["y"].input[0] == "x"  # no Reshape
+    assert by_output["z"].op_type == "Reshape" and by_output["z"].input[0] == "x"  # one left
+    assert [node.op_type for node in model.graph.node].count("Reshape") == 1
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, want in zip(session.run(None, {"x": x}), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
