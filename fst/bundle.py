@@ -50,6 +50,9 @@ class GraphInfo(_Strict):
             "and present are one buffer [B, H, capacity, D] (bind both to the same value)"
         ),
     )
+    int8_weights: Literal["QInt8", "QUInt8"] | None = Field(
+        None, description="int8 bundles: the weight type kept (see fst.export.exporter)"
+    )
     inputs: list[str]
     outputs: list[str]
 

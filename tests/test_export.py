@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fst.bundle import BundleManifest, sha256_file
+from fst.bundle import BundleManifest, ParityReport, sha256_file
 from fst.constants import BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER, onnx_past_names
 from fst.export import cli
 from fst.export.exporter import ExportError, export_bundle
@@ -294,6 +294,7 @@ def int8_bundle(tmp_path_factory, tiny_hf_model_dir, tiny_plain_bundle) -> Path:
 def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_bundle):
     manifest = BundleManifest.load(int8_bundle)
     assert manifest.graph.variant == "int8" and manifest.graph.dtype == "float32"
+    assert manifest.graph.int8_weights in ("QInt8", "QUInt8")
     parity = manifest.parity
     assert parity.tolerance is None and parity.passed
     assert 0 < parity.max_abs_diff < 1.0 and parity.top1_agreement >= 0.8
@@ -507,6 +508,24 @@ def test_existing_output_needs_force(tmp_path, tiny_hf_model_dir, tiny_plain_bun
     cli_fails(args, capsys)
     assert BundleManifest.load(output) == BundleManifest.load(tiny_plain_bundle)
     assert no_temp_dirs(tmp_path)
+
+
+def test_int8_keeps_qint8_weights_unless_clearly_less_accurate():
+    from fst.export.exporter import choose_int8_weights
+
+    def report(diff: float, passed: bool = True) -> ParityReport:
+        return ParityReport(
+            max_abs_diff=diff,
+            logit_scale=3.0,
+            tolerance=None,
+            top1_agreement=1.0 if passed else 0.5,
+            checked_positions=14,
+            passed=passed,
+        )
+
+    assert choose_int8_weights(report(0.12), report(0.11)) == "QInt8"  # as accurate: faster
+    assert choose_int8_weights(report(0.43), report(0.08)) == "QUInt8"  # saturated
+    assert choose_int8_weights(report(0.05, passed=False), report(0.08)) == "QUInt8"
 
 
 def test_force_replaces_an_existing_bundle(int8_bundle):
