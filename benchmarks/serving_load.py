@@ -48,19 +48,21 @@ READY_TIMEOUT_S = 600
 # --- preparation ----------------------------------------------------------------------------
 
 
-def prepare_bundle(model: str, cache: Path, rebuild: bool) -> Path:
+def prepare_bundle(model: str, cache: Path, rebuild: bool, optimize: bool = True) -> Path:
     """The cached fp32 bundle of `model`, built and exported on first use."""
     from latency import build_hf_folder  # torch is imported only when building
 
     from fst.bundle import BundleManifest
 
-    folder = cache / model / "bundle-serving"
-    if rebuild or not (folder / "fst_bundle.json").is_file():
+    folder = cache / model / ("bundle-serving" if optimize else "bundle-serving-plain")
+    manifest = folder / "fst_bundle.json"
+    stale = manifest.is_file() and BundleManifest.load(folder).graph.optimized != optimize
+    if rebuild or stale or not manifest.is_file():
         hf = build_hf_folder(model, cache, DEFAULT_BPE)
         from fst.export.exporter import export_bundle
 
-        log.info("exporting %s to %s", model, folder)
-        export_bundle(folder, model_path=str(hf), force=True, progress=False)
+        log.info("exporting %s to %s (optimize=%s)", model, folder, optimize)
+        export_bundle(folder, model_path=str(hf), optimize=optimize, force=True, progress=False)
     BundleManifest.load(folder)  # fails loudly on a broken bundle
     return folder
 
@@ -234,7 +236,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# fst-serve load test",
         "",
-        f"Model: {s['model']} ({report['bundle']['num_layers']} layers, random weights), "
+        f"Model: {s['model']} ({report['bundle']['num_layers']} layers, random weights), fp32 "
+        f"bundle exported {'with' if s.get('optimize') else 'without'} --optimize, "
         f"{s['max_tokens']} generated tokens per request (ignore_eos, temperature 0.8), "
         f"prompts of {s['prompt_chars']} characters; server max batch {s['max_batch_size']} "
         "sequences; closed-loop clients. 'mean batch': sequences per decoding step "
@@ -281,6 +284,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="outside the repo")
     parser.add_argument("--rebuild", action="store_true", help="re-export the bundle")
+    parser.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve an --optimize export (shared KV buffers; --no-optimize: the plain graph)",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
         "--requests", type=int, default=None, help="requests per level (default 4 + 2 × c)"
@@ -350,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
-    bundle = prepare_bundle(args.model, args.cache, args.rebuild)
+    bundle = prepare_bundle(args.model, args.cache, args.rebuild, args.optimize)
     modes = {mode: run_mode(bundle, mode, args) for mode in args.batching}
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -362,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_size": args.max_batch_size,
             "threads": args.threads,
             "concurrency": args.concurrency,
+            "optimize": args.optimize,
         },
         "bundle": next(iter(modes.values()))["bundle"],
         "modes": modes,
