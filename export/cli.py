@@ -39,8 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--optimize",
         action="store_true",
-        help="ONNX Runtime fused operators (MultiHeadAttention, layer norm, GELU); "
+        help="static shapes and ONNX Runtime fused operators (attention, layer norm, GELU); "
         "the graph then needs onnxruntime's com.microsoft ops",
+    )
+    parser.add_argument(
+        "--kv_layout",
+        choices=["auto", "shared", "concat"],
+        default="auto",
+        help="with --optimize: 'shared' = one preallocated KV buffer per layer written in "
+        "place (GroupQueryAttention; CPU runtime; head size a multiple of 8), 'concat' = "
+        "past and new keys concatenated every step (MultiHeadAttention; use it for "
+        "CUDA/TensorRT), 'auto' = shared when possible (not fp16)",
     )
     parser.add_argument(
         "--quantize", choices=["int8"], help="dynamic int8 quantization (CPU inference)"
@@ -99,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             opset=args.opset,
             force=args.force,
             logits=args.logits,
+            kv_layout=args.kv_layout,
             progress=not args.quiet,
         )
     except ExportError as e:

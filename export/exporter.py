@@ -68,11 +68,16 @@ def export_bundle(
     opset: int = 17,
     force: bool = False,
     logits: Literal["all", "last"] = DEFAULT_LOGITS,
+    kv_layout: Literal["auto", "shared", "concat"] = "auto",
     progress: bool = True,
 ) -> BundleManifest:
     """Export `ckpt` or `model_path` to a bundle folder at `output`; returns its manifest."""
     output = Path(output).expanduser().absolute()
     variant = _check_options(quantize, fp16, opset, logits)
+    if kv_layout not in ("auto", "shared", "concat"):
+        raise ExportError(f"--kv_layout must be auto, shared or concat, got {kv_layout!r}")
+    if kv_layout == "shared" and not optimize:
+        raise ExportError("--kv_layout shared needs --optimize (it is a fused-attention graph)")
     try:
         bundle_writer.check_output(output, force)
     except bundle_writer.OutputExistsError as e:
@@ -87,7 +92,9 @@ def export_bundle(
                 raise ExportError(str(e)) from e
         try:
             with bundle_writer.staging_folder(output, force) as tmp:
-                graph, parity = _build(tmp, source, stages, variant, optimize, opset, logits)
+                graph, parity = _build(
+                    tmp, source, stages, variant, optimize, opset, logits, kv_layout
+                )
                 manifest = _manifest(tmp, source, graph, parity)
                 manifest.save(tmp)
         except bundle_writer.OutputExistsError as e:
@@ -116,11 +123,12 @@ def _build(
     optimize: bool,
     opset: int,
     logits: str,
+    requested_layout: str = "auto",
 ) -> tuple[GraphInfo, ParityReport]:
     """Write model.onnx and tokenizer.json into `tmp` and verify them."""
     work = tmp / "work"
     work.mkdir()
-    kv_layout = choose_kv_layout(source.model.config, optimize, variant)
+    kv_layout = choose_kv_layout(source.model.config, optimize, variant, requested_layout)
     attention = {
         "shared": "GroupQueryAttention, shared KV buffer",
         "concat": "fused MultiHeadAttention" if optimize else "eager attention",
@@ -238,13 +246,26 @@ def choose_int8_weights(qint8: ParityReport, quint8: ParityReport) -> str:
     return "QUInt8"
 
 
-def choose_kv_layout(config, optimize: bool, variant: str) -> str:
-    """ "shared" (GroupQueryAttention writing into one KV buffer, no per-step cache copy)
-    for optimized fp32/int8 graphs; "concat" otherwise. fp16 bundles (meant for GPUs, where
+def choose_kv_layout(config, optimize: bool, variant: str, requested: str = "auto") -> str:
+    """The KV cache layout of the graph.
+
+    "shared" (GroupQueryAttention writing into one KV buffer, no per-step cache copy) for
+    optimized fp32/int8 graphs; "concat" otherwise: fp16 bundles (meant for GPUs, where
     that op's attention_bias path is untested here) and head sizes that are not a multiple
-    of 8 (the op's CPU kernel refuses them) keep MultiHeadAttention with a Concat."""
+    of 8 (the op's CPU kernel refuses them) keep MultiHeadAttention with a Concat.
+    `requested` "shared" or "concat" overrides the choice (ExportError if impossible).
+    """
     head_dim = int(config.hidden_size) // int(config.num_attention_heads)
-    if optimize and variant != "fp16" and head_dim % 8 == 0:
+    if requested == "concat" or not optimize:
+        return "concat"
+    if head_dim % 8:
+        if requested == "shared":
+            raise ExportError(
+                f"--kv_layout shared needs a head size that is a multiple of 8 (this model: "
+                f"{head_dim}); use --kv_layout concat"
+            )
+        return "concat"
+    if requested == "shared" or variant != "fp16":
         return "shared"
     return "concat"
 

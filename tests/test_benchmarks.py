@@ -199,3 +199,24 @@ def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
     assert lm > 0 and ul > 0
     assert tiny["ul_overhead"] == pytest.approx(lm / ul)
     assert "| tiny |" in (tmp_path / "training.md").read_text()
+
+
+def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
+    """benchmarks/kv_layout.py on a tiny model: four --optimize exports, one round."""
+    import kv_layout
+
+    out = tmp_path / "results"
+    args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
+    assert kv_layout.main(args) == 0
+    report = json.loads((out / "kv_layout.json").read_text())
+    for variant in ("fp32", "int8"):
+        row = report["results"][variant]["8"]
+        assert row["shared"]["n"] == row["concat"]["n"] == 1
+        assert row["ratio"] == pytest.approx(row["shared"]["median"] / row["concat"]["median"])
+    layouts = {
+        json.loads((p / "fst_bundle.json").read_text())["graph"]["kv_layout"]
+        for p in (tmp_path / "cache" / "tiny").glob("kv-*")
+    }
+    assert layouts == {"shared", "concat"}
+    assert "| int8 | 8 |" in (out / "kv_layout.md").read_text()

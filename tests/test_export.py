@@ -360,10 +360,27 @@ def test_optimize_keeps_multihead_attention_when_heads_are_not_a_multiple_of_8(
     assert manifest.graph.kv_layout == "concat" and manifest.parity.passed
     ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / BUNDLE_MODEL)).graph.node]
     assert ops.count("MultiHeadAttention") == 1 and "GroupQueryAttention" not in ops
+    with pytest.raises(ExportError, match="multiple of 8"):
+        export_bundle(tmp_path / "s", model_path=str(folder), optimize=True, kv_layout="shared")
     expected = hf_greedy(folder, PROMPTS, steps=6)
     np.testing.assert_array_equal(
         ort_greedy(tmp_path / "b", PROMPTS, steps=6, pad_id=50256), expected
     )
+
+
+def test_optimized_export_can_keep_the_concat_kv_layout(tmp_path, tiny_hf_model_dir):
+    """--kv_layout concat (for CUDA / TensorRT): fused MultiHeadAttention + Concat."""
+    output = tmp_path / "concat"
+    manifest = export_bundle(
+        output, model_path=str(tiny_hf_model_dir), optimize=True, kv_layout="concat", progress=False
+    )
+    assert manifest.graph.kv_layout == "concat" and manifest.parity.passed
+    ops = [n.op_type for n in onnx.load(str(output / BUNDLE_MODEL)).graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "GroupQueryAttention" not in ops
+    expected = hf_greedy(tiny_hf_model_dir, PROMPTS, steps=6)
+    np.testing.assert_array_equal(ort_greedy(output, PROMPTS, steps=6, pad_id=50256), expected)
+    with pytest.raises(ExportError, match="needs --optimize"):
+        export_bundle(tmp_path / "x", model_path=str(tiny_hf_model_dir), kv_layout="shared")
 
 
 def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_model_dir):
@@ -568,7 +585,7 @@ def test_cli_help_runs_as_a_console_script():
     result = subprocess.run([str(fst_export), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for option in ("--ckpt", "--model_path", "--output", "--optimize", "--quantize", "--fp16",
-                   "--opset", "--force", "--logits"):  # fmt: skip
+                   "--opset", "--force", "--logits", "--kv_layout"):  # fmt: skip
         assert option in result.stdout
 
 
