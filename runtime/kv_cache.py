@@ -71,7 +71,8 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        """Positions the buffers hold ("shared"); equal to past_length with "concat"."""
+        """Positions the buffers hold ("shared"); past_length with "concat" (whose arrays,
+        when a combine made them, hold exactly the past until the next decode drops them)."""
         return self.keep_alive[0].shape[2] if self.keep_alive else self.past_length
 
 
@@ -169,6 +170,7 @@ class CausalLMStepper:
         )
         cache.attention_mask = mask
         cache.next_positions = cache.next_positions + 1
+        cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
         return logits
 
     def _run_shared(
