@@ -97,7 +97,7 @@ class CausalLMStepper:
         if gpu and self.shared:
             raise ValueError(
                 "this runtime keeps shared-layout KV buffers in host memory: run the bundle "
-                "on the CPU provider, or export without --optimize for CUDA / TensorRT"
+                "on the CPU provider, or export it with --kv_layout concat for CUDA / TensorRT"
             )
         self.io = make_io(
             session, [ONNX_LOGITS], self._present_names, "cuda" if gpu else "cpu", public_io
