@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 FUSED_OPS = (
     "Attention",
     "MultiHeadAttention",
+    "GroupQueryAttention",
     "SkipLayerNormalization",
     "LayerNormalization",
     "FastGelu",
@@ -38,7 +39,8 @@ def apply_fusions(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> 
 
     Returns how many of each fused operator the graph holds afterwards. Its attention
     fusion matches only transformers 4.x graphs; with --optimize the exporter traces the
-    attention as MultiHeadAttention already (see ort_attention), and the count says so.
+    attention as MultiHeadAttention or GroupQueryAttention already (see ort_attention), and
+    the count says so.
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
