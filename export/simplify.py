@@ -171,9 +171,8 @@ def _collapse_reshape_chains(onnx_model, dims: dict[str, list[Dim]]) -> int:
         shape = _static_shape(dims.get(inner.input[0]), dims.get(outer.output[0]))
         if shape is None:
             continue
-        name = f"{outer.name or outer.output[0]}_collapsed_shape"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), name))
-        outer.input[0], outer.input[1] = inner.input[0], name
+        outer.input[0] = inner.input[0]
+        outer.input[1] = _shape_initializer(graph, outer, shape, "collapsed_shape")
         producers[outer.output[0]] = outer
         collapsed += 1
     return collapsed
@@ -264,10 +263,8 @@ def _constant_reshape_shapes(model: onnx.ModelProto, dims: dict[str, list[Dim]])
         shape = _static_shape(dims.get(node.input[0]), dims.get(node.output[0]))
         if shape is None:
             continue
-        name = f"{node.name or node.output[0]}_static_shape"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), name))
-        constants.add(name)
-        node.input[1] = name
+        node.input[1] = _shape_initializer(graph, node, shape, "static_shape")
+        constants.add(node.input[1])
         rewritten += 1
     return rewritten
 
@@ -289,6 +286,13 @@ def _static_shape(data: Sequence[Dim] | None, out: Sequence[Dim] | None) -> list
             shape.append(-1)
             unknown += 1
     return shape if unknown <= 1 else None
+
+
+def _shape_initializer(graph: onnx.GraphProto, node: onnx.NodeProto, shape, suffix: str) -> str:
+    """Add `shape` as an int64 initializer named after `node`; returns its name."""
+    name = f"{node.name or node.output[0]}_{suffix}"
+    graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), name))
+    return name
 
 
 def _same_dims(a: Sequence[Dim], b: Sequence[Dim]) -> bool:

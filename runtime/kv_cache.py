@@ -146,31 +146,17 @@ class CausalLMStepper:
         batch = cache.batch_size
         mask = np.ones((batch, cache.past_length + 1), dtype=np.int64)
         mask[:, :-1] = cache.attention_mask
+        tokens, positions = tokens.reshape(batch, 1), cache.next_positions.reshape(batch, 1)
         if self.shared:
             if cache.past_length + 1 > cache.capacity:
                 self._grow(cache, cache.past_length + 1)
-            logits = self._run_shared(
-                "decode",
-                cache,
-                tokens.reshape(batch, 1),
-                mask,
-                cache.next_positions.reshape(batch, 1),
-            )
-            cache.attention_mask = mask
-            cache.next_positions = cache.next_positions + 1
-            return logits
-        pasts = dict(zip(self._past_names, cache.presents, strict=True))
-        logits, cache.presents = self._run(
-            "decode",
-            {},
-            pasts,
-            tokens.reshape(batch, 1),
-            mask,
-            cache.next_positions.reshape(batch, 1),
-        )
+            logits = self._run_shared("decode", cache, tokens, mask, positions)
+        else:
+            pasts = dict(zip(self._past_names, cache.presents, strict=True))
+            logits, cache.presents = self._run("decode", {}, pasts, tokens, mask, positions)
+            cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
         cache.attention_mask = mask
         cache.next_positions = cache.next_positions + 1
-        cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
         return logits
 
     def _run_shared(
@@ -272,9 +258,10 @@ class CausalLMStepper:
         offsets = np.cumsum([0] + [m.shape[0] for m in masks])
         for m, offset in zip(masks, offsets, strict=False):
             mask[offset : offset + m.shape[0], past - m.shape[1] :] = m
-        # A shared-layout result keeps the most room any part had left.
-        room = max(cache.capacity - cache.past_length for cache, _ in chosen)
-        capacity = self._capacity(past, room) if self.shared else past
+        capacity = past
+        if self.shared:  # the result keeps the most room any part had left
+            room = max(cache.capacity - cache.past_length for cache, _ in chosen)
+            capacity = self._capacity(past, room)
         arrays = []
         for layer in range(len(chosen[0][0].presents)):
             sources = [

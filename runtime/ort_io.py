@@ -57,17 +57,22 @@ class PublicIO:
             binding.bind_cpu_input(name, array)
         for name, value in values.items():
             binding.bind_ortvalue_input(name, value)
+        self._bind_outputs(binding, "cpu", self.cache_device, into)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[: len(self.cpu_outputs)] if into is not None else outputs
+
+    def _bind_outputs(self, binding, cpu: Any, cache: Any, into: Sequence[Any] | None) -> None:
+        """`cpu_outputs` on the `cpu` device; `cache_outputs` written into the values `into`,
+        or on the `cache` device (devices as `binding`'s bind_output takes them)."""
         for name in self.cpu_outputs:
-            binding.bind_output(name, "cpu")
+            binding.bind_output(name, cpu)
         if into is not None:
             for name, value in zip(self.cache_outputs, into, strict=True):
                 binding.bind_ortvalue_output(name, value)
         else:
             for name in self.cache_outputs:
-                binding.bind_output(name, self.cache_device)
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return outputs[: len(self.cpu_outputs)] if into is not None else outputs
+                binding.bind_output(name, cache)
 
     def from_numpy(self, array: np.ndarray) -> Any:
         """A cache value holding `array` (on the CPU: its memory, not a copy; keep it alive)."""
@@ -119,14 +124,7 @@ class FastIO(PublicIO):
                     binding.bind_input(name, array)
                 for name, value in values.items():
                     binding.bind_ortvalue_input(name, value)
-                for name in self.cpu_outputs:
-                    binding.bind_output(name, self._cpu)
-                if into is not None:
-                    for name, value in zip(self.cache_outputs, into, strict=True):
-                        binding.bind_ortvalue_output(name, value)
-                else:
-                    for name in self.cache_outputs:
-                        binding.bind_output(name, self._cache)
+                self._bind_outputs(binding, self._cpu, self._cache, into)
                 self._c_session.run_with_iobinding(binding, None)
                 outputs = binding.get_outputs()
                 # Values written `into` are the caller's already: wrapping them again in
