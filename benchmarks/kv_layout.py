@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                     times[layout, n].append(decode_ms(generators[layout], n, args.steps, rng))
             log.info("%s round %d/%d done", variant, r + 1, args.rounds)
         results[variant] = {
-            str(n): {
-                layout: common.summarize(times[layout, n]) for layout in LAYOUTS
-            } | {
+            str(n): {layout: common.summarize(times[layout, n]) for layout in LAYOUTS}
+            | {
                 "ratio": common.ratio(
                     common.median(times["shared", n]), common.median(times["concat", n])
                 )

@@ -45,15 +45,15 @@ class GenerationParams:
                 f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens "
                 f"({self.max_new_tokens})"
             )
-        _check_int(
-            "num_return_sequences", self.num_return_sequences, 1, MAX_NUM_RETURN_SEQUENCES
-        )
+        _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_NUM_RETURN_SEQUENCES)
         _check_number("temperature", self.temperature, low=0.0)
         _check_int("top_k", self.top_k, low=0)
         _check_number("top_p", self.top_p, low=0.0, high=1.0, low_inclusive=False)
         _check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_inclusive=False)
         if len(self.stop) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"stop: at most {MAX_STOP_SEQUENCES} stop strings, got {len(self.stop)}")
+            raise ValueError(
+                f"stop: at most {MAX_STOP_SEQUENCES} stop strings, got {len(self.stop)}"
+            )
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise ValueError("stop: every stop sequence must be a non-empty string")
         if self.seed is not None:
@@ -87,11 +87,14 @@ ORIGINAL_API_DEFAULTS = {
     "num_return_sequences": 1,
 }
 
+
 def _check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be in [{low}, {high if high is not None else '∞'}], got {value}")
+        raise ValueError(
+            f"{name} must be in [{low}, {high if high is not None else '∞'}], got {value}"
+        )
 
 
 def _check_number(
@@ -107,7 +110,9 @@ def _check_number(
     too_high = high is not None and value > high
     if too_low or too_high:
         bracket = "[" if low_inclusive else "("
-        raise ValueError(f"{name} must be in {bracket}{low}, {high if high is not None else '∞'}], got {value}")
+        raise ValueError(
+            f"{name} must be in {bracket}{low}, {high if high is not None else '∞'}], got {value}"
+        )
 
 
 # Parameters used for the samples written to generated.txt during training (the original's).

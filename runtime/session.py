@@ -27,6 +27,7 @@ from typing import Any
 import onnxruntime as ort
 
 from fst.constants import ONNX_ATTENTION_MASK, onnx_past_names
+from fst.runtime.huge_pages import collapse_resident_memory
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,13 @@ def create_session(
     threads: int | None = None,
     trt_options: Mapping[str, Any] | None = None,
     cuda_options: Mapping[str, Any] | None = None,
+    huge_pages: bool = True,
 ) -> tuple[ort.InferenceSession, str]:
-    """An InferenceSession and the name of the provider that actually runs it."""
+    """An InferenceSession and the name of the provider that actually runs it.
+
+    On the CPU provider the weights are then moved into huge pages when the OS allows it
+    (`huge_pages=False` to skip; see huge_pages.py: ~10% faster decode here).
+    """
     explicit = providers is not None
     chosen = choose_providers(providers)
     provider_options = [_options_for(p, trt_options, cuda_options) for p in chosen]
@@ -109,6 +115,8 @@ def create_session(
             "(see the onnxruntime warnings above for the missing library)"
         )
     log.info("ONNX Runtime provider: %s (asked for: %s)", used, ", ".join(chosen))
+    if huge_pages and used == CPU:
+        collapse_resident_memory()
     return session, used
 
 

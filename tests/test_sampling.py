@@ -243,7 +243,7 @@ def test_no_full_vocabulary_sort_when_top_k_is_set(monkeypatch) -> None:
     params = GenerationParams(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.2)
     sampler = SequenceSampler(params, [1, 2, 3], [], sequence_rng(0, 0), row.size)
     sampler.choose(row.copy(), 0)
-    assert sizes and max(sizes) <= 50
+    assert max(sizes, default=0) <= 50  # the top-k candidates are ordered in plain Python
     sizes.clear()
     peaked = row * 4  # top-p alone: a narrow nucleus is found in the first candidate set
     SequenceSampler(
@@ -264,4 +264,54 @@ def test_fast_top_k_ids_equal_the_plain_rule(ties: bool) -> None:
             row[rng.integers(0, vocab, vocab // 3)] = -np.inf  # already filtered scores
             kth = np.sort(row)[::-1][min(k, vocab) - 1]
             expected = np.flatnonzero(row >= kth) if k < vocab else np.flatnonzero(row > -np.inf)
-            np.testing.assert_array_equal(sampling._top_k_ids(row, k), expected)
+            got, hint = sampling._top_k_ids(row, k)
+            np.testing.assert_array_equal(got, expected)
+            # With the hint of a similar row (usual case), a higher or a lower one: same ids.
+            for other_hint in (hint, hint + 1.0, hint - 5.0, np.inf, -np.inf):
+                np.testing.assert_array_equal(sampling._top_k_ids(row, k, other_hint)[0], expected)
+            if k < vocab:  # the same row again would find its candidates from the hint
+                assert hint <= kth
+                if not ties:  # about 4k candidates next time, not the whole row
+                    assert (row >= hint).sum() <= max(4 * k, (row >= kth).sum())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_candidate_nucleus_equals_the_array_rule(ties: bool) -> None:
+    """The plain-Python top-p over top-k candidates keeps what `_cut_nucleus` keeps."""
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        n = int(rng.integers(1, 120))
+        vals = (rng.standard_normal(n) * rng.uniform(0.1, 10.0)).astype(np.float32)
+        if ties:
+            vals = np.round(vals)
+        p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.999]))
+        top = float(vals.max())
+        weights = np.exp(vals - np.float32(top))
+        total = float(weights.sum(dtype=np.float64))
+        expected = sampling._cut_nucleus(vals, total, top, p)[0]
+        got = sampling._nucleus_of_candidates(
+            vals.tolist(), weights.tolist(), sampling._at_most_float32(1.0 - p)
+        )
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_float32_threshold_test_is_float32_rounding() -> None:
+    for threshold in (0.05, 0.1, 1 - 0.95, 0.5, 1e-7):
+        mid, tie_in = sampling._at_most_float32(threshold)
+        t = np.float32(threshold)
+        for x in (mid, np.nextafter(mid, 0.0), np.nextafter(mid, 1.0), float(t), 0.0, 1.0):
+            assert (x < mid or (x == mid and tie_in)) == (np.float32(x) <= t)
+
+
+def test_penalise_few_equals_numpy_and_saturates_to_infinity() -> None:
+    rng = np.random.default_rng(4)
+    for penalty in (0.5, 1.2, 5.0):
+        row = (rng.standard_normal(3000) * 30).astype(np.float32)
+        row[:3] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, -np.inf]
+        ids = np.unique(np.concatenate([[0, 1, 2], rng.integers(0, row.size, 80)]))
+        expected = row.copy()
+        with np.errstate(over="ignore"):
+            sampling._penalise(expected, ids, penalty)
+        got = row.copy()
+        sampling._penalise_few(got, ids.tolist(), penalty)
+        np.testing.assert_array_equal(got, expected)
