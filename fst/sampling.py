@@ -120,7 +120,9 @@ def _penalise(row: np.ndarray, ids: np.ndarray, penalty: float) -> None:
     row[ids] = np.where(seen < 0, seen * p, seen / p)
 
 
-def _top_k_ids(row: np.ndarray, k: int, hint: float | None = None) -> tuple[np.ndarray, float]:
+def _top_k_ids(
+    row: np.ndarray, k: int, hint: float | None = None, scratch: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Ids kept by top-k (ascending id order), found with partitions, never a sort; and a
     hint for the next step's call: the row's (4k)-th largest score (or its lowest candidate).
 
@@ -136,7 +138,8 @@ def _top_k_ids(row: np.ndarray, k: int, hint: float | None = None) -> tuple[np.n
         return np.flatnonzero(row > NEG_INF), -math.inf
     cand = None
     if hint is not None:
-        cand = np.flatnonzero(row >= hint)
+        mask = np.greater_equal(row, hint, out=scratch)
+        cand = mask.nonzero()[0]
         if cand.size < k:
             cand = None
     if cand is None:
@@ -291,6 +294,7 @@ class SequenceSampler:
         self._seen: list[int] = []
         self._all_ids: np.ndarray | None = None
         self._top_k_hint: float | None = None  # see _top_k_ids
+        self._scratch = np.empty(vocab_size, dtype=bool)
         if self.penalty != 1.0:
             for t in prompt_ids:
                 self._see(t)
@@ -343,7 +347,8 @@ class SequenceSampler:
         return ids, vals
 
     def _top_k_candidates(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids, self._top_k_hint = _top_k_ids(row, self.top_k, self._top_k_hint)
+        scratch = self._scratch if self._scratch.size == row.size else None
+        ids, self._top_k_hint = _top_k_ids(row, self.top_k, self._top_k_hint, scratch)
         return ids, row[ids] / self.temperature
 
 
