@@ -12,6 +12,8 @@ Two graph layouts (the manifest's graph.kv_layout):
   also bound as its present; the graph writes only the new position, in place. Buffers are
   numpy arrays (on the CPU) with room for `reserve` more tokens; a decode step that would
   overflow moves the cache into buffers twice as long (amortised: one copy per doubling).
+  A cache's decode steps reuse one IO binding (pasts, presents and a logits buffer bound
+  once), so a step binds only its token ids, mask and positions.
 
 Only `combine` (behind `select` and `merge`: expanding a prompt to its samples, dropping
 finished rows, letting new prompts join a running batch) and buffer growth copy the cache,
@@ -60,6 +62,11 @@ class KVCache:
     attention_mask: np.ndarray  # [B, P] int64, 0 = left padding
     next_positions: np.ndarray  # [B] int64, position id of each row's next token
     keep_alive: list[np.ndarray] = field(default_factory=list)  # numpy memory behind presents
+    # Shared layout: the IO binding its decode steps reuse (outputs and pasts bound once) and
+    # the logits buffer [B, 1, V] bound as an output; made at its first decode, dropped when
+    # the buffers move.
+    step_binding: Any = None
+    step_logits: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
@@ -93,6 +100,9 @@ class CausalLMStepper:
         self._past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
         self._present_names = [n for i in range(self.num_layers) for n in onnx_present_names(i)]
         self._check_graph()
+        logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
+        self.vocab_size = arch.vocab_size
+        self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
         gpu = session.get_providers()[0] in _GPU_PROVIDERS
         if gpu and self.shared:
             raise ValueError(
@@ -150,13 +160,43 @@ class CausalLMStepper:
         if self.shared:
             if cache.past_length + 1 > cache.capacity:
                 self._grow(cache, cache.past_length + 1)
-            logits = self._run_shared("decode", cache, tokens, mask, positions)
+            logits = self._decode_shared(cache, tokens, mask, positions)
         else:
             pasts = dict(zip(self._past_names, cache.presents, strict=True))
             logits, cache.presents = self._run("decode", {}, pasts, tokens, mask, positions)
             cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
         cache.attention_mask = mask
         cache.next_positions = cache.next_positions + 1
+        return logits
+
+    def _decode_shared(
+        self,
+        cache: KVCache,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+    ) -> np.ndarray:
+        """A decode step through the cache's own binding. The logits returned are the
+        cache's buffer: valid until its next decode step (DecodeBatch samples before that)."""
+        hook = self.on_model_call
+        start = time.perf_counter() if hook else 0.0
+        pasts: dict[str, Any] = {}
+        if cache.step_binding is None:
+            batch = cache.batch_size
+            cache.step_logits = np.empty((batch, 1, self.vocab_size), dtype=self.logits_dtype)
+            cache.step_binding = self.io.step_binding(cache.presents, [cache.step_logits])
+            pasts = dict(zip(self._past_names, cache.presents, strict=True))
+        arrays = {
+            ONNX_INPUT_IDS: input_ids,
+            ONNX_ATTENTION_MASK: attention_mask,
+            ONNX_POSITION_IDS: position_ids,
+        }
+        self.io.run_step(cache.step_binding, arrays, pasts)
+        logits = cache.step_logits[:, 0, :]
+        if logits.dtype != np.float32:
+            logits = logits.astype(np.float32)
+        if hook:
+            hook("decode", input_ids.shape[0], start, time.perf_counter())
         return logits
 
     def _run_shared(
@@ -215,6 +255,7 @@ class CausalLMStepper:
             new[:, :, :past] = old[:, :, :past]
         cache.presents = [self.io.from_numpy(b) for b in buffers]
         cache.keep_alive = buffers
+        cache.step_binding = cache.step_logits = None  # bound to the old buffers
 
     # ---- row selection: the only places the cache is copied --------------------------------
 

@@ -78,6 +78,30 @@ class PublicIO:
         """A cache value holding `array` (on the CPU: its memory, not a copy; keep it alive)."""
         return ort.OrtValue.ortvalue_from_numpy(array, self.cache_device)
 
+    def step_binding(self, values: Sequence[Any], cpu_out: Sequence[np.ndarray]) -> Any:
+        """A binding kept across the decode steps of one shared-layout cache, with the
+        outputs bound once: each cache output written into its value in `values`, the CPU
+        outputs into the numpy arrays `cpu_out` (the caller keeps them alive). Rebinding ~50
+        values every step cost ~80 us of a GPT-2 small step; `run_step` binds only what changed.
+        """
+        binding = self.session.io_binding()
+        for name, array in zip(self.cpu_outputs, cpu_out, strict=True):
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+        for name, value in zip(self.cache_outputs, values, strict=True):
+            binding.bind_ortvalue_output(name, value)
+        return binding
+
+    def run_step(
+        self, binding: Any, arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]
+    ) -> None:
+        """Run with a `step_binding`: `arrays` (numpy, referenced until it returns) and
+        `values` bound as inputs (an input bound at an earlier step keeps its value)."""
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, array)
+        for name, value in values.items():
+            binding.bind_ortvalue_input(name, value)
+        self.session.run_with_iobinding(binding)
+
     @staticmethod
     def to_numpy(value: Any) -> np.ndarray:
         """The value as numpy: a view on the CPU, a copy from a GPU."""
@@ -139,6 +163,23 @@ class FastIO(PublicIO):
 
     def from_numpy(self, array: np.ndarray) -> Any:
         return ort.OrtValue.ortvalue_from_numpy(array, self.cache_device)._ortvalue
+
+    def step_binding(self, values: Sequence[Any], cpu_out: Sequence[np.ndarray]) -> Any:
+        binding = self.session.io_binding()._iobinding
+        for name, array in zip(self.cpu_outputs, cpu_out, strict=True):
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array)._ortvalue)
+        for name, value in zip(self.cache_outputs, values, strict=True):
+            binding.bind_ortvalue_output(name, value)
+        return binding
+
+    def run_step(
+        self, binding: Any, arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]
+    ) -> None:
+        for name, array in arrays.items():
+            binding.bind_input(name, array)
+        for name, value in values.items():
+            binding.bind_ortvalue_input(name, value)
+        self._c_session.run_with_iobinding(binding, None)
 
 
 def make_io(

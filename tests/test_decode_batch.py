@@ -205,13 +205,20 @@ def test_shared_buffers_are_written_in_place_and_grow_when_full(tiny_shared_bund
     assert stepper.prefill(prompts, pad, reserve=1000)[1].capacity == 128  # max_positions
     buffer = roomy.keep_alive[0]
     tokens = np.array([9, 10])
-    capacities = []
-    for _ in range(12):
-        logits = stepper.decode(roomy, tokens)
+    capacities, tight_bindings = [], []  # kept alive: their ids stay distinct
+    for step in range(12):
+        logits = stepper.decode(roomy, tokens).copy()  # the cache's buffer: next step reuses it
         np.testing.assert_allclose(stepper.decode(tight, tokens), logits, atol=1e-5)
         capacities.append(tight.capacity)
+        tight_bindings.append(tight.step_binding)
+        if step == 0:
+            binding = roomy.step_binding
         tokens = logits.argmax(-1)
     assert roomy.keep_alive[0] is buffer  # never reallocated: each step wrote in place
+    assert roomy.step_binding is binding  # outputs and pasts bound once for all steps
+    assert (
+        len({id(b) for b in tight_bindings}) == 3
+    )  # a new binding with each move to bigger buffers
     assert sorted(set(capacities)) == [4, 9, 19]  # when full: needed + old capacity
     past = roomy.past_length
     np.testing.assert_allclose(tight.keep_alive[0][:, :, :past], buffer[:, :, :past], atol=1e-6)
