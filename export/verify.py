@@ -73,7 +73,8 @@ def verify_parity(
     With kv_layout "shared" the past buffers have one spare position beyond the last step
     (capacity > total length); each step's presents are fed back as the next past.
     """
-    session, _ = create_session(onnx_path, providers=["CPUExecutionProvider"])
+    # A check, not a server: no point in moving the exporter's torch-sized memory into huge pages.
+    session, _ = create_session(onnx_path, providers=["CPUExecutionProvider"], huge_pages=False)
     ids, mask = left_pad(prompts, pad_id)
     config = model.config
     heads = int(config.num_attention_heads)
