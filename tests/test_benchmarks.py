@@ -220,3 +220,20 @@ def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
     }
     assert layouts == {"shared", "concat"}
     assert "| int8 | 8 |" in (out / "kv_layout.md").read_text()
+
+
+def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
+    """benchmarks/huge_pages.py on a tiny model: two exports, one round of worker processes."""
+    import huge_pages
+
+    out = tmp_path / "results"
+    args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
+    assert huge_pages.main(args) == 0
+    report = json.loads((out / "huge_pages.json").read_text())
+    for variant in ("fp32", "int8"):
+        row = report["results"][variant]
+        assert row["huge"]["n"] == row["4k"]["n"] == 1
+        assert row["ratio"] == pytest.approx(row["huge"]["median"] / row["4k"]["median"])
+        assert set(row["anon_huge_mb"]) == {"4k", "huge"}
+    assert "| int8 |" in (out / "huge_pages.md").read_text()

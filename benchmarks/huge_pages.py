@@ -1,0 +1,150 @@
+"""Weights in huge pages or in 4 KiB pages: decode cost of the same bundle.
+
+    python benchmarks/huge_pages.py           # GPT-2 small, fp32 and int8, ~5 min
+    python benchmarks/huge_pages.py --model tiny --rounds 2 --steps 8   # smoke run
+
+fst's runtime moves a CPU session's weights into 2 MiB pages once it is built
+(`fst.runtime.huge_pages`; `Generator.from_bundle(..., huge_pages=False)` skips it). The
+move applies to the whole process, so each side runs in its own worker process, the two
+alternating round by round (A B B A ...). A worker loads the `--optimize` bundle (the one
+kv_layout.py exports, shared KV layout), prefills `past` random tokens and times `--steps`
+decode steps (batch 1, the model call only). Medians and huge/4k ratios go to
+benchmarks/results/huge_pages.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+from kv_layout import export
+from latency import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
+
+log = logging.getLogger("huge_pages")
+SIDES = ("4k", "huge")
+
+
+def worker(bundle: str, huge: bool, past: int, steps: int, threads: int) -> dict:
+    """Decode ms per step, and the process's memory in huge pages after loading."""
+    from fst.runtime import Generator
+
+    generator = Generator.from_bundle(bundle, threads=threads, huge_pages=huge)
+    stepper, vocab = generator._stepper, generator.manifest.architecture.vocab_size
+    rng = np.random.default_rng(0)
+    _, cache = stepper.prefill([rng.integers(0, vocab, past).tolist()], 0, reserve=2 * steps)
+    for token in rng.integers(0, vocab, (4, 1)):  # warm-up
+        stepper.decode(cache, token)
+    start = time.perf_counter()
+    for token in rng.integers(0, vocab, (steps, 1)):
+        stepper.decode(cache, token)
+    ms = (time.perf_counter() - start) / steps * 1e3
+    return {"decode_ms": ms, "anon_huge_mb": _anon_huge_mb()}
+
+
+def _anon_huge_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_worker(bundle: Path, side: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(bundle), "--side", side]
+    cmd += ["--past", str(args.past), "--steps", str(args.steps), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="gpt2-small", choices=sorted(MODELS))
+    p.add_argument("--past", type=int, default=32, help="prompt tokens before decoding")
+    p.add_argument("--steps", type=int, default=100, help="decode steps timed per worker")
+    p.add_argument("--variants", default="fp32,int8", help="bundles to compare (fp32, int8)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--rebuild", action="store_true", help="re-export the bundles")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        report = worker(args.worker, args.side == "huge", args.past, args.steps, args.threads)
+        print(json.dumps(report))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    hf = build_hf_folder(args.model, args.cache_dir, DEFAULT_BPE)
+    results: dict = {}
+    for variant in args.variants.split(","):
+        quantize = {"fp32": None, "int8": "int8"}[variant]
+        bundle = export(
+            hf,
+            args.cache_dir / args.model / f"kv-{variant}-shared",
+            quantize,
+            "shared",
+            args.rebuild,
+        )
+        runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+        for r in range(args.rounds):
+            for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                runs[side].append(run_worker(bundle, side, args))
+            log.info("%s round %d/%d done", variant, r + 1, args.rounds)
+        times = {side: [x["decode_ms"] for x in runs[side]] for side in SIDES}
+        results[variant] = {side: common.summarize(times[side]) for side in SIDES} | {
+            "ratio": common.ratio(common.median(times["huge"]), common.median(times["4k"])),
+            "anon_huge_mb": {side: runs[side][-1]["anon_huge_mb"] for side in SIDES},
+            "values_ms": times,
+        }
+    report = {
+        "command": "python benchmarks/huge_pages.py " + " ".join(argv or sys.argv[1:]),
+        "settings": vars(args) | {"cache_dir": str(args.cache_dir), "out_dir": None},
+        "machine": common.machine_description(),
+        "results": results,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    text = render(report)
+    common.write_atomic(args.out_dir / "huge_pages.json", json.dumps(report, indent=2) + "\n")
+    common.write_atomic(args.out_dir / "huge_pages.md", text)
+    print(text)
+    return 0
+
+
+def render(report: dict) -> str:
+    s, m = report["settings"], report["machine"]
+    lines = [
+        "# Weights in huge pages vs 4 KiB pages",
+        "",
+        f"Command: `{report['command'].strip()}`  ",
+        f"Model: {s['model']} (random weights), `--optimize` bundles (shared KV layout); batch "
+        f"1, decode ms per step (model call only) after a {s['past']}-token prompt, "
+        f"{s['steps']} steps per worker process, {s['rounds']} alternating rounds, "
+        f"{s['threads']} threads; medians (min–max).  ",
+        f"Machine: {m.get('cpu', {}).get('model', '?')}, load average {m.get('load_average')}.",
+        "",
+        "| bundle | 4 KiB pages ms | huge pages ms | huge / 4k | MB in huge pages (4k / huge) |",
+        "|---|---|---|---:|---|",
+    ]
+    for variant, row in report["results"].items():
+        cells = [
+            f"{common.fmt(row[k]['median'], 2)} ({common.fmt(row[k]['min'], 2)}–"
+            f"{common.fmt(row[k]['max'], 2)})"
+            for k in SIDES
+        ]
+        mb = " / ".join(common.fmt(row["anon_huge_mb"][k], 0) for k in SIDES)
+        lines.append(f"| {variant} | {cells[0]} | {cells[1]} | {row['ratio']:.3f} | {mb} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
