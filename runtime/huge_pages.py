@@ -42,11 +42,9 @@ def collapse_resident_memory() -> int:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     done = 0
-    for start, end in regions:
+    for start, end in regions:  # each is tried: one refusal (EINVAL, ENOMEM...) stops nothing
         if madvise(start, end - start, MADV_COLLAPSE) == 0:
             done += end - start
-        elif ctypes.get_errno() == 22:  # EINVAL: the kernel does not know MADV_COLLAPSE
-            break
     if done:
         log.info("weights in huge pages: %.0f MB", done / 2**20)
     return done
@@ -54,9 +52,10 @@ def collapse_resident_memory() -> int:
 
 def _collapsible_regions(smaps: str) -> Iterator[tuple[int, int]]:
     """2 MiB-aligned [start, end) of anonymous private read-write mappings (the heap included)
-    of at least MIN_MAPPING_BYTES that are at least MIN_RESIDENT_SHARE resident."""
-    for start, end, perms, path, rss in _mappings(smaps):
-        if perms != "rw-p" or path not in ("", "[heap]"):
+    of at least MIN_MAPPING_BYTES that are at least MIN_RESIDENT_SHARE resident, and whose
+    owner did not ask for small pages (madvise MADV_NOHUGEPAGE: VmFlags "nh")."""
+    for start, end, perms, path, rss, flags in _mappings(smaps):
+        if perms != "rw-p" or path not in ("", "[heap]") or "nh" in flags:
             continue
         if end - start < MIN_MAPPING_BYTES or rss < MIN_RESIDENT_SHARE * (end - start):
             continue
@@ -66,8 +65,9 @@ def _collapsible_regions(smaps: str) -> Iterator[tuple[int, int]]:
             yield lo, hi
 
 
-def _mappings(smaps: str) -> Iterator[tuple[int, int, str, str, int]]:
-    """(start, end, perms, path, resident bytes) of each mapping in /proc/<pid>/smaps text."""
+def _mappings(smaps: str) -> Iterator[tuple[int, int, str, str, int, list[str]]]:
+    """(start, end, perms, path, resident bytes, VmFlags) of each mapping in
+    /proc/<pid>/smaps text."""
     current: list | None = None
     for line in smaps.splitlines():
         fields = line.split()
@@ -77,8 +77,10 @@ def _mappings(smaps: str) -> Iterator[tuple[int, int, str, str, int]]:
             if current is not None:
                 yield tuple(current)
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            current = [start, end, fields[1], fields[5] if len(fields) > 5 else "", 0]
+            current = [start, end, fields[1], fields[5] if len(fields) > 5 else "", 0, []]
         elif fields[0] == "Rss:" and current is not None:
             current[4] = int(fields[1]) * 1024
+        elif fields[0] == "VmFlags:" and current is not None:
+            current[5] = fields[1:]
     if current is not None:
         yield tuple(current)
