@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated ONNX Runtime providers, e.g. CPUExecutionProvider",
     )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument(
+        "--no_huge_pages",
+        action="store_true",
+        help="keep the weights in 4 KiB pages (by default they move into 2 MiB pages on Linux)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -83,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         providers = args.providers.split(",") if args.providers else None
-        generator = Generator.from_bundle(args.bundle, providers=providers, threads=args.threads)
+        generator = Generator.from_bundle(
+            args.bundle,
+            providers=providers,
+            threads=args.threads,
+            huge_pages=not args.no_huge_pages,
+        )
         params = generator.default_params.with_overrides(**_overrides(args))
         prompt = {"body": args.prompt, "meta": args.meta} if args.meta is not None else args.prompt
         if args.stream:

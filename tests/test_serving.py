@@ -459,6 +459,20 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "k" not in repr(settings.api_key)
 
 
+def test_huge_pages_setting_reaches_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fst.runtime import Generator
+    from fst.serving.metrics import ServingMetrics
+    from fst.serving.state import ServingState
+
+    seen = []
+    monkeypatch.setattr(Generator, "from_bundle", lambda *a, **kw: seen.append(kw))
+    assert ServingSettings().huge_pages  # on by default
+    monkeypatch.setenv("FST_HUGE_PAGES", "0")
+    settings = ServingSettings(bundle="/b")
+    ServingState(settings, ServingMetrics())._load_generator()
+    assert seen == [{"providers": None, "threads": None, "huge_pages": False}]
+
+
 def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.delenv("FST_BUNDLE", raising=False)
     assert serve_main(["--bundle", str(tmp_path), "--max-batch-size", "0"]) == 2
