@@ -180,18 +180,18 @@ class CausalLMStepper:
         cache's buffer: valid until its next decode step (DecodeBatch samples before that)."""
         hook = self.on_model_call
         start = time.perf_counter() if hook else 0.0
-        pasts: dict[str, Any] = {}
         if cache.step_binding is None:
             batch = cache.batch_size
             cache.step_logits = np.empty((batch, 1, self.vocab_size), dtype=self.logits_dtype)
-            cache.step_binding = self.io.step_binding(cache.presents, [cache.step_logits])
-            pasts = dict(zip(self._past_names, cache.presents, strict=True))
+            cache.step_binding = self.io.step_binding(
+                self._past_names, cache.presents, [cache.step_logits]
+            )
         arrays = {
             ONNX_INPUT_IDS: input_ids,
             ONNX_ATTENTION_MASK: attention_mask,
             ONNX_POSITION_IDS: position_ids,
         }
-        self.io.run_step(cache.step_binding, arrays, pasts)
+        self.io.run_step(cache.step_binding, arrays)
         logits = cache.step_logits[:, 0, :]
         if logits.dtype != np.float32:
             logits = logits.astype(np.float32)

@@ -78,28 +78,29 @@ class PublicIO:
         """A cache value holding `array` (on the CPU: its memory, not a copy; keep it alive)."""
         return ort.OrtValue.ortvalue_from_numpy(array, self.cache_device)
 
-    def step_binding(self, values: Sequence[Any], cpu_out: Sequence[np.ndarray]) -> Any:
-        """A binding kept across the decode steps of one shared-layout cache, with the
-        outputs bound once: each cache output written into its value in `values`, the CPU
-        outputs into the numpy arrays `cpu_out` (the caller keeps them alive). Rebinding ~50
-        values every step cost ~80 us of a GPT-2 small step; `run_step` binds only what changed.
+    def step_binding(
+        self, input_names: Sequence[str], values: Sequence[Any], cpu_out: Sequence[np.ndarray]
+    ) -> Any:
+        """A binding kept across the decode steps of one shared-layout cache, its cache
+        bound once: `values` as the inputs `input_names` and as the cache outputs (in order),
+        the CPU outputs written into the numpy arrays `cpu_out` (the caller keeps them
+        alive). Rebinding ~50 values every step cost ~80 us of a GPT-2 small step;
+        `run_step` binds only the step's arrays.
         """
         binding = self.session.io_binding()
+        for name, value in zip(input_names, values, strict=True):
+            binding.bind_ortvalue_input(name, value)
         for name, array in zip(self.cpu_outputs, cpu_out, strict=True):
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
         for name, value in zip(self.cache_outputs, values, strict=True):
             binding.bind_ortvalue_output(name, value)
         return binding
 
-    def run_step(
-        self, binding: Any, arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]
-    ) -> None:
-        """Run with a `step_binding`: `arrays` (numpy, referenced until it returns) and
-        `values` bound as inputs (an input bound at an earlier step keeps its value)."""
+    def run_step(self, binding: Any, arrays: Mapping[str, np.ndarray]) -> None:
+        """Run with a `step_binding` and this step's `arrays` (numpy, referenced until it
+        returns) bound as the other inputs."""
         for name, array in arrays.items():
             binding.bind_cpu_input(name, array)
-        for name, value in values.items():
-            binding.bind_ortvalue_input(name, value)
         self.session.run_with_iobinding(binding)
 
     @staticmethod
@@ -164,21 +165,21 @@ class FastIO(PublicIO):
     def from_numpy(self, array: np.ndarray) -> Any:
         return ort.OrtValue.ortvalue_from_numpy(array, self.cache_device)._ortvalue
 
-    def step_binding(self, values: Sequence[Any], cpu_out: Sequence[np.ndarray]) -> Any:
+    def step_binding(
+        self, input_names: Sequence[str], values: Sequence[Any], cpu_out: Sequence[np.ndarray]
+    ) -> Any:
         binding = self.session.io_binding()._iobinding
+        for name, value in zip(input_names, values, strict=True):
+            binding.bind_ortvalue_input(name, value)
         for name, array in zip(self.cpu_outputs, cpu_out, strict=True):
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array)._ortvalue)
         for name, value in zip(self.cache_outputs, values, strict=True):
             binding.bind_ortvalue_output(name, value)
         return binding
 
-    def run_step(
-        self, binding: Any, arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]
-    ) -> None:
+    def run_step(self, binding: Any, arrays: Mapping[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             binding.bind_input(name, array)
-        for name, value in values.items():
-            binding.bind_ortvalue_input(name, value)
         self._c_session.run_with_iobinding(binding, None)
 
 
