@@ -150,6 +150,18 @@ def machine_description() -> dict[str, Any]:
 # --- physical floors ----------------------------------------------------------------------
 
 
+def proc_mb(path: str, field: str) -> float | None:
+    """A kB field of a /proc file (e.g. VmHWM of /proc/self/status), in MB; None when the
+    file or the field is missing (not Linux, older kernel)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB.
 
@@ -157,12 +169,9 @@ def peak_rss_mb() -> float:
     carries the parent's peak across fork and exec (a child started by a process holding
     torch would report torch's memory).
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = proc_mb("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -263,6 +272,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_report(out_dir: Path, name: str, report: dict, markdown: str) -> None:
+    """NAME.json (the report) and NAME.md (its rendering) in `out_dir`, each atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / f"{name}.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / f"{name}.md", markdown)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:

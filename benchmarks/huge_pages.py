@@ -19,12 +19,11 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import common
 import numpy as np
-from kv_layout import export
+from kv_layout import decode_ms, export
 from latency import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
 
 log = logging.getLogger("huge_pages")
@@ -36,26 +35,12 @@ def worker(bundle: str, huge: bool, past: int, steps: int, threads: int) -> dict
     from fst.runtime import Generator
 
     generator = Generator.from_bundle(bundle, threads=threads, huge_pages=huge)
-    stepper, vocab = generator._stepper, generator.manifest.architecture.vocab_size
     rng = np.random.default_rng(0)
-    _, cache = stepper.prefill([rng.integers(0, vocab, past).tolist()], 0, reserve=2 * steps)
-    for token in rng.integers(0, vocab, (4, 1)):  # warm-up
-        stepper.decode(cache, token)
-    start = time.perf_counter()
-    for token in rng.integers(0, vocab, (steps, 1)):
-        stepper.decode(cache, token)
-    ms = (time.perf_counter() - start) / steps * 1e3
-    return {"decode_ms": ms, "anon_huge_mb": _anon_huge_mb()}
-
-
-def _anon_huge_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    decode_ms(generator, past, 4, rng)  # warm-up
+    return {
+        "decode_ms": decode_ms(generator, past, steps, rng),
+        "anon_huge_mb": common.proc_mb("/proc/self/smaps_rollup", "AnonHugePages"),
+    }
 
 
 def run_worker(bundle: Path, side: str, args: argparse.Namespace) -> dict:
@@ -112,10 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": common.machine_description(),
         "results": results,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     text = render(report)
-    common.write_atomic(args.out_dir / "huge_pages.json", json.dumps(report, indent=2) + "\n")
-    common.write_atomic(args.out_dir / "huge_pages.md", text)
+    common.write_report(args.out_dir, "huge_pages", report, text)
     print(text)
     return 0
 

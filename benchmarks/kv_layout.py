@@ -15,7 +15,6 @@ shared/concat ratios go to benchmarks/results/kv_layout.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -105,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": common.machine_description(),
         "results": results,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     text = render(report, pasts)
-    common.write_atomic(args.out_dir / "kv_layout.json", json.dumps(report, indent=2) + "\n")
-    common.write_atomic(args.out_dir / "kv_layout.md", text)
+    common.write_report(args.out_dir, "kv_layout", report, text)
     print(text)
     return 0
 

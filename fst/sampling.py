@@ -319,11 +319,7 @@ class SequenceSampler:
         if self.greedy:
             return int(row.argmax())
         if self.top_k:
-            ids, vals = self._top_k_candidates(row)
-            weights = np.exp(vals - vals.max()).tolist()  # float32 exp, as torch's softmax
-            kept = range(len(weights))
-            if self.top_p < 1.0:
-                kept = _nucleus_of_candidates(vals.tolist(), weights, self._top_p_removes)
+            ids, _, weights, kept = self._top_k_pool(row)
             return int(ids[_draw_from(weights, kept, self.rng.random())])
         ids, vals = self.candidates(row)
         weights = np.exp(vals - vals.max())  # float32: numpy's float64 exp is ~10x slower
@@ -339,17 +335,24 @@ class SequenceSampler:
             if self._all_ids is None:
                 self._all_ids = np.arange(row.size)
             return self._all_ids, vals
-        ids, vals = self._top_k_candidates(row)
+        ids, vals, _, kept = self._top_k_pool(row)
         if self.top_p < 1.0:
-            weights = np.exp(vals - vals.max()).tolist()
-            kept = _nucleus_of_candidates(vals.tolist(), weights, self._top_p_removes)
             return ids[kept], vals[kept]
         return ids, vals
 
-    def _top_k_candidates(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _top_k_pool(
+        self, row: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[float], Sequence[int]]:
+        """Top-k ids (ascending), their temperature-scaled logits, their weights (float32
+        exp(vals - max), as torch's softmax) and the positions top-p keeps."""
         scratch = self._scratch if self._scratch.size == row.size else None
         ids, self._top_k_hint = _top_k_ids(row, self.top_k, self._top_k_hint, scratch)
-        return ids, row[ids] / self.temperature
+        vals = row[ids] / self.temperature
+        weights = np.exp(vals - vals.max()).tolist()
+        kept: Sequence[int] = range(len(weights))
+        if self.top_p < 1.0:
+            kept = _nucleus_of_candidates(vals.tolist(), weights, self._top_p_removes)
+        return ids, vals, weights, kept
 
 
 def _penalise_few(row: np.ndarray, ids: list[int], penalty: float) -> None:
