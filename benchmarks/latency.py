@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BPE = REPO.parent / "shared" / "data" / "gpt2_bpe"
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "nietzsche" / "train.documents"
+DEFAULT_BPE = REPO / "fst" / "assets" / "gpt2_bpe"
+DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench"))
 SCHEMA_VERSION = 1

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "nietzsche"
+CORPUS = REPO / "data" / "documents" / "nietzsche"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_WORK = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "quality"
 SCHEMA_VERSION = 1

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BPE = REPO.parent / "shared" / "data" / "gpt2_bpe"
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "nietzsche" / "train.documents"
+DEFAULT_BPE = REPO / "fst" / "assets" / "gpt2_bpe"
+DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 UL_GOAL = 1.30  # LM+UL step time may cost at most 30% more than LM alone (issue 7)
 

@@ -30,6 +30,12 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from fst.constants import BUNDLE_TOKENIZER, END_OF_META, GPT2_EOS, LOSS_IGNORE, START_OF_DOCUMENT
 from fst.documents import Document, iter_documents, write_text_atomic
 
+# GPT-2's byte-level BPE (OpenAI, MIT licence: assets/gpt2_bpe/LICENSE), shipped as package
+# data so that every GPT-2 model works offline: 1.3 MB, small enough for the base install.
+GPT2_BPE_DIR = Path(__file__).resolve().parent / "assets" / "gpt2_bpe"
+# Hub names whose tokenizer is exactly that BPE: resolved locally, never downloaded.
+GPT2_HUB_NAMES = frozenset({"gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"})
+
 
 @dataclass(frozen=True)
 class Encoding:
@@ -122,8 +128,11 @@ class DocumentTokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **settings) -> DocumentTokenizer:
         """A folder with tokenizer.json or GPT-2's vocab.json + merges.txt, a tokenizer.json
-        file, or else a Hugging Face hub name (e.g. "gpt2"; needs the network)."""
+        file, or else a Hugging Face hub name (needs the network). The GPT-2 family's names
+        ("gpt2", "distilgpt2", ...) resolve to the BPE shipped with fst, offline."""
         TokenizerSettings(**settings)  # fail on a bad setting before loading anything
+        if str(name_or_path) in GPT2_HUB_NAMES and not Path(name_or_path).exists():
+            return cls.gpt2(**settings)
         path = Path(name_or_path)
         if path.is_file():
             return cls.from_json(path.read_text(encoding="utf-8"), **settings)
@@ -144,6 +153,13 @@ class DocumentTokenizer:
                 f"Hugging Face hub failed ({type(e).__name__}: {e})"
             ) from e
         return cls(tokenizer, **settings)
+
+    @classmethod
+    def gpt2(cls, **settings) -> DocumentTokenizer:
+        """GPT-2's own tokenizer (the BPE shipped with fst: no hub, no folder argument)."""
+        return cls.from_gpt2_files(
+            GPT2_BPE_DIR / "vocab.json", GPT2_BPE_DIR / "merges.txt", **settings
+        )
 
     @classmethod
     def from_gpt2_files(

@@ -398,7 +398,7 @@ def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> Documen
     model_dir = Path(args.model_path)
     if args.tokenizer_class_name == GPT2_TOKENIZER_CLASS:
         has_own = (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.json").is_file()
-        source = str(model_dir) if has_own else "gpt2"
+        source = str(model_dir) if has_own else "gpt2"  # the BPE shipped with fst
     elif source is None:
         source = "bpe" if args.model_path in PRESETS else args.model_path
     if source == "bpe":

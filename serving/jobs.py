@@ -86,7 +86,7 @@ class Job:
                 remaining = self.deadline - time.monotonic()
                 try:
                     kind, payload = await asyncio.wait_for(self._events.get(), max(remaining, 0))
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     self.cancel("timeout")
                     raise GenerationTimeoutError from None
             else:

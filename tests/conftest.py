@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
-GPT2_BPE = SHARED_DATA / "gpt2_bpe"
-NIETZSCHE = SHARED_DATA / "nietzsche"
+# Everything a test reads lives in the repository (nothing beside it is required).
+GPT2_BPE = REPO_ROOT / "fst" / "assets" / "gpt2_bpe"
+NIETZSCHE = REPO_ROOT / "data" / "documents" / "nietzsche"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,14 +26,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def gpt2_bpe_dir() -> Path:
     if not (GPT2_BPE / "vocab.json").is_file():
-        pytest.fail(f"shared GPT-2 tokenizer files missing at {GPT2_BPE}")
+        pytest.fail(f"GPT-2 tokenizer files (package data) missing at {GPT2_BPE}")
     return GPT2_BPE
 
 
 @pytest.fixture(scope="session")
 def nietzsche_dir() -> Path:
     if not (NIETZSCHE / "train.documents").is_file():
-        pytest.fail(f"shared Nietzsche corpus missing at {NIETZSCHE}")
+        pytest.fail(f"Nietzsche corpus missing at {NIETZSCHE}")
     return NIETZSCHE
 
 

@@ -237,7 +237,7 @@ class FakeTelegram:
                     await asyncio.wait_for(
                         self._changed.wait_for(lambda: bool(self._updates)), timeout
                     )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return list(self._updates)
 

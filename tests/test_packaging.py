@@ -33,6 +33,8 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
     for prefix in MAPPED:
         assert f"{prefix}__init__.py" in names, f"{prefix} missing from the wheel"
     assert not any(n.startswith(("export/", "runtime/", "serving/", "tests/")) for n in names)
+    for asset in ("vocab.json", "merges.txt", "LICENSE"):  # GPT-2's BPE is package data
+        assert f"fst/assets/gpt2_bpe/{asset}" in names, f"{asset} missing from the wheel"
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

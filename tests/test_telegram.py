@@ -756,3 +756,21 @@ def test_end_to_end_with_a_real_fst_serve_on_a_tiny_bundle(
 
     with running_server(app, ready_timeout=60) as base:
         run(scenario(base), timeout=60)
+
+
+def test_default_data_dir_is_the_users_data_folder_not_the_current_one(monkeypatch, tmp_path):
+    from fst.serving.telegram.cli import build_parser, settings_from_args
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    args = build_parser().parse_args(
+        ["--telegram_api_token", "1:x", "--text_generator_service_url", "http://127.0.0.1:1"]
+    )
+    assert settings_from_args(args).data_dir == tmp_path / "xdg" / "fst-telegram"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = build_parser().parse_args(
+        ["--telegram_api_token", "1:x", "--text_generator_service_url", "http://127.0.0.1:1"]
+    )
+    assert (
+        settings_from_args(args).data_dir == tmp_path / "home" / ".local" / "share" / "fst-telegram"
+    )

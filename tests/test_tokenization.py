@@ -326,3 +326,12 @@ def test_max_meta_len_zero_means_no_meta(gpt2_bpe_dir):
     (enc,) = tok.encode_for_train(doc, rng=random.Random(0))
     assert enc.token_ids == [tok.start_of_document_id, 15496, 995, tok.eos_token_id]
     assert tok.encode_for_inference(doc) == [tok.start_of_document_id, 15496, 995]
+
+
+def test_gpt2_bpe_ships_with_fst_and_needs_no_hub(monkeypatch):
+    """GPT-2's own tokenizer is package data: 'gpt2' and its siblings resolve offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("gpt2", "distilgpt2", "gpt2-xl"):
+        tok = DocumentTokenizer.from_pretrained(name, document_format=False)
+        assert tok.encode_text("Hello world") == [15496, 995]
+    assert DocumentTokenizer.gpt2(document_format=False).vocab_size == 50257

@@ -227,7 +227,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("model and tokenizer", "model_path", str, f"preset ({', '.join(PRESET_NAMES)}), Hugging Face model folder, or hub name (e.g. gpt2)"),
     ("model and tokenizer", "model_overrides", _overrides, "model config overrides, e.g. 'n_layer=4,n_embd=128'"),
     ("model and tokenizer", "tokenizer", str, "'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name; default: 'bpe' for presets, else the model's own"),
-    ("model and tokenizer", "tokenizer_class_name", str, f"original project's flag: {GPT2_TOKENIZER_CLASS} = GPT-2's tokenizer from --model_path's folder, else from the hub's gpt2"),
+    ("model and tokenizer", "tokenizer_class_name", str, f"original project's flag: {GPT2_TOKENIZER_CLASS} = GPT-2's tokenizer from --model_path's folder, else the GPT-2 BPE shipped with fst (offline)"),
     ("model and tokenizer", "bpe_vocab_size", int, "vocabulary size of a new BPE"),
     ("optimisation", "learning_rate", float, "AdamW peak learning rate (~2.5e-5 to fine-tune a pretrained gpt2)"),
     ("optimisation", "weight_decay", float, "AdamW weight decay"),

@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data_dir",
         type=Path,
-        default=d["data_dir"].default,
-        help="where chat settings (SQLite) and the JSON-lines log live (default: %(default)s)",
+        default=None,
+        help="where chat settings (SQLite) and the JSON-lines log live "
+        "(default: $XDG_DATA_HOME/fst-telegram or ~/.local/share/fst-telegram)",
     )
     p.add_argument(
         "--request_timeout",
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> BotSettings:
     if not args.telegram_api_token:
         raise SettingsError(f"--telegram_api_token (or env {TOKEN_ENV}) is required")
-    return BotSettings(**vars(args))
+    given = {k: v for k, v in vars(args).items() if not (k == "data_dir" and v is None)}
+    return BotSettings(**given)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,13 +19,20 @@ class SettingsError(ValueError):
     """Bad configuration; the message names the flag."""
 
 
+def default_data_dir() -> Path:
+    """The bot's state (chat settings, logs) under the user's data folder, never the current
+    one: $XDG_DATA_HOME/fst-telegram, else ~/.local/share/fst-telegram."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fst-telegram"
+
+
 @dataclass(frozen=True)
 class BotSettings:
     telegram_api_token: str
     text_generator_service_url: str
     text_generator_service_api_key: str | None = None
     telegram_api_server: str | None = None  # None: api.telegram.org
-    data_dir: Path = Path("fst_telegram_data")
+    data_dir: Path = field(default_factory=default_data_dir)
     request_timeout: float = 60.0
     edit_interval: float = 1.0
     repeat_cache_size: int = 10_000
