@@ -216,9 +216,19 @@ def build_trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> p
         raise ArgsError(f"trainer options: {e}") from e
 
 
+def trainer_devices(args: TrainArgs) -> dict:
+    """The original project's `--gpus "0,"` on a machine without a CUDA GPU trains on the CPU
+    (with a warning), so its README command runs anywhere; `--accelerator gpu` still fails."""
+    devices = args.trainer_devices()
+    if args.gpus is not None and devices["accelerator"] == "gpu" and not torch.cuda.is_available():
+        logger.warning("--gpus %s: no CUDA GPU on this machine; training on the CPU", args.gpus)
+        return {"accelerator": "cpu", "devices": 1}
+    return devices
+
+
 def _trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
     return pl.Trainer(
-        **args.trainer_devices(),
+        **trainer_devices(args),
         strategy=args.strategy,
         num_nodes=args.num_nodes,
         precision=args.precision,

@@ -392,6 +392,36 @@ def test_malformed_documents_exit_2_with_file_and_line(tmp_path):
     assert "Traceback" in debug_log and "DocumentError" in debug_log
 
 
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the CPU fallback of --gpus"
+)
+def test_original_readme_command_runs_as_written_from_the_repo_root(tmp_path, monkeypatch, capsys):
+    """The original README's command, from the repository root on its shipped corpus: no hub
+    (GPT-2's BPE is package data), `--gpus "0,"` falls back to the CPU on a machine without
+    one. Only the model (a preset, not the hub's gpt2) and the budget differ."""
+    from conftest import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main([
+        f"--experiments_root={tmp_path / 'experiments'}", "--model_path=tiny",
+        "--tokenizer_class_name=HFGPT2DocumentTokenizer", "--batch_size=4", "--max_meta_len=0",
+        "--max_body_len=70", "--ignore_meta_prob=1.0",
+        "--train_file=./data/documents/nietzsche/train.documents",
+        "--valid_file=./data/documents/nietzsche/valid.documents",
+        "--learning_rate=2.5e-05", "--num_warmup_steps=10", "--num_cycles=1", '--gpus=0,',
+        "--val_check_interval=1.0", "--max_epochs=1", "--unlikelihood_alpha=5.0",
+        "--accumulate_grad_batches=8", "--experiment_name=nietzsche",
+        "--limit_train_batches=8", "--limit_val_batches=2", "--num_workers=0", "--num_threads=1",
+    ])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "no CUDA GPU on this machine; training on the CPU" in captured.err + captured.out
+    loaded = load_checkpoint(tmp_path / "experiments" / "nietzsche_v0" / "models" / "last.ckpt")
+    assert loaded.tokenizer.encode_text("Hello world") == [15496, 995]
+    assert loaded.info["global_step"] == 1  # 8 batches, 8 per optimizer step
+
+
 def test_original_readme_command_with_a_local_gpt2_folder(tmp_path, gpt2_bpe_dir, capsys):
     """The README command with a local model folder holding GPT-2's tokenizer files."""
     import shutil
