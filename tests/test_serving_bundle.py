@@ -120,6 +120,25 @@ def test_context_meta_and_version(client: TestClient, reference: Generator) -> N
     assert version["provider"] == reference.provider
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", b'{"prompt": "ab\\ud800cd", "max_tokens": 2}', "prompt"),
+        ("/v1/completions", b'{"prompt": ["ok", "ab\\ud800cd"], "max_tokens": 2}', "prompt"),
+        ("/generated_texts/", b'{"body": "ab\\ud800cd"}', "body"),
+    ],
+)
+def test_lone_surrogate_in_a_prompt_is_a_400_naming_the_field(
+    client: TestClient, path: str, body: bytes, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the real tokenizer raised TypeError on it, answered 500 + tracebacks."""
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"] if path.startswith("/v1") else r.json()["detail"]
+    assert message.startswith(f"{field}: contains a lone UTF-16 surrogate ('\\ud800'")
+    assert [rec for rec in caplog.records if rec.levelname == "ERROR"] == []
+
+
 def bucket_le_1_and_count(metrics: str) -> tuple[float, float]:
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[:1] != "#")
     return (
@@ -134,9 +153,11 @@ def test_batched_greedy_equals_unbatched(
 ) -> None:
     prompts = ["Hello", "The quick brown fox jumps over", "A", "Once upon a time, there was a"]
     expected = [reference.generate(p, max_new_tokens=10, **GREEDY_PLAIN)[0].text for p in prompts]
+    # The batch starts once all four wait (= max_batch_size), at most 1 s after the first.
     settings = ServingSettings(
-        bundle=tiny_plain_bundle, threads=1, batch_wait_ms=500, batching=batching
-    )
+        bundle=tiny_plain_bundle, threads=1, max_batch_size=4, batch_wait_ms=1000,
+        batching=batching,
+    )  # fmt: skip
     with running_server(create_app(settings), ready_timeout=60) as base:
 
         async def drive() -> list[httpx.Response]:
@@ -273,6 +294,13 @@ def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> No
             "/v1/completions", json={"prompt": "The dog", "max_tokens": 6, "temperature": 0}
         )
         summary = client.get("/version").json()["bundle"]
+        bad_meta = client.post(
+            "/generated_texts/",
+            content=b'{"body": "The cat", "meta": "ca\\udc00ts"}',
+            headers={"content-type": "application/json"},
+        )
+    assert bad_meta.status_code == 400, bad_meta.text  # was a 500 from the tokenizer
+    assert bad_meta.json()["detail"].startswith("meta: contains a lone UTF-16 surrogate")
     doc = {"body": "The cat", "meta": "cats"}
     assert original.json()["texts"] == [reference.generate(doc, max_new_tokens=6, **greedy)[0].text]
     docs = [{"body": "The dog", "meta": "dogs"}, {"body": "A mat", "meta": "dogs"}]
