@@ -102,8 +102,13 @@ class Scheduler:
         self._thread.join(grace_s)
         if self._thread.is_alive():
             logger.warning("cancelling running generations to shut down")
-            self._abort = True
+            self.abort()
             self._thread.join()
+
+    def abort(self) -> None:
+        """End running generations at their next step (their clients get a shutdown error).
+        Safe from any thread, and from a signal handler."""
+        self._abort = True
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil((len(self._pending) + 1) / self.max_batch_size)

@@ -277,15 +277,17 @@ class _Seq:
 # -- a real uvicorn on 127.0.0.1 ---------------------------------------------------------------
 @contextlib.contextmanager
 def running_server(app: Any, ready_timeout: float = 15.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free port in a thread; yield its base URL; always stop."""
+    """Serve `app` as fst-serve does (`build_server`: its limits, deadlines and drain) on a
+    free port in a thread; yield its base URL; always stop."""
     import httpx
-    import uvicorn
+
+    from fst.serving.server import build_server
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server = build_server(app, app.state.serving.settings)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -307,23 +309,23 @@ def running_server(app: Any, ready_timeout: float = 15.0) -> Iterator[str]:
 
 
 def _serve_fake_main() -> None:
-    """`python serving_fakes.py STEP_S`: serve a slow fake on a free port (for the SIGTERM
-    test); prints the port, then runs uvicorn in the main thread so it handles signals."""
+    """`python serving_fakes.py STEP_S [fst-serve flags]`: serve a slow fake as fst-serve
+    does, on a free port (for the signal tests); prints the port, then serves in the main
+    thread (so it handles signals) and exits with fst-serve's exit status."""
     import logging
     import sys
 
-    import uvicorn
-
     from fst.serving.app import create_app
-    from fst.serving.settings import ServingSettings
+    from fst.serving.cli import load_settings, run
+    from fst.serving.server import build_server
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
-    app = create_app(ServingSettings(), generator=FakeGenerator(step_s=float(sys.argv[1])))
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    settings = load_settings(sys.argv[2:])
+    app = create_app(settings, generator=FakeGenerator(step_s=float(sys.argv[1])))
+    sys.exit(run(build_server(app, settings), sockets=[sock]))
 
 
 if __name__ == "__main__":

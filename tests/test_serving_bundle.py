@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,9 +266,48 @@ def test_fst_serve_command_serves_and_stops_on_sigterm(
         "Hello", max_new_tokens=5, temperature=0.0, top_k=50, top_p=1.0, repetition_penalty=5.0
     )
     assert r.json() == {"texts": [expected.text]}
-    assert code == -signal.SIGTERM  # uvicorn re-raises the signal after a graceful shutdown
+    assert code == 0  # a clean SIGTERM (uvicorn alone re-raises it: 143)
     assert "scheduler stopped" in log
     assert "Hello" not in log  # prompts are not logged at INFO
+
+
+def _damage(bundle: Path, tmp_path: Path, how: str) -> Path:
+    damaged = tmp_path / "bundle"
+    shutil.copytree(bundle, damaged)
+    model, tokenizer = damaged / "model.onnx", damaged / "tokenizer.json"
+    if how == "empty model":
+        model.write_bytes(b"")
+    elif how == "truncated model":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    elif how == "missing tokenizer":
+        tokenizer.unlink()
+    elif how == "corrupt tokenizer":
+        tokenizer.write_text('{"version": "1.0", "model": ')
+    return damaged
+
+
+@pytest.mark.parametrize(
+    ("how", "file"),
+    [
+        ("empty model", "model.onnx"),
+        ("truncated model", "model.onnx"),
+        ("missing tokenizer", "tokenizer.json"),
+        ("corrupt tokenizer", "tokenizer.json"),
+    ],
+)
+def test_fst_serve_on_a_broken_bundle_fails_fast_with_one_line(
+    tiny_plain_bundle: Path, tmp_path: Path, how: str, file: str
+) -> None:
+    """Regression: it stayed up with /health 503 and the body {"status": "ok"}. The cheap
+    checks fail before listening; a model ONNX Runtime cannot load stops the server."""
+    damaged = _damage(tiny_plain_bundle, tmp_path, how)
+    command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(damaged), "--port", "0",
+               "--threads", "1", "--log-level", "warning"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr
+    assert last.startswith("fst-serve: --bundle: ") and file in last, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> None:
