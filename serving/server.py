@@ -75,6 +75,25 @@ class FstServer(uvicorn.Server):
         return self.state.settings.shutdown_timeout_s
 
 
+class EventLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, without the retries of a closed listening socket.
+
+    When accept() fails for lack of file descriptors, asyncio (3.11) goes on calling it
+    `backlog` times in the same tick, scheduling a retry a second later for each failure;
+    the retries that fire after shutdown closed the socket each logged a traceback
+    (thousands). They have nothing to do then.
+    """
+
+    def _start_serving(self, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> None:
+        if sock.fileno() == -1:
+            return
+        super()._start_serving(protocol_factory, sock, *args, **kwargs)  # type: ignore[misc]
+
+
+def event_loop_factory() -> asyncio.AbstractEventLoop:
+    return EventLoop()
+
+
 class AcceptErrorLog:
     """Loop exception handler: accept() out of file descriptors, once a minute with a count."""
 
@@ -91,7 +110,7 @@ class AcceptErrorLog:
         if self._last is not None and now - self._last < ACCEPT_LOG_INTERVAL_S:
             return
         logger.error(
-            "cannot accept connections: %s (open-files limit %d; %d failed attempts); "
+            "cannot accept connections: %s (open-files limit %d; %d failed attempts since the last report); "
             "retrying every second: raise the limit (ulimit -n) or lower --limit-concurrency",
             context.get("exception"),
             open_files_limit(),
@@ -135,7 +154,7 @@ def build_server(app: FastAPI, settings: ServingSettings) -> FstServer:
         port=settings.port,
         log_level=settings.log_level,
         http=protocol,
-        loop="asyncio",
+        loop="fst.serving.server:event_loop_factory",  # asyncio's, see EventLoop
         lifespan="on",
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.timeout_keep_alive_s,  # type: ignore[arg-type]
