@@ -48,6 +48,7 @@ def client(tiny_plain_bundle: Path) -> TestClient:
             assert ready.json()["status"] == "loading"
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        assert app.state.serving.scheduler.mode == "continuous"  # the default path
         yield client
 
 
@@ -308,6 +309,17 @@ def test_fst_serve_on_a_broken_bundle_fails_fast_with_one_line(
     assert result.returncode == 2, result.stderr
     assert last.startswith("fst-serve: --bundle: ") and file in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fst_serve_on_a_taken_port_exits_3_with_one_line(tiny_plain_bundle: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(tiny_plain_bundle),
+                   "--port", str(taken.getsockname()[1]), "--log-level", "warning"]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> None:
