@@ -73,7 +73,8 @@ class ServingState:
             logger.debug("loading failed", exc_info=True)
             logger.error("could not load the model: %s", self.load_error)
             return
-        self.status = "ready"
+        if self.status == "loading":  # not if a shutdown began meanwhile
+            self.status = "ready"
         logger.info(
             "model %r ready (provider %s, %s batching of up to %d sequences, queue %d)",
             self.model_name,
