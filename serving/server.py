@@ -48,6 +48,10 @@ class FstServer(uvicorn.Server):
         self.state = state
         self.signalled = False
 
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        with asyncio.Runner(loop_factory=EventLoop) as runner:  # asyncio's, see EventLoop
+            runner.run(self.serve(sockets=sockets))
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn's, records no signal to re-raise: a graceful stop exits 0.
         self.signalled = True
@@ -88,10 +92,6 @@ class EventLoop(asyncio.SelectorEventLoop):
         if sock.fileno() == -1:
             return
         super()._start_serving(protocol_factory, sock, *args, **kwargs)  # type: ignore[misc]
-
-
-def event_loop_factory() -> asyncio.AbstractEventLoop:
-    return EventLoop()
 
 
 class AcceptErrorLog:
@@ -154,7 +154,7 @@ def build_server(app: FastAPI, settings: ServingSettings) -> FstServer:
         port=settings.port,
         log_level=settings.log_level,
         http=protocol,
-        loop="fst.serving.server:event_loop_factory",  # asyncio's, see EventLoop
+        loop="asyncio",  # run() makes it an EventLoop
         lifespan="on",
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.timeout_keep_alive_s,  # type: ignore[arg-type]

@@ -138,8 +138,12 @@ def test_original_api_refusals_name_the_field() -> None:
 
 
 # -- OpenAI-compatible API ---------------------------------------------------------------------
-def test_completions_choices_indices_and_usage() -> None:
-    fake = FakeGenerator()
+BOTH_PATHS = pytest.mark.parametrize("fake_class", [FakeGenerator, RequestLevelFake])
+
+
+@BOTH_PATHS
+def test_completions_choices_indices_and_usage(fake_class: type[FakeGenerator]) -> None:
+    fake = fake_class()
     with serve(fake, model_name="tiny") as client:
         body = {"model": "tiny", "prompt": ["Hello", "abc"], "n": 2, "max_tokens": 6, "seed": 3}
         r = client.post("/v1/completions", json=body)
@@ -207,8 +211,9 @@ def test_completions_stop_echo_and_extras() -> None:
     assert params.stop == (stop,)
 
 
-def test_completions_stream_format_matches_non_streamed() -> None:
-    with serve() as client:
+@BOTH_PATHS
+def test_completions_stream_format_matches_non_streamed(fake_class: type[FakeGenerator]) -> None:
+    with serve(fake_class()) as client:
         body = {"prompt": ["Hello", "xy"], "n": 2, "max_tokens": 7}
         plain = client.post("/v1/completions", json=body).json()
         r = client.post(
@@ -455,8 +460,9 @@ def test_timeout_gives_504() -> None:
     assert original.status_code == 504
 
 
-def test_one_failing_request_does_not_fail_its_batch() -> None:
-    fake = FakeGenerator(fail_on="boom", step_s=0.01)
+@BOTH_PATHS
+def test_one_failing_request_does_not_fail_its_batch(fake_class: type[FakeGenerator]) -> None:
+    fake = fake_class(fail_on="boom", step_s=0.01)
     # The batch starts the moment both requests wait (2 = max_batch_size), not after a
     # fixed window; the 1 s bound only matters if a thread needs that long to post.
     with serve(fake, max_batch_size=2, batch_wait_ms=1000) as client:
