@@ -2,25 +2,32 @@
 
     fst-serve --bundle runs/my-bundle --host 0.0.0.0 --port 9228
 
-Every flag is also an environment variable `FST_<NAME>` (flags win). Uvicorn handles
-SIGTERM and Ctrl-C: it stops accepting connections, lets in-flight requests finish for
-`--shutdown-timeout-s` seconds, then the lifespan cancels what is left and joins the
-scheduler's worker. One process serves one model; scale out with more processes or
-replicas behind a load balancer.
+Every flag is also an environment variable `FST_<NAME>` (flags win). On SIGTERM or Ctrl-C
+the server keeps listening while running generations finish (for `--shutdown-timeout-s`,
+then they end with an error), /ready answering 503 "stopping"; then it closes and exits 0
+(see server.py). A bundle that cannot be loaded is one line on stderr and exit status 2.
+One process serves one model; scale out with more processes or replicas behind a load
+balancer.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import socket
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal, get_args, get_origin
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
 from fst.bundle import BundleManifest
 from fst.serving.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from fst.serving.server import FstServer
 
 logger = logging.getLogger("fst.serving")
 
@@ -60,6 +67,23 @@ def _first_error(exc: ValidationError) -> str:
     return f"--{field.replace('_', '-')}: {error['msg']}"
 
 
+def check_bundle(folder: Path) -> None:
+    """The cheap part of loading, before listening: the manifest, and the files it names
+    present, not empty, and the tokenizer valid JSON. Raises ValueError naming the file."""
+    manifest = BundleManifest.load(folder)
+    for name in (manifest.graph.file, manifest.tokenizer.file):
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (the bundle is incomplete; export it again)")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file (the bundle is damaged; export it again)")
+    tokenizer = folder / manifest.tokenizer.file
+    try:
+        json.loads(tokenizer.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{tokenizer}: not valid JSON ({exc}); export the bundle again") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
@@ -74,26 +98,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fst-serve: --bundle (or FST_BUNDLE) is required", file=sys.stderr)
         return 2
     try:
-        BundleManifest.load(settings.bundle)  # fail now, with one line, not in the lifespan
+        check_bundle(Path(settings.bundle))  # fail now, with one line, not in the lifespan
     except (OSError, ValueError) as exc:
         logger.debug("bundle check failed", exc_info=True)
-        message = " ".join(str(exc).split())
-        print(f"fst-serve: --bundle: {message}", file=sys.stderr)
+        print(f"fst-serve: --bundle: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from fst.serving.app import create_app
+    from fst.serving.server import build_server
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-    )
-    server = uvicorn.Server(config)
-    server.run()  # returns after a graceful shutdown (SIGTERM / Ctrl-C)
+    app = create_app(settings)
+    return run(build_server(app, settings))
+
+
+def run(server: FstServer, sockets: list[socket.socket] | None = None) -> int:
+    """Serve until a signal (exit 0) or a failed model load (one line, exit 2)."""
+    server.run(sockets=sockets)
+    if server.state.status == "failed":
+        print(f"fst-serve: --bundle: {server.state.load_error}", file=sys.stderr)
+        return 2
     return 0 if server.started else 1
 
 

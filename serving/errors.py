@@ -6,11 +6,13 @@ is logged with its traceback and answered with a bare 500 (no internals leak).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +32,17 @@ _ERROR_TYPES = {
     503: "service_unavailable",
     504: "timeout",
 }
+
+
+class ErrorResponse(JSONResponse):
+    """JSON that always encodes: an error may quote a client's invalid text (a lone
+    surrogate), which UTF-8 cannot hold, so such a body falls back to ASCII escapes."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 class APIError(Exception):
@@ -94,15 +107,15 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
         body = openai_error(exc.status, exc.message, exc.param, exc.code)
     else:
         body = {"detail": exc.message}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    return ErrorResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    if not _is_openai_route(request):
-        return await request_validation_exception_handler(request, exc)
+    if not _is_openai_route(request):  # FastAPI's own 422 body
+        return ErrorResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
     message, param = _describe_validation(exc)
-    return JSONResponse(openai_error(400, message, param), status_code=400)
+    return ErrorResponse(openai_error(400, message, param), status_code=400)
 
 
 async def _http_error(request: Request, exc: Exception) -> Any:
@@ -110,15 +123,15 @@ async def _http_error(request: Request, exc: Exception) -> Any:
     if not _is_openai_route(request):
         return await http_exception_handler(request, exc)
     body = openai_error(exc.status_code, str(exc.detail))
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return ErrorResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     message = "internal server error"
     if _is_openai_route(request):
-        return JSONResponse(openai_error(500, message), status_code=500)
-    return JSONResponse({"detail": message}, status_code=500)
+        return ErrorResponse(openai_error(500, message), status_code=500)
+    return ErrorResponse({"detail": message}, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

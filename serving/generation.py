@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
+from pydantic import BaseModel
 
 from fst.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
@@ -25,6 +26,42 @@ from fst.serving.jobs import (
 from fst.serving.state import ServingState
 
 logger = logging.getLogger(__name__)
+
+
+def refuse_unencodable_text(payload: BaseModel) -> None:
+    """400 for a string field holding a lone UTF-16 surrogate.
+
+    JSON may escape one (`"ab\\ud800cd"` is valid JSON and Python keeps it), but it is not
+    Unicode text: UTF-8 cannot encode it, so the tokenizer, the logs and our own error
+    messages would fail on it. Checked first, so nothing downstream sees such a string.
+    """
+    for field, value in payload:
+        for text in _strings(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                char = ascii(text[exc.start])  # '\\ud800': safe to print and to log
+                raise APIError(
+                    400,
+                    f"{field}: contains a lone UTF-16 surrogate ({char} at character "
+                    f"{exc.start}), which is not valid Unicode text; send UTF-8 text",
+                    param=field,
+                ) from None
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, BaseModel):
+        for _, item in value:
+            yield from _strings(item)
 
 
 def check_limit(value: int, limit: int, param: str, what: str) -> None:

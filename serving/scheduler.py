@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from fst.runtime import Row
 from fst.serving.continuous import ContinuousEngine, owner
 from fst.serving.jobs import (
     CancelReason,
@@ -103,8 +102,13 @@ class Scheduler:
         self._thread.join(grace_s)
         if self._thread.is_alive():
             logger.warning("cancelling running generations to shut down")
-            self._abort = True
+            self.abort()
             self._thread.join()
+
+    def abort(self) -> None:
+        """End running generations at their next step (their clients get a shutdown error).
+        Safe from any thread, and from a signal handler."""
+        self._abort = True
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil((len(self._pending) + 1) / self.max_batch_size)
@@ -200,8 +204,9 @@ class Scheduler:
                     job.deliver("error", exc)
                 engine.reset()
                 continue
-            for row in ended:
-                self._row_ended(row)
+            # Several rows of one job may end in the same step: finish each job once.
+            for job in {id(owner(row)): owner(row) for row in ended}.values():
+                self._job_rows_ended(job)
             if engine.idle:
                 self.metrics.running_sequences.set(0)
 
@@ -219,8 +224,8 @@ class Scheduler:
         for job in jobs:
             job.rows = [row for row in rows if owner(row) is job]
 
-    def _row_ended(self, row: Row) -> None:
-        job = owner(row)
+    def _job_rows_ended(self, job: Job) -> None:
+        """Some of the job's rows ended: once all have, deliver its completions."""
         if any(r.finish_reason is None for r in job.rows):
             return
         self._service_s = max(time.monotonic() - (job.started_at or job.enqueued_at), 0.001)

@@ -80,7 +80,10 @@ class GeneratedTextsResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"] = Field("ok", description="The process is alive.")
+    status: Literal["ok", "failed"] = Field(
+        "ok", description="'ok': the process works; 'failed': the model could not be loaded."
+    )
+    detail: str | None = Field(None, description="Why loading failed, if it did.")
 
 
 class ReadyResponse(BaseModel):

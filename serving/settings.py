@@ -71,7 +71,31 @@ class ServingSettings(BaseSettings):
     )
     warmup: bool = Field(True, description="run a tiny generation before reporting ready")
     shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+        30.0,
+        ge=0,
+        description="on SIGTERM, how long running generations may take to finish; then they "
+        "are ended with an error (streams: an error event and [DONE])",
+    )
+    limit_concurrency: int = Field(
+        512,
+        ge=1,
+        description="most connections and requests at once; beyond it new requests get 503 "
+        "(keep it below the open-files limit, `ulimit -n`)",
+    )
+    timeout_keep_alive_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client must send a whole request (headers and body) within this, "
+        "from connecting or from its first byte; else 408 and the connection is closed",
+    )
+    write_stall_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a response the client stops reading for this long (no write progress) "
+        "is closed, and its generation cancelled",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level (prompts are logged at debug only)"

@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_LOADING_S = "5"
 
 
+def one_line(exc: BaseException) -> str:
+    """`Type: message` on one line (ONNX Runtime's and others' messages span several)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 class ServingState:
     """What the routes share: settings, metrics, the generator and its scheduler."""
 
@@ -37,6 +42,7 @@ class ServingState:
         self.status = "loading"  # loading -> ready -> stopping; or failed
         self.load_error: str | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._draining: asyncio.Future[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -63,10 +69,12 @@ class ServingState:
             )
             self.scheduler.start()
         except Exception as exc:
-            self.status, self.load_error = "failed", f"{type(exc).__name__}: {exc}"
-            logger.error("could not load the model: %s", self.load_error, exc_info=True)
+            self.status, self.load_error = "failed", one_line(exc)
+            logger.debug("loading failed", exc_info=True)
+            logger.error("could not load the model: %s", self.load_error)
             return
-        self.status = "ready"
+        if self.status == "loading":  # not if a shutdown began meanwhile
+            self.status = "ready"
         logger.info(
             "model %r ready (provider %s, %s batching of up to %d sequences, queue %d)",
             self.model_name,
@@ -101,14 +109,34 @@ class ServingState:
         prompt: Any = {"body": "Hello", "meta": None} if document else "Hello"
         generator.generate([prompt], max_new_tokens=2, num_return_sequences=2, temperature=0.0)
 
-    async def stop(self) -> None:
-        """Cancel queued work, give the running batch the shutdown grace, join the worker."""
-        self.status = "stopping" if self.status != "failed" else self.status
+    async def drain(self) -> None:
+        """Refuse new work (503) and cancel queued work, give running generations the
+        shutdown grace, then end them (their clients get an error), and join the worker.
+
+        The server calls it on SIGTERM while still listening, the lifespan again on exit
+        (then it only waits for the first call).
+        """
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain())
+        await asyncio.shield(self._draining)
+
+    async def _drain(self) -> None:
+        if self.status != "failed":
+            self.status = "stopping"
         if self._loading is not None and not self._loading.done():
             await asyncio.wait([self._loading])
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop, self.settings.shutdown_timeout_s)
             logger.info("scheduler stopped")
+
+    async def stop(self) -> None:
+        """The lifespan's end: drain (if the server has not already)."""
+        await self.drain()
+
+    def abort(self) -> None:
+        """End running generations now (a second SIGTERM / Ctrl-C)."""
+        if self.scheduler is not None:
+            self.scheduler.abort()
 
     def require_ready(self) -> tuple[Any, Scheduler]:
         """The generator and scheduler, or a 503 telling the client when to come back."""

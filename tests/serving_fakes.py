@@ -1,10 +1,13 @@
 """A fake Generator for the server's plumbing tests, and a real-uvicorn harness.
 
 The fake implements the `fst.runtime.Generator` interface the server uses (manifest,
-provider, max_positions, encode_prompt, generate, run) with a character-level "model": each
-generated character is a pure function of the prompt, the sequence index and the step, so
-a request's text never depends on what shares its batch. It records every batch, can be
-made slow per step, and can hold its warm-up until a test releases it.
+provider, max_positions, encode_prompt, generate, run, and the step-level `new_batch` that
+the default continuous batching drives) with a character-level "model": each generated
+character is a pure function of the prompt, the sequence index and the step, so a
+request's text never depends on what shares its batch. It records every batch (each
+`run` call or `add` to a running batch), can be made slow per step, and can hold its
+warm-up until a test releases it. `RequestLevelFake` lacks `new_batch`, so the server
+batches at request level around it.
 """
 
 from __future__ import annotations
@@ -146,9 +149,94 @@ class FakeGenerator:
             for ri, r in enumerate(requests)
         ]
 
+    def new_batch(self) -> FakeBatch:
+        """The step-level API (`fst.runtime.DecodeBatch`'s add / step / cancel)."""
+        return FakeBatch(self)
+
     @staticmethod
     def _body(prompt: Any) -> str:
         return prompt["body"] if isinstance(prompt, Mapping) else prompt
+
+
+class RequestLevelFake(FakeGenerator):
+    """A generator without the step-level API: the server falls back to request batching."""
+
+    new_batch = None  # type: ignore[assignment]
+
+
+class FakeRow:
+    """One sample decoding in a FakeBatch (the attributes the scheduler reads of a Row)."""
+
+    def __init__(self, request: Any, tag: Any, index: int, seq: _Seq) -> None:
+        self.request, self.tag, self.index, self.seq = request, tag, index, seq
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.seq.finish
+
+    def completion(self) -> FakeCompletion:
+        s = self.seq
+        finish = s.finish or "cancelled"
+        return FakeCompletion(
+            self.request.prompt, s.text, s.tokens, finish, len(s.prompt_ids), s.index
+        )
+
+
+class FakeBatch:
+    """`DecodeBatch` over the fake model: rows join with `add`, `step` decodes one token
+    each, `cancel` ends a row, reported finished by the next step (as the runtime does)."""
+
+    def __init__(self, fake: FakeGenerator) -> None:
+        self.fake = fake
+        self.rows: list[FakeRow] = []
+        self._cancelled: list[FakeRow] = []
+
+    @property
+    def live_rows(self) -> list[FakeRow]:
+        return [row for row in self.rows if row.finish_reason is None]
+
+    def add(self, requests: Sequence[Any], tags: Sequence[Any]) -> list[list[FakeRow]]:
+        fake = self.fake
+        with fake.lock:
+            fake.batches.append(sum(r.params.num_return_sequences for r in requests))
+            fake.requests.extend(requests)
+        if fake.fail_on is not None and any(fake._body(r.prompt) == fake.fail_on for r in requests):
+            raise RuntimeError("fake failure")
+        per_request = [
+            [
+                FakeRow(r, tag, k, _Seq(i, k, fake.encode_prompt(r.prompt), r.params))
+                for k in range(r.params.num_return_sequences)
+            ]
+            for i, (r, tag) in enumerate(zip(requests, tags, strict=True))
+        ]
+        self.rows = self.live_rows + [row for rows in per_request for row in rows]
+        return per_request
+
+    def cancel(self, row: FakeRow) -> None:
+        if row.seq.finish is None:
+            row.seq.finish = "cancelled"
+            self._cancelled.append(row)
+            with self.fake.lock:
+                self.fake.cancelled_sequences += 1
+
+    def step(self) -> list[Any]:
+        events, self._cancelled = [_Event(r, "", True) for r in self._cancelled], []
+        if self.fake.step_s:
+            time.sleep(self.fake.step_s)
+        for row in self.live_rows:
+            row.seq.step()
+            piece = row.seq.take_final_text()
+            if row.seq.finish or piece:
+                events.append(_Event(row, piece, row.seq.finish is not None))
+        self.rows = self.live_rows
+        return events
+
+
+@dataclass
+class _Event:
+    row: FakeRow
+    piece: str
+    finished: bool
 
 
 def fake_token(prompt_ids: list[int], seq_index: int, step: int) -> int:
@@ -160,13 +248,15 @@ def fake_token(prompt_ids: list[int], seq_index: int, step: int) -> int:
 class _Seq:
     def __init__(self, request: int, index: int, prompt_ids: list[int], params: Any) -> None:
         self.request, self.index, self.prompt_ids, self.params = request, index, prompt_ids, params
+        self._base = sum(prompt_ids)  # fake_token's sum, once (prompts may be long)
         self.tokens: list[int] = []
         self.text = ""
         self.finish: str | None = None
         self.sent = 0
 
     def step(self) -> None:
-        self.tokens.append(fake_token(self.prompt_ids, self.index, len(self.tokens)))
+        value = (self._base + 7 * len(self.tokens) + 3 * self.index) % 27  # = fake_token
+        self.tokens.append(32 if value == 26 else 97 + value)
         self.text = bytes(self.tokens).decode()
         for stop in self.params.stop:
             if stop in self.text:
@@ -187,15 +277,17 @@ class _Seq:
 # -- a real uvicorn on 127.0.0.1 ---------------------------------------------------------------
 @contextlib.contextmanager
 def running_server(app: Any, ready_timeout: float = 15.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free port in a thread; yield its base URL; always stop."""
+    """Serve `app` as fst-serve does (`build_server`: its limits, deadlines and drain) on a
+    free port in a thread; yield its base URL; always stop."""
     import httpx
-    import uvicorn
+
+    from fst.serving.server import build_server
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server = build_server(app, app.state.serving.settings)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -217,23 +309,23 @@ def running_server(app: Any, ready_timeout: float = 15.0) -> Iterator[str]:
 
 
 def _serve_fake_main() -> None:
-    """`python serving_fakes.py STEP_S`: serve a slow fake on a free port (for the SIGTERM
-    test); prints the port, then runs uvicorn in the main thread so it handles signals."""
+    """`python serving_fakes.py STEP_S [fst-serve flags]`: serve a slow fake as fst-serve
+    does, on a free port (for the signal tests); prints the port, then serves in the main
+    thread (so it handles signals) and exits with fst-serve's exit status."""
     import logging
     import sys
 
-    import uvicorn
-
     from fst.serving.app import create_app
-    from fst.serving.settings import ServingSettings
+    from fst.serving.cli import load_settings, run
+    from fst.serving.server import build_server
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
-    app = create_app(ServingSettings(), generator=FakeGenerator(step_s=float(sys.argv[1])))
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    settings = load_settings(sys.argv[2:])
+    app = create_app(settings, generator=FakeGenerator(step_s=float(sys.argv[1])))
+    sys.exit(run(build_server(app, settings), sockets=[sock]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 The app runs with FastAPI's TestClient (lifespan included) around `FakeGenerator`
 (tests/serving_fakes.py), whose output is a known function of the prompt, so every text
-is checked against the generator called directly. The real model is exercised in
+is checked against the generator called directly. The fake has the runtime's step-level
+API, so these tests run the default continuous batching (`serve` asserts which path ran);
+`RequestLevelFake` covers request-level batching. The real model is exercised in
 test_serving_bundle.py, a real uvicorn in test_serving_live.py.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serving_fakes import FakeGenerator, fake_token
+from serving_fakes import FakeGenerator, RequestLevelFake, fake_token
 
 from fst import __version__
 from fst.generation_params import ORIGINAL_API_DEFAULTS, GenerationParams
@@ -37,9 +39,14 @@ def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def serve(generator: Any | None = None, **settings: Any) -> Iterator[TestClient]:
-    app = create_app(ServingSettings(**settings), generator=generator or FakeGenerator())
+    """The app around `generator` (a step-level fake by default), ready; asserts the
+    batching path the server chose."""
+    generator = generator or FakeGenerator()
+    app = create_app(ServingSettings(**settings), generator=generator)
+    request_level = isinstance(generator, RequestLevelFake) or settings.get("batching") == "request"
     with TestClient(app) as client:
         wait_ready(client)
+        assert app.state.serving.scheduler.mode == ("request" if request_level else "continuous")
         yield client
 
 
@@ -131,8 +138,12 @@ def test_original_api_refusals_name_the_field() -> None:
 
 
 # -- OpenAI-compatible API ---------------------------------------------------------------------
-def test_completions_choices_indices_and_usage() -> None:
-    fake = FakeGenerator()
+BOTH_PATHS = pytest.mark.parametrize("fake_class", [FakeGenerator, RequestLevelFake])
+
+
+@BOTH_PATHS
+def test_completions_choices_indices_and_usage(fake_class: type[FakeGenerator]) -> None:
+    fake = fake_class()
     with serve(fake, model_name="tiny") as client:
         body = {"model": "tiny", "prompt": ["Hello", "abc"], "n": 2, "max_tokens": 6, "seed": 3}
         r = client.post("/v1/completions", json=body)
@@ -200,8 +211,9 @@ def test_completions_stop_echo_and_extras() -> None:
     assert params.stop == (stop,)
 
 
-def test_completions_stream_format_matches_non_streamed() -> None:
-    with serve() as client:
+@BOTH_PATHS
+def test_completions_stream_format_matches_non_streamed(fake_class: type[FakeGenerator]) -> None:
+    with serve(fake_class()) as client:
         body = {"prompt": ["Hello", "xy"], "n": 2, "max_tokens": 7}
         plain = client.post("/v1/completions", json=body).json()
         r = client.post(
@@ -301,6 +313,30 @@ def test_completions_malformed_json_unknown_model_and_body_limit() -> None:
     assert card.json()["id"] == "tiny" and missing_card.status_code == 404
 
 
+def post_raw(client: TestClient, path: str, body: bytes) -> Any:
+    return client.post(path, content=body, headers={"content-type": "application/json"})
+
+
+def test_lone_surrogates_are_refused_naming_the_field(caplog: pytest.LogCaptureFixture) -> None:
+    """`"\\ud800"` is valid JSON but no UTF-8 text: 400 naming the field, nothing logged as
+    an error (it used to be a 500 and a traceback wherever such a string was encoded)."""
+    with serve(FakeGenerator(document_format=True)) as client:
+        model = post_raw(client, "/v1/completions", b'{"prompt": "a", "model": "x\\ud800"}')
+        stop = post_raw(client, "/v1/completions", b'{"prompt": "a", "stop": ["\\udfff"]}')
+        meta = post_raw(client, "/generated_texts/", b'{"body": "a", "meta": "\\ud800"}')
+        echoed = post_raw(client, "/generated_texts/", b'{"body": "a", "top_k": "\\ud800"}')
+    assert model.status_code == 400 and model.json()["error"]["param"] == "model"
+    assert (
+        "model: contains a lone UTF-16 surrogate ('\\ud800' at character 1)"
+        in model.json()["error"]["message"]
+    )
+    assert stop.status_code == 400 and stop.json()["error"]["param"] == "stop"
+    assert meta.status_code == 400 and meta.json()["detail"].startswith("meta: contains a lone")
+    # A validation error quoting such a string still answers (ASCII-escaped JSON).
+    assert echoed.status_code == 422 and echoed.json()["detail"][0]["loc"] == ["body", "top_k"]
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
 # -- auth, operations, metrics -----------------------------------------------------------------
 def test_api_key_required_except_for_probes() -> None:
     with serve(api_key="s3cret") as client:
@@ -359,30 +395,52 @@ def test_failed_load_makes_health_and_ready_fail(tmp_path) -> None:
         health = client.get("/health")
     assert ready.status_code == 503 and ready.json()["status"] == "failed"
     assert "fst_bundle.json" in ready.json()["detail"]
-    assert health.status_code == 503
+    # The body agrees with the status (it said "ok"); fst-serve itself exits instead.
+    assert health.status_code == 503 and health.json() == ready.json()
 
 
-def test_metrics_count_requests_tokens_and_batches() -> None:
-    with serve() as client:
-        client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "n": 2})
-        client.post("/v1/completions", json={"prompt": "Hello", "temperature": -1})
-        client.post("/generated_texts/", json={"body": "Hi", "max_number_of_generated_tokens": 4})
-        text = client.get("/metrics").text
+def metric_values(text: str) -> dict[str, float]:
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
+    return values
+
+
+@pytest.mark.parametrize("fake", [FakeGenerator, RequestLevelFake])
+def test_metrics_count_requests_tokens_and_batches(fake: type[FakeGenerator]) -> None:
+    with serve(fake()) as client:
+        client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "n": 2})
+        client.post("/v1/completions", json={"prompt": "Hello", "temperature": -1})
+        client.post("/generated_texts/", json={"body": "Hi", "max_number_of_generated_tokens": 4})
+        values = metric_values(client.get("/metrics").text)
     assert values['fst_http_requests_total{route="/v1/completions",status="200"}'] == 1
     assert values['fst_http_requests_total{route="/v1/completions",status="400"}'] == 1
     assert values['fst_http_requests_total{route="/generated_texts/",status="200"}'] == 1
     assert values["fst_generated_tokens_total"] == 3 * 2 + 4
     assert values["fst_prompt_tokens_total"] == 5 + 2
-    assert values["fst_batch_size_sequences_count"] == 2
-    assert values["fst_batch_size_sequences_sum"] == 3
+    if fake is RequestLevelFake:  # one observation per batch
+        assert values["fst_batch_size_sequences_count"] == 2
+        assert values["fst_batch_size_sequences_sum"] == 3
+    else:  # one per decoding step: 3 steps of 2 rows, 4 steps of 1
+        assert values["fst_batch_size_sequences_count"] == 3 + 4
+        assert values["fst_batch_size_sequences_sum"] == 3 * 2 + 4
     assert values["fst_time_to_first_token_seconds_count"] == 2
     assert values["fst_queue_depth"] == 0
     assert 'fst_http_request_duration_seconds_count{route="/v1/completions"}' in values
+
+
+def test_metrics_count_a_request_with_n_samples_once() -> None:
+    """Regression: with continuous batching, a job whose n rows all end in the same step
+    was finished once per row (tokens, prompt tokens and TTFT counted n times)."""
+    with serve() as client:
+        r = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 10, "n": 8})
+        values = metric_values(client.get("/metrics").text)
+    assert r.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 80, "total_tokens": 85}
+    assert values["fst_generated_tokens_total"] == 80
+    assert values["fst_prompt_tokens_total"] == 5
+    assert values["fst_time_to_first_token_seconds_count"] == 1
 
 
 def test_timeout_gives_504() -> None:
@@ -402,9 +460,12 @@ def test_timeout_gives_504() -> None:
     assert original.status_code == 504
 
 
-def test_one_failing_request_does_not_fail_its_batch() -> None:
-    fake = FakeGenerator(fail_on="boom", step_s=0.01)
-    with serve(fake, batch_wait_ms=200) as client:
+@BOTH_PATHS
+def test_one_failing_request_does_not_fail_its_batch(fake_class: type[FakeGenerator]) -> None:
+    fake = fake_class(fail_on="boom", step_s=0.01)
+    # The batch starts the moment both requests wait (2 = max_batch_size), not after a
+    # fixed window; the 1 s bound only matters if a thread needs that long to post.
+    with serve(fake, max_batch_size=2, batch_wait_ms=1000) as client:
         results: dict[str, Any] = {}
 
         def call(prompt: str) -> None:

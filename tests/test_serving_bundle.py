@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,7 @@ def client(tiny_plain_bundle: Path) -> TestClient:
             assert ready.json()["status"] == "loading"
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        assert app.state.serving.scheduler.mode == "continuous"  # the default path
         yield client
 
 
@@ -120,6 +122,25 @@ def test_context_meta_and_version(client: TestClient, reference: Generator) -> N
     assert version["provider"] == reference.provider
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", b'{"prompt": "ab\\ud800cd", "max_tokens": 2}', "prompt"),
+        ("/v1/completions", b'{"prompt": ["ok", "ab\\ud800cd"], "max_tokens": 2}', "prompt"),
+        ("/generated_texts/", b'{"body": "ab\\ud800cd"}', "body"),
+    ],
+)
+def test_lone_surrogate_in_a_prompt_is_a_400_naming_the_field(
+    client: TestClient, path: str, body: bytes, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the real tokenizer raised TypeError on it, answered 500 + tracebacks."""
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"] if path.startswith("/v1") else r.json()["detail"]
+    assert message.startswith(f"{field}: contains a lone UTF-16 surrogate ('\\ud800'")
+    assert [rec for rec in caplog.records if rec.levelname == "ERROR"] == []
+
+
 def bucket_le_1_and_count(metrics: str) -> tuple[float, float]:
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[:1] != "#")
     return (
@@ -134,9 +155,11 @@ def test_batched_greedy_equals_unbatched(
 ) -> None:
     prompts = ["Hello", "The quick brown fox jumps over", "A", "Once upon a time, there was a"]
     expected = [reference.generate(p, max_new_tokens=10, **GREEDY_PLAIN)[0].text for p in prompts]
+    # The batch starts once all four wait (= max_batch_size), at most 1 s after the first.
     settings = ServingSettings(
-        bundle=tiny_plain_bundle, threads=1, batch_wait_ms=500, batching=batching
-    )
+        bundle=tiny_plain_bundle, threads=1, max_batch_size=4, batch_wait_ms=1000,
+        batching=batching,
+    )  # fmt: skip
     with running_server(create_app(settings), ready_timeout=60) as base:
 
         async def drive() -> list[httpx.Response]:
@@ -244,9 +267,59 @@ def test_fst_serve_command_serves_and_stops_on_sigterm(
         "Hello", max_new_tokens=5, temperature=0.0, top_k=50, top_p=1.0, repetition_penalty=5.0
     )
     assert r.json() == {"texts": [expected.text]}
-    assert code == -signal.SIGTERM  # uvicorn re-raises the signal after a graceful shutdown
+    assert code == 0  # a clean SIGTERM (uvicorn alone re-raises it: 143)
     assert "scheduler stopped" in log
     assert "Hello" not in log  # prompts are not logged at INFO
+
+
+def _damage(bundle: Path, tmp_path: Path, how: str) -> Path:
+    damaged = tmp_path / "bundle"
+    shutil.copytree(bundle, damaged)
+    model, tokenizer = damaged / "model.onnx", damaged / "tokenizer.json"
+    if how == "empty model":
+        model.write_bytes(b"")
+    elif how == "truncated model":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    elif how == "missing tokenizer":
+        tokenizer.unlink()
+    elif how == "corrupt tokenizer":
+        tokenizer.write_text('{"version": "1.0", "model": ')
+    return damaged
+
+
+@pytest.mark.parametrize(
+    ("how", "file"),
+    [
+        ("empty model", "model.onnx"),
+        ("truncated model", "model.onnx"),
+        ("missing tokenizer", "tokenizer.json"),
+        ("corrupt tokenizer", "tokenizer.json"),
+    ],
+)
+def test_fst_serve_on_a_broken_bundle_fails_fast_with_one_line(
+    tiny_plain_bundle: Path, tmp_path: Path, how: str, file: str
+) -> None:
+    """Regression: it stayed up with /health 503 and the body {"status": "ok"}. The cheap
+    checks fail before listening; a model ONNX Runtime cannot load stops the server."""
+    damaged = _damage(tiny_plain_bundle, tmp_path, how)
+    command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(damaged), "--port", "0",
+               "--threads", "1", "--log-level", "warning"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr
+    assert last.startswith("fst-serve: --bundle: ") and file in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fst_serve_on_a_taken_port_exits_3_with_one_line(tiny_plain_bundle: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(tiny_plain_bundle),
+                   "--port", str(taken.getsockname()[1]), "--log-level", "warning"]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> None:
@@ -273,6 +346,13 @@ def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> No
             "/v1/completions", json={"prompt": "The dog", "max_tokens": 6, "temperature": 0}
         )
         summary = client.get("/version").json()["bundle"]
+        bad_meta = client.post(
+            "/generated_texts/",
+            content=b'{"body": "The cat", "meta": "ca\\udc00ts"}',
+            headers={"content-type": "application/json"},
+        )
+    assert bad_meta.status_code == 400, bad_meta.text  # was a 500 from the tokenizer
+    assert bad_meta.json()["detail"].startswith("meta: contains a lone UTF-16 surrogate")
     doc = {"body": "The cat", "meta": "cats"}
     assert original.json()["texts"] == [reference.generate(doc, max_new_tokens=6, **greedy)[0].text]
     docs = [{"body": "The dog", "meta": "dogs"}, {"body": "A mat", "meta": "dogs"}]

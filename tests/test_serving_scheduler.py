@@ -108,3 +108,28 @@ def test_stop_cancels_queued_work_aborts_the_batch_and_joins() -> None:
 
     asyncio.run(main())
     assert [r.prompt for r in fake.requests] == ["long"]
+
+
+def test_continuous_job_with_n_rows_is_finished_and_counted_once() -> None:
+    """Regression: the rows of a cancelled n=4 job all end in one step; the job must be
+    delivered and its cancellation counted once, not once per row."""
+    fake = FakeGenerator(step_s=0.005)
+    sched = scheduler(fake, mode="continuous")
+
+    async def main() -> list:
+        sched.start()
+        job = sched.submit([request("long", n=4, tokens=1000)], timeout_s=30)
+        async for _ in job.pieces():
+            break
+        job.cancel("disconnect")
+        results = await job.wait()
+        sched.stop(grace_s=5)
+        return results
+
+    (completions,) = asyncio.run(main())
+    assert [c.finish_reason for c in completions] == ["cancelled"] * 4
+    assert fake.cancelled_sequences == 4
+    assert sched.metrics.cancelled.labels(reason="disconnect")._value.get() == 1
+    assert sched.metrics.time_to_first_token._sum.get() > 0
+    generated = sum(len(c.token_ids) for c in completions)
+    assert sched.metrics.generated_tokens._value.get() == generated

@@ -27,6 +27,7 @@ from fst.serving.generation import (
     job_error,
     make_params,
     make_prompt,
+    refuse_unencodable_text,
     submit,
     wait_for_job,
 )
@@ -119,6 +120,7 @@ async def get_model(model_id: str, state: StateDep) -> ModelCard:
 )
 async def create_completion(payload: CompletionRequest, request: Request, state: StateDep) -> Any:
     """Continue one prompt or several; `stream: true` for server-sent events."""
+    refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
     _check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)

@@ -22,14 +22,17 @@ router = APIRouter(tags=["operations"])
     summary="Liveness: 200 while the process works (also while loading), 503 if loading failed",
 )
 async def health(state: StateDep) -> Response:
-    status = 503 if state.status == "failed" else 200
-    return JSONResponse(HealthResponse().model_dump(), status_code=status)
+    if state.status == "failed":  # fst-serve exits on it; an embedding app may not
+        body = HealthResponse(status="failed", detail=state.load_error)
+        return JSONResponse(body.model_dump(), status_code=503)
+    return JSONResponse(HealthResponse().model_dump())
 
 
 @router.get(
     "/ready",
     response_model=ReadyResponse,
-    summary="Readiness: 200 once the model is loaded and warmed up, 503 otherwise",
+    summary="Readiness: 200 once the model is loaded and warmed up; 503 while loading, "
+    "when loading failed, and while shutting down ('stopping')",
     responses={503: {"model": ReadyResponse, "description": "Not ready (yet)"}},
 )
 async def ready(state: StateDep) -> Response:

@@ -12,6 +12,7 @@ from fst.serving.generation import (
     check_limit,
     make_params,
     make_prompt,
+    refuse_unencodable_text,
     submit,
     wait_for_job,
 )
@@ -48,6 +49,7 @@ async def generated_texts(
     """Generate `num_return_sequences` continuations of `body` (with `meta` for
     document-format models). Same fields and defaults as the original project; temperature
     0 is allowed and means greedy."""
+    refuse_unencodable_text(payload)
     settings = state.settings
     generator, _ = state.require_ready()
     check_limit(
