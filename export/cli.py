@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # SIGTERM (docker stop, a CI timeout) unwinds like Ctrl-C, so the temporary bundle
-    # folder is removed instead of left behind.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM (docker stop, a CI timeout) and SIGHUP (the terminal closed) unwind like
+    # Ctrl-C, so the temporary bundle folder is removed instead of left behind. (SIGKILL
+    # cannot be caught: the next export removes what such a run left, see bundle_writer.)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in _UNWINDING_SIGNALS}
     try:
         with _logging_to(args.log_file):
             return _run(args)
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print("fst-export: interrupted; no bundle written", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_UNWINDING_SIGNALS = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
 
 def _raise_interrupt(signum, frame) -> None:

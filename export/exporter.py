@@ -20,6 +20,7 @@ from fst.bundle import (
     ParityReport,
     TokenizerInfo,
     TrainingInfo,
+    file_sizes,
 )
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
@@ -281,6 +282,7 @@ def _manifest(
     config, tokenizer = source.model.config, source.tokenizer
     heads = int(config.num_attention_heads)
     settings = tokenizer.settings()
+    digests = bundle_writer.file_digests(folder)
     return BundleManifest(
         created_at=bundle_writer.utc_now(),
         architecture=ArchitectureInfo(
@@ -310,6 +312,7 @@ def _manifest(
             args=source.training_args,
         ),
         versions=bundle_writer.library_versions(),
-        files=bundle_writer.file_digests(folder),
+        files=digests,
+        sizes=file_sizes(folder, list(digests)),
         parity=parity,
     )

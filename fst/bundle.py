@@ -2,7 +2,9 @@
 
 Written by `fst.export`, read by `fst.runtime` and summarised by `fst.serving`'s /version.
 A pydantic model so both sides agree on the fields and a broken manifest fails with a
-message that names the field.
+message that names the field. `check_bundle` is what every loader calls first: a missing,
+empty, truncated or (with `hashes=True`) modified file fails there with a `BundleError`
+naming it, instead of deep inside ONNX Runtime or `tokenizers`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fst.constants import BUNDLE_FORMAT_VERSION, BUNDLE_MANIFEST
+
+
+class BundleError(ValueError):
+    """A bundle file is missing, unreadable, or does not match the manifest. The message
+    starts with the file's path and says what to do; one line."""
 
 
 class _Strict(BaseModel):
@@ -95,6 +102,10 @@ class BundleManifest(_Strict):
     training: TrainingInfo
     versions: dict[str, str]
     files: dict[str, str] = Field(description="file name -> sha256 hex digest")
+    sizes: dict[str, int] = Field(
+        default_factory=dict,
+        description="file name -> bytes (checked at every load; absent before fst 0.3.1)",
+    )
     parity: ParityReport
     generation_defaults: dict[str, Any] = Field(default_factory=dict)
 
@@ -105,16 +116,25 @@ class BundleManifest(_Strict):
 
     @classmethod
     def load(cls, folder: str | Path) -> BundleManifest:
+        """The manifest of `folder`; BundleError naming the file and the field if broken."""
         path = Path(folder) / BUNDLE_MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{folder}: not an fst bundle (no {BUNDLE_MANIFEST})")
-        data = json.loads(path.read_text())
+            raise BundleError(f"{folder}: not an fst bundle (no {BUNDLE_MANIFEST})")
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"{path}: unreadable manifest ({e}); re-export the bundle") from e
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: the manifest is not a JSON object; re-export the bundle")
         if data.get("format_version") != BUNDLE_FORMAT_VERSION:
-            raise ValueError(
+            raise BundleError(
                 f"{path}: bundle format {data.get('format_version')} is not supported "
                 f"(this fst reads format {BUNDLE_FORMAT_VERSION})"
             )
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise BundleError(f"{path}: {_first_error(e)}") from e
 
     def summary(self) -> dict[str, Any]:
         """What /version shows: no raw internals, no training args."""
@@ -135,6 +155,59 @@ class BundleManifest(_Strict):
             },
             "created_at": self.created_at,
         }
+
+
+def _first_error(error: ValidationError) -> str:
+    """'graph.opset: Field required (and 2 more errors)': the first problem, on one line."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "manifest"
+    more = error.error_count() - 1
+    return f"{where}: {first['msg']}" + (f" (and {more} more errors)" if more else "")
+
+
+def check_bundle(folder: str | Path, *, hashes: bool = False) -> BundleManifest:
+    """The manifest of the bundle in `folder`, once its files are known to be intact.
+
+    Always (a few stat calls): the manifest parses, the model and tokenizer files it names
+    and every file it lists exist, are not empty, and have the size it records. With
+    `hashes`, also each file's sha256 (reads every byte: about a second per GB).
+    Raises BundleError naming the first bad file.
+    """
+    folder = Path(folder)
+    manifest = BundleManifest.load(folder)
+    names = dict.fromkeys([manifest.graph.file, manifest.tokenizer.file, *manifest.files])
+    if manifest.graph.external_data:
+        names[manifest.graph.external_data] = None
+    for name in names:
+        _check_file(folder / name, manifest)
+    if hashes:
+        for name, expected in manifest.files.items():
+            actual = sha256_file(folder / name)
+            if actual != expected:
+                raise BundleError(
+                    f"{folder / name}: sha256 {actual[:16]}... differs from the manifest's "
+                    f"{expected[:16]}... (the file changed after export); re-export the bundle"
+                )
+    return manifest
+
+
+def _check_file(path: Path, manifest: BundleManifest) -> None:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (the bundle manifest lists it); re-export the bundle")
+    size = path.stat().st_size
+    expected = manifest.sizes.get(path.name)
+    if size == 0 and expected != 0:
+        raise BundleError(f"{path}: empty file; re-export the bundle")
+    if expected is not None and size != expected:
+        raise BundleError(
+            f"{path}: {size} bytes, the manifest says {expected} (truncated or replaced); "
+            "re-export the bundle"
+        )
+
+
+def file_sizes(folder: str | Path, names: list[str]) -> dict[str, int]:
+    """Bytes of each named file of `folder` (the manifest's `sizes`)."""
+    return {name: (Path(folder) / name).stat().st_size for name in names}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

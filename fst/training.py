@@ -12,6 +12,7 @@ a shared file system.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -95,7 +96,7 @@ def shared_experiment(args: TrainArgs) -> Iterator[Experiment]:
             raise ArgsError(f"{EXPERIMENT_ENV} must name rank 0's experiment folder on this rank")
         yield open_experiment(os.environ[EXPERIMENT_ENV])
         return
-    experiment = create_experiment(args.experiments_root, args.name)
+    experiment = resumed_experiment(args) or create_experiment(args.experiments_root, args.name)
     # Ranks launched by Lightning inherit our environment; restored afterwards so a later
     # run in this process gets its own folder.
     previous = os.environ.get(EXPERIMENT_ENV)
@@ -107,6 +108,23 @@ def shared_experiment(args: TrainArgs) -> Iterator[Experiment]:
             del os.environ[EXPERIMENT_ENV]
         else:
             os.environ[EXPERIMENT_ENV] = previous
+
+
+def resumed_experiment(args: TrainArgs) -> Experiment | None:
+    """With --resume_from: the experiment folder the checkpoint was saved in
+    (`<name>_v<N>/models/*.ckpt`), unless --resume_in_new_folder or it is not in one."""
+    if not args.resume_from or args.resume_in_new_folder:
+        return None
+    checkpoint = Path(args.resume_from).resolve()
+    if checkpoint.parent.name != "models":
+        return None
+    try:
+        experiment = open_experiment(checkpoint.parent.parent)
+    except FileNotFoundError:
+        return None
+    if not experiment.description_file.is_file() or not experiment.logs_dir.is_dir():
+        return None  # a folder that merely looks like one
+    return experiment
 
 
 def is_rank_zero() -> bool:
@@ -128,6 +146,10 @@ def train(args: TrainArgs, experiment: Experiment) -> TrainResult:
 def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
     first = is_rank_zero()  # writes the shared files
     description = {"arguments": args.to_json_dict(), "versions": library_versions()}
+    if first and experiment.description_file.is_file():  # resumed in its own folder
+        previous = json.loads(experiment.description_file.read_text(encoding="utf-8"))
+        description["resumed"] = {"from": args.resume_from, "previous_run": previous}
+        logger.info("Resuming in the checkpoint's experiment folder %s", experiment.dir)
     if first:
         experiment.write_description(description)
     logger.info("Experiment folder: %s", experiment.dir)

@@ -3,8 +3,8 @@
     fst-generate --bundle bundle/ "The meaning of life is" --max_new_tokens 40 --seed 0
     fst-generate --bundle bundle/ "Once upon a time" --meta "fairy tale" --stream
 
-Bad input prints one line on stderr and exits with 2; the traceback goes to the debug log
-(`--debug` shows it).
+Bad input (an argument that is not UTF-8, a broken bundle, a bad parameter) prints one line
+on stderr and exits with 2; the traceback goes to the debug log (`--debug` shows it).
 """
 
 from __future__ import annotations
@@ -67,8 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the weights in 4 KiB pages (by default they move into 2 MiB pages on Linux)",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every bundle file's sha256 against the manifest before loading (sizes "
+        "are always checked)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _check_text_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the argument whose bytes are not UTF-8 (Python keeps such bytes as
+    lone surrogates, which no tokenizer accepts)."""
+    texts = [("prompt", args.prompt), ("--meta", args.meta)]
+    texts += [("--stop", stop) for stop in args.stop or ()]
+    for name, text in texts:
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raw = text[e.start].encode("utf-8", "surrogateescape")
+            raise ValueError(
+                f"argument {name}: not valid UTF-8 (byte 0x{raw.hex()} at character {e.start})"
+            ) from None
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -87,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     from fst.runtime.session import ProviderUnavailableError
 
     try:
+        _check_text_arguments(args)
         providers = args.providers.split(",") if args.providers else None
         generator = Generator.from_bundle(
             args.bundle,
             providers=providers,
             threads=args.threads,
+            verify=args.verify,
             huge_pages=not args.no_huge_pages,
         )
         params = generator.default_params.with_overrides(**_overrides(args))

@@ -30,7 +30,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fst.bundle import BundleManifest
+from fst.bundle import BundleError, BundleManifest, check_bundle
 from fst.documents import Document
 from fst.generation_params import GenerationParams
 from fst.runtime.decode_batch import (
@@ -85,11 +85,17 @@ class Generator:
         path: str | Path,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        verify: bool = False,
         **session_kwargs: Any,
     ) -> Generator:
-        """Load a bundle folder written by `fst-export`."""
+        """Load a bundle folder written by `fst-export`.
+
+        A missing, empty or truncated file raises `fst.bundle.BundleError` naming it (sizes
+        are always checked); `verify=True` also compares every file's sha256 with the
+        manifest's (about a second per GB).
+        """
         path = Path(path)
-        manifest = BundleManifest.load(path)
+        manifest = check_bundle(path, hashes=verify)
         tokenizer = load_tokenizer(path, manifest)
         session, provider = create_session(
             path / manifest.graph.file, providers=providers, threads=threads, **session_kwargs
@@ -100,7 +106,11 @@ class Generator:
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Prompt ids as the model saw documents in training; ValueError on a bad prompt."""
-        return self.tokenizer.encode_for_inference(self._as_document(prompt))
+        document = self._as_document(prompt)
+        texts = [document] if isinstance(document, str) else [document.body, document.meta or ""]
+        for text in texts:
+            _check_encodable(text)
+        return self.tokenizer.encode_for_inference(document)
 
     def encode_request(self, request: GenerationRequest) -> list[int]:
         """Prompt ids of a request; ValueError if the model cannot take it (too long)."""
@@ -217,7 +227,11 @@ def load_tokenizer(folder: Path, manifest: BundleManifest) -> DocumentTokenizer:
     import tokenizers
 
     info = manifest.tokenizer
-    raw = tokenizers.Tokenizer.from_file(str(folder / info.file))
+    file = folder / info.file
+    try:
+        raw = tokenizers.Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for every kind of failure
+        raise BundleError(f"{file}: not a readable tokenizer ({e}); re-export the bundle") from e
     settings: dict[str, Any] = {"document_format": info.document_format}
     if info.eos_token_id is not None:
         settings["eos_token"] = raw.id_to_token(info.eos_token_id)
@@ -231,6 +245,18 @@ def load_tokenizer(folder: Path, manifest: BundleManifest) -> DocumentTokenizer:
             f"{folder}: tokenizer EOS id {tokenizer.eos_token_id} != manifest {info.eos_token_id}"
         )
     return tokenizer
+
+
+def _check_encodable(text: str) -> None:
+    """ValueError for text that is not Unicode (a lone surrogate, e.g. from undecodable
+    command-line bytes), which `tokenizers` would reject with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"the prompt is not valid text: {text[e.start]!r} at character {e.start} "
+            "(a lone surrogate or undecodable byte)"
+        ) from None
 
 
 def _default_params(defaults: Mapping[str, Any]) -> GenerationParams:

@@ -26,6 +26,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from fst.bundle import BundleError
 from fst.constants import ONNX_ATTENTION_MASK, onnx_past_names
 from fst.runtime.huge_pages import collapse_resident_memory
 
@@ -102,12 +103,20 @@ def create_session(
     explicit = providers is not None
     chosen = choose_providers(providers)
     provider_options = [_options_for(p, trt_options, cuda_options) for p in chosen]
-    session = ort.InferenceSession(
-        str(model_path),
-        sess_options=session_options(threads),
-        providers=chosen,
-        provider_options=provider_options,
-    )
+    try:
+        session = ort.InferenceSession(
+            str(model_path),
+            sess_options=session_options(threads),
+            providers=chosen,
+            provider_options=provider_options,
+        )
+    except Exception as e:
+        if not _is_model_error(e):
+            raise
+        raise BundleError(
+            f"{model_path}: ONNX Runtime cannot load this model ({_ort_message(e)}); "
+            "re-export the bundle"
+        ) from e
     used = session.get_providers()[0]
     if explicit and used != chosen[0]:
         raise ProviderUnavailableError(
@@ -118,6 +127,24 @@ def create_session(
     if huge_pages and used == CPU:
         collapse_resident_memory()
     return session, used
+
+
+# ONNX Runtime's errors for a file that is not a usable model (its exception classes have
+# no common base but Exception; EPFail & co. are provider problems, not the file's).
+_MODEL_ERRORS = ("InvalidProtobuf", "InvalidGraph", "NoModel", "NoSuchFile", "InvalidArgument")
+
+
+def _is_model_error(error: Exception) -> bool:
+    if isinstance(error, UnicodeDecodeError):  # a corrupted name or attribute string
+        return True
+    return type(error).__module__.startswith("onnxruntime") and (
+        type(error).__name__ in _MODEL_ERRORS
+    )
+
+
+def _ort_message(error: Exception) -> str:
+    """ONNX Runtime's message without its '[ONNXRuntimeError] : 7 : CODE : ' prefix."""
+    return str(error).rsplit(" : ", 1)[-1].strip()
 
 
 def _options_for(

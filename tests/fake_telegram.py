@@ -4,7 +4,9 @@ It serves `/bot{token}/{method}` like api.telegram.org: `getUpdates` long-polls 
 test fills with `push_message` / `push_callback`; `sendMessage` and `editMessageText` return
 messages with fresh ids; every call is recorded with its time and parameters, so tests assert
 what the bot sent. `fail_next(method, retry_after)` answers the next such call with Telegram's
-429 flood-control error. Like Telegram, texts sent with parse_mode HTML must be well-formed
+429 flood-control error; `fail_next(method, status=502)` with a server error (`html=True`: a
+proxy's HTML page), `fail_next(method, drop=True)` closes the connection unanswered, and
+`times=n` repeats the fault for the next n calls. Like Telegram, texts sent with parse_mode HTML must be well-formed
 (only Telegram's tags, balanced, every `<`, `>`, `&` escaped) and at most 4096 UTF-16 units
 once parsed, or the call fails with 400. Unknown methods answer `true`.
 """
@@ -83,11 +85,20 @@ def html_error(text: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Fault:
+    status: int
+    retry_after: int | None = None
+    drop: bool = False
+    html: bool = False
+
+
 @dataclass
 class Call:
     method: str
     params: dict[str, str]
     time: float = field(default_factory=time.monotonic)
+    fault: Fault | None = None  # the fault injected in the answer, if any
 
     @property
     def chat_id(self) -> int:
@@ -115,7 +126,7 @@ class FakeTelegram:
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
-        self._failures: dict[str, tuple[int, int | None]] = {}
+        self._failures: dict[str, list[Fault]] = {}
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -167,9 +178,23 @@ class FakeTelegram:
         }
         return self._push({"callback_query": query})
 
-    def fail_next(self, method: str, retry_after: int | None = None, status: int = 429) -> None:
-        """Answer the next call to `method` with 429 retry_after, or with `status`."""
-        self._failures[method] = (status, retry_after)
+    def fail_next(
+        self,
+        method: str,
+        retry_after: int | None = None,
+        status: int = 429,
+        *,
+        drop: bool = False,
+        html: bool = False,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` calls to `method` with 429 retry_after, or with `status`
+        (an HTML page with `html`), or drop their connection unanswered (`drop`)."""
+        fault = Fault(status, retry_after, drop, html)
+        self._failures.setdefault(method, []).extend([fault] * times)
+
+    def faults_left(self, method: str) -> int:
+        return len(self._failures.get(method, []))
 
     # ---- what tests read ------------------------------------------------------------------
     def calls_to(self, *methods: str) -> list[Call]:
@@ -210,8 +235,19 @@ class FakeTelegram:
             return _ok(await self._get_updates(params))
         call = Call(method, params)
         error = html_error(params.get("text", "")) if params.get("parse_mode") == "HTML" else None
-        if method in self._failures:
-            status, retry_after = self._failures.pop(method)
+        fault = self._failures[method].pop(0) if self._failures.get(method) else None
+        call.fault = fault
+        if fault is not None and fault.drop:
+            self.calls.append(call)
+            await self._notify()
+            assert request.transport is not None
+            request.transport.close()  # the client sees the server disconnect, no answer
+            return web.Response()
+        if fault is not None and fault.html:
+            page = f"<html><body><h1>{fault.status} Bad Gateway</h1></body></html>"
+            response = web.Response(status=fault.status, text=page, content_type="text/html")
+        elif fault is not None:
+            status, retry_after = fault.status, fault.retry_after
             response = _error(status, f"Error {status}: retry after {retry_after}", retry_after)
         elif error is not None:
             response = _error(400, error)

@@ -65,6 +65,7 @@ class FakeGenerator:
         self.url = ""
 
     async def start(self, port: int = 0) -> str:
+        self.stream_ended = asyncio.Event()  # set when a /v1/completions stream ends
         app = web.Application()
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/generated_texts/", self._generated_texts)
@@ -106,12 +107,16 @@ class FakeGenerator:
         body = self.requests[-1][1]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for piece in self._pieces(body["max_tokens"]):
-            chunk = {"object": "text_completion", "choices": [{"text": piece, "index": 0}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.pieces_sent += 1
-            await asyncio.sleep(self.delay)
-        await response.write(b"data: [DONE]\n\n")
+        self.stream_ended.clear()
+        try:
+            for piece in self._pieces(body["max_tokens"]):
+                chunk = {"object": "text_completion", "choices": [{"text": piece, "index": 0}]}
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.pieces_sent += 1
+                await asyncio.sleep(self.delay)
+            await response.write(b"data: [DONE]\n\n")
+        finally:  # finished, or the client hung up (a failed write or a cancellation)
+            self.stream_ended.set()
         return response
 
     async def _generated_texts(self, request: web.Request) -> web.Response:
@@ -264,8 +269,10 @@ def test_repeat_button_regenerates_same_text_and_expired_entries_are_refused(
             tg.push_callback(other_chat, second_key)
             refused = await tg.wait_for(lambda c: c.method == "answerCallbackQuery", after=after)
             assert refused.params["text"] == CANNOT_REPEAT
-            await asyncio.sleep(0.2)
-            assert len(gen.requests) == 3  # refusals generated nothing
+            # Refusals generated nothing: the next generation is the next text's.
+            await say(tg, "third text", final=True)
+            prompts = [b["prompt"] for _, b in gen.requests]
+            assert prompts == ["first text", "first text", "second text", "third text"]
 
     run(scenario())
 
@@ -388,12 +395,12 @@ def test_long_continuation_is_trimmed_to_the_limit_and_generation_stops(tmp_path
 
     async def scenario() -> None:
         async with fakes(tmp_path) as (tg, gen, settings), polling(settings):
-            gen.pieces, gen.delay = [piece] * 2000, 0.002
+            gen.pieces, gen.delay = [piece] * 2000, 0.002  # 4 s or more to send them all
             final = await say(tg, "start", final=True)
             assert MESSAGE_LIMIT - 10 < telegram_length(final.text) <= MESSAGE_LIMIT
             shown = html.unescape(final.text.removeprefix("<b>start</b>"))
             assert shown.endswith("…") and (piece * 2000).startswith(shown[:-1])
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(gen.stream_ended.wait(), 10)
             assert gen.pieces_sent < 2000  # the bot hung up instead of waiting for the rest
 
             final = await say(tg, prompt, final=True)
@@ -418,7 +425,8 @@ def test_streaming_edits_are_throttled_and_the_final_text_is_complete(tmp_path: 
             writes = [c for c in tg.calls[after:] if c.method in ("sendMessage", "editMessageText")]
             assert writes[0].method == "sendMessage" and writes[-1] is final
             assert final.text == reply_html("stream", expected_continuation(30))
-            assert 2 <= len(writes) <= 1.5 / interval + 2  # ~1.5 s of streaming
+            assert len(writes) >= 2  # 1.5 s or more of streaming: at least one edit
+            # At most one write per interval, however long the streaming took on this machine.
             gaps = [b.time - a.time for a, b in itertools.pairwise(writes)]
             assert min(gaps) >= interval - 0.02
             for partial in writes[:-1]:  # each partial text is a prefix of the final one

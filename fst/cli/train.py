@@ -71,6 +71,7 @@ class TrainArgs:
     log_every_n_steps: int = 10
     num_threads: int | None = None
     resume_from: str | None = None
+    resume_in_new_folder: bool = False
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -115,6 +116,8 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise ArgsError(f"--{name} {value}: no such file")
+        if self.resume_in_new_folder and not self.resume_from:
+            raise ArgsError("--resume_in_new_folder goes with --resume_from")
         if self.tokenizer_class_name not in (None, GPT2_TOKENIZER_CLASS):
             raise ArgsError(
                 f"--tokenizer_class_name {self.tokenizer_class_name}: unknown; the supported "
@@ -214,7 +217,8 @@ def _overrides(text: str) -> dict[str, Any]:
 _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("experiment", "experiments_root", str, "root of the experiment folders"),
     ("experiment", "experiment_name", str, "folder name prefix (<name>_v<N>); default: the train file's folder name, 'demo' for the demo corpus"),
-    ("experiment", "resume_from", str, "Lightning .ckpt to resume from (global step, optimizer, scheduler; the vocabulary is the checkpoint's)"),
+    ("experiment", "resume_from", str, "Lightning .ckpt to resume from (global step, optimizer, scheduler; the vocabulary is the checkpoint's); by default training continues in the checkpoint's own experiment folder (<name>_v<N>/models/*.ckpt), else in a new one"),
+    ("experiment", "resume_in_new_folder", bool, "with --resume_from: continue in a new <experiment_name>_v<N> folder instead of the checkpoint's"),
     ("experiment", "seed", int, "seed of weight init, shuffling and meta dropping"),
     ("data", "train_file", str, "JSON-lines training documents (none: the demo corpus, built in <experiments_root>/../documents/demo)"),
     ("data", "valid_file", str, "JSON-lines validation documents"),
@@ -269,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
         default = getattr(defaults, name)
+        if type_ is bool:
+            groups[group].add_argument(f"--{name}", action="store_true", help=help_text)
+            continue
         groups[group].add_argument(f"--{name}", type=type_, default=default, help=help_text)
     return parser
 

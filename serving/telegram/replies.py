@@ -17,7 +17,7 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from fst.serving.telegram.cache import LRUCache
 from fst.serving.telegram.client import GenerationClient, GenerationError
 from fst.serving.telegram.store import SettingsStore
-from fst.serving.telegram.streaming import EditThrottle, StreamingReply, with_retry_after
+from fst.serving.telegram.streaming import EditThrottle, StreamingReply, with_retries
 
 log = logging.getLogger("fst.telegram")
 
@@ -64,9 +64,7 @@ async def continue_text(
 ) -> None:
     """Reply with `prompt` in bold and its continuation; one generation per chat at a time."""
     if chat_id in ctx.busy_chats:
-        await with_retry_after(
-            chat_id, ctx.throttle, lambda: bot.send_message(chat_id, STILL_WRITING)
-        )
+        await with_retries(chat_id, ctx.throttle, lambda: bot.send_message(chat_id, STILL_WRITING))
         return
     ctx.busy_chats.add(chat_id)
     try:
@@ -98,7 +96,7 @@ async def _generate(
         log.warning("generation failed: %s", e.detail, extra={"event": "generation_error", **ids})
         if not reply.sent:
             text = html.escape(e.user_message)
-            await with_retry_after(
+            await with_retries(
                 chat_id, ctx.throttle, lambda: bot.send_message(chat_id, text, reply_markup=markup)
             )
             return

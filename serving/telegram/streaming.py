@@ -5,6 +5,11 @@ beyond that. So: the first piece of text is sent as a message, later pieces edit
 once per `interval` per chat (pieces arriving in between are shown by the next edit), and the
 final edit, which carries the Repeat button, always happens. A `TelegramRetryAfter` pushes the
 chat's next edit back by `retry_after`; a send or the final edit sleeps that long and retries.
+
+Telegram (or a proxy before it) also answers 5xx now and then, and connections drop. A send
+or the final edit is then retried after 0.5, 1 and 2 s (4 attempts in all, so a reply
+survives a few seconds of trouble); an in-between edit is skipped, the next one shows its
+text. A retried send whose first attempt did reach Telegram shows twice: better than never.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from aiogram.types import InlineKeyboardMarkup, Message
 
 from fst.serving.telegram.cache import LRUCache
@@ -26,7 +38,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IN_PROGRESS = " …"
-RETRY_ATTEMPTS = 3
+RETRY_ATTEMPTS = 4
+FIRST_BACKOFF_S = 0.5  # doubled after each transient failure: 0.5, 1, 2 s
+# Failures worth another try: 5xx, a dropped or timed-out connection, a proxy's HTML error page.
+TRANSIENT = (TelegramServerError, TelegramNetworkError, ClientDecodeError)
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT) and not isinstance(error, TelegramEntityTooLarge)
 
 
 class EditThrottle:
@@ -51,10 +70,10 @@ class EditThrottle:
         await asyncio.sleep(self.delay(chat_id))
 
 
-async def with_retry_after(
-    chat_id: int, throttle: EditThrottle, call: Callable[[], Awaitable[T]]
-) -> T:
-    """Run a Telegram call, sleeping and retrying when Telegram says `retry_after`."""
+async def with_retries(chat_id: int, throttle: EditThrottle, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a Telegram call; on `retry_after` wait that long, on a transient failure back off,
+    then try again, RETRY_ATTEMPTS times in all."""
+    backoff = FIRST_BACKOFF_S
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         await throttle.wait(chat_id)
         try:
@@ -68,6 +87,19 @@ async def with_retry_after(
             throttle.mark(chat_id, e.retry_after)
             if attempt == RETRY_ATTEMPTS:
                 raise
+            continue
+        except TRANSIENT as e:
+            if not is_transient(e) or attempt == RETRY_ATTEMPTS:
+                raise
+            log.warning(
+                "telegram call failed (%s: %s), retrying in %.1f s",
+                type(e).__name__,
+                e,
+                backoff,
+                extra={"event": "telegram_retry", "chat_id": chat_id, "attempt": attempt},
+            )
+            await asyncio.sleep(backoff)
+            backoff *= 2
             continue
         throttle.mark(chat_id)
         return result
@@ -106,6 +138,16 @@ class StreamingReply:
                     e.retry_after,
                     extra={"event": "retry_after", "chat_id": self.chat_id},
                 )
+            except TRANSIENT as e:  # skip this edit too: the next one (or the final) shows it
+                if not is_transient(e):
+                    raise
+                self.throttle.mark(self.chat_id)
+                log.warning(
+                    "telegram edit failed (%s: %s), skipped",
+                    type(e).__name__,
+                    e,
+                    extra={"event": "telegram_retry", "chat_id": self.chat_id},
+                )
             else:
                 self.throttle.mark(self.chat_id)
         return True
@@ -116,13 +158,13 @@ class StreamingReply:
         """The final text with the button; returns the HTML sent."""
         html = render_reply(self.prompt, continuation, note_html=note_html).html
         if self.sent:
-            await with_retry_after(self.chat_id, self.throttle, lambda: self._edit(html, markup))
+            await with_retries(self.chat_id, self.throttle, lambda: self._edit(html, markup))
         else:
             await self._send(html, markup)
         return html
 
     async def _send(self, html: str, markup: InlineKeyboardMarkup | None) -> None:
-        message: Message = await with_retry_after(
+        message: Message = await with_retries(
             self.chat_id,
             self.throttle,
             lambda: self.bot.send_message(self.chat_id, html, reply_markup=markup),
