@@ -190,3 +190,69 @@ def test_left_padded_prefill_logits_match_pytorch(family):
         with torch.no_grad():
             expected = model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
         np.testing.assert_allclose(batch_logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
+def greedy_ids(bundle: Path) -> list[list[int]]:
+    generator = Generator.from_bundle(bundle, threads=1)
+    params = {**GREEDY, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
+    return [c.token_ids for c in generator.generate(PROMPTS, **params)]
+
+
+def op_counts(bundle: Path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    return dict(collections.Counter(node.op_type for node in graph.node))
+
+
+def attention_heads(bundle: Path, op_type: str) -> tuple[int, int]:
+    import onnx
+
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    node = next(n for n in graph.node if n.op_type == op_type)
+    attrs = {a.name: a.i for a in node.attribute}
+    return attrs["num_heads"], attrs.get("kv_num_heads", attrs["num_heads"])
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["llama", *(pytest.param(n, marks=SLOW) for n in ("qwen2", "qwen3", "mistral"))],
+)
+def test_optimized_export_fuses_rmsnorm_and_grouped_query_attention(name, tmp_path):
+    folder = make_model_folder(tmp_path / "hf", name)
+    bundle = tmp_path / "optimized"
+    manifest = export_bundle(bundle, model_path=str(folder), optimize=True, progress=False)
+    ops = op_counts(bundle)
+    norms = ops.get("SimplifiedLayerNormalization", 0) + ops.get(
+        "SkipSimplifiedLayerNormalization", 0
+    )
+    # Two RMSNorms a layer and the final one (Qwen3: plus a q and a k norm a layer).
+    assert norms == 5 + (4 if name == "qwen3" else 0)
+    if name == "mistral":  # its window needs the model's mask: MultiHeadAttention + Concat
+        assert manifest.graph.kv_layout == "concat"
+        assert ops.get("MultiHeadAttention") == 2 and "GroupQueryAttention" not in ops
+    else:  # a shared KV buffer with 2 key/value heads for 4 query heads
+        assert manifest.graph.kv_layout == "shared"
+        assert ops.get("GroupQueryAttention") == 2
+        assert attention_heads(bundle, "GroupQueryAttention") == (4, 2)
+    ids = [
+        Generator.from_bundle(bundle, threads=1).tokenizer.encode_for_inference(p) for p in PROMPTS
+    ]
+    assert greedy_ids(bundle) == [hf_greedy(folder, p) for p in ids]
+
+
+@SLOW
+def test_int8_export_of_a_grouped_query_model(tmp_path):
+    folder = make_model_folder(tmp_path / "hf", "qwen3")
+    bundle = tmp_path / "int8"
+    manifest = export_bundle(
+        bundle, model_path=str(folder), optimize=True, quantize="int8", progress=False
+    )
+    assert manifest.graph.variant == "int8" and manifest.parity.passed
+    assert op_counts(bundle).get("MatMulInteger", 0) >= 14  # q, k, v, o, gate, up, down x 2
+    assert len(greedy_ids(bundle)) == len(PROMPTS)
