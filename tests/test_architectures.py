@@ -256,3 +256,72 @@ def test_int8_export_of_a_grouped_query_model(tmp_path):
     assert manifest.graph.variant == "int8" and manifest.parity.passed
     assert op_counts(bundle).get("MatMulInteger", 0) >= 14  # q, k, v, o, gate, up, down x 2
     assert len(greedy_ids(bundle)) == len(PROMPTS)
+
+
+# ---- training (fst-train) on Llama-shaped models ---------------------------------------------
+
+LLAMA_TINY_OVERRIDES = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
+
+
+def document_greedy_matches_the_checkpoint(ckpt: Path, bundle: Path) -> None:
+    """The bundle's greedy continuation of a document equals the checkpoint's model's."""
+    from fst.checkpoint import load_checkpoint
+    from fst.documents import Document
+
+    loaded = load_checkpoint(ckpt)
+    generator = Generator.from_bundle(bundle, threads=1)
+    doc = Document(body="The cat", meta="cats")
+    ids = generator.tokenizer.encode_for_inference(doc)
+    assert ids == loaded.tokenizer.encode_for_inference(doc)
+    (got,) = generator.generate(doc, **GREEDY, max_new_tokens=6, ignore_eos=True)
+    model = loaded.model
+    model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=6, do_sample=False)
+    assert got.token_ids == out[0, len(ids) :].tolist()
+
+
+@SLOW
+def test_llama_tiny_preset_trains_with_unlikelihood_and_exports(tmp_path):
+    from conftest import run_tiny_training
+
+    result = run_tiny_training(
+        tmp_path,
+        model_path="llama-tiny",
+        model_overrides=LLAMA_TINY_OVERRIDES,
+        unlikelihood_alpha=1.0,
+        max_steps=4,
+        val_check_interval=2,
+    )
+    info = torch.load(result.last_checkpoint, weights_only=True)["fst"]
+    assert info["model_type"] == "llama"
+    assert info["model_config"]["num_key_value_heads"] == 2
+    bundle = tmp_path / "bundle"
+    manifest = export_bundle(bundle, ckpt=result.last_checkpoint, progress=False)
+    assert manifest.tokenizer.document_format and manifest.architecture.num_kv_heads == 2
+    assert manifest.architecture.head_dim == 8
+    document_greedy_matches_the_checkpoint(result.last_checkpoint, bundle)
+
+
+def test_training_from_a_llama_folder_keeps_its_own_tokenizer_and_eos(tmp_path):
+    from conftest import run_tiny_training
+
+    folder = make_model_folder(tmp_path / "hf", "llama")
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    result = run_tiny_training(
+        tmp_path, model_path=str(folder), model_overrides={}, tokenizer=None, max_steps=3
+    )
+    info = torch.load(result.last_checkpoint, weights_only=True)["fst"]
+    assert info["document"]["eos_token"] == "</s>"
+    # The folder's vocabulary plus the two document control tokens (mean-initialised rows).
+    assert info["model_config"]["vocab_size"] == raw.get_vocab_size() + 2
+    bundle = tmp_path / "bundle"
+    manifest = export_bundle(bundle, ckpt=result.last_checkpoint, progress=False)
+    assert manifest.tokenizer.eos_token_id == raw.token_to_id("</s>")
+    document_greedy_matches_the_checkpoint(result.last_checkpoint, bundle)
