@@ -2,7 +2,7 @@
 
 The graph interface is the same for every model (`fst.contract.GraphContract`); what an
 architecture adds is its KV geometry (key/value heads, head size), what its attention needs
-beyond that interface, and which ONNX Runtime fusion pass fits its graph:
+beyond that interface, and what it cannot trace:
 
 - GPT-2: learned positions, LayerNorm, as many KV heads as query heads.
 - The Llama family (Llama, Qwen2, Qwen3, Mistral; SmolLM2 and TinyLlama are `llama`):
@@ -14,6 +14,10 @@ beyond that interface, and which ONNX Runtime fusion pass fits its graph:
   exact in the plain graph and with MultiHeadAttention, which takes that mask as its bias;
   the shared-buffer GroupQueryAttention path builds no mask, so such models keep the concat
   layout (see `sliding_window`).
+
+The --optimize fusions are ONNX Runtime's GPT-2 pass for both (export/optimize.py): its
+SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization fusions match the Llama
+family's RMSNorms as traced here, and attention is traced as an ORT op already.
 
 Adding a model type here needs a parity test for it (tests/test_architectures.py).
 """
@@ -39,7 +43,6 @@ class UnsupportedModelError(ValueError):
 class Architecture:
     name: str
     model_types: tuple[str, ...]
-    fusion_model_type: str  # onnxruntime.transformers.optimizer's model_type
     rotary: bool  # positions as rotary angles computed in the graph
 
     def num_heads(self, config: PretrainedConfig) -> int:
@@ -70,10 +73,8 @@ class Architecture:
             )
 
 
-GPT2 = Architecture("gpt2", ("gpt2",), fusion_model_type="gpt2", rotary=False)
-LLAMA = Architecture(
-    "llama", ("llama", "qwen2", "qwen3", "mistral"), fusion_model_type="gpt2", rotary=True
-)
+GPT2 = Architecture("gpt2", ("gpt2",), rotary=False)
+LLAMA = Architecture("llama", ("llama", "qwen2", "qwen3", "mistral"), rotary=True)
 ARCHITECTURES = (GPT2, LLAMA)
 SUPPORTED_MODEL_TYPES = tuple(t for a in ARCHITECTURES for t in a.model_types)
 
