@@ -38,11 +38,16 @@ DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench"))
 SCHEMA_VERSION = 1
 
 # GPT2Config overrides; everything else is GPT-2's default (vocab 50257, 1024 positions).
+# {"preset": name}: fst's Llama-shaped training preset of that name (fst.model.PRESETS).
 MODELS: dict[str, dict[str, Any]] = {
     "gpt2-small": {},
     "distilgpt2": {"n_layer": 6},
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},
+    "smollm2-135m": {"preset": "smollm2-135m"},
 }
+# SmolLM2's vocabulary size: its random-weight stand-in gets GPT-2's BPE cut to this many
+# tokens (the first 49152 ids and the merges that make them; nothing is downloaded).
+SMOLLM2_VOCAB = 49152
 ENGINES = ("hf", "fst-fp32", "fst-int8", "ct2-fp32", "ct2-int8")
 # The engine each of ours is compared with, at the same precision.
 CT2_PEER = {"fst-fp32": "ct2-fp32", "fst-int8": "ct2-int8"}
@@ -92,14 +97,42 @@ def build_hf_folder(name: str, cache: Path, bpe_dir: Path) -> Path:
 
     log.info("building %s from config", name)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**MODELS[name])).eval()
-    tokenizer = transformers.GPT2TokenizerFast(
-        vocab=str(bpe_dir / "vocab.json"), merges=str(bpe_dir / "merges.txt")
-    )
+    if "preset" in MODELS[name]:
+        from fst.model import PRESETS
+
+        settings = dict(PRESETS[MODELS[name]["preset"]])
+        config = transformers.AutoConfig.for_model(
+            settings.pop("model_type"), **settings, vocab_size=SMOLLM2_VOCAB,
+            bos_token_id=SMOLLM2_VOCAB - 1, eos_token_id=SMOLLM2_VOCAB - 1,
+        )  # fmt: skip
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        folder.mkdir(parents=True, exist_ok=True)
+        write_cut_bpe(bpe_dir, folder / "tokenizer.json", SMOLLM2_VOCAB)
+    else:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**MODELS[name])).eval()
+        tokenizer = transformers.GPT2TokenizerFast(
+            vocab=str(bpe_dir / "vocab.json"), merges=str(bpe_dir / "merges.txt")
+        )
+        tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     marker.write_text(json.dumps(stamp))
     return folder
+
+
+def write_cut_bpe(bpe_dir: Path, path: Path, size: int) -> None:
+    """GPT-2's byte-level BPE keeping ids < size (GPT-2's ids follow its merge order), with
+    <|endoftext|> as id 0's stand-in special token; a tokenizer.json at `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = json.loads((bpe_dir / "vocab.json").read_text())
+    kept = {token: i for token, i in vocab.items() if i < size - 1}
+    lines = (bpe_dir / "merges.txt").read_text().splitlines()[1:]
+    merges = [tuple(m.split()) for m in lines if "".join(m.split()) in kept][: size - 257]
+    tokenizer = Tokenizer(models.BPE(vocab=kept, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<|endoftext|>"])  # id size - 1
+    tokenizer.save(str(path))
 
 
 def count_params(folder: Path) -> tuple[int, int, dict[str, int]]:
@@ -109,8 +142,9 @@ def count_params(folder: Path) -> tuple[int, int, dict[str, int]]:
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
     total = sum(p.numel() for p in model.parameters())
     c = model.config
-    dims = {"n_layer": c.n_layer, "n_embd": c.n_embd, "vocab_size": c.vocab_size}
-    return total, total - model.transformer.wpe.weight.numel(), dims
+    dims = {"n_layer": c.num_hidden_layers, "n_embd": c.hidden_size, "vocab_size": c.vocab_size}
+    positions = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-2 only
+    return total, total - (positions.weight.numel() if positions is not None else 0), dims
 
 
 def prefill_gflop(art: Artifacts, length: int) -> float:

@@ -24,6 +24,7 @@ from fst.bundle import (
 )
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
+from fst.export.architectures import architecture_for, sliding_window
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
@@ -248,8 +249,16 @@ def choose_kv_layout(config, optimize: bool, variant: str, requested: str = "aut
     of 8 (the op's CPU kernel refuses them) keep MultiHeadAttention with a Concat.
     `requested` "shared" or "concat" overrides the choice (ExportError if impossible).
     """
-    head_dim = int(config.hidden_size) // int(config.num_attention_heads)
+    head_dim = architecture_for(config).head_dim(config)
     if requested == "concat" or not optimize:
+        return "concat"
+    if sliding_window(config) is not None:
+        # The shared-buffer attention builds no mask; MultiHeadAttention takes the model's.
+        if requested == "shared":
+            raise ExportError(
+                "--kv_layout shared does not support sliding-window attention (this model: "
+                f"{sliding_window(config)} positions); use --kv_layout concat"
+            )
         return "concat"
     if head_dim % 8:
         if requested == "shared":
@@ -280,7 +289,7 @@ def _manifest(
     folder: Path, source: ExportSource, graph: GraphInfo, parity: ParityReport
 ) -> BundleManifest:
     config, tokenizer = source.model.config, source.tokenizer
-    heads = int(config.num_attention_heads)
+    architecture = architecture_for(config)
     settings = tokenizer.settings()
     digests = bundle_writer.file_digests(folder)
     return BundleManifest(
@@ -288,8 +297,9 @@ def _manifest(
         architecture=ArchitectureInfo(
             model_type=config.model_type,
             num_layers=int(config.num_hidden_layers),
-            num_heads=heads,
-            head_dim=int(config.hidden_size) // heads,
+            num_heads=architecture.num_heads(config),
+            num_kv_heads=architecture.kv_heads(config),
+            head_dim=architecture.head_dim(config),
             hidden_size=int(config.hidden_size),
             vocab_size=int(config.vocab_size),
             max_positions=int(config.max_position_embeddings),
@@ -300,6 +310,7 @@ def _manifest(
             document_format=tokenizer.document_format,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
             start_of_document_id=tokenizer.start_of_document_id,
             end_of_meta_id=tokenizer.end_of_meta_id,
             max_meta_len=settings["max_meta_len"],

@@ -14,16 +14,13 @@ import onnx
 import torch
 from transformers import PreTrainedModel
 
+from fst.export.architectures import contract_for
 from fst.export.wrapper import (
     CacheFlatteningWrapper,
     KVLayout,
     LogitsMode,
     SharedBufferWrapper,
     dummy_inputs,
-    dynamic_axes,
-    input_names,
-    num_layers,
-    output_names,
 )
 
 # Protobuf cannot hold more than 2 GB; bigger models keep their weights in one side file.
@@ -63,7 +60,7 @@ def export_onnx(
 def _trace(
     model: PreTrainedModel, path: Path, opset: int, logits: LogitsMode, kv_layout: KVLayout
 ) -> None:
-    layers = num_layers(model.config)
+    contract = contract_for(model.config, logits, kv_layout)
     wrapper = SharedBufferWrapper if kv_layout == "shared" else CacheFlatteningWrapper
     with torch.no_grad(), warnings.catch_warnings():
         # TracerWarnings about Python branches in transformers' cache code: the branches
@@ -73,9 +70,9 @@ def _trace(
             wrapper(model, logits=logits),
             dummy_inputs(model.config, kv_layout=kv_layout),
             str(path),
-            input_names=input_names(layers),
-            output_names=output_names(layers),
-            dynamic_axes=dynamic_axes(layers, logits, kv_layout),
+            input_names=contract.input_names,
+            output_names=contract.output_names,
+            dynamic_axes=contract.dynamic_axes(),
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

@@ -1,4 +1,4 @@
-"""GPT-2 attention traced straight into ONNX Runtime's fused attention ops (--optimize).
+"""Attention traced straight into ONNX Runtime's fused attention ops (--optimize).
 
 ONNX Runtime's GPT-2 attention fusion (onnxruntime/transformers/fusion_gpt_attention.py)
 matches the graphs of transformers 4.x: `Softmax(Where(mask, Div(MatMul(q, k))))` with the
@@ -12,11 +12,14 @@ values [B, H, T, D] and the model's own additive mask [B, 1, S, T] as `attention
 left padding and fully padded rows behave exactly as in eager PyTorch). The KV-cache Concat
 stays an ONNX op: past and present inputs/outputs do not change.
 
-In PyTorch the op computes eager attention, so tracing and `model(...)` still work.
+Grouped-query models (the Llama family, kv_heads < heads) get their keys and values repeated
+to one per query head before MultiHeadAttention, which knows no key/value groups. In PyTorch
+the op computes eager attention, so tracing and `model(...)` still work.
 
 `ORT_GQA` goes one step further for decoding (kv_layout "shared"): the attention is traced
-as `com.microsoft.GroupQueryAttention` with num_heads == kv_num_heads (plain multi-head
-attention), which takes this step's keys/values and a past *buffer* [B, H, capacity, D].
+as `com.microsoft.GroupQueryAttention` (kv_num_heads = the model's key/value heads: equal
+to num_heads for GPT-2, fewer for grouped-query models), which takes this step's
+keys/values and a past *buffer* [B, kv_heads, capacity, D].
 It writes the new entries at [T-S, T) (T = attention_mask length) and returns the buffer
 as the present; when the runtime binds past and present to the same OrtValue, ONNX
 Runtime writes in place (its CPU kernel compares the two data pointers), so a decode step
@@ -71,9 +74,20 @@ class _MultiHeadAttention(torch.autograd.Function):
         return g.op("Reshape", out, shape)  # [B, S, H, D], what transformers expects back
 
 
+def _heads(module) -> tuple[int, int]:
+    """(query heads, key/value heads) of an attention module (GPT-2's or the Llama family's)."""
+    config = module.config
+    heads = int(getattr(module, "num_heads", None) or config.num_attention_heads)
+    return heads, int(getattr(config, "num_key_value_heads", None) or heads)
+
+
 def _ort_mha_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
-    out = _MultiHeadAttention.apply(query, key, value, attention_mask, scale, module.num_heads)
+    heads, kv_heads = _heads(module)
+    if kv_heads != heads:  # MultiHeadAttention wants one key/value head per query head
+        key = key.repeat_interleave(heads // kv_heads, dim=1)
+        value = value.repeat_interleave(heads // kv_heads, dim=1)
+    out = _MultiHeadAttention.apply(query, key, value, attention_mask, scale, heads)
     return out, None
 
 
@@ -81,22 +95,29 @@ class _GroupQueryAttention(torch.autograd.Function):
     """Attention over a KV buffer in PyTorch; one GroupQueryAttention node in the graph."""
 
     @staticmethod
-    def forward(ctx, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads):
-        # query/key/value [B, H, S, D]: this step's tokens; past [B, H, C, D] buffers whose
-        # first T - S positions are filled; seqlens [B] = T - 1 and total = T (int32, the
-        # op's seqlens_k and total_sequence_length); bias [B, 1, S, T] (additive padding).
+    def forward(
+        ctx, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads
+    ):
+        # query [B, H, S, D], key/value [B, Hkv, S, D]: this step's tokens; past [B, Hkv, C, D]
+        # buffers whose first T - S positions are filled; seqlens [B] = T - 1 and total = T
+        # (int32, the op's seqlens_k and total_sequence_length); bias [B, 1, S, T] (additive
+        # padding). Each key/value head serves heads // kv_heads query heads.
         steps, total = query.shape[2], bias.shape[-1]
         present_key, present_value = past_key.clone(), past_value.clone()
         present_key[:, :, total - steps : total] = key
         present_value[:, :, total - steps : total] = value
-        scores = torch.matmul(query, present_key[:, :, :total].transpose(-1, -2)) * scale + bias
+        keys = present_key[:, :, :total].repeat_interleave(heads // kv_heads, dim=1)
+        values = present_value[:, :, :total].repeat_interleave(heads // kv_heads, dim=1)
+        scores = torch.matmul(query, keys.transpose(-1, -2)) * scale + bias
         causal = torch.ones(steps, total, dtype=torch.bool).tril(total - steps)
         weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
-        out = torch.matmul(weights, present_value[:, :, :total]).transpose(1, 2)  # [B, S, H, D]
+        out = torch.matmul(weights, values).transpose(1, 2)  # [B, S, H, D]
         return out, present_key, present_value
 
     @staticmethod
-    def symbolic(g, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads):
+    def symbolic(
+        g, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads
+    ):
         from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
 
         def const(value):
@@ -111,7 +132,7 @@ class _GroupQueryAttention(torch.autograd.Function):
             "com.microsoft::GroupQueryAttention",
             q, k, v, past_key, past_value, seqlens, total, none, none, none, bias,
             num_heads_i=heads,
-            kv_num_heads_i=heads,
+            kv_num_heads_i=kv_heads,
             scale_f=scale,
             outputs=3,
         )  # fmt: skip
@@ -162,9 +183,10 @@ def _ort_gqa_attention(module, query, key, value, attention_mask, scaling=None, 
         raise RuntimeError(f"the {ORT_GQA} attention runs only inside shared_kv(...)")
     scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
     past_key, past_value = state.pasts[module.layer_idx]
+    heads, kv_heads = _heads(module)
     out, present_key, present_value = _GroupQueryAttention.apply(
         query, key, value, past_key, past_value,
-        state.seqlens, state.total, state.bias, scale, module.num_heads,
+        state.seqlens, state.total, state.bias, scale, heads, kv_heads,
     )  # fmt: skip
     state.presents[module.layer_idx] = (present_key, present_value)
     return out, None

@@ -17,12 +17,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from fst.bundle import ParityReport
-from fst.constants import (
-    ONNX_ATTENTION_MASK,
-    ONNX_INPUT_IDS,
-    ONNX_POSITION_IDS,
-    onnx_past_names,
-)
+from fst.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
+from fst.export.architectures import contract_for
 from fst.runtime.session import create_session
 
 # fp32 gate: max |onnx - torch| <= FP32_RELATIVE_TOLERANCE * max(1, max |logit|).
@@ -76,17 +72,10 @@ def verify_parity(
     # A check, not a server: no point in moving the exporter's torch-sized memory into huge pages.
     session, _ = create_session(onnx_path, providers=["CPUExecutionProvider"], huge_pages=False)
     ids, mask = left_pad(prompts, pad_id)
-    config = model.config
-    heads = int(config.num_attention_heads)
-    head_dim = int(config.hidden_size) // heads
-    layers = int(config.num_hidden_layers)
-    np_dtype = np.dtype(dtype)
+    contract = contract_for(model.config, logits, kv_layout, dtype)
     capacity = ids.shape[1] + decode_steps + 1 if kv_layout == "shared" else 0
-    past = {
-        name: np.zeros((len(prompts), heads, capacity, head_dim), dtype=np_dtype)
-        for i in range(layers)
-        for name in onnx_past_names(i)
-    }
+    shape = contract.kv_shape(len(prompts), capacity)
+    past = {name: np.zeros(shape, dtype=np.dtype(dtype)) for name in contract.past_names}
     cache = DynamicCache()
     pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (onnx, torch) logits at checked positions
     for _ in range(decode_steps + 1):  # prefill, then decode steps

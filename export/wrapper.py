@@ -2,55 +2,36 @@
 
 transformers 5 passes the KV cache as a `Cache` object, which the ONNX exporter cannot
 trace as an input. `CacheFlatteningWrapper.forward` takes the past as flat tensors
-(`past_key_values.{i}.key/value`, [batch, heads, past_seq, head_dim]), builds a
+(`past_key_values.{i}.key/value`, [batch, kv_heads, past_seq, head_dim], see fst.contract), builds a
 `DynamicCache` from them, runs the model and returns the logits plus the flat presents
-(`present.{i}.key/value`, [batch, heads, past_seq + seq, head_dim]) — kv_layout "concat".
+(`present.{i}.key/value`, [batch, kv_heads, past_seq + seq, head_dim]) — kv_layout "concat".
 
 `SharedBufferWrapper` is the kv_layout "shared" interface (ORT_GQA attention, see
-ort_attention): past and present are buffers of one size [batch, heads, capacity,
-head_dim]; the first total_seq - seq positions hold the past, the graph writes this step's
+ort_attention): past and present are buffers of one size [batch, kv_heads,
+capacity, head_dim]; the first total_seq - seq positions hold the past, the graph writes this step's
 keys/values after them and returns the buffers, which ONNX Runtime updates in place when
 the caller binds each present to its past.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
-from fst.constants import (
-    ONNX_ATTENTION_MASK,
-    ONNX_INPUT_IDS,
-    ONNX_LOGITS,
-    ONNX_POSITION_IDS,
-    onnx_past_names,
-    onnx_present_names,
+from fst.contract import GraphContract, KVLayout, LogitsMode
+from fst.export.architectures import (
+    SUPPORTED_MODEL_TYPES,
+    UnsupportedModelError,
+    architecture_for,
+    contract_for,
 )
 
-# Model types whose cache is one plain `DynamicLayer` per layer (no sliding window, no
-# cross-attention) and whose forward accepts position_ids: the wrapper handles those.
-# GPT-2 is the only one tested; add a type here only with a parity test for it.
-SUPPORTED_MODEL_TYPES = ("gpt2",)
-
-LogitsMode = Literal["all", "last"]
-KVLayout = Literal["concat", "shared"]
-
-
-class UnsupportedModelError(ValueError):
-    """The model's architecture is not one the exporter handles."""
+__all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "KVLayout", "LogitsMode"]
 
 
 def check_supported(config: PretrainedConfig) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported for export "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
-    if getattr(config, "add_cross_attention", False):
-        raise UnsupportedModelError("models with cross-attention are not supported for export")
+    """UnsupportedModelError unless an architecture adapter handles `config`."""
+    architecture_for(config)
 
 
 def num_layers(config: PretrainedConfig) -> int:
@@ -58,32 +39,16 @@ def num_layers(config: PretrainedConfig) -> int:
 
 
 def input_names(layers: int) -> list[str]:
-    past = [name for i in range(layers) for name in onnx_past_names(i)]
-    return [ONNX_INPUT_IDS, ONNX_ATTENTION_MASK, ONNX_POSITION_IDS, *past]
+    return _names_only(layers).input_names
 
 
 def output_names(layers: int) -> list[str]:
-    return [ONNX_LOGITS, *(name for i in range(layers) for name in onnx_present_names(i))]
+    return _names_only(layers).output_names
 
 
-def dynamic_axes(
-    layers: int, logits: LogitsMode, kv_layout: KVLayout = "concat"
-) -> dict[str, dict[int, str]]:
-    """Named dynamic dimensions: batch, seq, past_seq and total_seq (= past_seq + seq);
-    with the shared layout past and present have the buffer's kv_capacity instead."""
-    axes: dict[str, dict[int, str]] = {
-        ONNX_INPUT_IDS: {0: "batch", 1: "seq"},
-        ONNX_ATTENTION_MASK: {0: "batch", 1: "total_seq"},
-        ONNX_POSITION_IDS: {0: "batch", 1: "seq"},
-        ONNX_LOGITS: {0: "batch"} if logits == "last" else {0: "batch", 1: "seq"},
-    }
-    shared = kv_layout == "shared"
-    for i in range(layers):
-        for name in onnx_past_names(i):
-            axes[name] = {0: "batch", 2: "kv_capacity" if shared else "past_seq"}
-        for name in onnx_present_names(i):
-            axes[name] = {0: "batch", 2: "kv_capacity" if shared else "total_seq"}
-    return axes
+def _names_only(layers: int) -> GraphContract:
+    # Names depend on the number of layers only; the sizes here are placeholders.
+    return GraphContract(num_layers=layers, num_kv_heads=1, head_dim=1, vocab_size=1)
 
 
 class CacheFlatteningWrapper(torch.nn.Module):
@@ -167,11 +132,10 @@ def dummy_inputs(
     still runs with past_seq = 0 (verified by the exporter and the tests). Shared buffers
     get two spare positions (capacity > total_seq).
     """
-    heads = int(config.num_attention_heads)
-    head_dim = int(config.hidden_size) // heads
+    contract = contract_for(config, kv_layout=kv_layout)
     input_ids = torch.randint(0, int(config.vocab_size), (batch, seq), dtype=torch.long)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
     position_ids = torch.arange(past, past + seq, dtype=torch.long).expand(batch, seq).clone()
     length = past + seq + 2 if kv_layout == "shared" else past
-    pasts = [torch.zeros(batch, heads, length, head_dim) for _ in range(2 * num_layers(config))]
+    pasts = [torch.zeros(contract.kv_shape(batch, length)) for _ in contract.past_names]
     return (input_ids, attention_mask, position_ids, *pasts)

@@ -32,10 +32,20 @@ class ArchitectureInfo(_Strict):
     model_type: str = Field(description="Hugging Face model_type, e.g. 'gpt2'")
     num_layers: int
     num_heads: int
+    num_kv_heads: int | None = Field(
+        None,
+        description="key/value heads (fewer than num_heads with grouped-query "
+        "attention); None in bundles older than this field: num_heads",
+    )
     head_dim: int
     hidden_size: int
     vocab_size: int
     max_positions: int
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of the past/present tensors (see fst.contract)."""
+        return self.num_kv_heads or self.num_heads
 
 
 class GraphInfo(_Strict):
@@ -71,6 +81,9 @@ class TokenizerInfo(_Strict):
     )
     eos_token_id: int | None
     pad_token_id: int | None
+    bos_token_id: int | None = Field(
+        None, description="plain-LM prompts start with it (the tokenizer's own BOS)"
+    )
     start_of_document_id: int | None = None
     end_of_meta_id: int | None = None
     max_meta_len: int | None = None

@@ -1,7 +1,8 @@
 """Build or load the causal language model that training wraps.
 
 `--model_path` is one of:
-  * a preset name (`PRESETS`): a GPT-2 model built from scratch (random weights);
+  * a preset name (`PRESETS`): a GPT-2 or Llama-shaped model built from scratch (random
+    weights);
   * a local Hugging Face model folder: pretrained weights, any `AutoModelForCausalLM`;
   * a Hugging Face hub name such as `gpt2`: downloaded by `transformers` (needs network).
 The token embeddings are then resized to the tokenizer's vocabulary; new rows (the
@@ -19,7 +20,7 @@ import transformers
 
 logger = logging.getLogger(__name__)
 
-# GPT-2 config overrides of the from-scratch presets.
+# Config settings of the from-scratch presets: GPT-2's unless "model_type" says otherwise.
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests and the default demo run: trains in minutes on a laptop CPU.
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 512},
@@ -27,6 +28,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-6l": {"n_layer": 6, "n_head": 12, "n_embd": 768, "n_positions": 1024},
     # The 124M GPT-2 architecture.
     "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
+    # Llama-shaped (rotary, RMSNorm, SwiGLU, grouped-query attention, tied embeddings):
+    # tests and demos; head size 16 so the --optimize GroupQueryAttention path applies.
+    "llama-tiny": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+    },
+    # SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M config.json), random weights.
+    "smollm2-135m": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+    },
 }
 
 
@@ -44,10 +71,15 @@ def build_model(
     overrides = dict(overrides or {})
     if model_path in PRESETS:
         settings = {**PRESETS[model_path], **overrides}
-        config = transformers.GPT2Config(
-            **settings, vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id
+        model_type = settings.pop("model_type", "gpt2")
+        config = transformers.AutoConfig.for_model(
+            model_type,
+            **settings,
+            vocab_size=vocab_size,
+            bos_token_id=eos_token_id,
+            eos_token_id=eos_token_id,
         )
-        logger.info("Building preset %r from scratch: %s", model_path, settings)
+        logger.info("Building preset %r (%s) from scratch: %s", model_path, model_type, settings)
         return transformers.AutoModelForCausalLM.from_config(config)
     model = load_pretrained(model_path, overrides)
     resize_token_embeddings(model, vocab_size)

@@ -60,6 +60,10 @@ class TokenizerSettings:
     max_body_len: int = 256
     ignore_meta_prob: float = 0.0
     eos_token: str = GPT2_EOS
+    # The tokenizer's own start token (Llama's <s>, <|begin_of_text|>), put before plain-LM
+    # text as its own post-processor would; None: no BOS (GPT-2; document format uses
+    # [START_OF_DOCUMENT] instead).
+    bos_token: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.document_format, bool):
@@ -74,6 +78,12 @@ class TokenizerSettings:
         object.__setattr__(self, "ignore_meta_prob", float(prob))
         if not isinstance(self.eos_token, str) or not self.eos_token:
             raise ValueError(f"eos_token must be a non-empty string, got {self.eos_token!r}")
+        if self.bos_token is not None and (
+            not isinstance(self.bos_token, str) or not self.bos_token
+        ):
+            raise ValueError(
+                f"bos_token must be a non-empty string or null, got {self.bos_token!r}"
+            )
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -98,6 +108,7 @@ class DocumentTokenizer:
         max_body_len: int = 256,
         ignore_meta_prob: float = 0.0,
         eos_token: str = GPT2_EOS,
+        bos_token: str | None = None,
     ) -> None:
         self._settings = TokenizerSettings(
             document_format=document_format,
@@ -105,14 +116,17 @@ class DocumentTokenizer:
             max_body_len=max_body_len,
             ignore_meta_prob=ignore_meta_prob,
             eos_token=eos_token,
+            bos_token=bos_token,
         )
         specials = [eos_token, *((START_OF_DOCUMENT, END_OF_META) if document_format else ())]
+        specials += [bos_token] if bos_token else []
         tokenizer.add_special_tokens(specials)
         tokenizer.no_truncation()
         tokenizer.no_padding()
         tokenizer.encode_special_tokens = True
         self._tokenizer = tokenizer
         self.eos_token_id: int = tokenizer.token_to_id(eos_token)
+        self.bos_token_id: int | None = tokenizer.token_to_id(bos_token) if bos_token else None
         # Padding is masked out and its labels ignored, so EOS can stand in for it.
         self.pad_token_id: int = self.eos_token_id
         self.start_of_document_id: int | None = None
@@ -129,7 +143,10 @@ class DocumentTokenizer:
     def from_pretrained(cls, name_or_path: str | Path, **settings) -> DocumentTokenizer:
         """A folder with tokenizer.json or GPT-2's vocab.json + merges.txt, a tokenizer.json
         file, or else a Hugging Face hub name (needs the network). The GPT-2 family's names
-        ("gpt2", "distilgpt2", ...) resolve to the BPE shipped with fst, offline."""
+        ("gpt2", "distilgpt2", ...) resolve to the BPE shipped with fst, offline.
+
+        A model folder's own EOS and BOS (tokenizer_config.json / config.json, see
+        `declared_special_tokens`) are used unless `settings` name them."""
         TokenizerSettings(**settings)  # fail on a bad setting before loading anything
         if str(name_or_path) in GPT2_HUB_NAMES and not Path(name_or_path).exists():
             return cls.gpt2(**settings)
@@ -138,7 +155,8 @@ class DocumentTokenizer:
             return cls.from_json(path.read_text(encoding="utf-8"), **settings)
         if path.is_dir():
             if (path / BUNDLE_TOKENIZER).is_file():
-                return cls.from_pretrained(path / BUNDLE_TOKENIZER, **settings)
+                raw = tokenizers.Tokenizer.from_file(str(path / BUNDLE_TOKENIZER))
+                return cls(raw, **{**declared_special_tokens(path, raw), **settings})
             if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
                 return cls.from_gpt2_files(path / "vocab.json", path / "merges.txt", **settings)
             raise ValueError(
@@ -265,8 +283,14 @@ class DocumentTokenizer:
         docs = list(docs)
         bodies = self._encode_batch([d.body for d in docs])
         if not self.document_format:
-            eos = self.eos_token_id
-            return [enc for ids in bodies for enc in self._chunks([], [*ids, eos], [*ids, eos])]
+            eos, bos = self.eos_token_id, self._bos()
+            return [
+                enc
+                for ids in bodies
+                for enc in self._chunks(
+                    [], [*bos, *ids, eos], [LOSS_IGNORE] * len(bos) + [*ids, eos]
+                )
+            ]
         keep = [self._keep_meta(d, rng) for d in docs]
         metas = iter(self._encode_batch([d.meta for d, k in zip(docs, keep, strict=True) if k]))
         encodings = []
@@ -282,12 +306,13 @@ class DocumentTokenizer:
         `max_body_len` body ids kept so the most recent context survives.
 
         A `str` is the body of a document without meta (document format) or the text itself
-        (plain format). In plain format an empty prompt becomes [EOS], GPT-2's start token.
+        (plain format). In plain format the text follows the tokenizer's BOS when it has one;
+        an empty prompt without one becomes [EOS], GPT-2's start token.
         """
         body, meta = (prompt, None) if isinstance(prompt, str) else (prompt.body, prompt.meta)
         body_ids = self.encode_text(body)[-self.max_body_len :] if body else []
         if not self.document_format:
-            return body_ids or [self.eos_token_id]
+            return [*self._bos(), *body_ids] or [self.eos_token_id]
         use_meta = meta and self.max_meta_len > 0
         meta_ids = self._meta_part(self.encode_text(meta)) if use_meta else []
         return [*meta_ids, self.start_of_document_id, *body_ids]
@@ -298,6 +323,9 @@ class DocumentTokenizer:
         )
 
     # ---- helpers ------------------------------------------------------------------------
+
+    def _bos(self) -> list[int]:
+        return [] if self.bos_token_id is None else [self.bos_token_id]
 
     def _encode_batch(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -328,6 +356,39 @@ class DocumentTokenizer:
                     break  # its only label would be ignored: nothing to learn
                 chunk_labels[0] = LOSS_IGNORE
             yield Encoding(token_ids=meta_ids + chunk_ids, labels=meta_labels + chunk_labels)
+
+
+def declared_special_tokens(folder: Path, tokenizer: tokenizers.Tokenizer) -> dict[str, str]:
+    """The EOS (and BOS) a Hugging Face model folder declares, as DocumentTokenizer settings.
+
+    EOS: tokenizer_config.json's `eos_token`, else config.json's `eos_token_id`. BOS: only
+    when the tokenizer's own post-processor puts it first (what `transformers` does with
+    add_special_tokens=True: Llama, TinyLlama; not SmolLM2, Qwen or GPT-2). Empty when the
+    folder declares nothing (the GPT-2 default stays).
+    """
+    import json
+
+    def read(name: str) -> dict:
+        file = folder / name
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+    def content(token) -> str | None:
+        return token.get("content") if isinstance(token, dict) else token
+
+    declared = read("tokenizer_config.json")
+    eos = content(declared.get("eos_token"))
+    if not eos:
+        eos_id = read("config.json").get("eos_token_id")
+        eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id
+        eos = tokenizer.id_to_token(eos_id) if isinstance(eos_id, int) else None
+    settings = {"eos_token": eos} if eos and tokenizer.token_to_id(eos) is not None else {}
+    bos = content(declared.get("bos_token"))
+    bos_id = tokenizer.token_to_id(bos) if bos else None
+    if bos_id is not None:
+        ids = tokenizer.encode("a", add_special_tokens=True).ids
+        if ids and ids[0] == bos_id:
+            settings["bos_token"] = bos
+    return settings
 
 
 def _make_byte_level(tokenizer: tokenizers.Tokenizer) -> None:

@@ -235,6 +235,8 @@ def load_tokenizer(folder: Path, manifest: BundleManifest) -> DocumentTokenizer:
     settings: dict[str, Any] = {"document_format": info.document_format}
     if info.eos_token_id is not None:
         settings["eos_token"] = raw.id_to_token(info.eos_token_id)
+    if info.bos_token_id is not None:
+        settings["bos_token"] = raw.id_to_token(info.bos_token_id)
     if info.max_meta_len is not None:
         settings["max_meta_len"] = info.max_meta_len
     # Without a body limit (plain LM), only the model's positions limit the prompt.

@@ -39,9 +39,8 @@ from fst.constants import (
     ONNX_INPUT_IDS,
     ONNX_LOGITS,
     ONNX_POSITION_IDS,
-    onnx_past_names,
-    onnx_present_names,
 )
+from fst.contract import GraphContract
 from fst.runtime.ort_io import make_io
 
 ModelCallHook = Callable[[str, int, float, float], None]
@@ -91,14 +90,14 @@ class CausalLMStepper:
     ) -> None:
         self.session = session
         arch = manifest.architecture
+        # Names and KV shapes [batch, kv_heads, length, head_dim] come from the contract.
+        self.contract = GraphContract.from_manifest(manifest)
         self.num_layers = arch.num_layers
-        self.num_heads = arch.num_heads
-        self.head_dim = arch.head_dim
         self.dtype = _NUMPY_DTYPES[manifest.graph.dtype]
         self.shared = manifest.graph.kv_layout == "shared"
         self.max_positions = arch.max_positions
-        self._past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
-        self._present_names = [n for i in range(self.num_layers) for n in onnx_present_names(i)]
+        self._past_names = self.contract.past_names
+        self._present_names = self.contract.present_names
         self._check_graph()
         logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
         self.vocab_size = arch.vocab_size
@@ -119,8 +118,8 @@ class CausalLMStepper:
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        need_in = {ONNX_INPUT_IDS, ONNX_ATTENTION_MASK, ONNX_POSITION_IDS, *self._past_names}
-        need_out = {ONNX_LOGITS, *self._present_names}
+        need_in = set(self.contract.input_names)
+        need_out = set(self.contract.output_names)
         missing = sorted((need_in - inputs) | (need_out - outputs))
         if missing:
             raise ValueError(f"the bundle's graph lacks inputs/outputs: {', '.join(missing)}")
@@ -146,7 +145,7 @@ class CausalLMStepper:
             cache.keep_alive = buffers
             logits = self._run_shared("prefill", cache, input_ids, mask, positions)
             return logits, cache
-        empty = np.zeros((batch, self.num_heads, 0, self.head_dim), dtype=self.dtype)
+        empty = np.zeros(self.contract.kv_shape(batch, 0), dtype=self.dtype)
         inputs = dict.fromkeys(self._past_names, empty)
         logits, presents = self._run("prefill", inputs, {}, input_ids, mask, positions)
         return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
@@ -244,7 +243,7 @@ class CausalLMStepper:
 
     def _buffers(self, batch: int, capacity: int) -> list[np.ndarray]:
         # Uninitialised: the graph reads only positions it has written (< total length).
-        shape = (batch, self.num_heads, capacity, self.head_dim)
+        shape = self.contract.kv_shape(batch, capacity)
         return [np.empty(shape, dtype=self.dtype) for _ in self._past_names]
 
     def _grow(self, cache: KVCache, needed: int) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import onnxruntime as ort
 
 from fst.bundle import BundleError
-from fst.constants import ONNX_ATTENTION_MASK, onnx_past_names
+from fst.contract import GraphContract
 from fst.runtime.huge_pages import collapse_resident_memory
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEFAULT_PROVIDERS = (TENSORRT, CUDA, CPU)
-PAST_PREFIX = onnx_past_names(0)[0].split(".")[0] + "."  # "past_key_values."
 PROVIDER_ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 
 
@@ -166,9 +165,7 @@ def _stringify(options: Mapping[str, Any]) -> dict[str, str]:
 
 def tensorrt_options(
     *,
-    input_names: Sequence[str],
-    num_heads: int,
-    head_dim: int,
+    contract: GraphContract,
     max_positions: int,
     fp16: bool = False,
     engine_cache_dir: str | Path | None = None,
@@ -176,7 +173,7 @@ def tensorrt_options(
     opt_batch: int = 1,
     opt_past: int = 128,
 ) -> dict[str, str]:
-    """TensorRT provider options with an optimisation profile for our dynamic shapes.
+    """TensorRT provider options with an optimisation profile for the contract's shapes.
 
     One profile covers prefill (seq up to max_positions, past 0) and decode (seq 1, past up
     to max_positions - 1); it is tuned (opt) for decode of `opt_batch` sequences with
@@ -185,20 +182,12 @@ def tensorrt_options(
     """
     opt_past = min(opt_past, max_positions - 1)
     shapes = {
-        "min": _profile(input_names, num_heads, head_dim, 1, seq=1, past=0, total=1),
-        "opt": _profile(
-            input_names, num_heads, head_dim, opt_batch, seq=1, past=opt_past, total=opt_past + 1
-        ),
+        "min": _profile(contract, 1, seq=1, past=0, total=1),
+        "opt": _profile(contract, opt_batch, seq=1, past=opt_past, total=opt_past + 1),
         # Per input, the largest it ever gets: seq and total at a full prefill, past at the
         # last decode step.
         "max": _profile(
-            input_names,
-            num_heads,
-            head_dim,
-            max_batch,
-            seq=max_positions,
-            past=max_positions - 1,
-            total=max_positions,
+            contract, max_batch, seq=max_positions, past=max_positions - 1, total=max_positions
         ),
     }
     options: dict[str, Any] = {
@@ -214,23 +203,9 @@ def tensorrt_options(
     return _stringify(options)
 
 
-def _profile(
-    input_names: Sequence[str],
-    num_heads: int,
-    head_dim: int,
-    batch: int,
-    *,
-    seq: int,
-    past: int,
-    total: int,
-) -> str:
+def _profile(contract: GraphContract, batch: int, *, seq: int, past: int, total: int) -> str:
     """'name:dim1xdim2,...' for every input (the TensorRT EP's profile syntax)."""
-    dims = {}
-    for name in input_names:
-        if name.startswith(PAST_PREFIX):
-            dims[name] = (batch, num_heads, past, head_dim)
-        elif name == ONNX_ATTENTION_MASK:
-            dims[name] = (batch, total)
-        else:  # input_ids, position_ids
-            dims[name] = (batch, seq)
-    return ",".join(f"{n}:{'x'.join(str(d) for d in shape)}" for n, shape in dims.items())
+    sizes = {"batch": batch, "seq": seq, "past_seq": past, "total_seq": total}
+    sizes["kv_capacity"] = total
+    shapes = contract.input_shapes(sizes)
+    return ",".join(f"{n}:{'x'.join(str(d) for d in shape)}" for n, shape in shapes.items())

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from fst.bundle import BundleManifest, ParityReport, sha256_file
 from fst.constants import BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER, onnx_past_names
+from fst.contract import GraphContract
 from fst.export import cli
 from fst.export.exporter import ExportError, export_bundle
 from fst.export.tied_weights import share_tied_embedding
@@ -494,16 +495,17 @@ def test_bad_checkpoints_fail_cleanly(tmp_path, capsys):
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path, capsys):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import OPTConfig, OPTForCausalLM
 
-    folder = tmp_path / "llama"
-    config = LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, vocab_size=64,
+    folder = tmp_path / "opt"
+    config = OPTConfig(
+        hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+        word_embed_proj_dim=16, vocab_size=64,
     )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
+    OPTForCausalLM(config).save_pretrained(folder)
     err = cli_fails(["--model_path", str(folder), "--output", str(tmp_path / "out")], capsys)
-    assert "'llama' is not supported" in err and "supported: gpt2" in err
+    assert "'opt' is not supported" in err
+    assert "supported: gpt2, llama, qwen2, qwen3, mistral" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -606,10 +608,10 @@ def test_explicit_unavailable_provider_is_an_error(tiny_plain_bundle):
 
 
 def test_tensorrt_profiles_cover_prefill_and_decode(tmp_path):
+    # One layer, 2 key/value heads of 16; the contract lists key and value of layer 0.
+    contract = GraphContract(num_layers=1, num_kv_heads=2, head_dim=16, vocab_size=10)
     options = tensorrt_options(
-        input_names=["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"],
-        num_heads=2,
-        head_dim=16,
+        contract=contract,
         max_positions=128,
         fp16=True,
         engine_cache_dir=tmp_path / "trt",
@@ -619,11 +621,14 @@ def test_tensorrt_profiles_cover_prefill_and_decode(tmp_path):
     assert options["trt_fp16_enable"] == "True"
     assert options["trt_engine_cache_path"] == str(tmp_path / "trt")
     assert options["trt_profile_min_shapes"] == (
-        "input_ids:1x1,attention_mask:1x1,position_ids:1x1,past_key_values.0.key:1x2x0x16"
+        "input_ids:1x1,attention_mask:1x1,position_ids:1x1,past_key_values.0.key:1x2x0x16,"
+        "past_key_values.0.value:1x2x0x16"
     )
     assert options["trt_profile_opt_shapes"] == (
-        "input_ids:1x1,attention_mask:1x65,position_ids:1x1,past_key_values.0.key:1x2x64x16"
+        "input_ids:1x1,attention_mask:1x65,position_ids:1x1,past_key_values.0.key:1x2x64x16,"
+        "past_key_values.0.value:1x2x64x16"
     )
     assert options["trt_profile_max_shapes"] == (
-        "input_ids:4x128,attention_mask:4x128,position_ids:4x128,past_key_values.0.key:4x2x127x16"
+        "input_ids:4x128,attention_mask:4x128,position_ids:4x128,past_key_values.0.key:4x2x127x16,"
+        "past_key_values.0.value:4x2x127x16"
     )

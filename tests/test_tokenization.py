@@ -230,6 +230,7 @@ def test_json_round_trip_gives_identical_encodings(gpt2):
         "max_body_len": 6,
         "ignore_meta_prob": 0.3,
         "eos_token": GPT2_EOS,
+        "bos_token": None,
     }
     again = DocumentTokenizer.from_json(tok.to_json(), **settings)
     assert again.settings() == settings
@@ -335,3 +336,54 @@ def test_gpt2_bpe_ships_with_fst_and_needs_no_hub(monkeypatch):
         tok = DocumentTokenizer.from_pretrained(name, document_format=False)
         assert tok.encode_text("Hello world") == [15496, 995]
     assert DocumentTokenizer.gpt2(document_format=False).vocab_size == 50257
+
+
+# ---- a model folder's own special tokens (Llama-family tokenizers) ---------------------------
+
+
+def _folder_with_tokenizer(folder, bos, eos, add_bos: bool):
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate([eos, bos, "a", "b", "ab", "▁", "▁a"])}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b"), ("▁", "a")]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.add_special_tokens([eos, bos])
+    if add_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", special_tokens=[(bos, vocab[bos])]
+        )
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": {"content": bos}, "eos_token": eos}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return vocab
+
+
+def test_a_folders_own_eos_and_bos_are_used(tmp_path):
+    vocab = _folder_with_tokenizer(tmp_path / "llama", "<s>", "</s>", add_bos=True)
+    tok = DocumentTokenizer.from_pretrained(tmp_path / "llama", document_format=False)
+    assert (tok.eos_token, tok.eos_token_id) == ("</s>", vocab["</s>"])
+    assert tok.bos_token_id == vocab["<s>"]
+    assert tok.vocab_size == len(vocab)  # nothing added: both tokens are the folder's own
+    ids = tok.encode_text("ab a")
+    # Plain LM: BOS first, as the tokenizer's own post-processor does (LOSS_IGNORE label).
+    assert tok.encode_for_inference("ab a") == [vocab["<s>"], *ids]
+    (enc,) = tok.encode_for_train(Document(body="ab a"))
+    assert enc.token_ids == [vocab["<s>"], *ids, vocab["</s>"]]
+    assert enc.labels == [LOSS_IGNORE, *ids, vocab["</s>"]]
+    again = DocumentTokenizer.from_json(tok.to_json(), **tok.settings())
+    assert again.bos_token_id == tok.bos_token_id and again.eos_token_id == tok.eos_token_id
+
+
+def test_a_declared_bos_the_tokenizer_does_not_add_is_not_used(tmp_path):
+    vocab = _folder_with_tokenizer(tmp_path / "qwen", "<|im_start|>", "<|endoftext|>", False)
+    tok = DocumentTokenizer.from_pretrained(tmp_path / "qwen", document_format=False)
+    assert tok.eos_token_id == vocab["<|endoftext|>"] and tok.bos_token_id is None
+    assert tok.encode_for_inference("ab") == tok.encode_text("ab")
+    # Explicit settings win over the folder's declaration.
+    tok = DocumentTokenizer.from_pretrained(
+        tmp_path / "qwen", document_format=False, eos_token="<|im_start|>"
+    )
+    assert tok.eos_token_id == vocab["<|im_start|>"]

@@ -22,7 +22,7 @@ DEMO_EXPERIMENT = "demo"
 # Demo budget: the tiny preset on the demo corpus for this many epochs takes ~2 min on 2 cores.
 DEMO_MAX_EPOCHS = 6
 # fst.model.PRESETS' names, repeated here so --help does not import torch (a test checks).
-PRESET_NAMES = ("tiny", "gpt2-6l", "gpt2-small")
+PRESET_NAMES = ("tiny", "gpt2-6l", "gpt2-small", "llama-tiny", "smollm2-135m")
 
 
 class ArgsError(ValueError):
