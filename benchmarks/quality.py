@@ -418,8 +418,8 @@ def _fine_tune_sentence(report: dict[str, Any]) -> list[str]:
     ft = seq["fine_tune"]
     return [
         "",
-        f"**{seq['name']}**: `fst-train --sequence_unlikelihood` from the token-UL run's best "
-        f"checkpoint, {ft['max_steps']} updates (AdamW lr {ft['learning_rate']}, constant after "
+        f"**{seq['name']}**: `fst-train --sequence_unlikelihood` from the token-UL run's "
+        f"{report['checkpoint']} checkpoint, {ft['max_steps']} updates (AdamW lr {ft['learning_rate']}, constant after "
         f"{ft['num_warmup_steps']} warmup steps), each sequence-level with probability "
         f"{ft['sequence_ul_prob']} (else the token-UL update, α = {seq['alpha']:g}): "
         f"{ft['sequence_ul_prefixes']} prefixes of {ft['prefix_len']} tokens from the batch, "
