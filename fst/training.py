@@ -30,7 +30,12 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from fst.checkpoint import CheckpointError, build_model_from_info, read_checkpoint
+from fst.checkpoint import (
+    CheckpointError,
+    build_model_from_info,
+    load_checkpoint,
+    read_checkpoint,
+)
 from fst.cli.train import GPT2_TOKENIZER_CLASS, ArgsError, TrainArgs
 from fst.constants import BUNDLE_TOKENIZER, CHECKPOINT_KEY
 from fst.data import RELOAD_EVERY_N_EPOCHS, DocumentDataModule
@@ -39,6 +44,7 @@ from fst.documents import Document, DocumentError, read_documents
 from fst.experiment import Experiment, create_experiment, experiment_logging, open_experiment
 from fst.lightning_module import DocumentLM, OptimizerSettings, SampleWriter, library_versions
 from fst.model import PRESETS, ModelError, build_model, check_model_path
+from fst.sequence_ul import SequenceULConfig, SequenceULDocumentLM
 from fst.tokenization import DocumentTokenizer
 
 logger = logging.getLogger("fst.train")
@@ -187,7 +193,10 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         seed=args.seed,
         bucket_batches=args.bucket_batches,
     )
-    module = DocumentLM(
+    module_class, sequence = DocumentLM, {}
+    if args.sequence_unlikelihood:
+        module_class, sequence = SequenceULDocumentLM, {"sequence": sequence_ul_config(args)}
+    module = module_class(
         model,
         tokenizer,
         OptimizerSettings(
@@ -199,6 +208,7 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         unlikelihood_alpha=args.unlikelihood_alpha,
         unlikelihood_reduction=args.unlikelihood_reduction,
         training_args=args.to_json_dict(),
+        **sequence,
     )
     checkpoints = ModelCheckpoint(
         dirpath=experiment.models_dir,
@@ -413,6 +423,8 @@ def tokenizer_and_model(
             info["tokenizer_json"], **{**info["document"], **settings}
         )
         return tokenizer, build_model_from_info(info)
+    if args.fine_tunes_checkpoint:
+        return checkpoint_tokenizer_and_model(args.model_path, settings)
     check_model_path(args.model_path)
     if is_rank_zero():
         tokenizer = load_tokenizer(args, train_file, settings)
@@ -422,6 +434,31 @@ def tokenizer_and_model(
         args.model_path, tokenizer.vocab_size, tokenizer.eos_token_id, args.model_overrides
     )
     return tokenizer, model
+
+
+def checkpoint_tokenizer_and_model(
+    path: str, settings: dict
+) -> tuple[DocumentTokenizer, transformers.PreTrainedModel]:
+    """A checkpoint's weights and vocabulary to fine-tune (the document settings are this
+    run's; the optimizer, schedule and step count start afresh)."""
+    loaded = load_checkpoint(path)
+    tokenizer = DocumentTokenizer.from_json(
+        loaded.info["tokenizer_json"], **{**loaded.info["document"], **settings}
+    )
+    logger.info("Fine-tuning the weights of %s (step %s)", path, loaded.info.get("global_step"))
+    return tokenizer, loaded.model.train()
+
+
+def sequence_ul_config(args: TrainArgs) -> SequenceULConfig:
+    return SequenceULConfig(
+        prefix_len=args.prefix_len,
+        continuation_len=args.continuation_len,
+        ngram=args.ngram,
+        probability=args.sequence_ul_prob,
+        max_prefixes=args.sequence_ul_prefixes,
+        candidates=args.sequence_ul_candidates,
+        seed=args.seed,
+    )
 
 
 def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> DocumentTokenizer:

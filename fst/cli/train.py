@@ -23,6 +23,8 @@ DEMO_EXPERIMENT = "demo"
 DEMO_MAX_EPOCHS = 6
 # fst.model.PRESETS' names, repeated here so --help does not import torch (a test checks).
 PRESET_NAMES = ("tiny", "gpt2-6l", "gpt2-small", "llama-tiny", "smollm2-135m")
+# fst.sequence_ul.CANDIDATE_SPANS, likewise.
+SEQUENCE_UL_CANDIDATES = ("ngram", "last")
 
 
 class ArgsError(ValueError):
@@ -72,6 +74,13 @@ class TrainArgs:
     num_threads: int | None = None
     resume_from: str | None = None
     resume_in_new_folder: bool = False
+    sequence_unlikelihood: bool = False
+    prefix_len: int = 50
+    continuation_len: int = 100
+    ngram: int = 4
+    sequence_ul_prob: float = 0.5
+    sequence_ul_prefixes: int = 16
+    sequence_ul_candidates: str = "ngram"
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -128,6 +137,42 @@ class TrainArgs:
         if self.gpus is not None and (self.devices != "auto" or self.accelerator != "auto"):
             raise ArgsError("--gpus replaces --accelerator/--devices: give one or the other")
         self.trainer_devices()  # raises ArgsError on a malformed --devices / --gpus
+        self._check_sequence_unlikelihood()
+        if self.fine_tunes_checkpoint:
+            self._check_checkpoint_model_path()
+
+    @property
+    def fine_tunes_checkpoint(self) -> bool:
+        """--model_path names an fst-train checkpoint (fine-tuning its weights)."""
+        return self.model_path.endswith(".ckpt")
+
+    def _check_checkpoint_model_path(self) -> None:
+        if not Path(self.model_path).is_file():
+            raise ArgsError(f"--model_path {self.model_path}: no such checkpoint file")
+        for name in ("tokenizer", "tokenizer_class_name", "model_overrides", "resume_from"):
+            if getattr(self, name):
+                raise ArgsError(
+                    f"--{name} cannot be combined with a checkpoint --model_path "
+                    "(the model and its vocabulary are the checkpoint's)"
+                )
+
+    def _check_sequence_unlikelihood(self) -> None:
+        _positive("prefix_len", self.prefix_len)
+        _positive("ngram", self.ngram)
+        _positive("continuation_len", self.continuation_len, minimum=self.ngram)
+        _positive("sequence_ul_prefixes", self.sequence_ul_prefixes)
+        if not 0.0 < self.sequence_ul_prob <= 1.0:
+            raise ArgsError(f"--sequence_ul_prob must be in (0, 1], got {self.sequence_ul_prob}")
+        if self.sequence_ul_candidates not in SEQUENCE_UL_CANDIDATES:
+            raise ArgsError(
+                f"--sequence_ul_candidates must be one of {', '.join(SEQUENCE_UL_CANDIDATES)}, "
+                f"got {self.sequence_ul_candidates!r}"
+            )
+        if self.sequence_unlikelihood and self.prefix_len > self.max_body_len:
+            raise ArgsError(
+                f"--prefix_len {self.prefix_len} is longer than --max_body_len "
+                f"{self.max_body_len}: no training chunk would hold a prefix"
+            )
 
     @property
     def uses_demo_corpus(self) -> bool:
@@ -228,7 +273,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("data", "ignore_meta_prob", float, "probability to drop a document's meta in training (redrawn every epoch)"),
     ("data", "num_workers", int, "DataLoader worker processes (0: load in the main process)"),
     ("data", "bucket_batches", int, "batches per length bucket: similar lengths share a batch (1: plain random batches)"),
-    ("model and tokenizer", "model_path", str, f"preset ({', '.join(PRESET_NAMES)}), Hugging Face model folder, or hub name (e.g. gpt2)"),
+    ("model and tokenizer", "model_path", str, f"preset ({', '.join(PRESET_NAMES)}), Hugging Face model folder, hub name (e.g. gpt2), or an fst-train .ckpt to fine-tune (its weights and vocabulary; a new optimizer, schedule and step count, unlike --resume_from)"),
     ("model and tokenizer", "model_overrides", _overrides, "model config overrides, e.g. 'n_layer=4,n_embd=128'"),
     ("model and tokenizer", "tokenizer", str, "'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name; default: 'bpe' for presets, else the model's own"),
     ("model and tokenizer", "tokenizer_class_name", str, f"original project's flag: {GPT2_TOKENIZER_CLASS} = GPT-2's tokenizer from --model_path's folder, else the GPT-2 BPE shipped with fst (offline)"),
@@ -254,6 +299,13 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("trainer (PyTorch Lightning)", "strategy", str, "auto, ddp, fsdp, deepspeed, ... (multi-GPU / multi-node)"),
     ("trainer (PyTorch Lightning)", "num_nodes", int, "machines in multi-node training"),
     ("trainer (PyTorch Lightning)", "num_threads", int, "torch CPU threads (0: torch's default, all cores; none: 1 for the demo run, else 0)"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_unlikelihood", bool, "fine-tune with the sequence-level UL objective (Welleck et al. 2019, 5.2) mixed with token-level updates; start from a checkpoint with --model_path run/models/best-....ckpt"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "prefix_len", int, "prefix tokens cut from the training batch"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "continuation_len", int, "greedy continuation tokens decoded per prefix (EOS masked)"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "ngram", int, "n of the repeated n-grams penalised"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_prob", float, "probability that an update is sequence-level (else the token-level MLE / --unlikelihood_alpha update; the paper: 0.5)"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_prefixes", int, "prefixes (continuations) per sequence-level update"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_candidates", str, "ngram: every token of a repeated n-gram (the paper's); last: only the token completing it"),
 ]  # fmt: skip
 
 
