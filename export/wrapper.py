@@ -35,7 +35,7 @@ from fst.constants import (
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 
 LogitsMode = Literal["all", "last"]
-KVLayout = Literal["concat", "shared"]
+KVLayout = Literal["concat", "shared", "shared_right"]
 
 
 class UnsupportedModelError(ValueError):
@@ -77,7 +77,7 @@ def dynamic_axes(
         ONNX_POSITION_IDS: {0: "batch", 1: "seq"},
         ONNX_LOGITS: {0: "batch"} if logits == "last" else {0: "batch", 1: "seq"},
     }
-    shared = kv_layout == "shared"
+    shared = kv_layout in ("shared", "shared_right")
     for i in range(layers):
         for name in onnx_past_names(i):
             axes[name] = {0: "batch", 2: "kv_capacity" if shared else "past_seq"}
@@ -172,6 +172,6 @@ def dummy_inputs(
     input_ids = torch.randint(0, int(config.vocab_size), (batch, seq), dtype=torch.long)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
     position_ids = torch.arange(past, past + seq, dtype=torch.long).expand(batch, seq).clone()
-    length = past + seq + 2 if kv_layout == "shared" else past
+    length = past + seq + 2 if kv_layout in ("shared", "shared_right") else past
     pasts = [torch.zeros(batch, heads, length, head_dim) for _ in range(2 * num_layers(config))]
     return (input_ids, attention_mask, position_ids, *pasts)
