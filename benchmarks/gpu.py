@@ -603,7 +603,14 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "copy_bandwidth_gbs": copy_bandwidth_gbs(device),
         "models": {},
-        "notes": [],
+        "notes": [
+            "hf_eager: generate with the model's default attention (sdpa) and a dynamic "
+            "cache, no compile; hf_static: cache_implementation='static', whose decode step "
+            "transformers compiles (torch.compile, mode reduce-overhead); fst: the "
+            "shared_right fp16 bundle, KV cache on the device, greedy on the host",
+            "decode ms/step: median over every timed step of every round; TTFT: prefill of "
+            "the prompt up to the first token's logits on the host",
+        ],
         "complete": False,
     }
     save = lambda: common.write_report(settings.out_dir, settings.name, report, markdown(report))  # noqa: E731
