@@ -2,7 +2,8 @@
 
 UNTESTED ON GPU. Written from ONNX Runtime's sources and IO binding docs; on this machine it
 runs only with device "cpu" (the same code: the tests drive it there). benchmarks/gpu.py is
-the script that checks and times it on CUDA when a GPU is lent.
+the script that checks and times it on CUDA when a GPU is lent. TensorRT: untested too (the
+cache would live on CUDA as well; the graph's contrib ops would run on the CUDA provider).
 
 What a step does (see fst.export.gqa_right for the graph):
 

@@ -90,8 +90,8 @@ def test_xl_depth_fits_the_time_left() -> None:
     small = {"build_s": 10.0, "export_s": 30.0}  # 40 s for GPT-2 small's parameters
     assert gpu.xl_layers(settings, small, left_s=10_000)[0] == 48
     layers, why = gpu.xl_layers(settings, small, left_s=400)
-    assert layers in (6, 12, 24) and "estimated" in why
-    assert gpu.xl_layers(settings, small, left_s=1)[0] == 6
+    assert layers in (6, 12, 24, 36) and "estimated" in why
+    assert gpu.xl_layers(settings, small, left_s=1)[0] is None  # skipped, not cut off
     assert gpu.xl_layers(gpu.parse_args(["--xl-layers", "12"]), small, left_s=1) == (
         12,
         "asked for",
