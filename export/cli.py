@@ -44,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kv_layout",
-        choices=["auto", "shared", "concat"],
+        choices=["auto", "shared", "concat", "shared_right"],
         default="auto",
         help="with --optimize: 'shared' = one preallocated KV buffer per layer written in "
         "place (GroupQueryAttention; CPU runtime; head size a multiple of 8), 'concat' = "
-        "past and new keys concatenated every step (MultiHeadAttention; use it for "
-        "CUDA/TensorRT), 'auto' = shared when possible (not fp16)",
+        "past and new keys concatenated every step (MultiHeadAttention; TensorRT needs the "
+        "plain graph: no --optimize), 'shared_right' = the CUDA layout (GroupQueryAttention "
+        "over right-padded buffers kept on the device; with --fp16; UNTESTED ON GPU), "
+        "'auto' = shared when possible (not fp16)",
     )
     parser.add_argument(
         "--quantize", choices=["int8"], help="dynamic int8 quantization (CPU inference)"

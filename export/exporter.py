@@ -25,6 +25,8 @@ from fst.bundle import (
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.architectures import architecture_for, sliding_window
+from fst.export.gqa_right import ORT_GQA_RIGHT
+from fst.export.gqa_right import register as register_gqa_right
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
@@ -76,10 +78,16 @@ def export_bundle(
     """Export `ckpt` or `model_path` to a bundle folder at `output`; returns its manifest."""
     output = Path(output).expanduser().absolute()
     variant = _check_options(quantize, fp16, opset, logits)
-    if kv_layout not in ("auto", "shared", "concat"):
-        raise ExportError(f"--kv_layout must be auto, shared or concat, got {kv_layout!r}")
-    if kv_layout == "shared" and not optimize:
-        raise ExportError("--kv_layout shared needs --optimize (it is a fused-attention graph)")
+    if kv_layout not in ("auto", "shared", "concat", "shared_right"):
+        raise ExportError(
+            f"--kv_layout must be auto, shared, concat or shared_right, got {kv_layout!r}"
+        )
+    if kv_layout in ("shared", "shared_right") and not optimize:
+        raise ExportError(
+            f"--kv_layout {kv_layout} needs --optimize (it is a fused-attention graph)"
+        )
+    if kv_layout == "shared_right" and logits != "last":
+        raise ExportError("--kv_layout shared_right gives the last token's logits only")
     try:
         bundle_writer.check_output(output, force)
     except bundle_writer.OutputExistsError as e:
@@ -133,6 +141,7 @@ def _build(
     kv_layout = choose_kv_layout(source.model.config, optimize, variant, requested_layout)
     attention = {
         "shared": "GroupQueryAttention, shared KV buffer",
+        "shared_right": "GroupQueryAttention, right-padded shared KV buffer (GPU layout)",
         "concat": "fused MultiHeadAttention" if optimize else "eager attention",
     }[kv_layout]
     with stages.stage("export", f"opset {opset}, logits={logits}, {attention}"):
@@ -162,7 +171,8 @@ def _build(
         # and the whole folder is atomic anyway.
         (tmp / BUNDLE_TOKENIZER).write_text(source.tokenizer.to_json(), encoding="utf-8")
     log.info("initializers replaced by a Transpose of the embedding: %s", shared or "none")
-    with stages.stage("verify", "ONNX Runtime vs PyTorch, prefill + decode, left-padded batch"):
+    padding = "right-padded" if kv_layout == "shared_right" else "left-padded"
+    with stages.stage("verify", f"ONNX Runtime vs PyTorch, prefill + decode, {padding} batch"):
         parity = check(tmp / BUNDLE_MODEL)
     stages.note(describe(parity, variant))
     if not parity.passed:
@@ -261,12 +271,16 @@ def choose_kv_layout(config, optimize: bool, variant: str, requested: str = "aut
             )
         return "concat"
     if head_dim % 8:
-        if requested == "shared":
+        if requested in ("shared", "shared_right"):
             raise ExportError(
-                f"--kv_layout shared needs a head size that is a multiple of 8 (this model: "
+                f"--kv_layout {requested} needs a head size that is a multiple of 8 (this model: "
                 f"{head_dim}); use --kv_layout concat"
             )
         return "concat"
+    if requested == "shared_right":
+        if variant == "int8":
+            raise ExportError("--kv_layout shared_right is a GPU layout: use --fp16, not int8")
+        return "shared_right"
     if requested == "shared" or variant != "fp16":
         return "shared"
     return "concat"
@@ -280,7 +294,13 @@ def _trace(
     attention becomes ONNX Runtime's fused MultiHeadAttention or, with the shared KV
     layout, GroupQueryAttention (see ort_attention). PyTorch's reference in the parity
     check keeps the model's own attention implementation."""
-    attention = {"shared": ORT_GQA, "concat": ORT_MHA if optimize else "eager"}[kv_layout]
+    attention = {
+        "shared": ORT_GQA,
+        "shared_right": ORT_GQA_RIGHT,
+        "concat": ORT_MHA if optimize else "eager",
+    }[kv_layout]
+    if kv_layout == "shared_right":
+        register_gqa_right()
     with attention_implementation(source.model, attention):
         return export_onnx(source.model, path, opset=opset, logits=logits, kv_layout=kv_layout)
 

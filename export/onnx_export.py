@@ -61,7 +61,10 @@ def _trace(
     model: PreTrainedModel, path: Path, opset: int, logits: LogitsMode, kv_layout: KVLayout
 ) -> None:
     contract = contract_for(model.config, logits, kv_layout)
-    wrapper = SharedBufferWrapper if kv_layout == "shared" else CacheFlatteningWrapper
+    if kv_layout == "shared_right":
+        from fst.export.gqa_right import RightPaddedBufferWrapper as wrapper
+    else:
+        wrapper = SharedBufferWrapper if kv_layout == "shared" else CacheFlatteningWrapper
     with torch.no_grad(), warnings.catch_warnings():
         # TracerWarnings about Python branches in transformers' cache code: the branches
         # taken with past > 0 are the general ones (see dummy_inputs).

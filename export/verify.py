@@ -69,6 +69,13 @@ def verify_parity(
     With kv_layout "shared" the past buffers have one spare position beyond the last step
     (capacity > total length); each step's presents are fed back as the next past.
     """
+    if kv_layout == "shared_right":  # right padding, per-row lengths (the GPU layout)
+        from fst.export.verify_right import verify_right_padded
+
+        return verify_right_padded(
+            model, onnx_path, prompts, variant=variant, dtype=dtype,
+            decode_steps=decode_steps, pad_id=pad_id,
+        )  # fmt: skip
     # A check, not a server: no point in moving the exporter's torch-sized memory into huge pages.
     session, _ = create_session(onnx_path, providers=["CPUExecutionProvider"], huge_pages=False)
     ids, mask = left_pad(prompts, pad_id)

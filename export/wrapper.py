@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
-from fst.contract import GraphContract, KVLayout, LogitsMode
+from fst.contract import SHARED_BUFFER_LAYOUTS, GraphContract, KVLayout, LogitsMode
 from fst.export.architectures import (
     SUPPORTED_MODEL_TYPES,
     UnsupportedModelError,
@@ -136,6 +136,6 @@ def dummy_inputs(
     input_ids = torch.randint(0, int(config.vocab_size), (batch, seq), dtype=torch.long)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
     position_ids = torch.arange(past, past + seq, dtype=torch.long).expand(batch, seq).clone()
-    length = past + seq + 2 if kv_layout == "shared" else past
+    length = past + seq + 2 if kv_layout in SHARED_BUFFER_LAYOUTS else past
     pasts = [torch.zeros(contract.kv_shape(batch, length)) for _ in contract.past_names]
     return (input_ids, attention_mask, position_ids, *pasts)

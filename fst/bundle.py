@@ -60,11 +60,12 @@ class GraphInfo(_Strict):
     logits: Literal["all", "last"] = Field(
         "all", description="'last': logits only for the last position ([batch, 1, vocab])"
     )
-    kv_layout: Literal["concat", "shared"] = Field(
+    kv_layout: Literal["concat", "shared", "shared_right"] = Field(
         "concat",
         description=(
             "'concat': past [B, H, past, D] -> present [B, H, past + seq, D]; 'shared': past "
-            "and present are one buffer [B, H, capacity, D] (bind both to the same value)"
+            "and present are one buffer [B, H, capacity, D] (bind both to the same value); "
+            "'shared_right': the same, rows right-padded (the GPU layout, fst.export.gqa_right)"
         ),
     )
     int8_weights: Literal["QInt8", "QUInt8"] | None = Field(

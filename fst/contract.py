@@ -11,7 +11,8 @@ Every fst graph, whatever its architecture, has the same interface:
     present.{i}.key           [batch, kv_heads, present, head_dim]
 
 `past` / `present` are `past_seq` / `total_seq` (= past_seq + seq) with kv_layout "concat",
-and both the buffer's `kv_capacity` with kv_layout "shared" (one buffer bound as both).
+and both the buffer's `kv_capacity` with kv_layout "shared" / "shared_right" (one buffer
+bound as both).
 `kv_heads` is the number of key/value heads: GPT-2's heads, fewer with grouped-query
 attention. The exporter traces with these names and dynamic axes, the parity check and the
 runtime feed them, and TensorRT profiles resolve the same dimensions: all from
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
     from fst.bundle import BundleManifest
 
 LogitsMode = Literal["all", "last"]
-KVLayout = Literal["concat", "shared"]
+KVLayout = Literal["concat", "shared", "shared_right"]
+# Layouts with one buffer per past/present pair, bound as both ("shared_right": the GPU
+# variant, rows right-aligned for ORT's CUDA GroupQueryAttention).
+SHARED_BUFFER_LAYOUTS = ("shared", "shared_right")
 Dim = str | int  # a named dynamic axis, or a fixed size
 
 
@@ -71,8 +75,10 @@ class GraphContract:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"GraphContract.{name} must be a positive integer, got {value!r}")
-        if self.kv_layout not in ("concat", "shared"):
-            raise ValueError(f"kv_layout must be concat or shared, got {self.kv_layout!r}")
+        if self.kv_layout not in ("concat", *SHARED_BUFFER_LAYOUTS):
+            raise ValueError(
+                f"kv_layout must be concat, shared or shared_right, got {self.kv_layout!r}"
+            )
         if self.logits not in ("all", "last"):
             raise ValueError(f"logits must be all or last, got {self.logits!r}")
 
@@ -111,11 +117,11 @@ class GraphContract:
 
     @property
     def past_axis(self) -> str:
-        return "kv_capacity" if self.kv_layout == "shared" else "past_seq"
+        return "kv_capacity" if self.kv_layout in SHARED_BUFFER_LAYOUTS else "past_seq"
 
     @property
     def present_axis(self) -> str:
-        return "kv_capacity" if self.kv_layout == "shared" else "total_seq"
+        return "kv_capacity" if self.kv_layout in SHARED_BUFFER_LAYOUTS else "total_seq"
 
     def kv_dims(self, axis: str) -> tuple[Dim, ...]:
         return ("batch", self.num_kv_heads, axis, self.head_dim)

@@ -40,7 +40,7 @@ from fst.runtime.decode_batch import (
     Prompt,
     Row,
 )
-from fst.runtime.kv_cache import CausalLMStepper, ModelCallHook
+from fst.runtime.kv_cache import ModelCallHook, make_stepper
 from fst.runtime.session import create_session
 from fst.tokenization import DocumentTokenizer
 
@@ -66,7 +66,7 @@ class Generator:
         self.vocab_size = manifest.architecture.vocab_size
         self.eos_token_id = manifest.tokenizer.eos_token_id
         self.default_params = _default_params(manifest.generation_defaults)
-        self._stepper = CausalLMStepper(session, manifest)
+        self._stepper = make_stepper(session, manifest)
 
     @property
     def on_model_call(self) -> ModelCallHook | None:

@@ -82,6 +82,17 @@ class KVCache:
         return self.keep_alive[0].shape[2] if self.keep_alive else self.past_length
 
 
+def make_stepper(session: ort.InferenceSession, manifest: BundleManifest) -> Any:
+    """The stepper for the bundle's kv_layout: "shared_right" bundles (the GPU layout) keep
+    their cache on the session's device (fst.runtime.device_kv, UNTESTED ON GPU); the
+    others run through CausalLMStepper."""
+    if manifest.graph.kv_layout == "shared_right":
+        from fst.runtime.device_kv import DeviceKVStepper
+
+        return DeviceKVStepper(session, manifest)
+    return CausalLMStepper(session, manifest)
+
+
 class CausalLMStepper:
     """Runs the bundle's graph: `prefill` a batch of prompts, then `decode` one token a row."""
 
@@ -106,7 +117,8 @@ class CausalLMStepper:
         if gpu and self.shared:
             raise ValueError(
                 "this runtime keeps shared-layout KV buffers in host memory: run the bundle "
-                "on the CPU provider, or export it with --kv_layout concat for CUDA / TensorRT"
+                "on the CPU provider, or export it with --fp16 --kv_layout shared_right "
+                "(or concat) for CUDA / TensorRT"
             )
         self.io = make_io(
             session, [ONNX_LOGITS], self._present_names, "cuda" if gpu else "cpu", public_io

@@ -164,6 +164,24 @@ def tiny_shared_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_shared_right_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    """tiny_plain_bundle in the GPU layout (--optimize --kv_layout shared_right, fp32 so the
+    CPU kernel runs it exactly): right-padded KV buffers kept on the session's device."""
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_shared_right_bundle") / "bundle"
+    manifest = export_bundle(
+        output,
+        model_path=str(tiny_hf_model_dir),
+        optimize=True,
+        kv_layout="shared_right",
+        progress=False,
+    )
+    assert manifest.graph.kv_layout == "shared_right"
+    return output
+
+
+@pytest.fixture(scope="session")
 def tiny_document_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     """A document-format fp32 bundle (logits of the last position) exported from
     tiny_checkpoint: [START_OF_DOCUMENT] / [END_OF_META] ids in its manifest."""

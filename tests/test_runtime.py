@@ -33,23 +33,32 @@ def eos_model_dir(tmp_path_factory, tiny_hf_model_dir) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module", params=["concat", "shared"])
+@pytest.fixture(scope="module", params=["concat", "shared", "shared_right"])
 def eos_generator(request, tmp_path_factory, eos_model_dir) -> Generator:
-    """Both KV layouts: a plain export and an --optimize one (shared buffers)."""
+    """Every KV layout: a plain export, an --optimize one (shared buffers) and the GPU
+    layout (right-padded device buffers, fst.runtime.device_kv, here on the CPU)."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("eos_bundle") / "bundle"
-    optimize = request.param == "shared"
+    layout = "auto" if request.param == "shared" else request.param
     manifest = export_bundle(
-        output, model_path=str(eos_model_dir), optimize=optimize, progress=False
+        output,
+        model_path=str(eos_model_dir),
+        optimize=request.param != "concat",
+        kv_layout=layout,
+        progress=False,
     )
     assert manifest.graph.kv_layout == request.param
     return Generator.from_bundle(output, threads=1)
 
 
-@pytest.fixture(scope="module", params=["concat", "shared"])
+@pytest.fixture(scope="module", params=["concat", "shared", "shared_right"])
 def plain_generator(request) -> Generator:
-    bundle = {"concat": "tiny_plain_bundle", "shared": "tiny_shared_bundle"}[request.param]
+    bundle = {
+        "concat": "tiny_plain_bundle",
+        "shared": "tiny_shared_bundle",
+        "shared_right": "tiny_shared_right_bundle",
+    }[request.param]
     return Generator.from_bundle(request.getfixturevalue(bundle), threads=1)
 
 
