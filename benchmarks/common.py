@@ -1,9 +1,8 @@
-"""What every benchmark needs: a machine description, robust statistics, physical floors.
+"""What every benchmark needs: a machine description, robust statistics, the matmul floor.
 
 Torch-free on purpose: the runtime's benchmark worker imports this module and must not pay
-for (or be measured with) torch in its memory. The floors are measured with numpy so the
-benchmark can say how far an engine is from what the hardware allows, not only from the
-other engines.
+for (or be measured with) torch in its memory. The matmul speed (numpy) bounds prefill;
+the read-bandwidth floor of decode has its own module, floor.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -178,47 +176,12 @@ def peak_rss_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 1024**2
 
 
-def memory_bandwidth_gbs(
-    size_mb: int = 1024, repeats: int = 5, threads: int = 1
-) -> dict[str, float]:
-    """Read bandwidth in GB/s of a `size_mb` float32 array, best of `repeats`, per kernel.
-
-    The array is far larger than any cache, so each pass is limited by DRAM reads, which is
-    also what limits a batch-1 decode step (every weight is read once per token). Kernels:
-    numpy sum on one thread, max over `threads` slices (numpy releases the GIL in reductions;
-    one core rarely saturates the memory controller) and a BLAS matrix-vector product, the
-    very access pattern of a decode step. The kernels reach different speeds; callers take
-    the best one as the bandwidth the hardware allows.
-    """
-    import numpy as np
-
-    n = size_mb * 1024 * 1024 // 4
-    data = np.ones(n, dtype=np.float32)  # written, so every page is resident
-    matrix = data.reshape(-1, 1024)  # [rows, 1024]: a weight matrix times a vector
-    vector = np.ones(1024, dtype=np.float32)
-    parts = np.array_split(data, threads)
-
-    def timed(fn: Callable[[], object]) -> float:
-        def once() -> float:
-            start = time.perf_counter()
-            fn()
-            return time.perf_counter() - start
-
-        return data.nbytes / best_of(once, repeats) / 1e9
-
-    with ThreadPoolExecutor(threads) as pool:
-        return {
-            "sum_1_thread": timed(data.sum),
-            f"max_{threads}_threads": timed(lambda: list(pool.map(np.max, parts))),
-            "blas_gemv": timed(lambda: matrix @ vector),
-        }
-
-
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of an n×n @ n×n numpy matmul: the compute ceiling for prefill.
 
     numpy's BLAS picks its thread count at import (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS),
-    so callers who care run this in a process started with those set (see `measure_floors`).
+    so callers who care run this in a process started with those set (see
+    `floor.measure_floors`).
     """
     import numpy as np
 
@@ -233,29 +196,6 @@ def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
         return time.perf_counter() - start
 
     return 2 * n**3 / best_of(once, repeats) / 1e9
-
-
-def measure_floors(threads: int, size_mb: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """Read bandwidth (several kernels) and matmul GFLOP/s, measured in a fresh process.
-
-    A subprocess so the BLAS thread count really is `threads` and the 1 GB array does not
-    inflate the caller's peak RSS.
-    """
-    import subprocess
-
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--size-mb", str(size_mb), "--repeats", str(repeats)]
-    out = subprocess.run(
-        [*cmd, "--threads", str(threads)], env=env, capture_output=True, text=True, check=True
-    )
-    floors = json.loads(out.stdout.strip().splitlines()[-1])
-    # The floor uses the best kernel: a lower floor makes the goals harder, not easier.
-    floors["bandwidth_gbs"] = max(floors["bandwidth_gbs_by_kernel"].values())
-    floors["threads"] = threads
-    floors["array_mb"] = size_mb
-    return floors
 
 
 # --- output -------------------------------------------------------------------------------
@@ -284,23 +224,3 @@ def write_report(out_dir: Path, name: str, report: dict, markdown: str) -> None:
 def fmt(value: float | None, digits: int = 1) -> str:
     """A table cell: '–' for a missing figure (engine absent), fixed digits otherwise."""
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _floors_main() -> None:
-    """`python common.py`: print the floors of this process as JSON (used by measure_floors)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description="Measure read bandwidth and matmul GFLOP/s.")
-    p.add_argument("--size-mb", type=int, default=1024)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
-    floors = {
-        "bandwidth_gbs_by_kernel": memory_bandwidth_gbs(a.size_mb, a.repeats, a.threads),
-        "matmul_gflops": matmul_gflops(1024, a.repeats),
-    }
-    print(json.dumps(floors))
-
-
-if __name__ == "__main__":
-    _floors_main()

@@ -266,6 +266,10 @@ def make_engine(name: str, folder: str, threads: int) -> Engine:
         return HFEngine(folder, threads)
     if name in ("ct2-fp32", "ct2-int8"):
         return CT2Engine(folder, threads, "float32" if name == "ct2-fp32" else "int8")
-    if name in ("fst-fp32", "fst-int8"):
+    if name in ("fst-fp32", "fst-int8", "fst-int4"):
         return FSTEngine(folder, threads, name.removeprefix("fst-"))
+    if name.startswith("llama-"):
+        from engines_llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(folder, threads, name)
     raise ValueError(f"unknown engine {name!r}")

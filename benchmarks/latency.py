@@ -1,11 +1,13 @@
-"""Latency of our runtime against Hugging Face `generate` and CTranslate2, side by side.
+"""Latency of our runtime against Hugging Face `generate`, CTranslate2 and llama.cpp.
 
     python benchmarks/latency.py                 # GPT-2 small + distilgpt2-sized, 6 rounds
     python benchmarks/latency.py --quick         # tiny model, 2 rounds: a smoke run
 
 Models are built from configs with random weights (fixed seed; nothing is downloaded),
 saved as Hugging Face folders in a cache outside the repository, exported to fp32 and int8
-bundles with our exporter and converted for CTranslate2 when it is installed.
+bundles with our exporter (int4 too when `fst-export --quantize` offers it), converted for
+CTranslate2 when it is installed and to GGUF for llama.cpp when its bindings and converter are
+there (engines_llamacpp.py). The bandwidth floor comes from floor.py.
 
 Each engine runs in its own process (`latency.py --worker ENGINE ...`, printing one JSON
 line), in interleaved rounds (A B C A B C ...); the first engine runs once more at the end
@@ -29,6 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import engines_llamacpp  # noqa: E402
+import floor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BPE = REPO / "fst" / "assets" / "gpt2_bpe"
@@ -48,9 +52,17 @@ MODELS: dict[str, dict[str, Any]] = {
 # SmolLM2's vocabulary size: its random-weight stand-in gets GPT-2's BPE cut to this many
 # tokens (the first 49152 ids and the merges that make them; nothing is downloaded).
 SMOLLM2_VOCAB = 49152
-ENGINES = ("hf", "fst-fp32", "fst-int8", "ct2-fp32", "ct2-int8")
-# The engine each of ours is compared with, at the same precision.
+ENGINES = (
+    *("hf", "fst-fp32", "fst-int8", "fst-int4", "ct2-fp32", "ct2-int8"),
+    *engines_llamacpp.VARIANTS,
+)
+# Weight precision of each engine: its floor (bytes per weight) and its peers.
+PRECISION = {"hf": "fp32", "fst-fp32": "fp32", "ct2-fp32": "fp32", "llama-f32": "fp32"}
+PRECISION |= {"fst-int8": "int8", "ct2-int8": "int8", "llama-q8_0": "int8"}
+PRECISION |= {"fst-int4": "int4", "llama-q4_0": "int4"}
+BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "int4": 0.5}
 CT2_PEER = {"fst-fp32": "ct2-fp32", "fst-int8": "ct2-int8"}
+LLAMA_PEER = {"fst-fp32": "llama-f32", "fst-int8": "llama-q8_0", "fst-int4": "llama-q4_0"}
 WORKER_TIMEOUT_S = 3600
 WARMUP_TOKENS = 4  # the warm-up call of each scenario: prefill + a few decode steps
 
@@ -160,7 +172,8 @@ def prefill_gflop(art: Artifacts, length: int) -> float:
 
 def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -> dict[str, Path]:
     """Our fp32 and int8 bundles, re-exported when the options or the exporter changed."""
-    wanted = [(e, q) for e, q in (("fst-fp32", None), ("fst-int8", "int8")) if e in args.engines]
+    variants = [("fst-fp32", None), ("fst-int8", "int8"), ("fst-int4", "int4")]
+    wanted = [(e, q) for e, q in variants if e in args.engines]
     if not wanted:
         return {}
     from fst.bundle import BundleManifest
@@ -183,6 +196,17 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
         BundleManifest.load(folder)  # fails loudly on a broken bundle
         out[engine] = folder
     return out
+
+
+def exporter_quantizations() -> list[str]:
+    """The `fst-export --quantize` choices of the installed exporter (int4 arrives with the
+    model-sizes work: checked at run time, so the benchmark picks it up once it is there)."""
+    from fst.export.cli import build_parser
+
+    for action in build_parser()._actions:
+        if "--quantize" in action.option_strings:
+            return list(action.choices or [])
+    return []
 
 
 def source_digest(folder: Path) -> str:
@@ -221,6 +245,7 @@ def prepare(name: str, args: argparse.Namespace) -> Artifacts:
     for engine, folder in {
         **export_bundles(hf, name, cache, args),
         **convert_ct2(hf, name, cache, args.engines),
+        **engines_llamacpp.convert(hf, cache / name / "gguf", args.engines, args.llamacpp_src),
     }.items():
         art.paths[engine] = str(folder)
         art.bundles[engine] = bundle_summary(engine, folder)
@@ -228,7 +253,8 @@ def prepare(name: str, args: argparse.Namespace) -> Artifacts:
 
 
 def bundle_summary(engine: str, folder: Path) -> dict[str, Any]:
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    files = [folder] if folder.is_file() else [f for f in folder.iterdir() if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
     summary: dict[str, Any] = {"size_mb": round(size / 1e6, 1)}
     if engine.startswith("fst-"):
         from fst.bundle import BundleManifest
@@ -345,8 +371,9 @@ def worker_main(args: argparse.Namespace) -> int:
         if length == p0:
             metrics["peak_rss_mb"] = common.peak_rss_mb()
 
-    runs, _ = measure(engine, prompts["batch"], n, w.repeats)
-    metrics[f"b{w.batch}.tokens_per_s"] = common.median(w.batch * n / t.total_s for t in runs)
+    if getattr(engine, "max_batch", w.batch) >= w.batch:  # llama.cpp's bindings: batch 1
+        runs, _ = measure(engine, prompts["batch"], n, w.repeats)
+        metrics[f"b{w.batch}.tokens_per_s"] = common.median(w.batch * n / t.total_s for t in runs)
 
     for length in w.past_lengths:
         runs, _ = measure(engine, [prompts["past"][str(length)]], w.past_new_tokens, w.repeats)
@@ -399,16 +426,19 @@ def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dic
         for e, d in engines.items()
     }
     bandwidth = floors["bandwidth_gbs"] * 1e9
-    floor_ms = {
-        "fp32": art.weight_params * 4 / bandwidth * 1e3,
-        "int8": art.weight_params * 1 / bandwidth * 1e3,
-    }
+    measured = {p: art.weight_params * b / bandwidth * 1e3 for p, b in BYTES_PER_WEIGHT.items()}
+    key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
+    fastest = {}  # precision -> (engine, its least-disturbed decode ms)
+    for engine in best:
+        precision, ms = PRECISION[engine], best[engine][key]
+        if precision not in fastest or ms < fastest[precision][1]:
+            fastest[precision] = (engine, ms)
+    floor_ms, floor_notes = floor.cap_floors(measured, fastest)
     # Prefill is compute-bound: FLOPs over the measured matmul speed.
     ttft_floor_ms = {
         str(n): prefill_gflop(art, n) / floors["matmul_gflops"] * 1e3 for n in w.prompt_lengths
     }
     first = next(iter(raw["rounds"]))
-    key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
     drift = {
         "engine": first,
         "metric": key,
@@ -421,6 +451,8 @@ def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dic
         "params": art.params,
         "weight_params": art.weight_params,
         "floor_decode_ms": floor_ms,
+        "floor_decode_ms_measured": measured,
+        "floor_notes": floor_notes,
         "floor_ttft_ms": ttft_floor_ms,
         "artifacts": art.bundles,
         "engines": engines,
@@ -442,12 +474,13 @@ def ratios(med: dict, floor_ms: dict, w: Workload) -> dict[str, dict[str, float 
     key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
     out = {}
     for engine in med:
-        precision = "int8" if engine.endswith("int8") else "fp32"
-        ct2 = CT2_PEER.get(engine, "ct2-int8" if precision == "int8" else "ct2-fp32")
+        precision = PRECISION[engine]
+        ct2, llama = f"ct2-{precision}", LLAMA_PEER[f"fst-{precision}"]
         row = {
             "decode_vs_hf": common.ratio(_get(med, engine, key), _get(med, "hf", key)),
             "decode_vs_ct2": common.ratio(_get(med, engine, key), _get(med, ct2, key)),
-            "decode_vs_floor": common.ratio(_get(med, engine, key), floor_ms[precision]),
+            "decode_vs_llama": common.ratio(_get(med, engine, key), _get(med, llama, key)),
+            "decode_vs_floor": common.ratio(_get(med, engine, key), floor_ms.get(precision)),
             f"b{w.batch}_vs_ct2": common.ratio(
                 _get(med, engine, f"b{w.batch}.tokens_per_s"),
                 _get(med, ct2, f"b{w.batch}.tokens_per_s"),
@@ -481,6 +514,30 @@ def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
         "int8 decode / CTranslate2 int8 decode", common.ratio(int8, _get(med, "ct2-int8", key)), 0.6
     )
     add("int8 decode / int8 bandwidth floor", common.ratio(int8, floor_ms["int8"]), 1.5)
+    int4 = _get(med, "fst-int4", key)
+    add("int4 decode / int4 bandwidth floor", common.ratio(int4, floor_ms.get("int4")), 1.5)
+    # Issue 16: llama.cpp at the same weight format.
+    for n in (w.past_lengths[0], w.past_lengths[-1]):
+        k = f"past_{n}.decode_ms"
+        add(
+            f"fp32 decode at past {n} / llama.cpp f32",
+            common.ratio(_get(med, "fst-fp32", k), _get(med, "llama-f32", k)),
+            1.0,
+        )
+    for ours, target in (("fst-fp32", 1.0), ("fst-int8", 0.75), ("fst-int4", 0.9)):
+        peer = LLAMA_PEER[ours]
+        add(
+            f"{ours} decode / {peer}",
+            common.ratio(_get(med, ours, key), _get(med, peer, key)),
+            target,
+        )
+        for length in w.prompt_lengths:
+            k = f"b1_p{length}.ttft_ms"
+            add(
+                f"{ours} TTFT ({length}-token prompt) / {peer}",
+                common.ratio(_get(med, ours, k), _get(med, peer, k)),
+                1.0,
+            )
     for ours, peer in CT2_PEER.items():
         for length in w.prompt_lengths:
             k = f"b1_p{length}.ttft_ms"
@@ -529,6 +586,10 @@ LABELS = {
     "fst-int8": "fst runtime, int8 bundle",
     "ct2-fp32": "CTranslate2 fp32",
     "ct2-int8": "CTranslate2 int8",
+    "fst-int4": "fst runtime, int4 bundle",
+    "llama-f32": "llama.cpp f32 GGUF",
+    "llama-q8_0": "llama.cpp Q8_0 GGUF",
+    "llama-q4_0": "llama.cpp Q4_0 GGUF",
 }
 
 
@@ -544,7 +605,9 @@ def render_markdown(report: dict) -> str:
         f"Machine: {machine['cpu']['model']}, {machine['cpu']['usable_cores']} cores "
         f"({', '.join(machine['cpu']['flags'])}), {machine['ram_gb']} GB RAM; "
         f"load average {machine['load_average']} at start, {report['load_average_end']} at end.  ",
-        f"Measured floors: read bandwidth {floors['bandwidth_gbs']:.1f} GB/s (best kernel), "
+        f"Measured floors: read bandwidth {floors['bandwidth_gbs']:.1f} GB/s (best of "
+        + ", ".join(f"{k} {v:.1f}" for k, v in floors["bandwidth_gbs_by_method"].items())
+        + f"; {floors['array_mb']} MB buffer), "
         f"matmul {floors['matmul_gflops']:.0f} GFLOP/s fp32 ({floors['threads']} threads).  ",
         f"Workload: batch 1, exactly {w.new_tokens} sampled tokens (top-k 50, top-p 0.95, "
         f"temperature 0.8, repetition penalty 1.2), {report['threads']} threads, each engine in "
@@ -562,19 +625,21 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
     p0 = w.prompt_lengths[0]
     past = " / ".join(str(n) for n in w.past_lengths)
     ttfts = " | ".join(f"TTFT {n}-token prompt ms" for n in w.prompt_lengths)
+    floors = m["floor_decode_ms"]
     lines = [
         f"## {name} ({m['params'] / 1e6:.1f} M parameters)",
         "",
-        f"Bandwidth floor of one batch-1 decode step: {m['floor_decode_ms']['fp32']:.1f} ms fp32 "
-        f"({m['weight_params'] * 4 / 1e6:.0f} MB), {m['floor_decode_ms']['int8']:.1f} ms "
-        f"if every weight were int8. Compute floor of the time to first token (prefill "
-        f"FLOPs / measured matmul speed): "
+        f"Bandwidth floor of one batch-1 decode step: {floors['fp32']:.1f} ms fp32 "
+        f"({m['weight_params'] * 4 / 1e6:.0f} MB), {floors['int8']:.1f} ms if every weight "
+        f"were int8, {floors.get('int4', float('nan')):.1f} ms if int4. "
+        + "".join(f"{p}: {note}. " for p, note in m.get("floor_notes", {}).items())
+        + "Compute floor of the time to first token (prefill FLOPs / measured matmul speed): "
         + ", ".join(f"{v:.0f} ms ({n} tokens)" for n, v in m["floor_ttft_ms"].items())
         + ".",
         "",
         f"| engine | decode ms/token | {ttfts} | peak RSS MB | batch-{w.batch} tokens/s "
-        f"| decode ms/token at past {past} | vs HF | vs CT2 | vs floor |",
-        "|---|---|" + "---|" * len(w.prompt_lengths) + "---|---|---|---|---|---|",
+        f"| decode ms/token at past {past} | vs HF | vs CT2 | vs llama.cpp | vs floor |",
+        "|---|---|" + "---|" * len(w.prompt_lengths) + "---|---|---|---|---|---|---|",
     ]
     for engine, d in m["engines"].items():
         s, r = d["summary"], m["ratios"][engine]
@@ -584,10 +649,11 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
             f"{dec['median']:.1f} ({dec['min']:.1f}–{dec['max']:.1f})",
             *(common.fmt(s[f"b1_p{n}.ttft_ms"]["median"], 0) for n in w.prompt_lengths),
             common.fmt(s["peak_rss_mb"]["median"], 0),
-            common.fmt(s[f"b{w.batch}.tokens_per_s"]["median"]),
+            common.fmt(s.get(f"b{w.batch}.tokens_per_s", {}).get("median")),
             " / ".join(common.fmt(s[f"past_{n}.decode_ms"]["median"]) for n in w.past_lengths),
             common.fmt(r["decode_vs_hf"], 2),
             common.fmt(r["decode_vs_ct2"], 2),
+            common.fmt(r.get("decode_vs_llama"), 2),
             common.fmt(r["decode_vs_floor"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -620,7 +686,7 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
                 f"**Warning**: the runtime's code changed during the run; {engine}'s rounds "
                 f"measured {len(d['runtime_sources'])} versions ({', '.join(d['runtime_sources'])})."
             )
-    for engine in ("fst-fp32", "fst-int8"):
+    for engine in ("fst-fp32", "fst-int8", "fst-int4"):
         s = m["engines"].get(engine, {}).get("summary", {})
         if f"b1_p{p0}.stepper_ms" in s:
             lines.append(
@@ -665,9 +731,9 @@ def render_chart(report: dict, path: Path) -> bool:
         s = [m["engines"][e]["summary"][key] for e in engines]
         err = [[x["median"] - x["min"] for x in s], [x["max"] - x["median"] for x in s]]
         bars.bar(engines, [x["median"] for x in s], yerr=err, capsize=4, color="tab:blue")
-        for precision, style in (("fp32", "--"), ("int8", ":")):
+        for precision, style in (("fp32", "--"), ("int8", ":"), ("int4", "-.")):
             bars.axhline(
-                m["floor_decode_ms"][precision],
+                m["floor_decode_ms"].get(precision, float("nan")),
                 ls=style,
                 color="tab:red",
                 label=f"{precision} bandwidth floor",
@@ -709,7 +775,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--engines",
         default=",".join(ENGINES),
-        help="comma-separated; ct2-* are skipped when ctranslate2 is not installed",
+        help="comma-separated; ct2-* are skipped when ctranslate2 is not installed, llama-* "
+        "without llama-cpp-python or --llamacpp-src, fst-int4 when fst-export has no int4",
+    )
+    p.add_argument(
+        "--llamacpp-src",
+        type=Path,
+        default=os.environ.get("LLAMACPP_SRC") or None,
+        help="llama.cpp source tree with convert_hf_to_gguf.py and gguf-py (env LLAMACPP_SRC)",
     )
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (>= 1)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
@@ -789,6 +862,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if importlib.util.find_spec("ctranslate2") is None:
             log.warning("ctranslate2 not installed: skipping ct2-* (pip install ctranslate2)")
             args.engines = [e for e in args.engines if not e.startswith("ct2")]
+    return skip_unavailable(args)
+
+
+def skip_unavailable(args: argparse.Namespace) -> argparse.Namespace:
+    """Drop (with a warning) the llama.cpp engines without their tools, fst-int4 without
+    exporter support."""
+    if any(e.startswith("llama-") for e in args.engines):
+        why = engines_llamacpp.available()
+        if why is None and args.llamacpp_src is None:
+            why = "no --llamacpp-src / LLAMACPP_SRC (where convert_hf_to_gguf.py is)"
+        if why is not None:
+            log.warning("skipping llama-*: %s", why)
+            args.engines = [e for e in args.engines if not e.startswith("llama-")]
+    if "fst-int4" in args.engines and "int4" not in exporter_quantizations():
+        log.warning("skipping fst-int4: this fst-export has no --quantize int4")
+        args.engines.remove("fst-int4")
     return args
 
 
@@ -823,7 +912,7 @@ def render_only(path: Path) -> int:
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     machine = common.machine_description()
     size_mb = 256 if args.quick else 1024
-    floors_start = common.measure_floors(args.threads, size_mb=size_mb)
+    floors_start = floor.measure_floors(args.threads, size_mb=size_mb)
     log.info(
         "bandwidth %.1f GB/s, matmul %.0f GFLOP/s",
         floors_start["bandwidth_gbs"],
@@ -837,7 +926,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         common.write_atomic(prompts_file, json.dumps(prompts))
         raw[name] = (art, benchmark_model(art, prompts_file, args))
     # Floors measured at both ends; the best one counts (a lower floor is the harder goal).
-    floors_end = common.measure_floors(args.threads, size_mb=size_mb)
+    floors_end = floor.measure_floors(args.threads, size_mb=size_mb)
     floors = max(floors_start, floors_end, key=lambda f: f["bandwidth_gbs"])
     floors = {
         **floors,

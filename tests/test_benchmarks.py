@@ -237,3 +237,56 @@ def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
         assert row["ratio"] == pytest.approx(row["huge"]["median"] / row["4k"]["median"])
         assert set(row["anon_huge_mb"]) == {"4k", "huge"}
     assert "| int8 |" in (out / "huge_pages.md").read_text()
+
+
+def test_floor_is_never_above_the_fastest_engine() -> None:
+    import floor
+
+    measured = {"fp32": 14.6, "int8": 3.6, "int4": 1.8}
+    capped, notes = floor.cap_floors(
+        measured, {"fp32": ("llama-f32", 10.9), "int8": ("fst-int8", 3.9)}
+    )
+    assert capped == {"fp32": 10.9, "int8": 3.6, "int4": 1.8}  # int8: 3.9 ms is above 3.6
+    assert list(notes) == ["fp32"] and "llama-f32" in notes["fp32"]
+
+
+def test_c_stream_reads_a_buffer() -> None:
+    import floor
+
+    gbs = floor.c_stream_gbs(size_mb=16, threads=1, repeats=1)
+    if not gbs:
+        pytest.skip("no C compiler with OpenMP here")
+    assert gbs["c_stream"] > 0.1  # GB/s; any real machine reads 16 MB faster than this
+
+
+def test_goals_against_llamacpp() -> None:
+    w = latency.Workload()
+    med = {
+        "fst-fp32": {"b1_p32.decode_ms": 11.0, "past_32.decode_ms": 10.0, "b1_p32.ttft_ms": 40},
+        "llama-f32": {"b1_p32.decode_ms": 10.0, "past_32.decode_ms": 10.5, "b1_p32.ttft_ms": 50},
+        "fst-int4": {"b1_p32.decode_ms": 2.0},
+        "llama-q4_0": {"b1_p32.decode_ms": 4.0},
+    }
+    goals = {g["goal"]: g for g in latency.goals(med, {"fp32": 9.0, "int8": 3.0, "int4": 1.5}, w)}
+    assert goals["fst-fp32 decode / llama-f32"]["value"] == pytest.approx(1.1)
+    assert goals["fst-fp32 decode / llama-f32"]["met"] is False
+    assert goals["fp32 decode at past 32 / llama.cpp f32"]["met"] is True
+    assert goals["fp32 decode at past 1000 / llama.cpp f32"]["met"] is None  # not measured
+    assert goals["fst-fp32 TTFT (32-token prompt) / llama-f32"]["value"] == pytest.approx(0.8)
+    assert goals["fst-int4 decode / llama-q4_0"]["value"] == pytest.approx(0.5)
+    assert goals["int4 decode / int4 bandwidth floor"]["value"] == pytest.approx(2 / 1.5)
+    assert goals["fst-int8 decode / llama-q8_0"]["met"] is None
+
+
+def test_llamacpp_engines_need_a_converter(tmp_path: Path) -> None:
+    import engines_llamacpp
+
+    with pytest.raises(ValueError, match="--llamacpp-src"):
+        engines_llamacpp.find_converter(None)
+    with pytest.raises(ValueError, match="no convert_hf_to_gguf.py"):
+        engines_llamacpp.find_converter(tmp_path)
+    assert engines_llamacpp.convert(tmp_path, tmp_path / "g", ["hf", "fst-fp32"], None) == {}
+
+
+def test_exporter_quantizations_include_int8() -> None:
+    assert "int8" in latency.exporter_quantizations()
