@@ -8,6 +8,8 @@ holds a file descriptor; a few hundred made the server unreachable. Here:
 - the request read deadline: from connecting (or from the first byte of the next request
   on a keep-alive connection) to the end of the request body; when it passes before the
   response has started, the client gets 408 and the connection is closed;
+- connections beyond `limit_concurrency` get 503 and are closed when they connect
+  (uvicorn's own check runs only when a request arrives, so idle ones would pile up);
 - the write stall deadline: when the transport's buffer stays full (no write progress)
   for that long, the connection is aborted. The app then sees the client leave, as with
   any disconnect, and cancels the generation.
@@ -31,6 +33,12 @@ _REQUEST_TIMEOUT = (
 )
 
 
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n"
+)
+
+
 class DeadlineH11Protocol(H11Protocol):
     """H11Protocol plus a request read deadline and a write stall deadline (seconds)."""
 
@@ -51,6 +59,11 @@ class DeadlineH11Protocol(H11Protocol):
     # -- reading the request ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
+            # uvicorn answers 503 only to a request; idle connections would pile up.
+            self.transport.write(_TOO_MANY_CONNECTIONS)
+            self.transport.close()
+            return
         self._arm_read_deadline()
 
     def data_received(self, data: bytes) -> None:

@@ -46,7 +46,6 @@ class FstServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServingState) -> None:
         super().__init__(config)
         self.state = state
-        self.signalled = False
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
         with asyncio.Runner(loop_factory=EventLoop) as runner:  # asyncio's, see EventLoop
@@ -54,7 +53,6 @@ class FstServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn's, records no signal to re-raise: a graceful stop exits 0.
-        self.signalled = True
         if self.should_exit:  # a second signal: stop now
             self.force_exit = True
             self.state.abort()
@@ -70,13 +68,10 @@ class FstServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        logger.info("stopping: draining running generations (up to %.3g s)", self.drain_s)
+        grace = self.state.settings.shutdown_timeout_s
+        logger.info("stopping: draining running generations (up to %.3g s)", grace)
         await self.state.drain()  # still listening: /ready says "stopping"
         await super().shutdown(sockets=sockets)
-
-    @property
-    def drain_s(self) -> float:
-        return self.state.settings.shutdown_timeout_s
 
 
 class EventLoop(asyncio.SelectorEventLoop):

@@ -90,11 +90,13 @@ def test_idle_keep_alive_connections_close_and_the_limit_answers_503() -> None:
         closed_after = time.monotonic() - started
         idle = [connect(base) for _ in range(3)]
         wait_until(lambda: _status(base) == 503, timeout=5)  # 3 idle + this one > 3
+        refused = read_until_closed(connect(base))  # beyond the limit: refused at once
         for sock in idle:
             sock.close()
         wait_until(lambda: _status(base) == 200, timeout=5)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status":"ok","detail":null}')
     assert closed_after < 3
+    assert refused.startswith(b"HTTP/1.1 503 ") and refused.endswith(b"too many connections\n")
 
 
 def test_a_stream_the_client_stops_reading_is_closed_and_cancelled() -> None:

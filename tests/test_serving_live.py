@@ -276,6 +276,22 @@ def test_streams_running_past_the_shutdown_timeout_end_with_an_error_and_done() 
     assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
+def test_a_second_sigterm_ends_running_generations_at_once() -> None:
+    with fake_server_process(0.02, "--shutdown-timeout-s", "60") as (proc, base):
+        reader, _, first_piece = stream_in_thread(
+            base, {"prompt": "go", "max_tokens": 500, "stream": True}
+        )
+        assert first_piece.wait(10)
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _get(f"{base}/ready").status_code == 503, timeout=5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # the drain would wait ~10 s for this stream
+        code = proc.wait(20)
+        elapsed = time.monotonic() - started
+        reader.join(5)
+    assert code == 0 and elapsed < 5
+
+
 def _get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=2)
 
