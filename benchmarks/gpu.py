@@ -400,14 +400,21 @@ def measure(
 
     rng = np.random.default_rng(0)
     results: dict[str, dict[int, dict[str, list[float]]]] = {}
+    errors: dict[str, str] = {}
     for batch in batches:
         if time.perf_counter() > deadline:
             break
         prompts = rng.integers(0, 50000, (batch, settings.prompt_len)).tolist()
         active = {n: e for n, e in engines.items() if n != "hf_static" or batch in compile_batches}
-        for name, engine in active.items():
+        for name, engine in list(active.items()):
             start = time.perf_counter()
-            engine.run(prompts, settings.new_tokens)  # warm-up / compile
+            try:
+                engine.run(prompts, settings.new_tokens)  # warm-up / compile
+            except Exception as exc:  # one engine failing must not lose the others' figures
+                log.exception("%s at batch %d", name, batch)
+                errors[f"{name}@{batch}"] = f"{type(exc).__name__}: {exc}"[:500]
+                del active[name]
+                continue
             results.setdefault(name, {})[batch] = {
                 "ttft_s": [],
                 "step_s": [],
@@ -430,6 +437,8 @@ def measure(
                 "warmup_s": r["warmup_s"][0],
                 "steps_timed": len(r["step_s"]),
             }
+    if errors:
+        table["errors"] = errors
     return table
 
 
@@ -448,7 +457,12 @@ def bench_model(
     engine = FstEngine(bundle, provider)
     result["fst_provider"] = engine.provider
     model = load_hf(model_dir, device)
-    result["cuda_parity" if device == "cuda" else "parity"] = cuda_parity(engine, model, device)
+    try:
+        parity = cuda_parity(engine, model, device)
+    except Exception as exc:  # say so, and still time the engines
+        log.exception("parity")
+        parity = {"passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    result["cuda_parity" if device == "cuda" else "parity"] = parity
     engines = {
         "fst": engine,
         "hf_eager": HFEngine(model, "dynamic", device),
@@ -461,7 +475,12 @@ def bench_model(
     # xl: no static-cache engine (each batch size is one more compile; its goal is the floor).
     compile_batches = settings.compile_batches if label == "small" else []
     result["timings"] = measure(engines, batches, settings, compile_batches, deadline)
-    skipped = [b for b in batches if str(b) not in result["timings"].get("fst", {})]
+    failed = result["timings"].get("errors", {})
+    skipped = [
+        b
+        for b in batches
+        if str(b) not in result["timings"].get("fst", {}) and f"fst@{b}" not in failed
+    ]
     if skipped:
         result["skipped"] = f"batches {skipped}: over budget"
     del engines, model, engine
@@ -566,6 +585,8 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|",
         ]
         for engine, by_batch in m.get("timings", {}).items():
+            if engine == "errors":
+                continue
             for batch, r in by_batch.items():
                 lines.append(
                     f"| {engine} | {batch} | {r['decode_ms_per_step']:.2f} | "
@@ -573,6 +594,8 @@ def markdown(report: dict[str, Any]) -> str:
                 )
         if "skipped" in m:
             lines.append(f"\nSkipped: {m['skipped']}")
+        for where, error in m.get("timings", {}).get("errors", {}).items():
+            lines.append(f"\nFAILED {where}: {error}")
         lines.append("")
     g = report.get("goals", {})
     if g:
@@ -635,7 +658,12 @@ def main(argv: list[str] | None = None) -> int:
             report["notes"].append(f"{label}: skipped, {left:.0f} s of budget left")
             continue
         log.info("== %s %s (%.0f s left)", label, shape, left)
-        report["models"][label] = bench_model(label, shape, settings, device, deadline)
+        try:
+            report["models"][label] = bench_model(label, shape, settings, device, deadline)
+        except Exception as exc:  # e.g. an export failure: keep what the other model gives
+            log.exception(label)
+            report["notes"].append(f"{label} FAILED: {type(exc).__name__}: {exc}"[:800])
+            continue
         if label == "small":
             small = report["models"][label]
         report["goals"] = goals(report["models"], report["copy_bandwidth_gbs"])

@@ -1,7 +1,9 @@
 """kv_layout "shared_right": GroupQueryAttention over right-padded shared KV buffers (GPU).
 
 ONNX Runtime's CUDA `GroupQueryAttention` (contrib_ops/cuda/bert/group_query_attention.cc
-and cpu/bert/group_query_attention_helper.h, read in microsoft/onnxruntime's sources) has
+and cpu/bert/group_query_attention_helper.h, read in microsoft/onnxruntime's main-branch
+sources; the onnxruntime-gpu 1.31.1 wheel's CUDA library registers the op for MLFloat16 and
+BFloat16 only, seen in its symbols; the rest is not confirmed for 1.31.1) has
 float16 / bfloat16 kernels only, rejects `attention_bias`, takes `total_sequence_length` in
 CPU memory, detects a shared past/present buffer by comparing data pointers, and assumes
 every row of the past is *right*-padded ("We assume all sequence in past kv are

@@ -108,6 +108,11 @@ class PublicIO:
         """The value as numpy: a view on the CPU, a copy from a GPU."""
         return value.numpy()
 
+    @staticmethod
+    def bindable(value: ort.OrtValue) -> Any:
+        """A public `ort.OrtValue` in the form `step_binding` takes (here: itself)."""
+        return value
+
 
 class FastIO(PublicIO):
     """The same through the C-level binding (private attributes, checked at construction)."""
@@ -181,6 +186,10 @@ class FastIO(PublicIO):
         for name, array in arrays.items():
             binding.bind_input(name, array)
         self._c_session.run_with_iobinding(binding, None)
+
+    @staticmethod
+    def bindable(value: ort.OrtValue) -> Any:
+        return value._ortvalue
 
 
 def make_io(

@@ -116,6 +116,17 @@ def test_select_and_merge_keep_each_rows_cache(stepper) -> None:
         stepper.combine([(cache, [])])
 
 
+def test_public_io_fallback_decodes_the_same(tiny_shared_right_bundle, stepper) -> None:
+    from fst.runtime.ort_io import FastIO, PublicIO
+
+    manifest = BundleManifest.load(tiny_shared_right_bundle)
+    public = DeviceKVStepper(stepper.session, manifest, public_io=True)
+    assert isinstance(stepper.io, FastIO) and type(public.io) is PublicIO
+    ours, theirs = greedy_logits(public, PROMPTS, 3), greedy_logits(stepper, PROMPTS, 3)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_device_follows_the_provider() -> None:
     assert cache_device_for("CUDAExecutionProvider") == "cuda"
     assert cache_device_for("TensorrtExecutionProvider") == "cuda"

@@ -98,6 +98,45 @@ def test_xl_depth_fits_the_time_left() -> None:
     )
 
 
+class FakeEngine:
+    """Steps of a fixed length; fails at the batch sizes it is told to."""
+
+    def __init__(self, step_s: float, fails_at: tuple[int, ...] = ()) -> None:
+        self.step_s, self.fails_at = step_s, fails_at
+
+    def run(self, prompts, new_tokens):
+        if len(prompts) in self.fails_at:
+            raise RuntimeError("no kernel for this shape")
+        return {"ttft_s": 0.5, "step_s": [self.step_s] * (new_tokens - 1), "tokens": None}
+
+
+def test_measure_keeps_the_other_engines_when_one_fails() -> None:
+    settings = gpu.parse_args(["--batches", "1,4", "--new-tokens", "4", "--rounds", "2"])
+    engines = {
+        "fst": FakeEngine(0.002),
+        "hf_eager": FakeEngine(0.010, fails_at=(4,)),
+        "hf_static": FakeEngine(0.005),
+    }
+    table = gpu.measure(engines, settings.batches, settings, compile_batches=[4])
+    assert table["fst"]["4"]["decode_ms_per_step"] == pytest.approx(2.0)
+    assert table["fst"]["4"]["tokens_per_s"] == pytest.approx(2000.0)
+    assert table["fst"]["1"]["steps_timed"] == 2 * 3 and table["fst"]["1"]["ttft_ms"] == 500
+    assert set(table["hf_eager"]) == {"1"} and set(table["hf_static"]) == {"4"}
+    assert "no kernel" in table["errors"]["hf_eager@4"]
+    assert "FAILED hf_eager@4" in gpu.markdown(
+        {
+            "environment": {"onnxruntime": "x", "providers": [], "torch": "x", "torch_cuda": None},
+            "dry_run": True, "command": "c", "copy_bandwidth_gbs": 1.0, "complete": False,
+            "settings": {"prompt_len": 32, "new_tokens": 4, "rounds": 2}, "notes": [],
+            "models": {"small": {
+                "shape": gpu.SMALL, "weight_bytes": 2**20, "export_s": 1.0,
+                "parity": {"passed": True}, "fst_provider": "CPUExecutionProvider",
+                "timings": table,
+            }},
+        }
+    )  # fmt: skip
+
+
 def test_shell_scripts_parse() -> None:
     for script in ("prepare_wheel.sh", "device.sh"):
         done = subprocess.run(["bash", "-n", str(BENCH / "gpu" / script)], capture_output=True)
