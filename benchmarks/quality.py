@@ -126,8 +126,8 @@ class FineTune:
     continuation_len: int = 100
     ngram: int = 4
     sequence_ul_prob: float = 0.5
-    # The 2 x 128 model's greedy tokens have p ~ 0.02 (loss ~ p): at the paper's weight 1
-    # the sequence-level updates were ~50x smaller than the token-level ones.
+    # The 2 x 128 model's greedy tokens have p ~ 0.02, so the loss (~ p) is ~300x smaller
+    # than the LM loss; the paper's weight is 1 (--sequence_weights 1,5,20 compares them).
     sequence_ul_alpha: float = 20.0
     sequence_ul_prefixes: int = 16
     val_check_interval: int = 30

@@ -303,7 +303,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "continuation_len", int, "greedy continuation tokens decoded per prefix (EOS masked)"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "ngram", int, "n of the repeated n-grams penalised"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_prob", float, "probability that an update is sequence-level (else the token-level MLE / --unlikelihood_alpha update; the paper: 0.5)"),
-    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_alpha", float, "weight of the sequence-level loss (1.0: the paper's; an uncertain model's greedy tokens have small p, so -log(1 - p) ~ p gives small gradients)"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_alpha", float, "weight of the sequence-level loss (1.0: the paper's; an uncertain model's greedy tokens have small p, and -log(1 - p) ~ p is then small beside the LM loss)"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_prefixes", int, "prefixes (continuations) per sequence-level update"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_candidates", str, "ngram: every token of a repeated n-gram (the paper's); last: only the token completing it"),
 ]  # fmt: skip
