@@ -45,6 +45,7 @@ class SequenceULConfig:
     continuation_len: int = 100
     ngram: int = 4
     probability: float = 0.5  # share of the updates that are sequence-level
+    alpha: float = 1.0  # weight of the sequence-level loss (the paper: 1)
     max_prefixes: int = 16  # prompts per sequence-level update
     candidates: str = "ngram"  # CANDIDATE_SPANS
     seed: int = 0  # of the per-update coin
@@ -213,4 +214,4 @@ class SequenceULDocumentLM(DocumentLM):
         self.log("SeqUL-Penalised/train", step.penalised_share, batch_size=size)
         self.log(f"SeqUL-SeqRep{self.sequence.ngram}/train", step.seq_rep, batch_size=size)
         self.log("LR", self.optimizers().param_groups[0]["lr"], batch_size=size)
-        return step.loss
+        return self.sequence.alpha * step.loss

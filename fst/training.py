@@ -455,6 +455,7 @@ def sequence_ul_config(args: TrainArgs) -> SequenceULConfig:
         continuation_len=args.continuation_len,
         ngram=args.ngram,
         probability=args.sequence_ul_prob,
+        alpha=args.sequence_ul_alpha,
         max_prefixes=args.sequence_ul_prefixes,
         candidates=args.sequence_ul_candidates,
         seed=args.seed,

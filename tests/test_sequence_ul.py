@@ -184,6 +184,7 @@ def test_fine_tuning_a_checkpoint_with_sequence_unlikelihood(tmp_path, tiny_chec
     ("overrides", "message"),
     [
         ({"sequence_ul_prob": 0.0}, "--sequence_ul_prob must be in"),
+        ({"sequence_ul_alpha": 0.0}, "--sequence_ul_alpha must be > 0"),
         ({"ngram": 4, "continuation_len": 3}, "--continuation_len must be an integer >= 4"),
         ({"sequence_ul_candidates": "all"}, "--sequence_ul_candidates must be one of"),
         ({"sequence_unlikelihood": True, "prefix_len": 30}, "longer than --max_body_len"),

@@ -79,6 +79,7 @@ class TrainArgs:
     continuation_len: int = 100
     ngram: int = 4
     sequence_ul_prob: float = 0.5
+    sequence_ul_alpha: float = 1.0
     sequence_ul_prefixes: int = 16
     sequence_ul_candidates: str = "ngram"
 
@@ -161,6 +162,8 @@ class TrainArgs:
         _positive("ngram", self.ngram)
         _positive("continuation_len", self.continuation_len, minimum=self.ngram)
         _positive("sequence_ul_prefixes", self.sequence_ul_prefixes)
+        if not self.sequence_ul_alpha > 0:
+            raise ArgsError(f"--sequence_ul_alpha must be > 0, got {self.sequence_ul_alpha}")
         if not 0.0 < self.sequence_ul_prob <= 1.0:
             raise ArgsError(f"--sequence_ul_prob must be in (0, 1], got {self.sequence_ul_prob}")
         if self.sequence_ul_candidates not in SEQUENCE_UL_CANDIDATES:
@@ -304,6 +307,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "continuation_len", int, "greedy continuation tokens decoded per prefix (EOS masked)"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "ngram", int, "n of the repeated n-grams penalised"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_prob", float, "probability that an update is sequence-level (else the token-level MLE / --unlikelihood_alpha update; the paper: 0.5)"),
+    ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_alpha", float, "weight of the sequence-level loss (1.0: the paper's; an uncertain model's greedy tokens have small p, and -log(1 - p) ~ p is then small beside the LM loss)"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_prefixes", int, "prefixes (continuations) per sequence-level update"),
     ("sequence-level unlikelihood (fine-tuning, fst/sequence_ul.py)", "sequence_ul_candidates", str, "ngram: every token of a repeated n-gram (the paper's); last: only the token completing it"),
 ]  # fmt: skip
