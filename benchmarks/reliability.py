@@ -698,7 +698,12 @@ def long_soak(server: Server, minutes: float, clients: int, out: Path) -> dict[s
     asyncio.run(run())
     _plot(samples, out / "reliability-soak.png", minutes, clients)
     half = [s for s in samples if s["minute"] >= minutes / 2] or samples
+    # A leak shows as growth in the second half (the first fills caches and pools) or as
+    # more fds than the clients' connections explain.
+    rss_growth = samples[-1]["rss_mb"] - half[0]["rss_mb"]
+    fds_extra = samples[-1]["fds"] - samples[0]["fds"] - clients
     return {
+        "leak_suspected": rss_growth > 0.1 * half[0]["rss_mb"] + 10 or fds_extra > 2,
         "minutes": minutes,
         "clients": clients,
         "requests": len(statuses),
@@ -816,7 +821,10 @@ def soak_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{result['requests']} requests, {result['non_200']} not 200. fst-serve RSS "
         f"{result['rss_mb_first']:.0f} MB at the start, {result['rss_mb_half']:.0f} MB at half "
         f"time, {result['rss_mb_last']:.0f} MB at the end; open fds {result['fds_first']} -> "
-        f"{result['fds_last']} (max {result['fds_max']}). Load average {meta['load_average']}."
+        f"{result['fds_last']} (max {result['fds_max']}; {result['clients']} are the clients' "
+        f"connections). Leak suspected: {result['leak_suspected']} (RSS grew more than 10% + "
+        f"10 MB over the second half, or fds beyond the clients' + 2). Load average "
+        f"{meta['load_average']}."
         "\n\n![RSS and fds over time](reliability-soak.png)\n"
     )
 
@@ -858,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
             report = {"schema_version": SCHEMA_VERSION, **meta, "soak": result}
             common.write_report(args.out, "reliability-soak", report, soak_markdown(result, meta))
             print((args.out / "reliability-soak.md").read_text())
-            return 0 if result["non_200"] == 0 else 1
+            return 0 if result["non_200"] == 0 and not result["leak_suspected"] else 1
         rows = run_probes(args, hf, bundle, work)
     meta.update(seconds=time.monotonic() - started, load_average=common.load_average())
     report = {"schema_version": SCHEMA_VERSION, **meta, "rows": [asdict(r) for r in rows.rows]}
