@@ -125,3 +125,19 @@ def test_the_library_rejects_a_lone_surrogate_with_a_value_error(tiny_plain_bund
         generator.encode_prompt("ab\ud800cd")
     with pytest.raises(ValueError, match="not valid text"):
         generator.generate("ab\ud800cd", max_new_tokens=2)
+
+
+def test_fst_eval_reports_a_broken_bundle_in_one_line(bundle, tmp_path, capsys) -> None:
+    from conftest import NIETZSCHE
+
+    from fst.cli.evaluate import main as eval_main
+
+    (bundle / "tokenizer.json").unlink()
+    documents = str(NIETZSCHE / "valid.documents")
+    args = ["--bundle", str(bundle), "--documents", documents, "--output_dir", str(tmp_path)]
+    assert eval_main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"fst-eval: error: {bundle / 'tokenizer.json'}: missing (the bundle manifest lists it); re-export the bundle\n"
+    )
