@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,6 +204,16 @@ def check_bundle(folder: str | Path, *, hashes: bool = False) -> BundleManifest:
                     f"{expected[:16]}... (the file changed after export); re-export the bundle"
                 )
     return manifest
+
+
+def verify_in_background(folder: str | Path) -> Future[BundleManifest]:
+    """`check_bundle(folder, hashes=True)` in a worker thread, for a server that starts on the
+    size check and wants the hashes too without waiting for them: the future's `result()`
+    raises the BundleError, if any."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix="fst-bundle-verify")
+    future = executor.submit(check_bundle, folder, hashes=True)
+    executor.shutdown(wait=False)
+    return future
 
 
 def _check_file(path: Path, manifest: BundleManifest) -> None:

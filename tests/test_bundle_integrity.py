@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fst.bundle import BundleError, BundleManifest, check_bundle
+from fst.bundle import BundleError, BundleManifest, check_bundle, verify_in_background
 from fst.runtime import Generator
 from fst.runtime.cli import main as cli_main
 
@@ -92,6 +92,8 @@ def test_verify_compares_every_sha256_and_names_the_changed_file(bundle, capsys)
     Generator.from_bundle(bundle, threads=1)  # sizes agree: loads without --verify
     with pytest.raises(BundleError, match=r"model\.onnx: sha256 .* differs from the manifest"):
         Generator.from_bundle(bundle, threads=1, verify=True)
+    with pytest.raises(BundleError, match=r"model\.onnx: sha256"):
+        verify_in_background(bundle).result(timeout=60)
     args = ["--bundle", str(bundle), "Hi", "--max_new_tokens", "2", "--threads", "1"]
     assert cli_main([*args, "--verify"]) == 2
     err = capsys.readouterr().err
@@ -100,6 +102,7 @@ def test_verify_compares_every_sha256_and_names_the_changed_file(bundle, capsys)
 
 def test_an_intact_bundle_passes_verify(tiny_plain_bundle) -> None:
     manifest = check_bundle(tiny_plain_bundle, hashes=True)
+    assert verify_in_background(tiny_plain_bundle).result(timeout=60) == manifest
     assert set(manifest.sizes) == set(manifest.files) >= {"model.onnx", "tokenizer.json"}
 
 
@@ -122,3 +125,19 @@ def test_the_library_rejects_a_lone_surrogate_with_a_value_error(tiny_plain_bund
         generator.encode_prompt("ab\ud800cd")
     with pytest.raises(ValueError, match="not valid text"):
         generator.generate("ab\ud800cd", max_new_tokens=2)
+
+
+def test_fst_eval_reports_a_broken_bundle_in_one_line(bundle, tmp_path, capsys) -> None:
+    from conftest import NIETZSCHE
+
+    from fst.cli.evaluate import main as eval_main
+
+    (bundle / "tokenizer.json").unlink()
+    documents = str(NIETZSCHE / "valid.documents")
+    args = ["--bundle", str(bundle), "--documents", documents, "--output_dir", str(tmp_path)]
+    assert eval_main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"fst-eval: error: {bundle / 'tokenizer.json'}: missing (the bundle manifest lists it); re-export the bundle\n"
+    )

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fst.bundle import BundleError
     from fst.checkpoint import CheckpointError
     from fst.evaluation import EvalConfig, EvaluationError, markdown_table
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path, md_path = output_dir / f"{name}.eval.json", output_dir / f"{name}.eval.md"
         write_text_atomic(json_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         write_text_atomic(md_path, table)
-    except (EvaluationError, CheckpointError, DocumentError, OSError) as e:
+    except (EvaluationError, CheckpointError, DocumentError, BundleError, OSError) as e:
         # One line: some messages quote a library's multi-line error; its first line says it.
         print(f"fst-eval: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
