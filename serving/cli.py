@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from fst.bundle import BundleManifest
+from fst.bundle import check_bundle as bundle_integrity_check
 from fst.serving.settings import ServingSettings
 
 if TYPE_CHECKING:
@@ -67,16 +67,11 @@ def _first_error(exc: ValidationError) -> str:
     return f"--{field.replace('_', '-')}: {error['msg']}"
 
 
-def check_bundle(folder: Path) -> None:
-    """The cheap part of loading, before listening: the manifest, and the files it names
-    present, not empty, and the tokenizer valid JSON. Raises ValueError naming the file."""
-    manifest = BundleManifest.load(folder)
-    for name in (manifest.graph.file, manifest.tokenizer.file):
-        path = folder / name
-        if not path.is_file():
-            raise ValueError(f"{path}: missing (the bundle is incomplete; export it again)")
-        if path.stat().st_size == 0:
-            raise ValueError(f"{path}: empty file (the bundle is damaged; export it again)")
+def check_bundle(folder: Path, *, hashes: bool = False) -> None:
+    """The cheap part of loading, before listening: fst.bundle's check (manifest; files
+    present, not empty, of the recorded sizes; sha256 with `hashes`) and the tokenizer valid
+    JSON. Raises ValueError (BundleError) naming the file."""
+    manifest = bundle_integrity_check(folder, hashes=hashes)
     tokenizer = folder / manifest.tokenizer.file
     try:
         json.loads(tokenizer.read_bytes())
@@ -98,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fst-serve: --bundle (or FST_BUNDLE) is required", file=sys.stderr)
         return 2
     try:
-        check_bundle(Path(settings.bundle))  # fail now, with one line, not in the lifespan
+        check_bundle(
+            Path(settings.bundle), hashes=settings.verify
+        )  # fail now, with one line, not in the lifespan
     except (OSError, ValueError) as exc:
         logger.debug("bundle check failed", exc_info=True)
         print(f"fst-serve: --bundle: {' '.join(str(exc).split())}", file=sys.stderr)

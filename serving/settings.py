@@ -21,6 +21,11 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FST_", extra="forbid")
 
     bundle: Path | None = Field(None, description="bundle folder written by fst-export")
+    verify: bool = Field(
+        False,
+        description="check every bundle file's sha256 against the manifest before serving "
+        "(sizes are always checked)",
+    )
     model_name: str | None = Field(
         None, description="model id shown by /v1/models (default: the bundle folder name)"
     )

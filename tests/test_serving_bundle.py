@@ -311,6 +311,23 @@ def test_fst_serve_on_a_broken_bundle_fails_fast_with_one_line(
     assert "Traceback" not in result.stderr
 
 
+def test_fst_serve_verify_refuses_a_file_changed_after_export(
+    tiny_plain_bundle: Path, tmp_path: Path
+) -> None:
+    """Same size, other bytes: only the sha256 check (--verify) can see it."""
+    damaged = tmp_path / "bundle"
+    shutil.copytree(tiny_plain_bundle, damaged)
+    tokenizer = damaged / "tokenizer.json"
+    text = tokenizer.read_text()
+    tokenizer.write_text(text.replace('"version"', '"Version"', 1))
+    command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(damaged), "--port", "0",
+               "--threads", "1", "--log-level", "warning", "--verify"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "tokenizer.json: sha256" in last and "differs from the manifest" in last, last
+
+
 def test_fst_serve_on_a_taken_port_exits_3_with_one_line(tiny_plain_bundle: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
