@@ -248,7 +248,7 @@ def soak(report: Report, server: Server, clients: int, requests: int) -> None:
     report.add(
         "soak",
         f"server RSS {rss:.0f} MB before, {rss_half:.0f} after round 1, {rss_after:.0f} after "
-        "round 2 (a leak: round 2 grows it > 10% + 10 MB)",
+        "round 2 (fails as a leak if round 2 adds > 10% + 10 MB)",
         rss_after <= rss_half * 1.1 + 10,
     )
 
