@@ -23,7 +23,7 @@ from fst.bundle import (
 )
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
-from fst.export.architectures import architecture_for, sliding_window
+from fst.export.architectures import architecture_for
 from fst.export.onnx_export import export_onnx, move_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
@@ -250,14 +250,6 @@ def choose_kv_layout(config, optimize: bool, variant: str, requested: str = "aut
     """
     head_dim = architecture_for(config).head_dim(config)
     if requested == "concat" or not optimize:
-        return "concat"
-    if sliding_window(config) is not None:
-        # The shared-buffer attention builds no mask; MultiHeadAttention takes the model's.
-        if requested == "shared":
-            raise ExportError(
-                "--kv_layout shared does not support sliding-window attention (this model: "
-                f"{sliding_window(config)} positions); use --kv_layout concat"
-            )
         return "concat"
     if head_dim % 8:
         if requested == "shared":
