@@ -23,6 +23,7 @@ from fst.bundle import BundleManifest
 from fst.export.exporter import export_bundle
 from fst.runtime import Generator
 from fst.runtime.kv_cache import CausalLMStepper
+from fst.runtime.session import create_session
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -183,7 +184,9 @@ def test_left_padded_prefill_logits_match_pytorch(family):
     _, folder, bundle = family
     generator = Generator.from_bundle(bundle, threads=1)
     ids = [generator.tokenizer.encode_for_inference(p) for p in PROMPTS]
-    stepper = CausalLMStepper(generator._stepper.session, BundleManifest.load(bundle))
+    manifest = BundleManifest.load(bundle)
+    session, _ = create_session(bundle / manifest.graph.file, threads=1, huge_pages=False)
+    stepper = CausalLMStepper(session, manifest)
     batch_logits, _ = stepper.prefill(ids, pad_id=generator.tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     for row, prompt in enumerate(ids):
