@@ -145,6 +145,9 @@ def write_cut_bpe(bpe_dir: Path, path: Path, size: int) -> None:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens(["<|endoftext|>"])  # id size - 1
     tokenizer.save(str(path))
+    # Its BOS/EOS, as a model folder declares them (CTranslate2's converter needs them).
+    config = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+    (path.parent / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def count_params(folder: Path) -> tuple[int, int, dict[str, int]]:

@@ -10,10 +10,10 @@ beyond that interface, and what it cannot trace:
   Rotary is traced from transformers' own rotary embedding as ordinary ops fed by
   `position_ids` (any position-only `rope_type`: default, linear, llama3, yarn); Qwen3's
   q/k RMSNorms are traced too, before the rotary; both stay outside the attention op. A
-  sliding window (Mistral, Qwen2 with use_sliding_window) is part of the traced causal mask:
-  exact in the plain graph and with MultiHeadAttention, which takes that mask as its bias;
-  the shared-buffer GroupQueryAttention path builds no mask, so such models keep the concat
-  layout (see `sliding_window`).
+  sliding window (Mistral, Qwen2 with use_sliding_window) is part of the traced causal mask
+  in the plain graph and with MultiHeadAttention, and GroupQueryAttention's
+  local_window_size with the shared KV buffer (see ort_attention); the cache keeps the
+  whole past either way.
 
 The --optimize fusions are ONNX Runtime's GPT-2 pass for both (export/optimize.py): its
 SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization fusions match the Llama
@@ -90,17 +90,6 @@ def architecture_for(config: PretrainedConfig) -> Architecture:
         f"model type {model_type!r} is not supported for export "
         f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     )
-
-
-def sliding_window(config: PretrainedConfig) -> int | None:
-    """The attention window when some layer has one shorter than the context, else None."""
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        return None  # Qwen2/Qwen3 keep sliding_window set but unused by default
-    if not window or int(window) >= int(config.max_position_embeddings):
-        return None
-    return int(window)
 
 
 def contract_for(

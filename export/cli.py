@@ -1,4 +1,5 @@
-"""fst-export: a training checkpoint or a Hugging Face GPT-2 model → a verified ONNX bundle.
+"""fst-export: a training checkpoint or a Hugging Face model (GPT-2, Llama, Qwen2/3, Mistral)
+→ a verified ONNX bundle.
 
 Exit codes: 0 written, 2 bad input or failed verification (one line on stderr, no bundle
 left behind), 1 unexpected error. Details and tracebacks go to the log file.
@@ -23,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fst-export",
         description=(
-            "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2-family model "
-            "(--model_path) to an ONNX bundle with KV cache: model.onnx, tokenizer.json and "
+            "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2, Llama, Qwen2, "
+            "Qwen3 or Mistral model (--model_path) to an ONNX bundle with KV cache: model.onnx, tokenizer.json and "
             "fst_bundle.json. The bundle is checked against PyTorch before it is written."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -24,7 +24,7 @@ from fst.bundle import (
 )
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
-from fst.export.architectures import architecture_for, sliding_window
+from fst.export.architectures import architecture_for
 from fst.export.gqa_right import ORT_GQA_RIGHT
 from fst.export.gqa_right import register as register_gqa_right
 from fst.export.onnx_export import export_onnx, move_onnx
@@ -262,14 +262,6 @@ def choose_kv_layout(config, optimize: bool, variant: str, requested: str = "aut
     head_dim = architecture_for(config).head_dim(config)
     if requested == "concat" or not optimize:
         return "concat"
-    if sliding_window(config) is not None:
-        # The shared-buffer attention builds no mask; MultiHeadAttention takes the model's.
-        if requested == "shared":
-            raise ExportError(
-                "--kv_layout shared does not support sliding-window attention (this model: "
-                f"{sliding_window(config)} positions); use --kv_layout concat"
-            )
-        return "concat"
     if head_dim % 8:
         if requested in ("shared", "shared_right"):
             raise ExportError(
@@ -278,6 +270,12 @@ def choose_kv_layout(config, optimize: bool, variant: str, requested: str = "aut
             )
         return "concat"
     if requested == "shared_right":
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            # gqa_right passes no local_window_size: the window would be lost.
+            raise ExportError(
+                "--kv_layout shared_right does not support sliding-window attention yet; "
+                "use --kv_layout concat"
+            )
         if variant == "int8":
             raise ExportError("--kv_layout shared_right is a GPU layout: use --fp16, not int8")
         return "shared_right"

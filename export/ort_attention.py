@@ -24,8 +24,9 @@ It writes the new entries at [T-S, T) (T = attention_mask length) and returns th
 as the present; when the runtime binds past and present to the same OrtValue, ONNX
 Runtime writes in place (its CPU kernel compares the two data pointers), so a decode step
 no longer copies the whole cache as the Concat does. Left padding is the additive
-`attention_bias` [B, 1, S, T] built from the attention mask; the op adds causality itself.
-Its CPU kernel wants head_dim % 8 == 0 (checked by the exporter).
+`attention_bias` [B, 1, S, T] built from the attention mask; the op adds causality itself,
+and a sliding window (Mistral; Qwen2's sliding layers) as its `local_window_size`. Its CPU
+kernel wants head_dim % 8 == 0 (checked by the exporter).
 """
 
 from __future__ import annotations
@@ -96,12 +97,16 @@ class _GroupQueryAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads
-    ):
+        ctx, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads,
+        window,
+    ):  # fmt: skip
         # query [B, H, S, D], key/value [B, Hkv, S, D]: this step's tokens; past [B, Hkv, C, D]
         # buffers whose first T - S positions are filled; seqlens [B] = T - 1 and total = T
         # (int32, the op's seqlens_k and total_sequence_length); bias [B, 1, S, T] (additive
-        # padding). Each key/value head serves heads // kv_heads query heads.
+        # padding). Each key/value head serves heads // kv_heads query heads. window > 0: a
+        # query sees only the last `window` positions (itself included), as transformers'
+        # sliding-window mask; the op's local_window_size = window gives the same (the parity
+        # check fails with window - 1 or window + 1).
         steps, total = query.shape[2], bias.shape[-1]
         present_key, present_value = past_key.clone(), past_value.clone()
         present_key[:, :, total - steps : total] = key
@@ -110,14 +115,17 @@ class _GroupQueryAttention(torch.autograd.Function):
         values = present_value[:, :, :total].repeat_interleave(heads // kv_heads, dim=1)
         scores = torch.matmul(query, keys.transpose(-1, -2)) * scale + bias
         causal = torch.ones(steps, total, dtype=torch.bool).tril(total - steps)
+        if window > 0:
+            causal &= ~torch.ones(steps, total, dtype=torch.bool).tril(total - steps - window)
         weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
         out = torch.matmul(weights, values).transpose(1, 2)  # [B, S, H, D]
         return out, present_key, present_value
 
     @staticmethod
     def symbolic(
-        g, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads
-    ):
+        g, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads,
+        window,
+    ):  # fmt: skip
         from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
 
         def const(value):
@@ -133,6 +141,7 @@ class _GroupQueryAttention(torch.autograd.Function):
             q, k, v, past_key, past_value, seqlens, total, none, none, none, bias,
             num_heads_i=heads,
             kv_num_heads_i=kv_heads,
+            local_window_size_i=window if window > 0 else -1,
             scale_f=scale,
             outputs=3,
         )  # fmt: skip
@@ -184,9 +193,10 @@ def _ort_gqa_attention(module, query, key, value, attention_mask, scaling=None, 
     scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
     past_key, past_value = state.pasts[module.layer_idx]
     heads, kv_heads = _heads(module)
+    window = int(kwargs.get("sliding_window") or 0)  # Mistral's, Qwen2's sliding layers
     out, present_key, present_value = _GroupQueryAttention.apply(
         query, key, value, past_key, past_value,
-        state.seqlens, state.total, state.bias, scale, heads, kv_heads,
+        state.seqlens, state.total, state.bias, scale, heads, kv_heads, window,
     )  # fmt: skip
     state.presents[module.layer_idx] = (present_key, present_value)
     return out, None
