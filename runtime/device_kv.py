@@ -96,7 +96,7 @@ class DeviceKVStepper:
         arch = manifest.architecture
         self.num_layers, self.num_heads, self.head_dim = (
             arch.num_layers,
-            arch.num_heads,
+            arch.kv_heads,  # the buffers hold key/value heads (fewer with grouped-query attention)
             arch.head_dim,
         )
         self.vocab_size, self.max_positions = arch.vocab_size, arch.max_positions
