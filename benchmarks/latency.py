@@ -572,8 +572,8 @@ def render_markdown(report: dict) -> str:
         f"({', '.join(machine['cpu']['flags'])}), {machine['ram_gb']} GB RAM; "
         f"load average {machine['load_average']} at start, {report['load_average_end']} at end.  ",
         f"Measured floors: read bandwidth {floors['bandwidth_gbs']:.1f} GB/s (best of "
-        + ", ".join(f"{k} {v:.1f}" for k, v in floors["bandwidth_gbs_by_method"].items())
-        + f"; {floors['array_mb']} MB buffer), "
+        + ", ".join(f"{k} {v:.1f}" for k, v in bandwidth_methods(floors).items())
+        + f"; {floors.get('array_mb', '?')} MB buffer), "
         f"matmul {floors['matmul_gflops']:.0f} GFLOP/s fp32 ({floors['threads']} threads).  ",
         f"Workload: batch 1, exactly {w.new_tokens} sampled tokens (top-k 50, top-p 0.95, "
         f"temperature 0.8, repetition penalty 1.2), {report['threads']} threads, each engine in "
@@ -585,6 +585,11 @@ def render_markdown(report: dict) -> str:
     for name, m in report["models"].items():
         lines += ["", *model_table(name, m, w)]
     return "\n".join(lines) + "\n"
+
+
+def bandwidth_methods(floors: dict) -> dict[str, float]:
+    """GB/s per method (reports before floor.py called them kernels)."""
+    return floors.get("bandwidth_gbs_by_method") or floors.get("bandwidth_gbs_by_kernel", {})
 
 
 def model_table(name: str, m: dict, w: Workload) -> list[str]:
