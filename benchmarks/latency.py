@@ -267,6 +267,8 @@ def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namesp
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
+    if engine.startswith("llama-"):  # see engines_llamacpp.OMP_WAIT_POLICY
+        env["OMP_WAIT_POLICY"] = args.llamacpp_omp_wait
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -754,6 +756,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=os.environ.get("LLAMACPP_SRC") or None,
         help="llama.cpp source tree with convert_hf_to_gguf.py and gguf-py (env LLAMACPP_SRC)",
+    )
+    p.add_argument(
+        "--llamacpp-omp-wait",
+        choices=("PASSIVE", "ACTIVE"),
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY of the llama.cpp workers (its barriers are OpenMP's)",
     )
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (>= 1)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
