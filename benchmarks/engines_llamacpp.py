@@ -21,9 +21,9 @@ decoding of independent sequences is not exposed by the high-level bindings.
 llama.cpp's CPU threads meet at OpenMP barriers (`#pragma omp barrier` in ggml-cpu), which
 by default spin. On a shared, oversubscribed machine a spinning thread burns the time slice
 its peer needs: decode was 4.3-4.6x slower than with OMP_WAIT_POLICY=PASSIVE at load
-average 14 on 2 cores. latency.py therefore starts llama.cpp workers with PASSIVE unless
-told otherwise (`--llamacpp-omp-wait ACTIVE`: spinning, which may win on an idle machine;
-not measured here, the machine was never idle).
+average 14 on 2 cores (ONNX Runtime's spinning cost us 1.6x the same way). latency.py
+therefore runs both with sleeping threads unless told `--wait spin` (which may win on an
+idle machine; not measured here, the machine was never idle).
 """
 
 from __future__ import annotations

@@ -267,8 +267,9 @@ def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namesp
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
-    if engine.startswith("llama-"):  # see engines_llamacpp.OMP_WAIT_POLICY
-        env["OMP_WAIT_POLICY"] = args.llamacpp_omp_wait
+    # Idle threads sleep (passive) or spin, alike for both runtimes (see --wait).
+    env["OMP_WAIT_POLICY"] = "PASSIVE" if args.wait == "passive" else "ACTIVE"  # llama.cpp
+    env["FST_BENCH_ORT_SPINNING"] = "0" if args.wait == "passive" else "1"  # ours
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -758,10 +759,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="llama.cpp source tree with convert_hf_to_gguf.py and gguf-py (env LLAMACPP_SRC)",
     )
     p.add_argument(
-        "--llamacpp-omp-wait",
-        choices=("PASSIVE", "ACTIVE"),
-        default="PASSIVE",
-        help="OMP_WAIT_POLICY of the llama.cpp workers (its barriers are OpenMP's)",
+        "--wait",
+        choices=("passive", "spin"),
+        default="passive",
+        help="idle intra-op threads sleep or spin: llama.cpp's OMP_WAIT_POLICY and ONNX "
+        "Runtime's session.intra_op.allow_spinning (spinning costs 1.6-4.6x on a loaded host)",
     )
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (>= 1)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
