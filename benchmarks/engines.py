@@ -10,6 +10,7 @@ pays for it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,8 @@ class FSTEngine:
 
         self.name = f"fst-{variant}"
         self._threads = threads
+        self._spinning = os.environ.get("FST_BENCH_ORT_SPINNING", "1")
+        _set_ort_spinning(self._spinning)
         self.generator = Generator.from_bundle(folder, threads=threads)
         self.clock = _StepClock()
         self.generator.on_model_call = self.clock.record
@@ -229,11 +232,27 @@ class FSTEngine:
         info: dict[str, Any] = {
             "threads": self._threads,
             "provider": self.generator.provider,
+            "ort_allow_spinning": self._spinning,
             "runtime_source": runtime_fingerprint(),
         }
         graph = self.generator.manifest.graph
         info.update(variant=graph.variant, optimized=graph.optimized, logits=graph.logits)
         return info
+
+
+def _set_ort_spinning(value: str) -> None:
+    """session.intra_op.allow_spinning for the sessions this worker creates (latency.py
+    --wait): the runtime's own setting is ONNX Runtime's default, spinning."""
+    import fst.runtime.session as session_module
+
+    base = session_module.session_options
+
+    def options(threads: int | None = None) -> Any:
+        opts = base(threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", value)
+        return opts
+
+    session_module.session_options = options
 
 
 class _StepClock:

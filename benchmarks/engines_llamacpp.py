@@ -17,6 +17,13 @@ The engine decodes with the bindings' `Llama.generate` (llama.cpp's sampler chai
 penalty, top-k, top-p, temperature), one token per `llama_decode` call: the same work as a
 chat request to llama-server. It runs batch 1 only (`max_batch = 1`); llama.cpp's batched
 decoding of independent sequences is not exposed by the high-level bindings.
+
+llama.cpp's CPU threads meet at OpenMP barriers (`#pragma omp barrier` in ggml-cpu), which
+by default spin. On a shared, oversubscribed machine a spinning thread burns the time slice
+its peer needs: decode was 4.3-4.6x slower than with OMP_WAIT_POLICY=PASSIVE at load
+average 14 on 2 cores (ONNX Runtime's spinning cost us 1.6x the same way). latency.py
+therefore runs both with sleeping threads unless told `--wait spin` (which may win on an
+idle machine; not measured here, the machine was never idle).
 """
 
 from __future__ import annotations
@@ -188,4 +195,5 @@ class LlamaCppEngine:
             "llama_cpp_python": lib.__version__,
             "system_info": lib.llama_print_system_info().decode().strip(),
             "gguf_mb": round(Path(self.llm.model_path).stat().st_size / 1e6, 1),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         }

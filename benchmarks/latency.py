@@ -304,6 +304,9 @@ def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namesp
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
+    # Idle threads sleep (passive) or spin, alike for both runtimes (see --wait).
+    env["OMP_WAIT_POLICY"] = "PASSIVE" if args.wait == "passive" else "ACTIVE"  # llama.cpp
+    env["FST_BENCH_ORT_SPINNING"] = "0" if args.wait == "passive" else "1"  # ours
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -609,8 +612,8 @@ def render_markdown(report: dict) -> str:
         f"({', '.join(machine['cpu']['flags'])}), {machine['ram_gb']} GB RAM; "
         f"load average {machine['load_average']} at start, {report['load_average_end']} at end.  ",
         f"Measured floors: read bandwidth {floors['bandwidth_gbs']:.1f} GB/s (best of "
-        + ", ".join(f"{k} {v:.1f}" for k, v in floors["bandwidth_gbs_by_method"].items())
-        + f"; {floors['array_mb']} MB buffer), "
+        + ", ".join(f"{k} {v:.1f}" for k, v in bandwidth_methods(floors).items())
+        + f"; {floors.get('array_mb', '?')} MB buffer), "
         f"matmul {floors['matmul_gflops']:.0f} GFLOP/s fp32 ({floors['threads']} threads).  ",
         f"Workload: batch 1, exactly {w.new_tokens} sampled tokens (top-k 50, top-p 0.95, "
         f"temperature 0.8, repetition penalty 1.2), {report['threads']} threads, each engine in "
@@ -622,6 +625,11 @@ def render_markdown(report: dict) -> str:
     for name, m in report["models"].items():
         lines += ["", *model_table(name, m, w)]
     return "\n".join(lines) + "\n"
+
+
+def bandwidth_methods(floors: dict) -> dict[str, float]:
+    """GB/s per method (reports before floor.py called them kernels)."""
+    return floors.get("bandwidth_gbs_by_method") or floors.get("bandwidth_gbs_by_kernel", {})
 
 
 def model_table(name: str, m: dict, w: Workload) -> list[str]:
@@ -786,6 +794,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=os.environ.get("LLAMACPP_SRC") or None,
         help="llama.cpp source tree with convert_hf_to_gguf.py and gguf-py (env LLAMACPP_SRC)",
+    )
+    p.add_argument(
+        "--wait",
+        choices=("passive", "spin"),
+        default="passive",
+        help="idle intra-op threads sleep or spin: llama.cpp's OMP_WAIT_POLICY and ONNX "
+        "Runtime's session.intra_op.allow_spinning (spinning costs 1.6-4.6x on a loaded host)",
     )
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (>= 1)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
