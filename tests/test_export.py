@@ -112,7 +112,7 @@ def test_manifest_is_complete_and_matches_the_files(tiny_plain_bundle, tiny_hf_m
     assert (arch.hidden_size, arch.head_dim, arch.max_positions) == (32, 16, 128)
     assert arch.vocab_size == config["vocab_size"] == 50257
     assert manifest.graph.variant == "fp32" and manifest.graph.dtype == "float32"
-    assert manifest.graph.logits == "last" and manifest.graph.external_data is None
+    assert manifest.graph.logits == "last" and manifest.graph.external_data == "model.onnx.data"
     # The graph really has the names the manifest promises, in that order.
     graph = onnx.load(str(tiny_plain_bundle / BUNDLE_MODEL), load_external_data=False).graph
     assert [i.name for i in graph.input] == manifest.graph.inputs
