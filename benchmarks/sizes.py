@@ -249,7 +249,9 @@ def weight_mb(bundle: Path) -> float:
     return sum(f.stat().st_size for f in bundle.glob("model.onnx*")) / 1e6
 
 
-def benchmark_size(name: str, args: argparse.Namespace, prompts: Path, floors: dict) -> dict:
+def benchmark_size(
+    name: str, args: argparse.Namespace, prompts: Path, floors: dict, on_variant=None
+) -> dict:
     cache = args.cache_dir
     counts = param_counts(name)
     fp32_mb = counts["params"] * 4 / 1e6
@@ -288,6 +290,8 @@ def benchmark_size(name: str, args: argparse.Namespace, prompts: Path, floors: d
             result["decode"] = decode
             log.info("%s %s: %s", name, variant, decode)
         record["variants"][variant] = result
+        if on_variant is not None:
+            on_variant(record)  # an interrupted run keeps every variant it measured
     if args.ct2:
         folder = cache / name / "ct2-int8"
         if convert_ct2(hf, folder):
@@ -496,11 +500,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and previous.is_file():
         report["sizes"] = json.loads(previous.read_text())["sizes"]
     args.export_baseline_mb = baseline["peak_rss_mb"]
-    for name in args.sizes:
-        record = benchmark_size(name, args, prompts, floors)
-        report["sizes"] = [s for s in report["sizes"] if s["name"] != name] + [record]
+
+    def save(record: dict) -> None:
+        report["sizes"] = [s for s in report["sizes"] if s["name"] != record["name"]] + [record]
         report["finished_at"] = _now()
-        write(report, out)  # after every size: an interrupted run keeps what it measured
+        write(report, out)
+
+    for name in args.sizes:
+        save(benchmark_size(name, args, prompts, floors, on_variant=save))
     order = list(SIZES)
     report["sizes"].sort(key=lambda s: order.index(s["name"]))
     write(report, out)
