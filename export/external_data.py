@@ -10,6 +10,7 @@ such files directly; the exporter writes every intermediate file this way.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -80,7 +81,18 @@ def move_external(src: Path, dst: Path) -> str:
     data_file(src).replace(data_file(dst))
     onnx.save_model(model, str(dst))
     src.unlink()
+    # onnx creates the data file private (0600); a bundle is read by servers running as
+    # other users, so give both files the permissions a plain open() would.
+    mode = 0o666 & ~_umask()
+    for path in (dst, data_file(dst)):
+        os.chmod(path, mode)
     return new
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _external_tensors(model: onnx.ModelProto):
