@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "'auto' = shared when possible (not fp16)",
     )
     parser.add_argument(
-        "--quantize", choices=["int8"], help="dynamic int8 quantization (CPU inference)"
+        "--quantize",
+        choices=["int8", "int4"],
+        help="CPU inference: 'int8' = dynamic int8 weights and activations; 'int4' = "
+        "block-wise 4-bit weights (ONNX Runtime MatMulNBits), the smallest bundle",
     )
     parser.add_argument(
         "--fp16", action="store_true", help="float16 weights and I/O (CUDA/TensorRT)"

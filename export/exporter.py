@@ -25,12 +25,16 @@ from fst.bundle import (
 from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.architectures import architecture_for
+from fst.export.external_data import move_external, remove_onnx
 from fst.export.gqa_right import ORT_GQA_RIGHT
 from fst.export.gqa_right import register as register_gqa_right
-from fst.export.onnx_export import export_onnx, move_onnx
+from fst.export.memory import release_memory
+from fst.export.onnx_export import export_onnx
 from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
 from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
 from fst.export.progress import Stages
+from fst.export.quantize_int4 import quantize_int4
+from fst.export.reference import record_reference
 from fst.export.simplify import simplify_file
 from fst.export.source import ExportSource, SourceError, load_source
 from fst.export.tied_weights import share_tied_embedding_file
@@ -93,7 +97,8 @@ def export_bundle(
     except bundle_writer.OutputExistsError as e:
         raise ExportError(str(e)) from e
     names = ["load", "export", *(["optimize"] if optimize else [])]
-    names += {"fp16": ["fp16"], "int8": ["quantize"], "fp32": []}[variant] + ["write", "verify"]
+    names += {"fp16": ["fp16"], "int8": ["quantize"], "int4": ["quantize"], "fp32": []}[variant]
+    names += ["write", "verify"]
     with Stages(names, enabled=progress) as stages:
         with stages.stage("load", str(ckpt or model_path)):
             try:
@@ -114,15 +119,17 @@ def export_bundle(
 
 
 def _check_options(quantize: str | None, fp16: bool, opset: int, logits: str) -> str:
-    if quantize not in (None, "int8"):
-        raise ExportError(f"--quantize must be int8, got {quantize!r}")
+    if quantize not in (None, "int8", "int4"):
+        raise ExportError(f"--quantize must be int8 or int4, got {quantize!r}")
     if quantize and fp16:
-        raise ExportError("--quantize int8 and --fp16 exclude each other (int8 is for CPU)")
+        raise ExportError(
+            f"--quantize {quantize} and --fp16 exclude each other ({quantize} is for CPU)"
+        )
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise ExportError(f"--opset must be an integer >= {MIN_OPSET}, got {opset!r}")
     if logits not in ("all", "last"):
         raise ExportError(f"--logits must be 'all' or 'last', got {logits!r}")
-    return "int8" if quantize else "fp16" if fp16 else "fp32"
+    return quantize or ("fp16" if fp16 else "fp32")
 
 
 def _build(
@@ -146,7 +153,11 @@ def _build(
     }[kv_layout]
     with stages.stage("export", f"opset {opset}, logits={logits}, {attention}"):
         traced = _trace(source, work / "traced.onnx", opset, logits, optimize, kv_layout)
-    prompts = [source.tokenizer.encode_for_inference(p) for p in PARITY_PROMPTS]
+        prompts = [source.tokenizer.encode_for_inference(p) for p in PARITY_PROMPTS]
+        # PyTorch's side of every parity check, recorded now: the model's weights are freed
+        # before the ONNX Runtime stages, each of which holds a copy of its own.
+        source.model = record_reference(source.model, prompts, pad_id=source.tokenizer.pad_token_id)
+        release_memory()
     dtype = "float16" if variant == "fp16" else "float32"
 
     def check(path: Path) -> ParityReport:
@@ -161,11 +172,12 @@ def _build(
             kv_layout=kv_layout,
         )
 
-    final, int8_weights = _transform(traced, source.model.config, stages, variant, optimize, check)
+    final, weights = _transform(traced, source.model.config, stages, variant, optimize, check)
     with stages.stage("write"):
         # A tied lm_head was traced as a second, transposed copy of the embedding.
         shared = share_tied_embedding_file(final, final.with_name("shared.onnx"))
-        external = move_onnx(final.with_name("shared.onnx"), tmp / BUNDLE_MODEL)
+        remove_onnx(final)
+        external = move_external(final.with_name("shared.onnx"), tmp / BUNDLE_MODEL)
         shutil.rmtree(work)
         # Not tokenizer.save(): its private temp file would leave tokenizer.json 0600,
         # and the whole folder is atomic anyway.
@@ -187,7 +199,7 @@ def _build(
         optimized=optimize,
         logits=logits,
         kv_layout=kv_layout,
-        int8_weights=int8_weights,
+        **weights,
         inputs=input_names(layers),
         outputs=output_names(layers),
     )
@@ -201,22 +213,24 @@ def _transform(
     variant: str,
     optimize: bool,
     check: Callable[[Path], ParityReport],
-) -> tuple[Path, str | None]:
-    """Fusions, then fp16 or int8; each step writes a new file beside `path`.
+) -> tuple[Path, dict]:
+    """Fusions, then fp16, int8 or int4; each step writes a new file beside `path` and
+    removes its input.
 
-    Returns the final file and, for int8, the weight type kept (`check` measures each).
+    Returns the final file and the GraphInfo fields of the weights: for int8 the weight
+    type kept (`check` measures each), for int4 the scheme.
     """
     if optimize:
         with stages.stage("optimize", "static shapes, then ONNX Runtime GPT-2 fusions"):
             simplified = simplify_file(path, path.with_name("simplified.onnx"))
-            path = path.with_name("simplified.onnx")
+            path = _next(path, "simplified.onnx")
             fused = apply_fusions(
                 path,
                 path.with_name("fused.onnx"),
                 num_heads=int(config.num_attention_heads),
                 hidden_size=int(config.hidden_size),
             )
-            path = path.with_name("fused.onnx")
+            path = _next(path, "fused.onnx")
         counts = ", ".join(f"{op} {n}" for op, n in fused.items()) or "none"
         stages.note(
             f"shape arithmetic removed: {simplified['nodes_removed']} nodes "
@@ -226,9 +240,18 @@ def _transform(
     if variant == "fp16":
         with stages.stage("fp16"):
             convert_fp16(path, path.with_name("fp16.onnx"))
-            path = path.with_name("fp16.onnx")
+            path = _next(path, "fp16.onnx")
+    if variant == "int4":
+        with stages.stage("quantize", "int4 blocks (MatMulNBits)"):
+            if not optimize:  # GPT-2's Conv1D traces as Gemm; MatMulNBits replaces MatMuls
+                simplify_file(path, path.with_name("simplified.onnx"))
+                path = _next(path, "simplified.onnx")
+            scheme = quantize_int4(path, path.with_name("int4.onnx"), vocab_size=config.vocab_size)
+            path = _next(path, "int4.onnx")
+        stages.note(f"int4: {scheme.model_dump()}")
+        return path, {"int4": scheme}
     if variant != "int8":
-        return path, None
+        return path, {}
     with stages.stage("quantize", "dynamic int8, QInt8 and QUInt8 weights compared"):
         made = {}
         for weight_type in INT8_WEIGHT_TYPES:
@@ -240,7 +263,17 @@ def _transform(
         f"max |onnx - torch|: QInt8 {made['QInt8'][1].max_abs_diff:.3g}, "
         f"QUInt8 {made['QUInt8'][1].max_abs_diff:.3g}: keeping {chosen}"
     )
-    return made[chosen][0], chosen
+    remove_onnx(path)
+    for weight_type, (quantized, _) in made.items():
+        if weight_type != chosen:
+            remove_onnx(quantized)
+    return made[chosen][0], {"int8_weights": chosen}
+
+
+def _next(previous: Path, name: str) -> Path:
+    """The file a step wrote beside `previous`, which is no longer needed (disk space)."""
+    remove_onnx(previous)
+    return previous.with_name(name)
 
 
 def choose_int8_weights(qint8: ParityReport, quint8: ParityReport) -> str:

@@ -14,6 +14,7 @@ import onnx
 import torch
 from transformers import PreTrainedModel
 
+from fst.export import trace_weights
 from fst.export.architectures import contract_for
 from fst.export.wrapper import (
     CacheFlatteningWrapper,
@@ -42,6 +43,10 @@ def export_onnx(
 
     kv_layout "shared" needs the model to run ORT_GQA attention (see ort_attention).
     """
+    if trace_weights.check_supported():  # weights straight to <path>.data: no proto copies
+        with trace_weights.weights_written_externally(path):
+            _trace(model, path, opset, logits, kv_layout)
+        return path
     if _fits_in_protobuf(model):
         _trace(model, path, opset, logits, kv_layout)
         return path

@@ -1,7 +1,8 @@
 """Graph rewrites after tracing: ONNX Runtime transformer fusions, fp16, dynamic int8.
 
-Each step reads one .onnx file and writes another (external data when > 2 GB), so the
-exporter can chain them in its temporary folder.
+Each step reads one .onnx file and writes another with its weights as external data (see
+external_data.py: no serialised second copy), so the exporter can chain them in its
+temporary folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from fst.export.onnx_export import save_onnx
+from fst.export.external_data import load_onnx, rewrite_graph_only, save_external
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,24 @@ def apply_fusions(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> 
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(
-        str(src),
-        model_type="gpt2",
-        num_heads=num_heads,
-        hidden_size=hidden_size,
-        opt_level=0,  # fusions only; the session applies ORT's own graph optimisations
-    )
-    fused = count_ops(optimized.model)
-    # save_model_to_file also sorts the nodes and declares the com.microsoft opset.
-    optimized.save_model_to_file(
-        str(dst), use_external_data_format=_needs_external_data(optimized.model)
-    )
-    return fused
+    def fuse(model: onnx.ModelProto) -> dict[str, int]:
+        # On the graph alone: the fusions' shape inference copies the whole model (GPT-2
+        # small peaked at 9x its weights), and none of them reads a weight's values.
+        optimized = optimize_model(
+            model,
+            model_type="gpt2",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=0,  # fusions only; the session applies ORT's own graph optimisations
+        )
+        optimized.topological_sort()
+        if optimized.model is not model:
+            model.CopyFrom(optimized.model)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        return count_ops(model)
+
+    return rewrite_graph_only(src, dst, fuse)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -68,11 +74,12 @@ def convert_fp16(src: Path, dst: Path) -> None:
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    model = load_onnx(src)
     # The default op_block_list keeps the mask arithmetic (Range, CumSum, Min, Max) in
     # float32 behind Casts. Shape inference is skipped: it fails on protos over 2 GB.
     fp16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
-    save_onnx(fp16, dst)
+    del model
+    save_external(fp16, dst)
 
 
 def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QUInt8") -> None:
@@ -80,21 +87,15 @@ def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QUInt8") -> None:
     quantised at run time. `weight_type` is "QUInt8" or "QInt8" (see the exporter)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(src))
+    # A path, not a proto: given a proto, quantize_dynamic deep-copies it for shape inference.
     quantize_dynamic(
-        model,
+        str(src),
         str(dst),
         op_types_to_quantize=["MatMul", "Gather"],
         weight_type=QuantType[weight_type],
         per_channel=False,
         reduce_range=False,
-        use_external_data_format=_needs_external_data(model),
+        use_external_data_format=True,
         # Shape inference cannot type the outputs of fused com.microsoft ops (--optimize).
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-
-
-def _needs_external_data(model: onnx.ModelProto) -> bool:
-    from fst.export.onnx_export import GRAPH_MARGIN, PROTOBUF_LIMIT, _weights_bytes
-
-    return _weights_bytes(model) >= PROTOBUF_LIMIT - GRAPH_MARGIN

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from fst.export import memory
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,7 @@ class Stages:
         self.names = names
         self.enabled = enabled
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float | None] = {}  # the process's peak by each stage's end
         self._live = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
@@ -50,6 +53,7 @@ class Stages:
         description = f"{number} {name}" + (f": {detail}" if detail else "")
         task = self._live.add_task(description, total=1) if self._live is not None else None
         log.info("%s ...", description)
+        memory.release_memory()
         start = time.perf_counter()
         try:
             yield
@@ -58,7 +62,11 @@ class Stages:
                 self._live.remove_task(task)  # the error line says what went wrong
             raise
         self.timings[name] = elapsed = time.perf_counter() - start
-        log.info("%s done in %.1f s", description, elapsed)
+        self.peak_rss_mb[name] = peak = memory.peak_rss_mb()
+        log.info(
+            "%s done in %.1f s, RSS %s MB, peak RSS so far %s MB",
+            description, elapsed, _mb(memory.rss_mb()), _mb(peak),
+        )  # fmt: skip
         if task is not None:
             self._live.update(task, completed=1)
         elif self.enabled:
@@ -71,3 +79,7 @@ class Stages:
             self._live.console.print(f"    {text}")
         elif self.enabled:
             print(f"    {text}", flush=True)
+
+
+def _mb(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"

@@ -70,21 +70,19 @@ def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     # Inference needs the values of small shape constants only: big weights become typed
-    # graph inputs in a light copy, so this stays cheap for large models.
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    big = [
-        t
-        for t in light.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 4096
-    ]
-    kept = [t for t in light.graph.initializer if t not in big]
-    for tensor in big:
-        light.graph.input.append(
-            helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-        )
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(kept)
+    # graph inputs in a light copy (built field by field: CopyFrom would copy every weight).
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    graph = model.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(light.graph, field).extend(getattr(graph, field))
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) > 4096:
+            light.graph.input.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+        else:
+            light.graph.initializer.append(tensor)
     inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=False)
     dims: dict[str, list[Dim]] = {}
     graph = inferred.graph
@@ -307,9 +305,8 @@ def _constant_names(graph: onnx.GraphProto) -> set[str]:
 
 def simplify_file(src: Path, dst: Path) -> dict[str, int]:
     """`simplify_shapes` from one .onnx file to another (the exporter's chained steps)."""
-    from fst.export.onnx_export import save_onnx
+    from fst.export.external_data import rewrite_graph_only
 
-    model = onnx.load(str(src))
-    counts = simplify_shapes(model)
-    save_onnx(model, dst)
-    return counts
+    # The rewrites read shape constants only (small, kept in the graph file): the weights
+    # stay on disk and `src`'s data file becomes `dst`'s.
+    return rewrite_graph_only(src, dst, simplify_shapes)

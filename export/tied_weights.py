@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from fst.export.onnx_export import save_onnx
+from fst.export.external_data import load_onnx, save_external
 
 # Consumers whose second input is a [in, out] weight; the int8 graph has MatMulInteger.
 MATMUL_OPS = ("MatMul", "MatMulInteger")
@@ -71,10 +71,10 @@ def share_tied_embedding(model: onnx.ModelProto) -> list[str]:
 
 
 def share_tied_embedding_file(src: Path, dst: Path) -> list[str]:
-    """`share_tied_embedding` from one .onnx file to another (external data when > 2 GB)."""
-    model = onnx.load(str(src))
+    """`share_tied_embedding` from one .onnx file to another (weights as external data)."""
+    model = load_onnx(src)
     removed = share_tied_embedding(model)
-    save_onnx(model, dst)
+    save_external(model, dst)
     return removed
 
 

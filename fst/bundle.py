@@ -49,11 +49,24 @@ class ArchitectureInfo(_Strict):
         return self.num_kv_heads or self.num_heads
 
 
+class Int4Scheme(_Strict):
+    """How an int4 bundle's weights were quantised (fst.export.quantize_int4)."""
+
+    op: Literal["MatMulNBits"] = "MatMulNBits"
+    bits: Literal[4] = 4
+    block_size: int = Field(description="weights per scale / zero point, along K")
+    accuracy_level: int = Field(description="MatMulNBits compute type: 0 fp32, 4 int8")
+    symmetric: bool = Field(description="False: a 4-bit zero point per block")
+    lm_head: bool = Field(description="output projection quantised too")
+    embedding: bool = Field(description="token embedding as GatherBlockQuantized")
+    matmuls: int = Field(description="MatMulNBits nodes in the graph")
+
+
 class GraphInfo(_Strict):
     file: str = "model.onnx"
-    external_data: str | None = Field(None, description="external weights file, if > 2 GB")
+    external_data: str | None = Field(None, description="external weights file")
     opset: int
-    variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    variant: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
     dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of logits and past/present tensors"
     )
@@ -72,6 +85,7 @@ class GraphInfo(_Strict):
     int8_weights: Literal["QInt8", "QUInt8"] | None = Field(
         None, description="int8 bundles: the weight type kept (see fst.export.exporter)"
     )
+    int4: Int4Scheme | None = Field(None, description="int4 bundles: the quantisation scheme")
     inputs: list[str]
     outputs: list[str]
 

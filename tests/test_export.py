@@ -113,7 +113,7 @@ def test_manifest_is_complete_and_matches_the_files(tiny_plain_bundle, tiny_hf_m
     assert (arch.hidden_size, arch.head_dim, arch.max_positions) == (32, 16, 128)
     assert arch.vocab_size == config["vocab_size"] == 50257
     assert manifest.graph.variant == "fp32" and manifest.graph.dtype == "float32"
-    assert manifest.graph.logits == "last" and manifest.graph.external_data is None
+    assert manifest.graph.logits == "last" and manifest.graph.external_data == "model.onnx.data"
     # The graph really has the names the manifest promises, in that order.
     graph = onnx.load(str(tiny_plain_bundle / BUNDLE_MODEL), load_external_data=False).graph
     assert [i.name for i in graph.input] == manifest.graph.inputs
@@ -272,7 +272,7 @@ def test_tied_lm_head_is_stored_once_and_folded_by_onnx_runtime(tiny_plain_bundl
     options = session_options(threads=1)
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(tiny_plain_bundle / BUNDLE_MODEL), options, providers=[CPU])
-    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
     assert "Transpose" not in {n.op_type for n in optimized.graph.node if "wte" in n.input[0]}
 
 
@@ -300,8 +300,8 @@ def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_b
     assert parity.tolerance is None and parity.passed
     assert 0 < parity.max_abs_diff < 1.0 and parity.top1_agreement >= 0.8
     assert sha256_file(int8_bundle / BUNDLE_MODEL) == manifest.files[BUNDLE_MODEL]
-    fp32_size = (tiny_plain_bundle / BUNDLE_MODEL).stat().st_size
-    assert (int8_bundle / BUNDLE_MODEL).stat().st_size < 0.5 * fp32_size
+    fp32_size = sum(f.stat().st_size for f in tiny_plain_bundle.glob("model.onnx*"))
+    assert sum(f.stat().st_size for f in int8_bundle.glob("model.onnx*")) < 0.5 * fp32_size
     model = onnx.load(str(int8_bundle / BUNDLE_MODEL))
     assert "MatMulInteger" in {n.op_type for n in model.graph.node}
     # The lm_head is quantized too, and shares the quantized embedding (one uint8 copy).

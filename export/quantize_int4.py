@@ -1,0 +1,110 @@
+"""Block-wise int4 weights: ONNX Runtime's MatMulNBits (and GatherBlockQuantized).
+
+Every MatMul with a constant [K, N] weight becomes `MatMulNBits`: 4-bit weights in blocks of
+`block_size` values along K, one float scale and one 4-bit zero point per block (asymmetric
+round-to-nearest, `onnxruntime.quantization.MatMulNBitsQuantizer`). With `accuracy_level` 4
+the CPU kernel quantises the activations to int8 per block and runs integer dot products
+(the fast path on AVX2 / AVX-512 VNNI); 0 keeps fp32 activations.
+
+The output projection (lm_head, the largest matrix of GPT-2) is quantised with the rest
+unless `lm_head=False`; the token embedding, then no longer shared with the head, becomes
+`GatherBlockQuantized` (`embedding=True`), so no fp32 copy of the vocabulary table stays.
+The position embedding and every other Gather keep their dtype.
+
+The exporter's parity gate (greedy top-1 agreement with PyTorch) decides whether the result
+is good enough; the manifest records the scheme (`Int4Scheme`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+from fst.bundle import Int4Scheme
+from fst.export.external_data import load_onnx, save_external
+
+log = logging.getLogger(__name__)
+
+# Measured choices (benchmarks/results/int4_choice.md): see the exporter for the gate.
+DEFAULT_BLOCK_SIZE = 32
+DEFAULT_ACCURACY_LEVEL = 4
+
+
+def quantize_int4(
+    src: Path,
+    dst: Path,
+    *,
+    vocab_size: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    lm_head: bool = True,
+    embedding: bool = True,
+) -> Int4Scheme:
+    """Write `src` with int4 weights to `dst` (external data); returns the scheme applied."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    model = load_onnx(src)
+    head = _lm_head_nodes(model, vocab_size)
+    token_table = _token_embedding_nodes(model, vocab_size)
+    exclude = [] if lm_head else head
+    embedding = embedding and lm_head  # a fp32 head shares the fp32 table (tied_weights)
+    op_types = ("MatMul", "Gather") if embedding else ("MatMul",)
+    if embedding:  # only the token table: positions and shape Gathers stay as they are
+        exclude += [n.name for n in model.graph.node if n.op_type == "Gather"]
+        exclude = [n for n in exclude if n not in token_table]
+    quantizer = nbits.MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=block_size,
+        is_symmetric=False,
+        accuracy_level=accuracy_level,
+        nodes_to_exclude=exclude,
+        op_types_to_quantize=op_types,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    del model
+    quantizer.process()
+    quantized = quantizer.model.model
+    del quantizer
+    counts = {op: sum(n.op_type == op for n in quantized.graph.node) for op in QUANTIZED_OPS}
+    log.info("int4: %s", counts)
+    save_external(quantized, dst)
+    return Int4Scheme(
+        block_size=block_size,
+        accuracy_level=accuracy_level,
+        symmetric=False,
+        lm_head=lm_head and bool(head),
+        embedding=embedding and bool(token_table),
+        matmuls=counts["MatMulNBits"],
+    )
+
+
+QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+def _initializer_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    return {t.name: list(t.dims) for t in model.graph.initializer}
+
+
+def _lm_head_nodes(model: onnx.ModelProto, vocab_size: int) -> list[str]:
+    """MatMuls whose constant weight is [hidden, vocab]: the output projection."""
+    dims = _initializer_dims(model)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and len(dims.get(n.input[1], [])) == 2
+        if dims[n.input[1]][1] == vocab_size
+    ]
+
+
+def _token_embedding_nodes(model: onnx.ModelProto, vocab_size: int) -> list[str]:
+    """Gathers from a constant [vocab, hidden] table: the token embedding."""
+    dims = _initializer_dims(model)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Gather" and len(dims.get(n.input[0], [])) == 2
+        if dims[n.input[0]][0] == vocab_size
+    ]
