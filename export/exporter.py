@@ -155,9 +155,13 @@ def _build(
         traced = _trace(source, work / "traced.onnx", opset, logits, optimize, kv_layout)
         prompts = [source.tokenizer.encode_for_inference(p) for p in PARITY_PROMPTS]
         # PyTorch's side of every parity check, recorded now: the model's weights are freed
-        # before the ONNX Runtime stages, each of which holds a copy of its own.
-        source.model = record_reference(source.model, prompts, pad_id=source.tokenizer.pad_token_id)
-        release_memory()
+        # before the ONNX Runtime stages, each of which holds a copy of its own. The GPU
+        # layout's check (verify_right) runs each prompt alone, another loop than the one
+        # recorded, so it keeps the model.
+        if kv_layout != "shared_right":
+            pad_id = source.tokenizer.pad_token_id
+            source.model = record_reference(source.model, prompts, pad_id=pad_id)
+            release_memory()
     dtype = "float16" if variant == "fp16" else "float32"
 
     def check(path: Path) -> ParityReport:
