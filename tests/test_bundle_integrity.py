@@ -7,6 +7,7 @@ would, and checks what `Generator.from_bundle` raises and what `fst-generate` pr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -85,19 +86,21 @@ def test_truncation_the_parsers_would_accept_is_caught_by_the_recorded_sizes(bun
 
 
 def test_verify_compares_every_sha256_and_names_the_changed_file(bundle, capsys) -> None:
-    model = bundle / "model.onnx"
-    data = bytearray(model.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # a weight's byte: same size, still a valid model
-    model.write_bytes(bytes(data))
+    # A weight's byte: same size, still a valid model (the weights live in the data file).
+    weights = bundle / (BundleManifest.load(bundle).graph.external_data or "model.onnx")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
     Generator.from_bundle(bundle, threads=1)  # sizes agree: loads without --verify
-    with pytest.raises(BundleError, match=r"model\.onnx: sha256 .* differs from the manifest"):
+    name = re.escape(weights.name)
+    with pytest.raises(BundleError, match=rf"{name}: sha256 .* differs from the manifest"):
         Generator.from_bundle(bundle, threads=1, verify=True)
-    with pytest.raises(BundleError, match=r"model\.onnx: sha256"):
+    with pytest.raises(BundleError, match=rf"{name}: sha256"):
         verify_in_background(bundle).result(timeout=60)
     args = ["--bundle", str(bundle), "Hi", "--max_new_tokens", "2", "--threads", "1"]
     assert cli_main([*args, "--verify"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"fst-generate: error: {model}: sha256") and err.count("\n") == 1
+    assert err.startswith(f"fst-generate: error: {weights}: sha256") and err.count("\n") == 1
 
 
 def test_an_intact_bundle_passes_verify(tiny_plain_bundle) -> None:

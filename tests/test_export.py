@@ -551,7 +551,7 @@ def test_force_replaces_an_existing_bundle(int8_bundle):
     # int8_bundle was a copy of the fp32 plain bundle before `--force --quantize int8`.
     assert BundleManifest.load(int8_bundle).graph.variant == "int8"
     assert sorted(p.name for p in int8_bundle.iterdir()) == sorted(
-        [BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER]
+        [BUNDLE_MANIFEST, BUNDLE_MODEL, f"{BUNDLE_MODEL}.data", BUNDLE_TOKENIZER]
     )
     assert no_temp_dirs(int8_bundle.parent)
 
