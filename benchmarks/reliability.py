@@ -105,29 +105,27 @@ def alive(pid: int) -> bool:
         return False
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (a server started in its own session)."""
+def _live_processes_where(field: int, value: int) -> list[int]:
+    """Live (non-zombie) pids whose /proc stat field `field` (after the command name:
+    1 = parent pid, 2 = process group) equals `value`."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        if int(fields[field]) == value and fields[0] not in ("Z", "X"):
             found.append(int(stat.parent.name))
     return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (a server started in its own session)."""
+    return _live_processes_where(2, pgid)
 
 
 def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
-    return found
+    return _live_processes_where(1, pid)
 
 
 def exit_status(rc: int | None) -> str:
