@@ -193,7 +193,7 @@ def build_model(work: Path, name: str, shape: dict[str, int], device: str) -> Pa
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    from fst.tokenization import GPT2_BPE_DIR
+    from fst.core.tokenization import GPT2_BPE_DIR
 
     folder = work / name / "hf"
     tokenizer = GPT2TokenizerFast(
@@ -232,7 +232,7 @@ def weight_bytes(bundle: Path) -> int:
     """Bytes of the graph's initializers (what a decode step reads once per token)."""
     import onnx
 
-    from fst.bundle import BundleManifest
+    from fst.core.bundle import BundleManifest
 
     manifest = BundleManifest.load(bundle)
     model = onnx.load(str(bundle / manifest.graph.file), load_external_data=False)
@@ -252,8 +252,8 @@ class FstEngine:
     """fst's stepper on the bundle: the KV cache stays on the device between steps."""
 
     def __init__(self, bundle: Path, provider: str) -> None:
-        from fst.bundle import BundleManifest
-        from fst.constants import BUNDLE_MODEL
+        from fst.core.bundle import BundleManifest
+        from fst.core.constants import BUNDLE_MODEL
         from fst.runtime.kv_cache import make_stepper
         from fst.runtime.session import create_session
 

@@ -4,7 +4,7 @@
 
 Each scheme quantises the same fp32 graph (`fst.export.quantize_int4`, after the exporter's
 Gemm -> MatMul simplification) and is scored by the same code as `fst-eval --bundle`
-(`fst.bundle_scoring.BundleScorer` + `fst.evaluation.token_level_metrics`). Writes
+(`fst.evaluation.bundle_scoring.BundleScorer` + `fst.evaluation.evaluate.token_level_metrics`). Writes
 benchmarks/results/int4_choice.{json,md}.
 """
 
@@ -29,15 +29,15 @@ SCHEMES = [  # (block_size, accuracy_level, lm_head)
 
 
 def score(bundle: Path, tokenizer, documents) -> float:
-    from fst.bundle_scoring import BundleScorer
-    from fst.evaluation import token_level_metrics
+    from fst.evaluation.bundle_scoring import BundleScorer
+    from fst.evaluation.evaluate import token_level_metrics
 
     return token_level_metrics(BundleScorer(bundle, threads=1), tokenizer, documents)["perplexity"]
 
 
 def main(argv: list[str]) -> int:
-    from fst.bundle import BundleManifest
-    from fst.documents import read_documents
+    from fst.core.bundle import BundleManifest
+    from fst.core.documents import read_documents
     from fst.export.external_data import load_onnx, move_external, save_external
     from fst.export.quantize_int4 import quantize_int4
     from fst.export.simplify import simplify_file

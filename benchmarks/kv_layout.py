@@ -29,7 +29,7 @@ LAYOUTS = ("concat", "shared")
 
 
 def export(hf: Path, folder: Path, quantize: str | None, layout: str, rebuild: bool) -> Path:
-    from fst.bundle import BundleManifest
+    from fst.core.bundle import BundleManifest
     from fst.export.exporter import export_bundle
 
     marker = folder / "fst_bundle.json"

@@ -35,14 +35,14 @@ import engines_llamacpp  # noqa: E402
 import floor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BPE = REPO / "fst" / "assets" / "gpt2_bpe"
+DEFAULT_BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench"))
 SCHEMA_VERSION = 1
 
 # GPT2Config overrides; everything else is GPT-2's default (vocab 50257, 1024 positions).
-# {"preset": name}: fst's Llama-shaped training preset of that name (fst.model.PRESETS).
+# {"preset": name}: fst's Llama-shaped training preset of that name (fst.training.model.PRESETS).
 MODELS: dict[str, dict[str, Any]] = {
     "gpt2-small": {},
     "distilgpt2": {"n_layer": 6},
@@ -110,7 +110,7 @@ def build_hf_folder(name: str, cache: Path, bpe_dir: Path) -> Path:
     log.info("building %s from config", name)
     torch.manual_seed(0)
     if "preset" in MODELS[name]:
-        from fst.model import PRESETS
+        from fst.training.model import PRESETS
 
         settings = dict(PRESETS[MODELS[name]["preset"]])
         config = transformers.AutoConfig.for_model(
@@ -179,7 +179,7 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
     wanted = [(e, q) for e, q in variants if e in args.engines]
     if not wanted:
         return {}
-    from fst.bundle import BundleManifest
+    from fst.core.bundle import BundleManifest
     from fst.export.exporter import export_bundle
 
     out = {}
@@ -260,7 +260,7 @@ def bundle_summary(engine: str, folder: Path) -> dict[str, Any]:
     size = sum(f.stat().st_size for f in files)
     summary: dict[str, Any] = {"size_mb": round(size / 1e6, 1)}
     if engine.startswith("fst-"):
-        from fst.bundle import BundleManifest
+        from fst.core.bundle import BundleManifest
 
         manifest = BundleManifest.load(folder)
         summary["graph"] = manifest.graph.model_dump(exclude={"inputs", "outputs"})

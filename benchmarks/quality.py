@@ -10,7 +10,7 @@ The same model is trained from scratch once per loss — MLE, then token-level U
 arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights and
 batch order), same BPE (trained on the same file), same step budget. The checkpoint with the
 lowest validation perplexity of each run (or `--checkpoint last`) is evaluated by `fst-eval` on the validation documents with
-the paper's protocol (see `fst/evaluation.py`). Writes benchmarks/results/quality.{json,md}
+the paper's protocol (see `fst/evaluation/evaluate.py`). Writes benchmarks/results/quality.{json,md}
 (a smoke run writes into its work folder instead, so it never passes for a result).
 
 Goal (issue 8): greedy seq-rep-4 down by >= 30% relative with perplexity up by <= 10%.
@@ -92,7 +92,7 @@ class Budget:
     # so the cosine schedule ends near the best point (UL runs' best came at 595-765).
     max_steps: int = 800
     seed: int = 42
-    unlikelihood_reduction: str = "token"  # the paper's (fst/loss.py); MLE runs ignore it
+    unlikelihood_reduction: str = "token"  # the paper's (fst/training/loss.py); MLE runs ignore it
 
     def train_flags(self) -> list[str]:
         flags = []
@@ -350,7 +350,7 @@ def compare(
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from fst.evaluation import markdown_table  # torch: only once the runs are done
+    from fst.evaluation.evaluate import markdown_table  # torch: only once the runs are done
 
     runs = report["runs"]
     budget = report["budget"]
@@ -367,7 +367,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{budget['bpe_vocab_size']}; {budget['max_body_len']}-token chunks, batch {budget['batch_size']}, "
         f"AdamW lr {budget['learning_rate']} (cosine, {budget['num_warmup_steps']} warmup steps), "
         f"weight decay {budget['weight_decay']}, {budget['max_steps']} steps, seed {budget['seed']}; "
-        f"UL reduction `{budget.get('unlikelihood_reduction', 'pair')}` (fst/loss.py). "
+        f"UL reduction `{budget.get('unlikelihood_reduction', 'pair')}` (fst/training/loss.py). "
         f"Evaluated: the {report['checkpoint']} checkpoint of each run (steps "
         f"{' / '.join(str(r['results']['source']['global_step']) for r in runs)}), on `nietzsche/valid.documents` "
         f"({runs[0]['results']['token_level']['num_tokens']:,} scored tokens, "

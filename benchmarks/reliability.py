@@ -567,8 +567,8 @@ def killed_training(report: Report, work: Path) -> None:
     for w in survivors:
         with contextlib.suppress(ProcessLookupError):
             os.kill(w, signal.SIGKILL)
-    from fst.checkpoint import read_checkpoint  # torch: only now
-    from fst.constants import CHECKPOINT_KEY
+    from fst.core.constants import CHECKPOINT_KEY
+    from fst.training.checkpoint import read_checkpoint  # torch: only now
 
     try:
         step = int(read_checkpoint(last)[CHECKPOINT_KEY]["global_step"])

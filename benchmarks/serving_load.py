@@ -52,7 +52,7 @@ def prepare_bundle(model: str, cache: Path, rebuild: bool, optimize: bool = True
     """The cached fp32 bundle of `model`, built and exported on first use."""
     from latency import build_hf_folder  # torch is imported only when building
 
-    from fst.bundle import BundleManifest
+    from fst.core.bundle import BundleManifest
 
     folder = cache / model / ("bundle-serving" if optimize else "bundle-serving-plain")
     manifest = folder / "fst_bundle.json"

@@ -43,7 +43,7 @@ import floor  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "sizes"
-BPE = REPO / "fst" / "assets" / "gpt2_bpe"
+BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 SCHEMA_VERSION = 1
 

@@ -4,7 +4,7 @@
     python benchmarks/training.py --quick      # tiny only, short: a smoke run
 
 What is timed is the real training step: a Lightning `Trainer` fits our `DocumentLM`
-(forward, `fst.loss.language_model_losses`, backward, AdamW + scheduler step, logging) on
+(forward, `fst.training.loss.language_model_losses`, backward, AdamW + scheduler step, logging) on
 batches from the Nietzsche corpus encoded and collated exactly as `fst-train` does (document
 format, `Collate` padding). A callback reads the clock at the start and end of each batch;
 the first `--warmup` steps of each fit are dropped. Tokens are the non-padding tokens.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BPE = REPO / "fst" / "assets" / "gpt2_bpe"
+DEFAULT_BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 UL_GOAL = 1.30  # LM+UL step time may cost at most 30% more than LM alone (issue 7)
@@ -60,9 +60,9 @@ SETUPS = {
 
 def make_batches(setup: Setup, bpe_dir: Path, corpus: Path, count: int) -> tuple[Any, list]:
     """The tokenizer and `count` batches encoded and collated as fst-train does."""
-    from fst.data import Collate
-    from fst.documents import read_documents
-    from fst.tokenization import DocumentTokenizer
+    from fst.core.documents import read_documents
+    from fst.core.tokenization import DocumentTokenizer
+    from fst.training.data import Collate
 
     tokenizer = DocumentTokenizer.from_gpt2_files(
         bpe_dir / "vocab.json", bpe_dir / "merges.txt", max_body_len=setup.max_body_len
@@ -101,8 +101,8 @@ def fit_once(setup: Setup, tokenizer: Any, batches: list, state: dict, alpha: fl
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from fst.lightning_module import DocumentLM, OptimizerSettings
-    from fst.model import build_model
+    from fst.training.lightning_module import DocumentLM, OptimizerSettings
+    from fst.training.model import build_model
 
     model = build_model(setup.preset, tokenizer.vocab_size, tokenizer.eos_token_id)
     model.load_state_dict(state)
@@ -132,7 +132,7 @@ def fit_once(setup: Setup, tokenizer: Any, batches: list, state: dict, alpha: fl
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from fst.model import build_model
+    from fst.training.model import build_model
 
     torch.set_num_threads(args.threads)
     prepared = {}

@@ -1,6 +1,6 @@
 """What the exporter knows per architecture: the small adapter beside the generic contract.
 
-The graph interface is the same for every model (`fst.contract.GraphContract`); what an
+The graph interface is the same for every model (`fst.core.contract.GraphContract`); what an
 architecture adds is its KV geometry (key/value heads, head size), what its attention needs
 beyond that interface, and what it cannot trace:
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from fst.contract import GraphContract, KVLayout, LogitsMode
+from fst.core.contract import GraphContract, KVLayout, LogitsMode
 
 # rope types whose angles depend on the sequence length, not only on position_ids: the
 # trace would freeze them at the tracing length.

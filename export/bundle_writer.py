@@ -28,8 +28,8 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fst.bundle import sha256_file
-from fst.constants import BUNDLE_MANIFEST
+from fst.core.bundle import sha256_file
+from fst.core.constants import BUNDLE_MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from fst.bundle import (
+from fst.core.bundle import (
     ArchitectureInfo,
     BundleManifest,
     GraphInfo,
@@ -22,7 +22,7 @@ from fst.bundle import (
     TrainingInfo,
     file_sizes,
 )
-from fst.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
+from fst.core.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.architectures import architecture_for
 from fst.export.external_data import move_external, remove_onnx

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import onnx
 
-from fst.bundle import Int4Scheme
+from fst.core.bundle import Int4Scheme
 from fst.export.external_data import load_onnx, save_external
 
 log = logging.getLogger(__name__)

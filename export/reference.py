@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from fst.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
+from fst.core.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
 from fst.export.verify import DECODE_STEPS, left_pad, position_ids_for
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from fst.core.tokenization import DocumentTokenizer
 from fst.export.wrapper import UnsupportedModelError, check_supported
-from fst.tokenization import DocumentTokenizer
 
 
 class SourceError(ValueError):
@@ -40,7 +40,7 @@ def load_source(ckpt: Path | None = None, model_path: str | None = None) -> Expo
 
 
 def _from_checkpoint(path: Path) -> ExportSource:
-    from fst.checkpoint import CheckpointError, load_checkpoint
+    from fst.training.checkpoint import CheckpointError, load_checkpoint
 
     if path.is_dir():
         raise SourceError(f"{path}: is a folder; --ckpt takes a .ckpt file (fst-train writes them)")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from fst.bundle import ParityReport
-from fst.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
+from fst.core.bundle import ParityReport
+from fst.core.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
 from fst.export.architectures import contract_for
 from fst.runtime.session import create_session
 

@@ -14,8 +14,13 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from fst.bundle import ParityReport
-from fst.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS, onnx_past_names
+from fst.core.bundle import ParityReport
+from fst.core.constants import (
+    ONNX_ATTENTION_MASK,
+    ONNX_INPUT_IDS,
+    ONNX_POSITION_IDS,
+    onnx_past_names,
+)
 from fst.export.verify import _report
 from fst.runtime.session import create_session
 

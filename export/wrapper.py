@@ -2,7 +2,7 @@
 
 transformers 5 passes the KV cache as a `Cache` object, which the ONNX exporter cannot
 trace as an input. `CacheFlatteningWrapper.forward` takes the past as flat tensors
-(`past_key_values.{i}.key/value`, [batch, kv_heads, past_seq, head_dim], see fst.contract), builds a
+(`past_key_values.{i}.key/value`, [batch, kv_heads, past_seq, head_dim], see fst.core.contract), builds a
 `DynamicCache` from them, runs the model and returns the logits plus the flat presents
 (`present.{i}.key/value`, [batch, kv_heads, past_seq + seq, head_dim]) — kv_layout "concat".
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
-from fst.contract import SHARED_BUFFER_LAYOUTS, GraphContract, KVLayout, LogitsMode
+from fst.core.contract import SHARED_BUFFER_LAYOUTS, GraphContract, KVLayout, LogitsMode
 from fst.export.architectures import (
     SUPPORTED_MODEL_TYPES,
     UnsupportedModelError,

@@ -3,7 +3,7 @@
 Imports only numpy, onnxruntime, tokenizers and fst's torch-free modules.
 """
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 from fst.runtime.decode_batch import DecodeBatch, Row, StepEvent
 from fst.runtime.generator import Completion, GenerationRequest, Generator, Prompt
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 
 log = logging.getLogger("fst.generate")
 

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
 
-from fst.documents import Document
-from fst.generation_params import GenerationParams
+from fst.core.documents import Document
+from fst.core.generation_params import GenerationParams
+from fst.core.sampling import SequenceSampler, sequence_rng
 from fst.runtime.kv_cache import KVCache
 from fst.runtime.streaming import TextStream
-from fst.sampling import SequenceSampler, sequence_rng
 
 if TYPE_CHECKING:
     from fst.runtime.generator import Generator

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fst.bundle import BundleManifest
-from fst.constants import (
+from fst.core.bundle import BundleManifest
+from fst.core.constants import (
     ONNX_ATTENTION_MASK,
     ONNX_INPUT_IDS,
     ONNX_LOGITS,

@@ -9,7 +9,7 @@ Public API (the server, the bot, the CLI and the benchmarks code against it)::
     gen.new_batch() -> DecodeBatch        # step-level API, see decode_batch.py
     gen.encode_prompt(prompt) -> list[int]; gen.encode_request(request) -> list[int]
 
-A prompt is a string, an `fst.documents.Document` or a mapping {"body": ..., "meta": ...};
+A prompt is a string, an `fst.core.documents.Document` or a mapping {"body": ..., "meta": ...};
 documents are encoded as in training (meta only for bundles trained with the document
 format). `generate` returns completions prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
 
@@ -30,9 +30,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fst.bundle import BundleError, BundleManifest, check_bundle
-from fst.documents import Document
-from fst.generation_params import GenerationParams
+from fst.core.bundle import BundleError, BundleManifest, check_bundle
+from fst.core.documents import Document
+from fst.core.generation_params import GenerationParams
+from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.decode_batch import (
     Completion,
     DecodeBatch,
@@ -42,7 +43,6 @@ from fst.runtime.decode_batch import (
 )
 from fst.runtime.kv_cache import ModelCallHook, make_stepper
 from fst.runtime.session import create_session
-from fst.tokenization import DocumentTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Generator:
     ) -> Generator:
         """Load a bundle folder written by `fst-export`.
 
-        A missing, empty or truncated file raises `fst.bundle.BundleError` naming it (sizes
+        A missing, empty or truncated file raises `fst.core.bundle.BundleError` naming it (sizes
         are always checked); `verify=True` also compares every file's sha256 with the
         manifest's (about a second per GB).
         """

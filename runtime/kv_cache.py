@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fst.bundle import BundleManifest
-from fst.constants import (
+from fst.core.bundle import BundleManifest
+from fst.core.constants import (
     ONNX_ATTENTION_MASK,
     ONNX_INPUT_IDS,
     ONNX_LOGITS,
     ONNX_POSITION_IDS,
 )
-from fst.contract import GraphContract
+from fst.core.contract import GraphContract
 from fst.runtime.ort_io import make_io
 
 ModelCallHook = Callable[[str, int, float, float], None]

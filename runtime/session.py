@@ -26,8 +26,8 @@ from typing import Any
 
 import onnxruntime as ort
 
-from fst.bundle import BundleError
-from fst.contract import GraphContract
+from fst.core.bundle import BundleError
+from fst.core.contract import GraphContract
 from fst.runtime.huge_pages import collapse_resident_memory
 
 log = logging.getLogger(__name__)

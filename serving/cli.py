@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from fst.bundle import check_bundle as bundle_integrity_check
+from fst.core.bundle import check_bundle as bundle_integrity_check
 from fst.serving.settings import ServingSettings
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def check_bundle(folder: Path, *, hashes: bool = False) -> None:
-    """The cheap part of loading, before listening: fst.bundle's check (manifest; files
+    """The cheap part of loading, before listening: fst.core.bundle's check (manifest; files
     present, not empty, of the recorded sizes; sha256 with `hashes`) and the tokenizer valid
     JSON. Raises ValueError (BundleError) naming the file."""
     manifest = bundle_integrity_check(folder, hashes=hashes)

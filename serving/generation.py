@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
 from fst.serving.errors import APIError
 from fst.serving.jobs import (

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fst.generation_params import ORIGINAL_API_DEFAULTS
+from fst.core.generation_params import ORIGINAL_API_DEFAULTS
 
 _D = ORIGINAL_API_DEFAULTS
 

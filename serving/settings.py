@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fst.generation_params import MAX_NUM_RETURN_SEQUENCES
+from fst.core.generation_params import MAX_NUM_RETURN_SEQUENCES
 
 
 class ServingSettings(BaseSettings):

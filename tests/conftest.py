@@ -9,7 +9,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Everything a test reads lives in the repository (nothing beside it is required).
-GPT2_BPE = REPO_ROOT / "fst" / "assets" / "gpt2_bpe"
+GPT2_BPE = REPO_ROOT / "fst" / "core" / "assets" / "gpt2_bpe"
 NIETZSCHE = REPO_ROOT / "data" / "documents" / "nietzsche"
 
 
@@ -37,7 +37,7 @@ def nietzsche_dir() -> Path:
     return NIETZSCHE
 
 
-# ---- training (fst.training) ----------------------------------------------------------------
+# ---- training (fst.training.trainer) ----------------------------------------------------------------
 
 TINY_DOCUMENTS = [
     {"body": "The cat sat on the mat and looked at the dog.", "meta": "cats"},
@@ -62,7 +62,7 @@ def write_tiny_documents(folder: Path) -> tuple[Path, Path]:
 
 def tiny_train_args(root: Path, **overrides):
     """fst-train arguments of a run that takes a few seconds: 2 layers, n_embd 32, BPE ~300."""
-    from fst.cli.train import TrainArgs
+    from fst.training.config import TrainArgs
 
     train, valid = write_tiny_documents(root / "documents" / "tiny")
     args = {
@@ -91,9 +91,9 @@ def tiny_train_args(root: Path, **overrides):
 
 
 def run_tiny_training(root: Path, **overrides):
-    """Train in-process (no console logging) and return fst.training.TrainResult."""
-    from fst.experiment import create_experiment, experiment_logging
-    from fst.training import train
+    """Train in-process (no console logging) and return fst.training.trainer.TrainResult."""
+    from fst.training.experiment import create_experiment, experiment_logging
+    from fst.training.trainer import train
 
     args = tiny_train_args(root, **overrides)
     experiment = create_experiment(args.experiments_root, args.name)
@@ -105,7 +105,7 @@ def run_tiny_training(root: Path, **overrides):
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real fst training checkpoint (models/last.ckpt) of a tiny GPT-2 trained 6 steps.
 
-    `fst.checkpoint.load_checkpoint(path)` gives the model, tokenizer (document format, with
+    `fst.training.checkpoint.load_checkpoint(path)` gives the model, tokenizer (document format, with
     meta) and info. Session-scoped: treat the file as read-only.
     """
     result = run_tiny_training(tmp_path_factory.mktemp("tiny_checkpoint"))

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fst.bundle import BundleManifest
-from fst.generation_params import GenerationParams
+from fst.core.bundle import BundleManifest
+from fst.core.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
 
 

@@ -19,7 +19,7 @@ from conftest import TINY_DOCUMENTS
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from fst.bundle import BundleManifest
+from fst.core.bundle import BundleManifest
 from fst.export.exporter import export_bundle
 from fst.runtime import Generator
 from fst.runtime.kv_cache import CausalLMStepper
@@ -281,8 +281,8 @@ LLAMA_TINY_OVERRIDES = {
 
 def document_greedy_matches_the_checkpoint(ckpt: Path, bundle: Path) -> None:
     """The bundle's greedy continuation of a document equals the checkpoint's model's."""
-    from fst.checkpoint import load_checkpoint
-    from fst.documents import Document
+    from fst.core.documents import Document
+    from fst.training.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt)
     generator = Generator.from_bundle(bundle, threads=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fst.bundle import BundleError, BundleManifest, check_bundle, verify_in_background
+from fst.core.bundle import BundleError, BundleManifest, check_bundle, verify_in_background
 from fst.runtime import Generator
 from fst.runtime.cli import main as cli_main
 

@@ -1,4 +1,4 @@
-"""fst.contract: the one declaration of the graph interface (names, dims, KV shapes)."""
+"""fst.core.contract: the one declaration of the graph interface (names, dims, KV shapes)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from fst.bundle import BundleManifest
-from fst.constants import BUNDLE_MANIFEST
-from fst.contract import GraphContract
+from fst.core.bundle import BundleManifest
+from fst.core.constants import BUNDLE_MANIFEST
+from fst.core.contract import GraphContract
 
 
 def test_names_and_dynamic_axes_of_both_kv_layouts():

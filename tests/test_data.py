@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import torch
 
-from fst.constants import LOSS_IGNORE
-from fst.data import BucketBatchSampler, Collate, DocumentDataModule, EncodingDataset
-from fst.documents import Document
-from fst.tokenization import DocumentTokenizer, Encoding
+from fst.core.constants import LOSS_IGNORE
+from fst.core.documents import Document
+from fst.core.tokenization import DocumentTokenizer, Encoding
+from fst.training.data import BucketBatchSampler, Collate, DocumentDataModule, EncodingDataset
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 from fst.runtime import DecodeBatch, GenerationRequest, Generator
 from fst.runtime.kv_cache import CausalLMStepper
 from fst.runtime.ort_io import FastIO, PublicIO, make_io

@@ -1,13 +1,13 @@
 import re
 from pydoc_data.topics import topics
 
-from fst.demo_corpus import (
+from fst.core.documents import read_documents
+from fst.training.demo_corpus import (
     MIN_PARAGRAPH_CHARS,
     build_demo_corpus,
     demo_documents,
     split_demo_documents,
 )
-from fst.documents import read_documents
 
 
 def test_build_writes_both_splits_from_pydoc_topics(tmp_path):

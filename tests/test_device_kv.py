@@ -14,8 +14,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from fst.bundle import BundleManifest
-from fst.constants import BUNDLE_MODEL
+from fst.core.bundle import BundleManifest
+from fst.core.constants import BUNDLE_MODEL
 from fst.runtime import Generator
 from fst.runtime.device_kv import DeviceKVStepper, cache_device_for
 from fst.runtime.kv_cache import CausalLMStepper, make_stepper

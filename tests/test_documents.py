@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from fst.documents import Document, DocumentError, iter_documents, read_documents, write_documents
+from fst.core.documents import (
+    Document,
+    DocumentError,
+    iter_documents,
+    read_documents,
+    write_documents,
+)
 
 
 def _write(tmp_path: Path, content: str | bytes, name: str = "x.documents") -> Path:
@@ -131,7 +137,7 @@ def test_unknown_keys_warn_once_per_file(tmp_path, caplog):
         {"body": "c", "extra": True},
     ]
     path = _write(tmp_path, "\n".join(json.dumps(x) for x in lines))
-    with caplog.at_level(logging.WARNING, logger="fst.documents"):
+    with caplog.at_level(logging.WARNING, logger="fst.core.documents"):
         docs = read_documents(path)
     assert docs == [Document("a"), Document("b"), Document("c")]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -142,6 +148,6 @@ def test_unknown_keys_warn_once_per_file(tmp_path, caplog):
 
 def test_no_warning_for_known_keys(tmp_path, caplog):
     path = _write(tmp_path, '{"body": "a", "meta": "m"}\n')
-    with caplog.at_level(logging.WARNING, logger="fst.documents"):
+    with caplog.at_level(logging.WARNING, logger="fst.core.documents"):
         read_documents(path)
     assert not caplog.records

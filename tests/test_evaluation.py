@@ -1,4 +1,4 @@
-"""fst.evaluation and fst-eval on tiny GPT-2 models built from configs (no training).
+"""fst.evaluation.evaluate and fst-eval on tiny GPT-2 models built from configs (no training).
 
 References: perplexity recomputed with a plain per-sequence torch loop; a model rigged to
 give the same logits everywhere, whose perplexity, predictions and continuations are known
@@ -15,9 +15,11 @@ import pytest
 import torch
 import transformers
 
-from fst.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
-from fst.documents import Document, read_documents, write_documents
-from fst.evaluation import (
+from fst.core.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
+from fst.core.documents import Document, read_documents, write_documents
+from fst.core.metrics import token_prediction_metrics_over
+from fst.core.tokenization import DocumentTokenizer
+from fst.evaluation.evaluate import (
     EvalConfig,
     EvaluationError,
     evaluate,
@@ -27,8 +29,6 @@ from fst.evaluation import (
     markdown_table,
     token_level_metrics,
 )
-from fst.metrics import token_prediction_metrics_over
-from fst.tokenization import DocumentTokenizer
 
 RIG_LOGIT = 10.0
 
@@ -349,7 +349,7 @@ def test_cli_refuses_a_file_that_is_not_a_checkpoint(tokenizer, documents, tmp_p
 
 def test_bundle_greedy_matches_the_checkpoint(tokenizer, documents, tmp_path):
     """The same model through fst-export + the runtime gives the same greedy continuations."""
-    from fst.evaluation import evaluate_bundle
+    from fst.evaluation.evaluate import evaluate_bundle
     from fst.export.cli import main as export_main
 
     model = tiny_model(tokenizer, seed=3)

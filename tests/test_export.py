@@ -21,9 +21,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fst.bundle import BundleManifest, ParityReport, sha256_file
-from fst.constants import BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER, onnx_past_names
-from fst.contract import GraphContract
+from fst.core.bundle import BundleManifest, ParityReport, sha256_file
+from fst.core.constants import BUNDLE_MANIFEST, BUNDLE_MODEL, BUNDLE_TOKENIZER, onnx_past_names
+from fst.core.contract import GraphContract
+from fst.core.tokenization import DocumentTokenizer
 from fst.export import cli
 from fst.export.exporter import ExportError, export_bundle
 from fst.export.tied_weights import share_tied_embedding
@@ -36,7 +37,6 @@ from fst.runtime.session import (
     session_options,
     tensorrt_options,
 )
-from fst.tokenization import DocumentTokenizer
 
 PROMPTS = [[464, 3290, 286, 1204, 318, 326, 262], [15496, 995]]  # GPT-2 ids, lengths 7 and 2
 
@@ -423,7 +423,7 @@ def test_big_models_keep_their_weights_in_one_external_file(
 
 
 def test_document_bundle_from_training_checkpoint(tiny_document_bundle, tiny_checkpoint):
-    from fst.checkpoint import load_checkpoint
+    from fst.training.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(tiny_checkpoint)
     manifest = BundleManifest.load(tiny_document_bundle)
@@ -557,7 +557,7 @@ def test_force_replaces_an_existing_bundle(int8_bundle):
 
 
 def test_failed_verification_leaves_no_bundle(tmp_path, tiny_hf_model_dir, monkeypatch):
-    from fst.bundle import ParityReport
+    from fst.core.bundle import ParityReport
     from fst.export import exporter
 
     def failing(*args, **kwargs):

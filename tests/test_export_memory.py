@@ -20,9 +20,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from fst.bundle import BundleManifest
-from fst.constants import BUNDLE_MODEL
-from fst.documents import Document
+from fst.core.bundle import BundleManifest
+from fst.core.constants import BUNDLE_MODEL
+from fst.core.documents import Document
 from fst.export.exporter import export_bundle
 from fst.export.reference import record_reference
 from fst.export.verify import verify_parity
@@ -127,9 +127,9 @@ def test_runtime_generates_from_an_int4_bundle_like_pytorch(int4_bundle, tiny_hf
 
 
 def test_bundle_perplexity_equals_the_checkpoints(tmp_path, tiny_hf_model_dir):
-    from fst.bundle_scoring import BundleScorer
-    from fst.evaluation import token_level_metrics
-    from fst.tokenization import DocumentTokenizer
+    from fst.core.tokenization import DocumentTokenizer
+    from fst.evaluation.bundle_scoring import BundleScorer
+    from fst.evaluation.evaluate import token_level_metrics
 
     bundle = tmp_path / "bundle"
     export_bundle(bundle, model_path=str(tiny_hf_model_dir), logits="all", progress=False)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fst.constants import LOSS_IGNORE
-from fst.loss import language_model_losses, unlikelihood_candidates_loss
+from fst.core.constants import LOSS_IGNORE
+from fst.training.loss import language_model_losses, unlikelihood_candidates_loss
 
 
 def reference_unlikelihood_tensor(

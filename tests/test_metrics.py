@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from fst.metrics import (
+from fst.core.metrics import (
     mean_seq_rep_n,
     seq_rep_n,
     token_prediction_metrics,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from fst.model import PRESETS, ModelError, build_model, resize_token_embeddings
+from fst.training.model import PRESETS, ModelError, build_model, resize_token_embeddings
 
 
 def save_tiny_pretrained(

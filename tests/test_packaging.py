@@ -8,7 +8,16 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAPPED = ("fst/export/", "fst/runtime/", "fst/serving/", "fst/serving/telegram/", "fst/cli/")
+MAPPED = (
+    "fst/core/",
+    "fst/training/",
+    "fst/evaluation/",
+    "fst/export/",
+    "fst/runtime/",
+    "fst/serving/",
+    "fst/serving/telegram/",
+    "fst/cli/",
+)
 
 
 def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
@@ -34,7 +43,7 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
         assert f"{prefix}__init__.py" in names, f"{prefix} missing from the wheel"
     assert not any(n.startswith(("export/", "runtime/", "serving/", "tests/")) for n in names)
     for asset in ("vocab.json", "merges.txt", "LICENSE"):  # GPT-2's BPE is package data
-        assert f"fst/assets/gpt2_bpe/{asset}" in names, f"{asset} missing from the wheel"
+        assert f"fst/core/assets/gpt2_bpe/{asset}" in names, f"{asset} missing from the wheel"
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

@@ -8,10 +8,10 @@ import shutil
 from conftest import tiny_train_args
 from test_training import read_json_blocks
 
-from fst.checkpoint import read_checkpoint
 from fst.cli.train import build_parser, parse_args
-from fst.constants import CHECKPOINT_KEY
-from fst.training import resumed_experiment, run_training
+from fst.core.constants import CHECKPOINT_KEY
+from fst.training.checkpoint import read_checkpoint
+from fst.training.trainer import resumed_experiment, run_training
 
 
 def test_resume_continues_in_the_same_experiment_folder(tmp_path, tiny_checkpoint, capsys):

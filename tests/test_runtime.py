@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fst.documents import Document
-from fst.generation_params import GenerationParams
+from fst.core.documents import Document
+from fst.core.generation_params import GenerationParams
 from fst.runtime import Completion, GenerationRequest, Generator
 from fst.runtime.cli import main as cli_main
 from fst.runtime.streaming import TextStream
@@ -202,7 +202,7 @@ def test_run_reports_pieces_per_sequence(plain_generator) -> None:
 
 
 def gpt2_decode(gpt2_bpe_dir: Path):
-    from fst.tokenization import DocumentTokenizer
+    from fst.core.tokenization import DocumentTokenizer
 
     tok = DocumentTokenizer.from_gpt2_files(
         gpt2_bpe_dir / "vocab.json", gpt2_bpe_dir / "merges.txt", document_format=False
@@ -317,7 +317,7 @@ DOCUMENTS = [
 
 
 def test_document_prompts_are_encoded_as_in_training(tiny_document_bundle, tiny_checkpoint):
-    from fst.checkpoint import load_checkpoint
+    from fst.training.checkpoint import load_checkpoint
 
     trained = load_checkpoint(tiny_checkpoint)
     generator = Generator.from_bundle(tiny_document_bundle, threads=1)

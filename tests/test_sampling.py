@@ -1,4 +1,4 @@
-"""fst.sampling against Hugging Face's logits processors, and the seeded fast path."""
+"""fst.core.sampling against Hugging Face's logits processors, and the seeded fast path."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from fst import sampling
-from fst.generation_params import GenerationParams
-from fst.sampling import SequenceSampler, sequence_rng
+from fst.core import sampling
+from fst.core.generation_params import GenerationParams
+from fst.core.sampling import SequenceSampler, sequence_rng
 
 SEEDS = range(40)
 

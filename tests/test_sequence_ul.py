@@ -1,4 +1,4 @@
-"""Sequence-level unlikelihood (fst/sequence_ul.py): the candidate mask, the loss against
+"""Sequence-level unlikelihood (fst/training/sequence_ul.py): the candidate mask, the loss against
 hand-computed values, greedy continuations against a no-cache reference, and fst-train's
 fine-tuning mode end to end (tiny model, a few steps)."""
 
@@ -11,8 +11,8 @@ import torch
 import transformers
 from conftest import run_tiny_training, tiny_train_args
 
-from fst.cli.train import ArgsError
-from fst.sequence_ul import (
+from fst.training.config import ArgsError
+from fst.training.sequence_ul import (
     SequenceULConfig,
     SequenceULDocumentLM,
     greedy_continuations,
@@ -152,7 +152,7 @@ def test_sequence_updates_follow_the_stated_probability():
 def test_fine_tuning_a_checkpoint_with_sequence_unlikelihood(tmp_path, tiny_checkpoint):
     from test_training import scalars
 
-    from fst.checkpoint import load_checkpoint
+    from fst.training.checkpoint import load_checkpoint
 
     result = run_tiny_training(
         tmp_path,
@@ -202,8 +202,8 @@ def test_checkpoint_model_path_refuses_a_tokenizer(tmp_path, tiny_checkpoint):
 
 
 def test_prefix_and_continuation_must_fit_the_model(tmp_path, tiny_checkpoint):
-    from fst.experiment import create_experiment, experiment_logging
-    from fst.training import train
+    from fst.training.experiment import create_experiment, experiment_logging
+    from fst.training.trainer import train
 
     args = tiny_train_args(
         tmp_path,

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from serving_fakes import FakeGenerator, RequestLevelFake, fake_token
 
 from fst import __version__
-from fst.generation_params import ORIGINAL_API_DEFAULTS, GenerationParams
+from fst.core.generation_params import ORIGINAL_API_DEFAULTS, GenerationParams
 from fst.serving.app import create_app
 from fst.serving.cli import main as serve_main
 from fst.serving.settings import ServingSettings

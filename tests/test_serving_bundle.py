@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_fakes import running_server
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 from fst.runtime import GenerationRequest, Generator
 from fst.serving.app import create_app
 from fst.serving.metrics import ServingMetrics

@@ -11,7 +11,7 @@ import time
 import pytest
 from serving_fakes import FakeGenerator
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
 from fst.serving.jobs import GenerationTimeoutError, QueueFullError, SchedulerClosedError
 from fst.serving.metrics import ServingMetrics

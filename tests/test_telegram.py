@@ -24,7 +24,7 @@ import pytest
 from aiohttp import ClientSession, web
 from fake_telegram import Call, FakeTelegram, html_error
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 from fst.serving.telegram import cli
 from fst.serving.telegram.bot import TelegramBot
 from fst.serving.telegram.cache import LRUCache

@@ -2,9 +2,9 @@ import random
 
 import pytest
 
-from fst.constants import END_OF_META, GPT2_EOS, LOSS_IGNORE, START_OF_DOCUMENT
-from fst.documents import Document, read_documents, write_documents
-from fst.tokenization import DocumentTokenizer, Encoding
+from fst.core.constants import END_OF_META, GPT2_EOS, LOSS_IGNORE, START_OF_DOCUMENT
+from fst.core.documents import Document, read_documents, write_documents
+from fst.core.tokenization import DocumentTokenizer, Encoding
 
 I = LOSS_IGNORE  # noqa: E741 - keeps the hand-written label rows readable
 # GPT-2 ids: the base vocabulary has 50257 entries, <|endoftext|> is its last one (50256);

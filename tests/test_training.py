@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import run_tiny_training, tiny_train_args, write_tiny_documents
 
-from fst.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from fst.cli.train import TrainArgs, main, parse_args
-from fst.constants import CHECKPOINT_KEY
-from fst.experiment import create_experiment, experiment_logging
+from fst.core.constants import CHECKPOINT_KEY
+from fst.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from fst.training.experiment import create_experiment, experiment_logging
 
 FST_TRAIN = str(Path(sys.executable).parent / "fst-train")
 
@@ -151,10 +151,10 @@ def test_training_reduces_the_loss(tiny_checkpoint):
 
 def test_a_few_steps_reduce_lm_plus_unlikelihood_loss():
     """Model + loss alone: ten AdamW steps on one batch cut the total loss."""
-    from fst.data import Collate
-    from fst.loss import language_model_losses
-    from fst.model import build_model
-    from fst.tokenization import Encoding
+    from fst.core.tokenization import Encoding
+    from fst.training.data import Collate
+    from fst.training.loss import language_model_losses
+    from fst.training.model import build_model
 
     torch.manual_seed(0)
     model = build_model("tiny", vocab_size=50, overrides={"n_layer": 1, "n_embd": 32})
@@ -309,7 +309,7 @@ def test_cli_parsing_is_torch_free():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    from fst.model import PRESETS
+    from fst.training.model import PRESETS
 
     assert out.stdout.strip().split(",") == list(PRESETS)
 
@@ -467,7 +467,7 @@ def test_workers_end_with_training(tmp_path):
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_workers_end_when_training_fails(tmp_path, monkeypatch, error):
-    from fst.lightning_module import DocumentLM
+    from fst.training.lightning_module import DocumentLM
 
     original_step = DocumentLM.training_step
     seen_workers: list[int] = []
@@ -544,7 +544,7 @@ def test_ctrl_c_swallowed_by_python_still_stops_training():
     """A KeyboardInterrupt lost inside an at-fork handler is raised again at the next batch."""
     import time
 
-    from fst.training import StopOnCtrlC
+    from fst.training.trainer import StopOnCtrlC
 
     before = signal.getsignal(signal.SIGINT)
     guard = StopOnCtrlC()
@@ -613,9 +613,9 @@ def test_default_run_trains_on_the_demo_corpus(tmp_path):
 
 
 def test_sample_prompt_uses_a_validation_meta_only_when_metas_are_trained(gpt2_bpe_dir):
-    from fst.documents import Document
-    from fst.tokenization import DocumentTokenizer
-    from fst.training import sample_prompt
+    from fst.core.documents import Document
+    from fst.core.tokenization import DocumentTokenizer
+    from fst.training.trainer import sample_prompt
 
     docs = [Document("no meta"), Document("body", meta="cats"), Document("b", meta="dogs")]
     files = (gpt2_bpe_dir / "vocab.json", gpt2_bpe_dir / "merges.txt")

@@ -1,7 +1,7 @@
 """DataLoader workers die with a SIGKILLed training process at once (issue 21, minor).
 
 torch's own watchdog notices a dead parent only between batches, every 5 s; a worker busy
-with a batch outlived fst-train by 1-7 s. `fst.worker_init.WorkerInit` asks the kernel instead.
+with a batch outlived fst-train by 1-7 s. `fst.training.worker_init.WorkerInit` asks the kernel instead.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from fst.worker_init import WorkerInit
+from fst.training.worker_init import WorkerInit
 
 # Two workers stuck in a slow batch (as a worker collating a large batch would be).
 SCRIPT = """
 import os, sys, time
 import torch.utils.data as data
-from fst.worker_init import WorkerInit
+from fst.training.worker_init import WorkerInit
 
 class Slow(data.Dataset):
     def __len__(self):
@@ -81,9 +81,9 @@ def test_workers_busy_with_a_batch_die_with_a_sigkilled_parent() -> None:
 
 
 def test_the_training_loaders_use_it() -> None:
-    from fst.data import DocumentDataModule
-    from fst.documents import Document
-    from fst.tokenization import DocumentTokenizer
+    from fst.core.documents import Document
+    from fst.core.tokenization import DocumentTokenizer
+    from fst.training.data import DocumentDataModule
 
     tokenizer = DocumentTokenizer.gpt2()
     docs = [Document("a cat"), Document("a dog")]

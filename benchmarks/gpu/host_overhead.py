@@ -22,11 +22,11 @@ def main() -> int:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    from fst.bundle import BundleManifest
+    from fst.core.bundle import BundleManifest
+    from fst.core.tokenization import GPT2_BPE_DIR
     from fst.export.exporter import export_bundle
     from fst.runtime.kv_cache import make_stepper
     from fst.runtime.session import create_session
-    from fst.tokenization import GPT2_BPE_DIR
 
     work = Path(tempfile.mkdtemp(prefix="fst-host-overhead-"))
     tokenizer = GPT2TokenizerFast(

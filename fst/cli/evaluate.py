@@ -4,7 +4,7 @@
 
 writes `out/<name>.eval.json` and `out/<name>.eval.md` (<name>: the checkpoint's file stem
 or the bundle's folder name) and prints the Markdown table. The protocol is described in
-`fst.evaluation`.
+`fst.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fst.documents import DocumentError, write_text_atomic
+from fst.core.documents import DocumentError, write_text_atomic
 
 if TYPE_CHECKING:
-    from fst.evaluation import EvalConfig
+    from fst.evaluation.evaluate import EvalConfig
 
 DEBUG_LOG = "fst-eval.debug.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fst.evaluation import DECODINGS, EvalConfig  # the defaults shown by --help
+    from fst.evaluation.evaluate import DECODINGS, EvalConfig  # the defaults shown by --help
 
     d = EvalConfig()
     p = argparse.ArgumentParser(
@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fst.bundle import BundleError
-    from fst.checkpoint import CheckpointError
-    from fst.evaluation import EvalConfig, EvaluationError, markdown_table
+    from fst.core.bundle import BundleError
+    from fst.evaluation.evaluate import EvalConfig, EvaluationError, markdown_table
+    from fst.training.checkpoint import CheckpointError
 
     source = Path(args.ckpt or args.bundle)
     name = args.name or (source.stem if args.ckpt else source.resolve().name)
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, source: Path, config: EvalConfig) -> dict[str, Any]:
     """Read the documents (fast, so a bad file fails first), load the model, evaluate."""
-    from fst.documents import read_documents
-    from fst.evaluation import evaluate, evaluate_bundle
+    from fst.core.documents import read_documents
+    from fst.evaluation.evaluate import evaluate, evaluate_bundle
 
     documents = read_documents(args.documents)
     if args.threads is not None:
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, source: Path, config: EvalConfig) -> dict[str,
         results = evaluate_bundle(source, documents, config, threads=args.threads)
         results["source"] = {"bundle": str(source)}
     else:
-        from fst.checkpoint import load_checkpoint
+        from fst.training.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(source)
         results = evaluate(loaded.model, loaded.tokenizer, documents, config)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fst.documents import write_text_atomic
+from fst.core.documents import write_text_atomic
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers that do not propagate to the root logger (Lightning installs its own console

@@ -30,22 +30,32 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from fst.checkpoint import (
+from fst.core.constants import BUNDLE_TOKENIZER, CHECKPOINT_KEY
+from fst.core.documents import Document, DocumentError, read_documents
+from fst.core.tokenization import DocumentTokenizer
+from fst.training.checkpoint import (
     CheckpointError,
     build_model_from_info,
     load_checkpoint,
     read_checkpoint,
 )
-from fst.cli.train import GPT2_TOKENIZER_CLASS, ArgsError, TrainArgs
-from fst.constants import BUNDLE_TOKENIZER, CHECKPOINT_KEY
-from fst.data import RELOAD_EVERY_N_EPOCHS, DocumentDataModule
-from fst.demo_corpus import build_demo_corpus
-from fst.documents import Document, DocumentError, read_documents
-from fst.experiment import Experiment, create_experiment, experiment_logging, open_experiment
-from fst.lightning_module import DocumentLM, OptimizerSettings, SampleWriter, library_versions
-from fst.model import PRESETS, ModelError, build_model, check_model_path
-from fst.sequence_ul import SequenceULConfig, SequenceULDocumentLM
-from fst.tokenization import DocumentTokenizer
+from fst.training.config import GPT2_TOKENIZER_CLASS, ArgsError, TrainArgs
+from fst.training.data import RELOAD_EVERY_N_EPOCHS, DocumentDataModule
+from fst.training.demo_corpus import build_demo_corpus
+from fst.training.experiment import (
+    Experiment,
+    create_experiment,
+    experiment_logging,
+    open_experiment,
+)
+from fst.training.lightning_module import (
+    DocumentLM,
+    OptimizerSettings,
+    SampleWriter,
+    library_versions,
+)
+from fst.training.model import PRESETS, ModelError, build_model, check_model_path
+from fst.training.sequence_ul import SequenceULConfig, SequenceULDocumentLM
 
 logger = logging.getLogger("fst.train")
 

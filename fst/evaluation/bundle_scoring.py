@@ -15,8 +15,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from fst.bundle import BundleManifest
-from fst.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS, onnx_past_names
+from fst.core.bundle import BundleManifest
+from fst.core.constants import (
+    ONNX_ATTENTION_MASK,
+    ONNX_INPUT_IDS,
+    ONNX_POSITION_IDS,
+    onnx_past_names,
+)
 
 
 class BundleScorer:

@@ -40,6 +40,6 @@ def onnx_present_names(layer: int) -> tuple[str, str]:
     return f"present.{layer}.key", f"present.{layer}.value"
 
 
-# Reductions of the unlikelihood loss (fst.loss): the paper's per-token sum, or the original
+# Reductions of the unlikelihood loss (fst.training.loss): the paper's per-token sum, or the original
 # project's mean over (token, candidate) pairs.
 UL_REDUCTIONS: tuple[str, ...] = ("token", "pair")

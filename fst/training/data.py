@@ -19,10 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fst.constants import LOSS_IGNORE
-from fst.documents import Document
-from fst.tokenization import DocumentTokenizer, Encoding
-from fst.worker_init import WorkerInit
+from fst.core.constants import LOSS_IGNORE
+from fst.core.documents import Document
+from fst.core.tokenization import DocumentTokenizer, Encoding
+from fst.training.worker_init import WorkerInit
 
 # The Trainer option the DataModule relies on (see module docstring).
 RELOAD_EVERY_N_EPOCHS = 1

@@ -27,8 +27,14 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from fst.constants import BUNDLE_TOKENIZER, END_OF_META, GPT2_EOS, LOSS_IGNORE, START_OF_DOCUMENT
-from fst.documents import Document, iter_documents, write_text_atomic
+from fst.core.constants import (
+    BUNDLE_TOKENIZER,
+    END_OF_META,
+    GPT2_EOS,
+    LOSS_IGNORE,
+    START_OF_DOCUMENT,
+)
+from fst.core.documents import Document, iter_documents, write_text_atomic
 
 # GPT-2's byte-level BPE (OpenAI, MIT licence: assets/gpt2_bpe/LICENSE), shipped as package
 # data so that every GPT-2 model works offline: 1.3 MB, small enough for the base install.

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from fst.constants import (
+from fst.core.constants import (
     ONNX_ATTENTION_MASK,
     ONNX_INPUT_IDS,
     ONNX_LOGITS,
@@ -35,7 +35,7 @@ from fst.constants import (
 )
 
 if TYPE_CHECKING:
-    from fst.bundle import BundleManifest
+    from fst.core.bundle import BundleManifest
 
 LogitsMode = Literal["all", "last"]
 KVLayout = Literal["concat", "shared", "shared_right"]

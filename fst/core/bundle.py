@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fst.constants import BUNDLE_FORMAT_VERSION, BUNDLE_MANIFEST
+from fst.core.constants import BUNDLE_FORMAT_VERSION, BUNDLE_MANIFEST
 
 
 class BundleError(ValueError):
@@ -45,7 +45,7 @@ class ArchitectureInfo(_Strict):
 
     @property
     def kv_heads(self) -> int:
-        """Heads of the past/present tensors (see fst.contract)."""
+        """Heads of the past/present tensors (see fst.core.contract)."""
         return self.num_kv_heads or self.num_heads
 
 

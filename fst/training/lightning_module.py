@@ -18,11 +18,11 @@ import torch
 import transformers
 
 import fst
-from fst.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
-from fst.documents import Document
-from fst.generation_params import TRAINING_SAMPLE_PARAMS, GenerationParams
-from fst.loss import ULReduction, language_model_losses
-from fst.tokenization import DocumentTokenizer
+from fst.core.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
+from fst.core.documents import Document
+from fst.core.generation_params import TRAINING_SAMPLE_PARAMS, GenerationParams
+from fst.core.tokenization import DocumentTokenizer
+from fst.training.loss import ULReduction, language_model_losses
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fst.documents import Document, write_documents
+from fst.core.documents import Document, write_documents
 
 TRAIN_FILE = "train.documents"
 VALID_FILE = "valid.documents"

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from fst.cli.train import ArgsError
-from fst.lightning_module import DocumentLM
-from fst.loss import _MIN_PROB_COMPLEMENT
-from fst.metrics import seq_rep_n
+from fst.core.metrics import seq_rep_n
+from fst.training.config import ArgsError
+from fst.training.lightning_module import DocumentLM
+from fst.training.loss import _MIN_PROB_COMPLEMENT
 
 CANDIDATE_SPANS = ("ngram", "last")
 

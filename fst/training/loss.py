@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from fst.constants import LOSS_IGNORE, UL_REDUCTIONS
+from fst.core.constants import LOSS_IGNORE, UL_REDUCTIONS
 
 # Lower bound of 1 - p(candidate) inside the log, as in the original project.
 _MIN_PROB_COMPLEMENT = 1e-5

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import transformers
 
-from fst.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY
-from fst.tokenization import DocumentTokenizer
+from fst.core.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY
+from fst.core.tokenization import DocumentTokenizer
 
 STATE_PREFIX = "model."
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fst.generation_params import GenerationParams
+from fst.core.generation_params import GenerationParams
 
 NEG_INF = np.float32(-np.inf)
 # Candidate-set sizes tried by top-p without top-k before falling back to the whole row.
