@@ -266,16 +266,15 @@ class _StepClock:
 
 
 def runtime_fingerprint() -> str:
-    """A short digest of runtime/*.py and fst/core/sampling.py: the runtime is still being
+    """A short digest of runtime/*.py (the sampler included): the runtime is still being
     optimised, and rounds measured on different code must not be mixed unnoticed."""
     import hashlib
 
-    import fst.core.sampling
     import fst.runtime
 
     digest = hashlib.sha256()
     files = sorted(Path(fst.runtime.__file__).parent.glob("*.py"))
-    for path in [*files, Path(fst.core.sampling.__file__)]:
+    for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 

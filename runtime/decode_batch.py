@@ -34,7 +34,7 @@ import numpy as np
 
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
-from fst.core.sampling import SequenceSampler, sequence_rng
+from fst.runtime.sampling import SequenceSampler, sequence_rng
 from fst.runtime.kv_cache import KVCache
 from fst.runtime.streaming import TextStream
 

@@ -1,7 +1,9 @@
-"""fst.core.sampling against Hugging Face's logits processors, and the seeded fast path."""
+"""The runtime's sampler (fst.runtime.sampling) and the oracle (tests/hf_oracle.py) against
+Hugging Face's logits processors, and the seeded draw."""
 
 from __future__ import annotations
 
+import hf_oracle as oracle
 import numpy as np
 import pytest
 import torch
@@ -14,9 +16,16 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from fst.core import sampling
 from fst.core.generation_params import GenerationParams
-from fst.core.sampling import SequenceSampler, sequence_rng
+from fst.runtime import sampling
+from fst.runtime.sampling import (
+    Greedy,
+    RepetitionPenalty,
+    Sample,
+    SequenceSampler,
+    SuppressEos,
+    sequence_rng,
+)
 
 SEEDS = range(40)
 
@@ -55,7 +64,7 @@ def test_repetition_penalty_matches_hf(ties: bool) -> None:
         ids = rng.integers(0, scores.shape[1], (3, int(rng.integers(1, 30))))  # with repeats
         for penalty in (0.5, 1.2, 5.0):
             expected = hf(RepetitionPenaltyLogitsProcessor(penalty), scores, ids)
-            got = sampling.repetition_penalty(scores, ids, penalty)
+            got = oracle.repetition_penalty(scores, ids, penalty)
             np.testing.assert_array_equal(got, expected)
 
 
@@ -63,7 +72,7 @@ def test_temperature_matches_hf() -> None:
     for seed in SEEDS:
         scores = random_scores(seed)
         for t in (0.05, 0.7, 1.3, 7.0):
-            got = sampling.temperature(scores, t)
+            got = oracle.temperature(scores, t)
             np.testing.assert_array_equal(got, hf(TemperatureLogitsWarper(t), scores))
 
 
@@ -76,7 +85,7 @@ def test_top_k_matches_hf(ties: bool) -> None:
             if k < 1:
                 continue
             expected = hf(TopKLogitsWarper(k), scores)
-            np.testing.assert_array_equal(sampling.top_k(scores, k), expected)
+            np.testing.assert_array_equal(oracle.top_k(scores, k), expected)
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -84,17 +93,37 @@ def test_top_p_matches_hf(ties: bool) -> None:
     for seed in range(25):
         scores = random_scores(seed, ties=ties)
         for p in (1e-4, 0.3, 0.9, 0.95, 0.999, 0.99999):
-            assert_same_top_p(sampling.top_p(scores, p), hf(TopPLogitsWarper(p), scores), scores)
+            assert_same_top_p(oracle.top_p(scores, p), hf(TopPLogitsWarper(p), scores), scores)
 
 
 def test_top_p_keeps_the_top_token_and_the_hf_boundary() -> None:
     # probs 0.1, 0.2, 0.3, 0.4: HF drops a token when the ascending cumulative is <= 1 - p.
     scores = np.log(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))
     kept = {
-        p: np.flatnonzero(np.isfinite(sampling.top_p(scores, p)[0])).tolist()
+        p: np.flatnonzero(np.isfinite(oracle.top_p(scores, p)[0])).tolist()
         for p in (0.01, 0.4, 0.45, 0.75, 0.95)
     }
     assert kept == {0.01: [3], 0.4: [3], 0.45: [2, 3], 0.75: [1, 2, 3], 0.95: [0, 1, 2, 3]}
+
+
+def runtime_top_p(scores: np.ndarray, p: float) -> np.ndarray:
+    """The runtime's top-p (no top-k: growing candidate sets) as a full-vocabulary mask."""
+    out = np.full_like(scores, -np.inf)
+    sampler = Sample(GenerationParams(temperature=1.0, top_k=0, top_p=p), sequence_rng(0, 0))
+    for row, row_out in zip(scores, out, strict=True):
+        ids, vals = sampler.candidates(row.copy())
+        row_out[ids] = vals
+    return out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_runtime_top_p_matches_hf_and_the_oracle(ties: bool) -> None:
+    for seed in range(25):
+        scores = random_scores(seed, ties=ties)
+        for p in (1e-4, 0.3, 0.9, 0.95, 0.999, 0.99999):
+            ours = runtime_top_p(scores, p)
+            assert_same_top_p(ours, hf(TopPLogitsWarper(p), scores), scores)
+            np.testing.assert_array_equal(ours, oracle.top_p(scores, p))  # ties included
 
 
 def test_top_p_on_a_full_vocabulary_uses_growing_candidate_sets() -> None:
@@ -102,7 +131,9 @@ def test_top_p_on_a_full_vocabulary_uses_growing_candidate_sets() -> None:
     for scale in (0.5, 3.0, 12.0):  # wide nucleus (whole row) .. narrow (first candidate set)
         scores = (rng.standard_normal((2, 50257)) * scale).astype(np.float32)
         for p in (0.5, 0.95):
-            assert_same_top_p(sampling.top_p(scores, p), hf(TopPLogitsWarper(p), scores), scores)
+            expected = hf(TopPLogitsWarper(p), scores)
+            assert_same_top_p(oracle.top_p(scores, p), expected, scores)
+            assert_same_top_p(runtime_top_p(scores, p), expected, scores)
 
 
 def hf_processors(params: GenerationParams, prompt_len: int, eos: int) -> LogitsProcessorList:
@@ -128,12 +159,13 @@ PARAM_SETS = [
     GenerationParams(temperature=1.0, top_k=0, top_p=0.9, repetition_penalty=5.0),
     GenerationParams(temperature=0.5, top_k=7, top_p=1.0, min_new_tokens=3),
     GenerationParams(temperature=1.3, top_k=0, top_p=1.0, repetition_penalty=0.7),
+    GenerationParams(temperature=1.0, top_k=20, top_p=0.5),
     GenerationParams(temperature=0.0, repetition_penalty=1.5),
 ]
 
 
 @pytest.mark.parametrize("params", PARAM_SETS)
-def test_process_logits_and_fast_path_match_hf_pipeline(params: GenerationParams) -> None:
+def test_oracle_and_runtime_sampler_match_hf_pipeline(params: GenerationParams) -> None:
     for seed in range(15):
         scores = random_scores(seed, batch=1)
         vocab = scores.shape[1]
@@ -145,24 +177,41 @@ def test_process_logits_and_fast_path_match_hf_pipeline(params: GenerationParams
         expected = hf_processors(params, len(prompt), eos)(
             torch.from_numpy(ids), torch.from_numpy(scores.copy())
         ).numpy()
-        ours = sampling.process_logits(scores, ids, params, [eos], num_new=len(generated))
+        ours = oracle.process_logits(scores, ids, params, [eos], num_new=len(generated))
         assert_same_top_p(ours, expected, scores)
 
         sampler = SequenceSampler(params, prompt, [eos], sequence_rng(0, 0), vocab)
         for t in generated:
             sampler.observe(t)
-        if params.greedy:
-            assert sampler.choose(scores[0].copy(), len(generated)) == int(expected[0].argmax())
-            continue
         row = scores[0].copy()
-        if params.repetition_penalty != 1.0:
-            sampling._penalise(row, np.unique(ids[0]), params.repetition_penalty)
-        if len(generated) < params.min_new_tokens:
-            row[eos] = sampling.NEG_INF
-        cand, vals = sampler.candidates(row)
+        if params.greedy:
+            assert sampler.choose(row, len(generated)) == int(expected[0].argmax())
+            continue
+        for processor in sampler.processors:  # what choose() runs before the chooser
+            processor(row, len(generated))
+        cand, vals = sampler.chooser.candidates(row)
         finite = np.flatnonzero(np.isfinite(ours[0]))
         np.testing.assert_array_equal(cand[np.isfinite(vals)], finite)
         np.testing.assert_array_equal(vals[np.isfinite(vals)], ours[0][finite])
+
+
+def test_a_processor_is_built_only_when_its_setting_is_not_the_default() -> None:
+    plain = SequenceSampler(
+        GenerationParams(temperature=1.0, top_k=0, top_p=1.0), [1, 2], [0], sequence_rng(0, 0), 9
+    )
+    assert plain.processors == [] and plain.penalty is None
+    assert isinstance(plain.chooser, Sample)
+    assert (plain.chooser.temperature, plain.chooser.top_k, plain.chooser.top_p) == (None, 0, None)
+    params = GenerationParams(
+        temperature=0.5, top_k=3, top_p=0.9, repetition_penalty=1.3, min_new_tokens=2
+    )
+    full = SequenceSampler(params, [1, 2], [0], sequence_rng(0, 0), 9)
+    assert [type(p) for p in full.processors] == [RepetitionPenalty, SuppressEos]
+    assert (full.chooser.temperature, full.chooser.top_k, full.chooser.top_p) == (0.5, 3, 0.9)
+    no_eos = SequenceSampler(GenerationParams(min_new_tokens=2), [], [], sequence_rng(0, 0), 9)
+    assert no_eos.processors == []  # nothing to mask without an EOS token
+    greedy = SequenceSampler(GenerationParams(temperature=0.0), [], [0], sequence_rng(0, 0), 9)
+    assert isinstance(greedy.chooser, Greedy) and greedy.processors == []
 
 
 def test_greedy_takes_the_first_maximum_and_top_k_1_is_greedy() -> None:
@@ -219,6 +268,19 @@ def test_samples_follow_the_filtered_distribution(vocab: int) -> None:
     np.testing.assert_allclose(freq, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3], atol=0.02)  # ~4 sigma
 
 
+def test_top_k_and_top_p_samples_follow_the_oracle_distribution() -> None:
+    """Drawn frequencies equal the oracle's probabilities after top-k 4 and top-p 0.7."""
+    row = np.log(np.array([0.02, 0.3, 0.05, 0.25, 0.2, 0.18], dtype=np.float32))
+    params = GenerationParams(temperature=1.0, top_k=4, top_p=0.7)
+    filtered = oracle.process_logits(row[None], [[]], params)[0]
+    probs = np.exp(filtered - filtered.max())
+    probs /= probs.sum()
+    assert np.flatnonzero(probs).tolist() == [1, 3, 4]
+    draws = np.array(sample_many(params, row, 5, 0, 10000))
+    freq = np.array([(draws == t).mean() for t in range(row.size)])
+    np.testing.assert_allclose(freq, probs, atol=0.02)
+
+
 def test_draw_never_picks_zero_weight_even_at_the_end() -> None:
     for n in (5, 10_000):
         weights = np.zeros(n, dtype=np.float32)
@@ -243,7 +305,7 @@ def test_no_full_vocabulary_sort_when_top_k_is_set(monkeypatch) -> None:
     params = GenerationParams(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.2)
     sampler = SequenceSampler(params, [1, 2, 3], [], sequence_rng(0, 0), row.size)
     sampler.choose(row.copy(), 0)
-    assert max(sizes, default=0) <= 50  # the top-k candidates are ordered in plain Python
+    assert sizes and max(sizes) <= 50  # only the top-k candidates are sorted
     sizes.clear()
     peaked = row * 4  # top-p alone: a narrow nucleus is found in the first candidate set
     SequenceSampler(
@@ -276,8 +338,9 @@ def test_fast_top_k_ids_equal_the_plain_rule(ties: bool) -> None:
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_candidate_nucleus_equals_the_array_rule(ties: bool) -> None:
-    """The plain-Python top-p over top-k candidates keeps what `_cut_nucleus` keeps."""
+def test_top_p_over_top_k_candidates_equals_the_oracle(ties: bool) -> None:
+    """The one top-p cut, on a short candidate list (top-k's), keeps what the oracle keeps,
+    ties included (lower ids dropped first)."""
     rng = np.random.default_rng(3)
     for _ in range(400):
         n = int(rng.integers(1, 120))
@@ -285,25 +348,11 @@ def test_candidate_nucleus_equals_the_array_rule(ties: bool) -> None:
         if ties:
             vals = np.round(vals)
         p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.999]))
-        top = float(vals.max())
-        weights = np.exp(vals - np.float32(top))
-        total = float(weights.sum(dtype=np.float64))
-        expected = sampling._cut_nucleus(vals, total, top, p)[0]
-        got = sampling._nucleus_of_candidates(
-            vals.tolist(), weights.tolist(), sampling._at_most_float32(1.0 - p)
-        )
-        np.testing.assert_array_equal(got, expected)
+        expected = np.flatnonzero(np.isfinite(oracle.top_p(vals[None], p)[0]))
+        np.testing.assert_array_equal(sampling._top_p(vals, p, few=True), expected)
 
 
-def test_float32_threshold_test_is_float32_rounding() -> None:
-    for threshold in (0.05, 0.1, 1 - 0.95, 0.5, 1e-7):
-        mid, tie_in = sampling._at_most_float32(threshold)
-        t = np.float32(threshold)
-        for x in (mid, np.nextafter(mid, 0.0), np.nextafter(mid, 1.0), float(t), 0.0, 1.0):
-            assert (x < mid or (x == mid and tie_in)) == (np.float32(x) <= t)
-
-
-def test_penalise_few_equals_numpy_and_saturates_to_infinity() -> None:
+def test_repetition_penalty_equals_the_oracle_and_saturates_to_infinity() -> None:
     rng = np.random.default_rng(4)
     for penalty in (0.5, 1.2, 5.0):
         row = (rng.standard_normal(3000) * 30).astype(np.float32)
@@ -311,7 +360,7 @@ def test_penalise_few_equals_numpy_and_saturates_to_infinity() -> None:
         ids = np.unique(np.concatenate([[0, 1, 2], rng.integers(0, row.size, 80)]))
         expected = row.copy()
         with np.errstate(over="ignore"):
-            sampling._penalise(expected, ids, penalty)
+            oracle.penalise(expected, ids, penalty)
         got = row.copy()
-        sampling._penalise_few(got, ids.tolist(), penalty)
+        RepetitionPenalty(penalty, ids.tolist(), row.size)(got, 0)
         np.testing.assert_array_equal(got, expected)
