@@ -34,8 +34,8 @@ import numpy as np
 
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
-from fst.runtime.sampling import SequenceSampler, sequence_rng
 from fst.runtime.kv_cache import KVCache
+from fst.runtime.sampling import SequenceSampler, sequence_rng
 from fst.runtime.streaming import TextStream
 
 if TYPE_CHECKING:
