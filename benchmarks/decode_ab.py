@@ -36,7 +36,7 @@ def worker(bundle: str, threads: int, entries: dict[str, str], tokens: int) -> d
         return options
 
     session_module.session_options = with_entries
-    generator = Generator.from_bundle(bundle, threads=threads)
+    generator = Generator.from_bundle(bundle, threads=threads, huge_pages=True)
     calls: list[tuple[str, float]] = []
     generator.on_model_call = lambda kind, batch, start, end: calls.append((kind, end - start))
     params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.0)

@@ -182,7 +182,7 @@ class FSTEngine:
         self._threads = threads
         self._spinning = os.environ.get("FST_BENCH_ORT_SPINNING", "1")
         _set_ort_spinning(self._spinning)
-        self.generator = Generator.from_bundle(folder, threads=threads)
+        self.generator = Generator.from_bundle(folder, threads=threads, huge_pages=True)
         self.clock = _StepClock()
         self.generator.on_model_call = self.clock.record
         self.texts: dict[tuple[int, ...], str] = {}

@@ -157,7 +157,7 @@ def ort_matmul_gbs(size_mb: int, threads: int, repeats: int) -> dict[str, float]
         path = Path(tmp) / "chain.onnx"
         onnx.save_model(model, path, save_as_external_data=True, location="chain.onnx.data")
         del model, graph, weights
-        session, _ = create_session(path, providers=["cpu"], threads=threads)
+        session, _ = create_session(path, providers=["cpu"], threads=threads, huge_pages=True)
     feed = {"x": np.ones((1, d), np.float32)}
     return {
         "ort_matmul": _timed_gbs(

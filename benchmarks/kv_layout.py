@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         for layout in LAYOUTS:
             folder = args.cache_dir / args.model / f"kv-{variant}-{layout}"
             bundle = export(hf, folder, quantize, layout, args.rebuild)
-            generators[layout] = Generator.from_bundle(bundle, threads=args.threads)
+            generators[layout] = Generator.from_bundle(
+                bundle, threads=args.threads, huge_pages=True
+            )
         times = {(layout, n): [] for layout in LAYOUTS for n in pasts}
         rng = np.random.default_rng(0)
         for r in range(args.rounds):

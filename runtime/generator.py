@@ -92,7 +92,8 @@ class Generator:
 
         A missing, empty or truncated file raises `fst.core.bundle.BundleError` naming it (sizes
         are always checked); `verify=True` also compares every file's sha256 with the
-        manifest's (about a second per GB).
+        manifest's (about a second per GB). `session_kwargs` go to `create_session`
+        (e.g. `huge_pages=True`: the session's weights into 2 MiB pages; off by default).
         """
         path = Path(path)
         manifest = check_bundle(path, hashes=verify)

@@ -1,15 +1,22 @@
-"""Move the session's weights into 2 MiB pages (Linux, best effort).
+"""Move the session's weights into 2 MiB pages (Linux, best effort; opt-in).
 
 A batch-1 decode step streams every weight once. With 4 KiB pages that is a TLB miss every
-4 KiB, and on a virtual machine each miss walks two page tables: measured here (2-core KVM
-guest, GPT-2 small), the same session decodes 10-12% faster in int8 and 6-11% faster in fp32
-once its weights sit in huge pages. ONNX Runtime has no option for it: its initializers and
+4 KiB, and on a virtual machine each miss walks two page tables, so a session decodes
+measurably faster once its weights sit in huge pages (benchmarks/huge_pages.py,
+benchmarks/results/huge_pages.md). ONNX Runtime has no option for it: its initializers and
 pre-packed weights live in malloc'd memory. So once the session is built, we ask the kernel
-to collapse the large, resident, anonymous mappings of the process into huge pages
-(`madvise(MADV_COLLAPSE)`, Linux >= 6.1; it works whatever the system's transparent huge
-page mode, unless that mode is "never"). Only mappings that are already (almost) fully
-resident are touched, so the resident size does not grow. Any failure (another OS, an older
-kernel, a refusal) leaves the pages as they were: only speed is at stake.
+to collapse large, resident, anonymous mappings into huge pages (`madvise(MADV_COLLAPSE)`,
+Linux >= 6.1; it works whatever the system's transparent huge page mode, unless that mode
+is "never"). Only mappings that are already (almost) fully resident are touched, so the
+resident size does not grow. Any failure (another OS, an older kernel, a refusal) leaves
+the pages as they were: only speed is at stake.
+
+What the session owns is known only as "what was mapped while it was built": the caller
+takes `mapped_ranges()` before building it and passes them as `since`, and only address
+ranges mapped after that are advised (the part of the heap that grew included; memory the
+program had before is left alone). Advising a program's own memory would be a surprising
+side effect of loading a model, so the library leaves it off by default
+(`create_session(huge_pages=False)`); the command-line tools and the server turn it on.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,14 +36,30 @@ MIN_MAPPING_BYTES = 4 << 20
 MIN_RESIDENT_SHARE = 0.9
 
 
-def collapse_resident_memory() -> int:
-    """Collapse the large resident anonymous mappings of this process into huge pages;
-    returns the bytes now in huge pages (0 where unsupported)."""
+Range = tuple[int, int]
+
+
+def mapped_ranges() -> list[Range]:
+    """[start, end) of every mapping of this process now ([] where unknown): the `since` of
+    a later `collapse_resident_memory`."""
+    try:
+        return [(m[0], m[1]) for m in _mappings(Path("/proc/self/smaps").read_text())]
+    except OSError:
+        return []
+
+
+def collapse_resident_memory(since: Sequence[Range] | None = None) -> int:
+    """Collapse large resident anonymous mappings of this process into huge pages; returns
+    the bytes now in huge pages (0 where unsupported).
+
+    `since`: `mapped_ranges()` taken before the memory to collapse was allocated; only
+    addresses outside those ranges are advised. None: every such mapping of the process.
+    """
     if not sys.platform.startswith("linux"):
         return 0
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
-        regions = list(_collapsible_regions(Path("/proc/self/smaps").read_text()))
+        regions = list(_collapsible_regions(Path("/proc/self/smaps").read_text(), since))
     except (OSError, AttributeError):
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -50,19 +73,34 @@ def collapse_resident_memory() -> int:
     return done
 
 
-def _collapsible_regions(smaps: str) -> Iterator[tuple[int, int]]:
+def _collapsible_regions(smaps: str, since: Sequence[Range] | None = None) -> Iterator[Range]:
     """2 MiB-aligned [start, end) of anonymous private read-write mappings (the heap included)
     of at least MIN_MAPPING_BYTES that are at least MIN_RESIDENT_SHARE resident, and whose
-    owner did not ask for small pages (madvise MADV_NOHUGEPAGE: VmFlags "nh")."""
+    owner did not ask for small pages (madvise MADV_NOHUGEPAGE: VmFlags "nh"); without the
+    addresses in the ranges `since`."""
     for start, end, perms, path, rss, flags in _mappings(smaps):
         if perms != "rw-p" or path not in ("", "[heap]") or "nh" in flags:
             continue
         if end - start < MIN_MAPPING_BYTES or rss < MIN_RESIDENT_SHARE * (end - start):
             continue
-        lo = -(-start // HUGE_PAGE) * HUGE_PAGE
-        hi = end // HUGE_PAGE * HUGE_PAGE
-        if hi > lo:
-            yield lo, hi
+        for lo, hi in _subtract((start, end), since or ()):
+            lo = -(-lo // HUGE_PAGE) * HUGE_PAGE
+            hi = hi // HUGE_PAGE * HUGE_PAGE
+            if hi > lo:
+                yield lo, hi
+
+
+def _subtract(span: Range, ranges: Sequence[Range]) -> list[Range]:
+    """The parts of `span` outside every range of `ranges`."""
+    parts = [span]
+    for lo, hi in ranges:
+        parts = [
+            piece
+            for start, end in parts
+            for piece in ((start, min(end, lo)), (max(start, hi), end))
+            if piece[1] > piece[0]
+        ]
+    return parts
 
 
 def _mappings(smaps: str) -> Iterator[tuple[int, int, str, str, int, list[str]]]:

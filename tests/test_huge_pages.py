@@ -113,3 +113,42 @@ def test_resident_memory_is_collapsed_into_huge_pages_and_keeps_its_contents() -
     assert data[-1] == data.size - 1
     del data
     region.close()
+
+
+def test_memory_mapped_before_the_session_is_left_alone() -> None:
+    """With `since` (the mappings before the session was built), only what was mapped after
+    is advised: the heap's growth, not its old part; a new mapping, not an old one."""
+    heap_before = (0x55BC019CC000, 0x55BC01C00000)  # the heap ended here before the session
+    old = (0x7FFBD5000000, 0x7FFBD5A00000)  # a mapping the program already had
+    regions = list(huge_pages._collapsible_regions(SMAPS, since=[heap_before, old]))
+    assert regions == [(0x55BC01C00000, 0x55BC01E00000)]
+    assert list(huge_pages._collapsible_regions(SMAPS, since=[])) == list(
+        huge_pages._collapsible_regions(SMAPS)
+    )
+    assert huge_pages._subtract((0, 100), [(10, 20), (50, 60), (90, 200)]) == [
+        (0, 10),
+        (20, 50),
+        (60, 90),
+    ]
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux-only feature")
+def test_mapped_ranges_lists_this_process_mappings() -> None:
+    region = _private_anonymous(4 * huge_pages.HUGE_PAGE)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    ranges = huge_pages.mapped_ranges()
+    assert any(lo <= start < hi for lo, hi in ranges)
+    region.close()
+
+
+def test_sessions_advise_huge_pages_only_when_asked(monkeypatch, tiny_plain_bundle) -> None:
+    """Library use (create_session, Generator.from_bundle) leaves the process's pages alone
+    by default; huge_pages=True advises only what was mapped while the session was built."""
+    from fst.runtime import Generator, session
+
+    calls: list = []
+    monkeypatch.setattr(session, "collapse_resident_memory", lambda since: calls.append(since))
+    Generator.from_bundle(tiny_plain_bundle, threads=1)
+    assert calls == []
+    Generator.from_bundle(tiny_plain_bundle, threads=1, huge_pages=True)
+    assert len(calls) == 1 and calls[0]  # the mappings before the session: left alone

@@ -41,7 +41,9 @@ def main() -> int:
         bundle = work / layout
         export_bundle(bundle, model_path=str(work / "hf"), optimize=True, kv_layout=layout,
                       progress=False)  # fmt: skip
-        session, _ = create_session(bundle / "model.onnx", providers=["cpu"], threads=1)
+        session, _ = create_session(
+            bundle / "model.onnx", providers=["cpu"], threads=1, huge_pages=True
+        )
         steppers[layout] = make_stepper(session, BundleManifest.load(bundle))
     prompt = [[464, 3290, 286, 1204, 318, 326, 340, 11]]
     medians: dict[str, list[float]] = {k: [] for k in steppers}
