@@ -5,9 +5,12 @@ Imports only numpy, onnxruntime, tokenizers and fst's torch-free modules.
 
 from fst.core.generation_params import GenerationParams
 from fst.runtime.decode_batch import DecodeBatch, Row, StepEvent
-from fst.runtime.generator import Completion, GenerationRequest, Generator, Prompt
+from fst.runtime.generator import Generator
+from fst.runtime.prompts import BatchLimits
+from fst.runtime.requests import Completion, GenerationRequest, Prompt
 
 __all__ = [
+    "BatchLimits",
     "Completion",
     "DecodeBatch",
     "GenerationParams",

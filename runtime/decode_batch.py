@@ -2,7 +2,7 @@
 
 Public API (`Generator.run/generate/stream` and the server's continuous batching use it)::
 
-    batch = generator.new_batch()                    # or DecodeBatch(generator)
+    batch = generator.new_batch()     # DecodeBatch(stepper, tokenizer, limits)
     rows = batch.add(requests, tags=None)            # list[list[Row]], one list per request
     while batch.num_live:                            # == len(batch.live_rows)
         for event in batch.step():                   # list[StepEvent]
@@ -26,41 +26,22 @@ as it is sampled, and an `add` between steps joins a batch whose logits are up t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
-from fst.runtime.kv_cache import KVCache
+from fst.core.tokenization import DocumentTokenizer
+from fst.runtime.prompts import BatchLimits, PromptEncoder
+from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
+from fst.runtime.stepper import Stepper
 from fst.runtime.streaming import TextStream
 
-if TYPE_CHECKING:
-    from fst.runtime.generator import Generator
-
-Prompt = Union[str, Document, Mapping[str, Any]]
 # Drop finished rows from the batch once this fraction of it has finished (copying the
 # cache once costs about as much as a few decode steps of the finished rows).
 COMPACT_FRACTION = 0.25
-
-
-@dataclass
-class Completion:
-    prompt: Prompt
-    text: str
-    token_ids: list[int]  # generated ids only
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
-    prompt_tokens: int
-    index: int  # which of this prompt's samples
-
-
-@dataclass
-class GenerationRequest:
-    prompt: Prompt
-    params: GenerationParams
 
 
 class Row:
@@ -148,17 +129,22 @@ class StepEvent(NamedTuple):
 
 
 class DecodeBatch:
-    """Sequences decoding together; see the module docstring. Not thread-safe: one owner."""
+    """Sequences decoding together; see the module docstring. Not thread-safe: one owner.
 
-    def __init__(self, generator: Generator) -> None:
-        self._stepper = generator._stepper
-        self._tokenizer = generator.tokenizer
-        self._encode_request = generator.encode_request
-        self._pad_id = generator.tokenizer.pad_token_id
-        self._eos_id = generator.eos_token_id
-        self._vocab_size = generator.vocab_size
+    `stepper` runs the model, `tokenizer` encodes prompts and decodes pieces, `limits` say
+    how long a sequence may get and which token ends it (`Generator.new_batch` passes the
+    bundle's).
+    """
+
+    def __init__(self, stepper: Stepper, tokenizer: DocumentTokenizer, limits: BatchLimits) -> None:
+        self._stepper = stepper
+        self._tokenizer = tokenizer
+        self._encode_request = PromptEncoder(tokenizer, limits.max_positions).encode_request
+        self._pad_id = tokenizer.pad_token_id
+        self._eos_id = limits.eos_token_id
+        self._vocab_size = stepper.vocab_size
         self._rows: list[Row] = []  # the sequence in each row of the cache
-        self._cache: KVCache | None = None
+        self._cache: Any = None  # the stepper's cache
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
         self._pending: np.ndarray | None = None  # [rows] tokens sampled, not yet fed
         self._cancelled: list[Row] = []  # cancelled since the last step, to report

@@ -34,19 +34,16 @@ from fst.core.bundle import BundleError, BundleManifest, check_bundle
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
-from fst.runtime.decode_batch import (
-    Completion,
-    DecodeBatch,
-    GenerationRequest,
-    Prompt,
-    Row,
-)
-from fst.runtime.kv_cache import ModelCallHook, make_stepper
+from fst.runtime.decode_batch import DecodeBatch, Row
+from fst.runtime.kv_cache import make_stepper
+from fst.runtime.prompts import BatchLimits, PromptEncoder
+from fst.runtime.requests import Completion, GenerationRequest, Prompt
 from fst.runtime.session import create_session
+from fst.runtime.stepper import ModelCallHook, Stepper
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Completion", "DecodeBatch", "GenerationRequest", "Generator", "Prompt"]
+__all__ = ["Generator", "load_tokenizer"]
 
 
 class Generator:
@@ -66,7 +63,14 @@ class Generator:
         self.vocab_size = manifest.architecture.vocab_size
         self.eos_token_id = manifest.tokenizer.eos_token_id
         self.default_params = _default_params(manifest.generation_defaults)
+        self.limits = BatchLimits(self.max_positions, self.eos_token_id)
+        self._prompts = PromptEncoder(tokenizer, self.max_positions)
         self._stepper = make_stepper(session, manifest)
+
+    @property
+    def stepper(self) -> Stepper:
+        """The bundle's graph as a stepper (prefill / decode / select / merge)."""
+        return self._stepper
 
     @property
     def on_model_call(self) -> ModelCallHook | None:
@@ -107,44 +111,11 @@ class Generator:
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Prompt ids as the model saw documents in training; ValueError on a bad prompt."""
-        document = self._as_document(prompt)
-        texts = [document] if isinstance(document, str) else [document.body, document.meta or ""]
-        for text in texts:
-            _check_encodable(text)
-        return self.tokenizer.encode_for_inference(document)
+        return self._prompts.encode_prompt(prompt)
 
     def encode_request(self, request: GenerationRequest) -> list[int]:
         """Prompt ids of a request; ValueError if the model cannot take it (too long)."""
-        if not isinstance(getattr(request, "params", None), GenerationParams):
-            raise ValueError("params must be GenerationParams")
-        ids = self.encode_prompt(request.prompt)
-        if len(ids) + request.params.max_new_tokens > self.max_positions:
-            raise ValueError(
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({request.params.max_new_tokens}) "
-                f"exceeds the model's {self.max_positions} positions"
-            )
-        return ids
-
-    def _as_document(self, prompt: Prompt) -> Document | str:
-        if isinstance(prompt, str):
-            return prompt
-        if isinstance(prompt, Mapping):
-            unknown = sorted(set(prompt) - {"body", "meta"})
-            if unknown or "body" not in prompt:
-                raise ValueError(
-                    f"a document prompt needs 'body' and optionally 'meta', got keys {sorted(prompt)}"
-                )
-            prompt = Document(prompt["body"], prompt.get("meta"))
-        if not isinstance(prompt, Document):
-            raise ValueError(f"a prompt is a string or a document, got {type(prompt).__name__}")
-        if not isinstance(prompt.body, str) or not isinstance(prompt.meta, (str, type(None))):
-            raise ValueError("a document's body must be a string and its meta a string or null")
-        if prompt.meta and not self.tokenizer.document_format:
-            raise ValueError(
-                "this bundle is a plain language model (not trained on documents): "
-                "a prompt cannot have a meta"
-            )
-        return prompt
+        return self._prompts.encode_request(request)
 
     # ---- generation ---------------------------------------------------------------------
 
@@ -196,7 +167,7 @@ class Generator:
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch to add requests to and step: the runtime's per-token loop."""
-        return DecodeBatch(self)
+        return DecodeBatch(self._stepper, self.tokenizer, self.limits)
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]
@@ -248,18 +219,6 @@ def load_tokenizer(folder: Path, manifest: BundleManifest) -> DocumentTokenizer:
             f"{folder}: tokenizer EOS id {tokenizer.eos_token_id} != manifest {info.eos_token_id}"
         )
     return tokenizer
-
-
-def _check_encodable(text: str) -> None:
-    """ValueError for text that is not Unicode (a lone surrogate, e.g. from undecodable
-    command-line bytes), which `tokenizers` would reject with a TypeError."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(
-            f"the prompt is not valid text: {text[e.start]!r} at character {e.start} "
-            "(a lone surrogate or undecodable byte)"
-        ) from None
 
 
 def _default_params(defaults: Mapping[str, Any]) -> GenerationParams:

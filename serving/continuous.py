@@ -6,7 +6,8 @@ the runtime's `DecodeBatch` (`generator.new_batch()`), the same per-token loop a
 `Generator.run`: `add` prefills the new prompts and merges their KV cache into the running
 batch, `step` samples one token per row and reports final text and finished rows, so a
 text depends only on its prompt, params and seed, never on its neighbours in the batch.
-This module only maps the batch's rows to the scheduler's jobs.
+This module only maps the batch's rows to the scheduler's jobs; request-level batching
+drives the same engine, admitting only when it is idle.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fst.runtime import Row
+from fst.serving.contract import ServedGenerator
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,6 @@ class Owner:
     prompt: int
 
 
-def supports_continuous(generator: Any) -> bool:
-    """True for a generator with the runtime's step-level API (`new_batch`)."""
-    return callable(getattr(generator, "new_batch", None))
-
-
 def owner(row: Row) -> Any:
     """The job a row belongs to."""
     return row.tag.job
@@ -38,7 +35,7 @@ def owner(row: Row) -> Any:
 class ContinuousEngine:
     """The running batch: `admit` jobs, `step` one token for every row, deliver the text."""
 
-    def __init__(self, generator: Any) -> None:
+    def __init__(self, generator: ServedGenerator) -> None:
         self.generator = generator
         self.batch = generator.new_batch()
 

@@ -7,13 +7,12 @@ A job stops early when its client leaves, its deadline passes or the server shut
 its sequences are checked at every decoding step, so a cancelled job frees its place at
 once.
 
-Two ways to batch (`mode`):
-- "continuous" (token level, the default with the runtime's Generator): a job joins the
-  running batch at the next decoding step (`continuous.ContinuousEngine` over the runtime's
-  `DecodeBatch`), and leaves it as soon as it finishes, so nobody waits for a whole batch.
-- "request" (request level, for any object with `Generator.run`): the waiting jobs (after
-  up to `batch_wait_s` for company) run as one `Generator.run` batch; jobs that arrive
-  meanwhile wait for the next batch.
+One worker decodes through `continuous.ContinuousEngine` (the runtime's `DecodeBatch`);
+the two ways to batch (`mode`) differ only in when it admits jobs:
+- "continuous" (token level, the default): a job joins the running batch at the next
+  decoding step and leaves it as soon as it finishes, so nobody waits for a whole batch.
+- "request" (request level): the waiting jobs (after up to `batch_wait_s` for company)
+  start together; jobs that arrive meanwhile wait until the whole batch has finished.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from fst.serving.continuous import ContinuousEngine, owner
+from fst.serving.contract import ServedGenerator
 from fst.serving.jobs import (
     CancelReason,
     GenerationTimeoutError,
@@ -47,7 +47,7 @@ class Scheduler:
 
     def __init__(
         self,
-        generator: Any,
+        generator: ServedGenerator,
         *,
         max_batch_size: int,
         queue_size: int,
@@ -67,8 +67,7 @@ class Scheduler:
         self._stopping = False
         self._abort = False
         self._service_s = 1.0  # how long the last batch (or job) took: for Retry-After
-        work = self._work_continuous if mode == "continuous" else self._work_batches
-        self._thread = threading.Thread(target=work, name="fst-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="fst-scheduler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -180,22 +179,23 @@ class Scheduler:
             self.metrics.generated_tokens.inc(sum(len(c.token_ids) for c in per_prompt))
         job.deliver("done", completions)
 
-    # -- worker thread: token-level continuous batching ------------------------------------
-    def _work_continuous(self) -> None:
+    # -- worker thread: the decode loop ----------------------------------------------------
+    def _work(self) -> None:
         engine = ContinuousEngine(self.generator)
+        joins = self.mode == "continuous"  # "request": admit only into an idle engine
         while True:
-            live = engine.live_rows
-            jobs = self._take(self.max_batch_size - len(live), idle=engine.idle)
-            if jobs is None:
-                return
-            if jobs:
-                self._admit(engine, jobs)
+            if joins or engine.idle:
+                jobs = self._take(self.max_batch_size - len(engine.live_rows), idle=engine.idle)
+                if jobs is None:
+                    return
+                if jobs:
+                    self._admit(engine, jobs)
+                    if not joins and not engine.idle:  # request level: one look per batch
+                        self._observe_batch(engine)
             if engine.idle:
                 continue
-            live = engine.live_rows
-            self.metrics.batch_size.observe(len(live))
-            self.metrics.batch_requests.observe(len({id(owner(row)) for row in live}))
-            self.metrics.running_sequences.set(len(live))
+            if joins:  # token level: one look per step
+                self._observe_batch(engine)
             try:
                 ended = engine.step(self._should_stop)
             except Exception as exc:
@@ -209,6 +209,12 @@ class Scheduler:
                 self._job_rows_ended(job)
             if engine.idle:
                 self.metrics.running_sequences.set(0)
+
+    def _observe_batch(self, engine: ContinuousEngine) -> None:
+        live = engine.live_rows
+        self.metrics.batch_size.observe(len(live))
+        self.metrics.batch_requests.observe(len({id(owner(row)) for row in live}))
+        self.metrics.running_sequences.set(len(live))
 
     def _admit(self, engine: ContinuousEngine, jobs: list[Job]) -> None:
         try:
@@ -233,52 +239,3 @@ class Scheduler:
         for r in job.rows:
             completions[r.tag.prompt].append(r.completion())
         self._finish(job, completions)
-
-    # -- worker thread: request-level batching ---------------------------------------------
-    def _work_batches(self) -> None:
-        while (batch := self._take(self.max_batch_size, idle=True)) is not None:
-            if batch:
-                self._run(batch)
-
-    def _run(self, batch: list[Job]) -> None:
-        try:
-            self._run_batch(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                logger.exception("generation failed")
-                batch[0].deliver("error", exc)
-                return
-            # One bad request must not fail its neighbours: rerun on its own each job that
-            # has not streamed anything yet (rerunning the others would repeat their text).
-            logger.warning("batch of %d requests failed (%s); retrying one by one", len(batch), exc)
-            for job in batch:
-                if job.first_piece_at is None:
-                    self._run([job])
-                else:
-                    job.deliver("error", exc)
-
-    def _run_batch(self, batch: list[Job]) -> None:
-        owners = [(job, i) for job in batch for i in range(len(job.requests))]
-        requests = [job.requests[i] for job, i in owners]
-
-        def on_piece(request_idx: int, seq_idx: int, piece: str) -> None:
-            job, prompt_idx = owners[request_idx]
-            job.deliver("piece", (prompt_idx, seq_idx, piece))
-
-        def is_cancelled(request_idx: int) -> bool:
-            return self._should_stop(owners[request_idx][0])
-
-        started = time.monotonic()
-        sequences = sum(job.num_sequences for job in batch)
-        self.metrics.batch_size.observe(sequences)
-        self.metrics.batch_requests.observe(len(batch))
-        self.metrics.running_sequences.set(sequences)
-        try:
-            results = self.generator.run(requests, on_piece=on_piece, is_cancelled=is_cancelled)
-        finally:
-            self.metrics.running_sequences.set(0)
-        self._service_s = max(time.monotonic() - started, 0.001)
-        position = 0
-        for job in batch:
-            self._finish(job, results[position : position + len(job.requests)])
-            position += len(job.requests)

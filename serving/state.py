@@ -11,10 +11,10 @@ import logging
 import time
 from typing import Any
 
-from fst.serving.continuous import supports_continuous
+from fst.serving.contract import ServedGenerator
 from fst.serving.errors import APIError
 from fst.serving.metrics import ServingMetrics
-from fst.serving.scheduler import BatchingMode, Scheduler
+from fst.serving.scheduler import Scheduler
 from fst.serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -31,13 +31,16 @@ class ServingState:
     """What the routes share: settings, metrics, the generator and its scheduler."""
 
     def __init__(
-        self, settings: ServingSettings, metrics: ServingMetrics, generator: Any | None = None
+        self,
+        settings: ServingSettings,
+        metrics: ServingMetrics,
+        generator: ServedGenerator | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.model_name = settings.served_model_name()
         self.created = int(time.time())
-        self.generator: Any | None = generator
+        self.generator: ServedGenerator | None = generator
         self.scheduler: Scheduler | None = None
         self.status = "loading"  # loading -> ready -> stopping; or failed
         self.load_error: str | None = None
@@ -65,7 +68,7 @@ class ServingState:
                 queue_size=self.settings.queue_size,
                 batch_wait_s=self.settings.batch_wait_ms / 1000,
                 metrics=self.metrics,
-                mode=self._batching_mode(),
+                mode=self.settings.batching,
             )
             self.scheduler.start()
         except Exception as exc:
@@ -84,13 +87,7 @@ class ServingState:
             self.settings.queue_size,
         )
 
-    def _batching_mode(self) -> BatchingMode:
-        if self.settings.batching == "continuous" and not supports_continuous(self.generator):
-            logger.info("this generator has no step-level API: batching at request level")
-            return "request"
-        return self.settings.batching
-
-    def _load_generator(self) -> Any:
+    def _load_generator(self) -> ServedGenerator:
         from fst.runtime import Generator  # imported here so the app module stays light
 
         if self.settings.bundle is None:
@@ -103,7 +100,7 @@ class ServingState:
             huge_pages=self.settings.huge_pages,
         )
 
-    def _warm_up(self, generator: Any) -> None:
+    def _warm_up(self, generator: ServedGenerator) -> None:
         """One tiny batched generation, so the first client does not pay for session set-up."""
         document = generator.manifest.tokenizer.document_format
         prompt: Any = {"body": "Hello", "meta": None} if document else "Hello"
@@ -138,7 +135,7 @@ class ServingState:
         if self.scheduler is not None:
             self.scheduler.abort()
 
-    def require_ready(self) -> tuple[Any, Scheduler]:
+    def require_ready(self) -> tuple[ServedGenerator, Scheduler]:
         """The generator and scheduler, or a 503 telling the client when to come back."""
         if self.status == "ready" and self.generator is not None and self.scheduler is not None:
             return self.generator, self.scheduler

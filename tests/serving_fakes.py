@@ -6,8 +6,7 @@ the default continuous batching drives) with a character-level "model": each gen
 character is a pure function of the prompt, the sequence index and the step, so a
 request's text never depends on what shares its batch. It records every batch (each
 `run` call or `add` to a running batch), can be made slow per step, and can hold its
-warm-up until a test releases it. `RequestLevelFake` lacks `new_batch`, so the server
-batches at request level around it.
+warm-up until a test releases it. It satisfies `fst.serving.contract.ServedGenerator`.
 """
 
 from __future__ import annotations
@@ -156,12 +155,6 @@ class FakeGenerator:
     @staticmethod
     def _body(prompt: Any) -> str:
         return prompt["body"] if isinstance(prompt, Mapping) else prompt
-
-
-class RequestLevelFake(FakeGenerator):
-    """A generator without the step-level API: the server falls back to request batching."""
-
-    new_batch = None  # type: ignore[assignment]
 
 
 class FakeRow:

@@ -4,7 +4,7 @@ The app runs with FastAPI's TestClient (lifespan included) around `FakeGenerator
 (tests/serving_fakes.py), whose output is a known function of the prompt, so every text
 is checked against the generator called directly. The fake has the runtime's step-level
 API, so these tests run the default continuous batching (`serve` asserts which path ran);
-`RequestLevelFake` covers request-level batching. The real model is exercised in
+`BOTH_PATHS` runs a test with request-level batching too. The real model is exercised in
 test_serving_bundle.py, a real uvicorn in test_serving_live.py.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serving_fakes import FakeGenerator, RequestLevelFake, fake_token
+from serving_fakes import FakeGenerator, fake_token
 
 from fst import __version__
 from fst.core.generation_params import ORIGINAL_API_DEFAULTS, GenerationParams
@@ -43,7 +43,7 @@ def serve(generator: Any | None = None, **settings: Any) -> Iterator[TestClient]
     batching path the server chose."""
     generator = generator or FakeGenerator()
     app = create_app(ServingSettings(**settings), generator=generator)
-    request_level = isinstance(generator, RequestLevelFake) or settings.get("batching") == "request"
+    request_level = settings.get("batching") == "request"
     with TestClient(app) as client:
         wait_ready(client)
         assert app.state.serving.scheduler.mode == ("request" if request_level else "continuous")
@@ -138,13 +138,13 @@ def test_original_api_refusals_name_the_field() -> None:
 
 
 # -- OpenAI-compatible API ---------------------------------------------------------------------
-BOTH_PATHS = pytest.mark.parametrize("fake_class", [FakeGenerator, RequestLevelFake])
+BOTH_PATHS = pytest.mark.parametrize("batching", ["continuous", "request"])
 
 
 @BOTH_PATHS
-def test_completions_choices_indices_and_usage(fake_class: type[FakeGenerator]) -> None:
-    fake = fake_class()
-    with serve(fake, model_name="tiny") as client:
+def test_completions_choices_indices_and_usage(batching: str) -> None:
+    fake = FakeGenerator()
+    with serve(fake, model_name="tiny", batching=batching) as client:
         body = {"model": "tiny", "prompt": ["Hello", "abc"], "n": 2, "max_tokens": 6, "seed": 3}
         r = client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
@@ -212,8 +212,8 @@ def test_completions_stop_echo_and_extras() -> None:
 
 
 @BOTH_PATHS
-def test_completions_stream_format_matches_non_streamed(fake_class: type[FakeGenerator]) -> None:
-    with serve(fake_class()) as client:
+def test_completions_stream_format_matches_non_streamed(batching: str) -> None:
+    with serve(FakeGenerator(), batching=batching) as client:
         body = {"prompt": ["Hello", "xy"], "n": 2, "max_tokens": 7}
         plain = client.post("/v1/completions", json=body).json()
         r = client.post(
@@ -408,9 +408,9 @@ def metric_values(text: str) -> dict[str, float]:
     return values
 
 
-@pytest.mark.parametrize("fake", [FakeGenerator, RequestLevelFake])
-def test_metrics_count_requests_tokens_and_batches(fake: type[FakeGenerator]) -> None:
-    with serve(fake()) as client:
+@BOTH_PATHS
+def test_metrics_count_requests_tokens_and_batches(batching: str) -> None:
+    with serve(FakeGenerator(), batching=batching) as client:
         client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "n": 2})
         client.post("/v1/completions", json={"prompt": "Hello", "temperature": -1})
         client.post("/generated_texts/", json={"body": "Hi", "max_number_of_generated_tokens": 4})
@@ -420,7 +420,7 @@ def test_metrics_count_requests_tokens_and_batches(fake: type[FakeGenerator]) ->
     assert values['fst_http_requests_total{route="/generated_texts/",status="200"}'] == 1
     assert values["fst_generated_tokens_total"] == 3 * 2 + 4
     assert values["fst_prompt_tokens_total"] == 5 + 2
-    if fake is RequestLevelFake:  # one observation per batch
+    if batching == "request":  # one observation per batch
         assert values["fst_batch_size_sequences_count"] == 2
         assert values["fst_batch_size_sequences_sum"] == 3
     else:  # one per decoding step: 3 steps of 2 rows, 4 steps of 1
@@ -461,11 +461,11 @@ def test_timeout_gives_504() -> None:
 
 
 @BOTH_PATHS
-def test_one_failing_request_does_not_fail_its_batch(fake_class: type[FakeGenerator]) -> None:
-    fake = fake_class(fail_on="boom", step_s=0.01)
+def test_one_failing_request_does_not_fail_its_batch(batching: str) -> None:
+    fake = FakeGenerator(fail_on="boom", step_s=0.01)
     # The batch starts the moment both requests wait (2 = max_batch_size), not after a
     # fixed window; the 1 s bound only matters if a thread needs that long to post.
-    with serve(fake, max_batch_size=2, batch_wait_ms=1000) as client:
+    with serve(fake, max_batch_size=2, batch_wait_ms=1000, batching=batching) as client:
         results: dict[str, Any] = {}
 
         def call(prompt: str) -> None:

@@ -1,0 +1,69 @@
+"""What the server needs of a generator, as a `typing.Protocol`.
+
+`fst.runtime.Generator` satisfies it; so does tests/serving_fakes.py's fake. The server
+never reaches past it: the scheduler decodes through `new_batch()` (the runtime's
+`DecodeBatch`, with either batching mode), the routes check prompts with `encode_prompt`
+and `max_positions`, the lifespan warms up with `generate` and, where the generator has one, sets its
+`on_model_call` hook (metrics); /version and the logs read `manifest` and `provider`.
+(serving/protocol.py is another kind of protocol: uvicorn's HTTP one.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fst.core.bundle import BundleManifest
+
+
+class StepRow(Protocol):
+    """One sample decoding in a batch (fst.runtime.Row)."""
+
+    tag: Any
+    index: int
+    finish_reason: str | None
+
+    def completion(self) -> Any: ...
+
+
+class StepEventLike(Protocol):
+    row: Any
+    piece: str
+    finished: bool
+
+
+class StepBatch(Protocol):
+    """The step-level decode loop (fst.runtime.DecodeBatch)."""
+
+    @property
+    def live_rows(self) -> Sequence[Any]: ...
+
+    def add(self, requests: Sequence[Any], tags: Sequence[Any] | None = None) -> list[list[Any]]:
+        """Start requests (ValueError before anything changes); their rows per request."""
+        ...
+
+    def step(self) -> Sequence[StepEventLike]:
+        """One token for every live row; the rows that got final text or ended."""
+        ...
+
+    def cancel(self, target: Any) -> None: ...
+
+
+class ServedGenerator(Protocol):
+    """The generator contract of fst-serve."""
+
+    manifest: BundleManifest
+    provider: str
+    max_positions: int
+
+    def encode_prompt(self, prompt: Any) -> list[int]:
+        """Prompt ids; ValueError for a prompt the model cannot take."""
+        ...
+
+    def generate(self, prompts: Any, params: Any = None, **overrides: Any) -> list[Any]:
+        """Completions of prompts (the warm-up)."""
+        ...
+
+    def new_batch(self) -> StepBatch:
+        """An empty batch to add requests to and step."""
+        ...
