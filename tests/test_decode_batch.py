@@ -9,7 +9,7 @@ import pytest
 from fst.core.generation_params import GenerationParams
 from fst.runtime import DecodeBatch, GenerationRequest, Generator
 from fst.runtime.kv_cache import CausalLMStepper
-from fst.runtime.ort_io import FastIO, PublicIO, make_io
+from fst.runtime.ort_io import CLevelCalls, PublicCalls, make_io
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
 SEEDED = GenerationParams(
@@ -154,11 +154,11 @@ class NoPrivateAttributes:
 
 def test_public_io_fallback_generates_the_same(generator: Generator) -> None:
     session = generator._stepper.session
-    assert isinstance(generator._stepper.io, FastIO)
-    assert type(make_io(NoPrivateAttributes(session), ["logits"], [], "cpu")) is PublicIO
+    assert type(generator._stepper.io.calls) is CLevelCalls
+    assert type(make_io(NoPrivateAttributes(session), ["logits"], [], "cpu").calls) is PublicCalls
     public = Generator(generator.manifest, generator.tokenizer, session, generator.provider)
     public._stepper = CausalLMStepper(NoPrivateAttributes(session), generator.manifest)
-    assert type(public._stepper.io) is PublicIO
+    assert type(public._stepper.io.calls) is PublicCalls
     prompts = ["Hello", "The quick brown fox"]
     expected = generator.generate(prompts, SEEDED)
     got = public.generate(prompts, SEEDED)
@@ -186,12 +186,17 @@ def test_model_call_hook_reports_every_graph_run(generator: Generator) -> None:
 
 
 def test_the_reused_binding_keeps_no_cache_alive(generator: Generator) -> None:
-    """FastIO reuses one IO binding; after a run it must hold no input or output values,
-    or the previous step's KV cache would stay in memory between steps and after the end."""
+    """The IO reuses one binding; after a run it must hold no input or output values, or
+    the previous step's KV cache would stay in memory between steps and after the end."""
     io = generator._stepper.io
-    assert isinstance(io, FastIO)
+    assert type(io.calls) is CLevelCalls
     generator.generate("Hello", GREEDY.with_overrides(max_new_tokens=3))
     assert len(io._binding.get_outputs()) == 0
+    session = generator._stepper.session
+    public = Generator(generator.manifest, generator.tokenizer, session, generator.provider)
+    public._stepper = CausalLMStepper(NoPrivateAttributes(session), generator.manifest)
+    public.generate("Hello", GREEDY.with_overrides(max_new_tokens=3))
+    assert len(public._stepper.io._binding.get_outputs()) == 0  # the public fallback too
 
 
 def test_shared_buffers_are_written_in_place_and_grow_when_full(tiny_shared_bundle) -> None:

@@ -117,11 +117,11 @@ def test_select_and_merge_keep_each_rows_cache(stepper) -> None:
 
 
 def test_public_io_fallback_decodes_the_same(tiny_shared_right_bundle, stepper) -> None:
-    from fst.runtime.ort_io import FastIO, PublicIO
+    from fst.runtime.ort_io import CLevelCalls, PublicCalls
 
     manifest = BundleManifest.load(tiny_shared_right_bundle)
     public = DeviceKVStepper(stepper.session, manifest, public_io=True)
-    assert isinstance(stepper.io, FastIO) and type(public.io) is PublicIO
+    assert type(stepper.io.calls) is CLevelCalls and type(public.io.calls) is PublicCalls
     ours, theirs = greedy_logits(public, PROMPTS, 3), greedy_logits(stepper, PROMPTS, 3)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
