@@ -27,7 +27,6 @@ device-to-device copy; these are not per-token costs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,15 +44,18 @@ from fst.core.constants import (
     onnx_present_names,
 )
 from fst.runtime.ort_io import make_io
+from fst.runtime.stepper import (
+    DEFAULT_RESERVE,
+    NUMPY_DTYPES,
+    ModelCallHook,
+    Rows,
+    RowSelection,
+    cache_device_for,
+    capacity_for,
+    run_bound,
+)
 
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-DEFAULT_RESERVE = 64  # room for tokens to come when the caller gives no hint
-
-
-def cache_device_for(provider: str) -> str:
-    """Where a session's KV cache lives: "cuda" under CUDA / TensorRT, else "cpu"."""
-    return "cuda" if provider in _GPU_PROVIDERS else "cpu"
+__all__ = ["DEFAULT_RESERVE", "DeviceKVCache", "DeviceKVStepper", "cache_device_for"]
 
 
 @dataclass
@@ -76,7 +78,7 @@ class DeviceKVCache:
         return int(self.lengths.max())
 
 
-class DeviceKVStepper:
+class DeviceKVStepper(RowSelection):
     """`prefill` right-padded prompts, then `decode` one token a row; the same interface as
     fst.runtime.kv_cache.CausalLMStepper."""
 
@@ -100,17 +102,16 @@ class DeviceKVStepper:
             arch.head_dim,
         )
         self.vocab_size, self.max_positions = arch.vocab_size, arch.max_positions
-        self.dtype = _NUMPY_DTYPES[manifest.graph.dtype]
+        self.dtype = NUMPY_DTYPES[manifest.graph.dtype]
         logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
-        self._past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
+        self.past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
         present_names = [n for i in range(self.num_layers) for n in onnx_present_names(i)]
         self.device = device or cache_device_for(session.get_providers()[0])
         self.device_id = device_id
-        # A cache binds its ~2 * layers values once, so a step binds only three small arrays
-        # (ort_io's C-level binding: ~25 us a step less than the public API here).
+        # A cache binds its ~2 * layers values once, so a step binds only three small arrays.
         self.io = make_io(session, [ONNX_LOGITS], present_names, self.device, public_io)
-        self.on_model_call = None  # hook(kind, batch_size, start, end), see Generator
+        self.on_model_call: ModelCallHook | None = None  # see Generator.on_model_call
 
     # ---- steps --------------------------------------------------------------------------
 
@@ -151,29 +152,17 @@ class DeviceKVStepper:
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
     ) -> np.ndarray:
-        hook = self.on_model_call
-        start = time.perf_counter() if hook else 0.0
-        if cache.binding is None:
-            cache.logits = np.empty((cache.batch_size, 1, self.vocab_size), self.logits_dtype)
-            values = [self.io.bindable(v) for v in cache.presents]
-            cache.binding = self.io.step_binding(self._past_names, values, [cache.logits])
         arrays = {
             ONNX_INPUT_IDS: input_ids,
             ONNX_ATTENTION_MASK: attention_mask,
             ONNX_POSITION_IDS: position_ids,
         }
-        self.io.run_step(cache.binding, arrays)
-        logits = cache.logits[:, 0, :]
-        if logits.dtype != np.float32:
-            logits = logits.astype(np.float32)
-        if hook:
-            hook(kind, input_ids.shape[0], start, time.perf_counter())
-        return logits
+        return run_bound(self, cache, kind, arrays)
 
     # ---- buffers ------------------------------------------------------------------------
 
     def _capacity(self, needed: int, reserve: int) -> int:
-        return max(needed, min(needed + max(reserve, 1), self.max_positions))
+        return capacity_for(needed, reserve, self.max_positions)
 
     def _allocate(self, batch: int, capacity: int) -> list[Any]:
         """Uninitialised device buffers: the graph reads only positions it wrote."""
@@ -182,7 +171,7 @@ class DeviceKVStepper:
             ort.OrtValue.ortvalue_from_shape_and_type(
                 shape, self.dtype, self.device, self.device_id
             )
-            for _ in self._past_names
+            for _ in self.past_names
         ]
 
     def _upload(self, arrays: list[np.ndarray]) -> list[Any]:
@@ -199,24 +188,9 @@ class DeviceKVStepper:
 
     # ---- row selection: the only places the cache is copied -----------------------------
 
-    def select(self, cache: DeviceKVCache, rows: Sequence[int] | np.ndarray) -> DeviceKVCache:
-        """A cache holding only `rows` (in that order; repeats allowed)."""
-        return self.combine([(cache, rows)])
-
-    def merge(
-        self,
-        running: DeviceKVCache,
-        keep: Sequence[int] | np.ndarray,
-        new: DeviceKVCache,
-        new_rows: Sequence[int] | np.ndarray | None = None,
-    ) -> DeviceKVCache:
-        """Rows `keep` of `running` followed by rows `new_rows` (default: all) of `new`."""
-        rows = np.arange(new.batch_size) if new_rows is None else new_rows
-        return self.combine([(running, keep), (new, rows)])
-
     def combine(
         self,
-        parts: Sequence[tuple[DeviceKVCache, Sequence[int] | np.ndarray]],
+        parts: Sequence[tuple[DeviceKVCache, Rows]],
         capacity: int | None = None,
     ) -> DeviceKVCache:
         """The chosen rows of each cache, stacked in order, in one new cache that keeps the
@@ -233,7 +207,7 @@ class DeviceKVStepper:
             capacity = self._capacity(longest, room)
         shape = (lengths.size, self.num_heads, capacity, self.head_dim)
         arrays = []
-        for layer in range(len(self._past_names)):
+        for layer in range(len(self.past_names)):
             out = np.zeros(shape, dtype=self.dtype)
             offset = 0
             for cache, rows in chosen:

@@ -1,32 +1,34 @@
-"""The exported graph as a stepper: prefill, decode steps, and row selection / merging of the
-KV cache.
+"""The exported graph as a stepper for left-padded rows: prefill, decode steps, and row
+selection / merging of the KV cache, with the graph's KV layout as a strategy.
 
 The cache stays in ONNX Runtime's hands: each step's `present.*` outputs are bound (through
 IO binding, see `ort_io`) as the next step's `past_key_values.*` inputs, never copied.
-With the CUDA or TensorRT provider the cache stays on the GPU (UNTESTED: no GPU here).
-Two graph layouts (the manifest's graph.kv_layout):
+Two graph layouts (the manifest's graph.kv_layout), one small class each behind one
+interface (`prefill`, `decode`, `capacity`):
 
-- "concat": the graph concatenates past and new keys, so every step allocates presents one
-  position longer and copies the whole past into them (ORT's arena recycles the memory).
-- "shared" (--optimize exports): each layer's past is a buffer [B, H, capacity, D] that is
-  also bound as its present; the graph writes only the new position, in place. Buffers are
-  numpy arrays (on the CPU) with room for `reserve` more tokens; a decode step that would
-  overflow moves the cache into buffers twice as long (amortised: one copy per doubling).
-  A cache's decode steps reuse one IO binding (pasts, presents and a logits buffer bound
-  once), so a step binds only its token ids, mask and positions.
+- `ConcatLayout` ("concat"): the graph concatenates past and new keys, so every step
+  allocates presents one position longer and copies the whole past into them (ORT's arena
+  recycles the memory).
+- `SharedLayout` ("shared", --optimize exports): each layer's past is a buffer
+  [B, H, capacity, D] that is also bound as its present; the graph writes only the new
+  position, in place. Buffers are numpy arrays (on the CPU) with room for `reserve` more
+  tokens; a decode step that would overflow moves the cache into buffers twice as long
+  (amortised: one copy per doubling). A cache's decode steps reuse one IO binding
+  (`stepper.run_bound`), so a step binds only its token ids, mask and positions.
 
 Only `combine` (behind `select` and `merge`: expanding a prompt to its samples, dropping
 finished rows, letting new prompts join a running batch) and buffer growth copy the cache,
 once per kept element.
 
 Rows are left-padded: `attention_mask` marks the padding and each row keeps its own next
-position, so rows of different prompt lengths decode together.
+position, so rows of different prompt lengths decode together. ("shared_right", the GPU
+layout with right-padded rows, is `device_kv.DeviceKVStepper`.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +44,19 @@ from fst.core.constants import (
 )
 from fst.core.contract import GraphContract
 from fst.runtime.ort_io import make_io
+from fst.runtime.stepper import (
+    DEFAULT_RESERVE,
+    GPU_PROVIDERS,
+    NUMPY_DTYPES,
+    ModelCallHook,
+    Rows,
+    RowSelection,
+    Stepper,
+    capacity_for,
+    run_bound,
+)
 
-ModelCallHook = Callable[[str, int, float, float], None]
-
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
-# Room a shared-layout cache keeps for tokens to come when the caller gives no hint.
-DEFAULT_RESERVE = 64
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+__all__ = ["DEFAULT_RESERVE", "CausalLMStepper", "KVCache", "ModelCallHook", "make_stepper"]
 
 
 @dataclass
@@ -61,11 +69,11 @@ class KVCache:
     attention_mask: np.ndarray  # [B, P] int64, 0 = left padding
     next_positions: np.ndarray  # [B] int64, position id of each row's next token
     keep_alive: list[np.ndarray] = field(default_factory=list)  # numpy memory behind presents
-    # Shared layout: the IO binding its decode steps reuse (outputs and pasts bound once) and
-    # the logits buffer [B, 1, V] bound as an output; made at its first decode, dropped when
-    # the buffers move.
-    step_binding: Any = None
-    step_logits: np.ndarray | None = None
+    # Shared layout: the IO binding its decode steps reuse and the logits buffer [B, 1, V]
+    # bound as an output (stepper.run_bound); made at its first decode, dropped when the
+    # buffers move.
+    binding: Any = None
+    logits: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
@@ -82,7 +90,7 @@ class KVCache:
         return self.keep_alive[0].shape[2] if self.keep_alive else self.past_length
 
 
-def make_stepper(session: ort.InferenceSession, manifest: BundleManifest) -> Any:
+def make_stepper(session: ort.InferenceSession, manifest: BundleManifest) -> Stepper:
     """The stepper for the bundle's kv_layout: "shared_right" bundles (the GPU layout) keep
     their cache on the session's device (fst.runtime.device_kv, UNTESTED ON GPU); the
     others run through CausalLMStepper."""
@@ -93,7 +101,7 @@ def make_stepper(session: ort.InferenceSession, manifest: BundleManifest) -> Any
     return CausalLMStepper(session, manifest)
 
 
-class CausalLMStepper:
+class CausalLMStepper(RowSelection):
     """Runs the bundle's graph: `prefill` a batch of prompts, then `decode` one token a row."""
 
     def __init__(
@@ -104,28 +112,39 @@ class CausalLMStepper:
         # Names and KV shapes [batch, kv_heads, length, head_dim] come from the contract.
         self.contract = GraphContract.from_manifest(manifest)
         self.num_layers = arch.num_layers
-        self.dtype = _NUMPY_DTYPES[manifest.graph.dtype]
-        self.shared = manifest.graph.kv_layout == "shared"
+        self.dtype = NUMPY_DTYPES[manifest.graph.dtype]
         self.max_positions = arch.max_positions
-        self._past_names = self.contract.past_names
-        self._present_names = self.contract.present_names
+        self.past_names = self.contract.past_names
         self._check_graph()
         logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
         self.vocab_size = arch.vocab_size
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
-        gpu = session.get_providers()[0] in _GPU_PROVIDERS
-        if gpu and self.shared:
+        shared = manifest.graph.kv_layout == "shared"
+        gpu = session.get_providers()[0] in GPU_PROVIDERS
+        if gpu and shared:
             raise ValueError(
                 "this runtime keeps shared-layout KV buffers in host memory: run the bundle "
                 "on the CPU provider, or export it with --fp16 --kv_layout shared_right "
                 "(or concat) for CUDA / TensorRT"
             )
+        self.layout: ConcatLayout | SharedLayout = (
+            SharedLayout(self) if shared else ConcatLayout(self)
+        )
         self.io = make_io(
-            session, [ONNX_LOGITS], self._present_names, "cuda" if gpu else "cpu", public_io
+            session,
+            [ONNX_LOGITS],
+            self.contract.present_names,
+            "cuda" if gpu else "cpu",
+            public_io,
         )
         # Called as hook(kind, batch_size, start, end) after every graph run ("prefill" or
         # "decode"; perf_counter seconds); see Generator.on_model_call.
         self.on_model_call: ModelCallHook | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the graph has the "shared" layout (buffers written in place)."""
+        return isinstance(self.layout, SharedLayout)
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
@@ -151,16 +170,7 @@ class CausalLMStepper:
             mask[row, length - len(ids) :] = 1
         # HF's convention: positions count real tokens only; padding gets a dummy position.
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        if self.shared:
-            buffers = self._buffers(batch, self._capacity(length, reserve))
-            cache = KVCache([self.io.from_numpy(b) for b in buffers], mask, mask.sum(axis=1))
-            cache.keep_alive = buffers
-            logits = self._run_shared("prefill", cache, input_ids, mask, positions)
-            return logits, cache
-        empty = np.zeros(self.contract.kv_shape(batch, 0), dtype=self.dtype)
-        inputs = dict.fromkeys(self._past_names, empty)
-        logits, presents = self._run("prefill", inputs, {}, input_ids, mask, positions)
-        return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
+        return self.layout.prefill(_inputs(input_ids, mask, positions), reserve)
 
     def decode(self, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row ([B] int64); returns logits [B, V]; advances `cache`."""
@@ -168,126 +178,32 @@ class CausalLMStepper:
         mask = np.ones((batch, cache.past_length + 1), dtype=np.int64)
         mask[:, :-1] = cache.attention_mask
         tokens, positions = tokens.reshape(batch, 1), cache.next_positions.reshape(batch, 1)
-        if self.shared:
-            if cache.past_length + 1 > cache.capacity:
-                self._grow(cache, cache.past_length + 1)
-            logits = self._decode_shared(cache, tokens, mask, positions)
-        else:
-            pasts = dict(zip(self._past_names, cache.presents, strict=True))
-            logits, cache.presents = self._run("decode", {}, pasts, tokens, mask, positions)
-            cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
+        logits = self.layout.decode(cache, _inputs(tokens, mask, positions))
         cache.attention_mask = mask
         cache.next_positions = cache.next_positions + 1
         return logits
 
-    def _decode_shared(
-        self,
-        cache: KVCache,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
-    ) -> np.ndarray:
-        """A decode step through the cache's own binding. The logits returned are the
-        cache's buffer: valid until its next decode step (DecodeBatch samples before that)."""
-        hook = self.on_model_call
-        start = time.perf_counter() if hook else 0.0
-        if cache.step_binding is None:
-            batch = cache.batch_size
-            cache.step_logits = np.empty((batch, 1, self.vocab_size), dtype=self.logits_dtype)
-            cache.step_binding = self.io.step_binding(
-                self._past_names, cache.presents, [cache.step_logits]
-            )
-        arrays = {
-            ONNX_INPUT_IDS: input_ids,
-            ONNX_ATTENTION_MASK: attention_mask,
-            ONNX_POSITION_IDS: position_ids,
-        }
-        self.io.run_step(cache.step_binding, arrays)
-        logits = cache.step_logits[:, 0, :]
-        if logits.dtype != np.float32:
-            logits = logits.astype(np.float32)
-        if hook:
-            hook("decode", input_ids.shape[0], start, time.perf_counter())
-        return logits
-
-    def _run_shared(
-        self,
-        kind: str,
-        cache: KVCache,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
-    ) -> np.ndarray:
-        """One run that writes this step's keys/values into the cache's buffers."""
-        pasts = dict(zip(self._past_names, cache.presents, strict=True))
-        logits, _ = self._run(
-            kind, {}, pasts, input_ids, attention_mask, position_ids, into=cache.presents
-        )
-        return logits
-
-    def _run(
+    def run(
         self,
         kind: str,
         arrays: dict[str, np.ndarray],
         pasts: dict[str, Any],
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
         into: Sequence[Any] | None = None,
     ) -> tuple[np.ndarray, list[Any]]:
+        """One graph run on fresh bindings: the last position's logits [B, V] (float32) and
+        the presents (none when written `into` the caller's buffers)."""
         hook = self.on_model_call
         start = time.perf_counter() if hook else 0.0
-        arrays[ONNX_INPUT_IDS] = input_ids
-        arrays[ONNX_ATTENTION_MASK] = attention_mask
-        arrays[ONNX_POSITION_IDS] = position_ids
         outputs = self.io.run(arrays, pasts, into)
         logits = self.io.to_numpy(outputs[0])[:, -1, :]  # [B, S or 1, V] -> last position
         logits = np.ascontiguousarray(logits, dtype=np.float32)
         if hook:
-            hook(kind, input_ids.shape[0], start, time.perf_counter())
+            hook(kind, arrays[ONNX_INPUT_IDS].shape[0], start, time.perf_counter())
         return logits, outputs[1:]
-
-    # ---- shared-layout buffers ----------------------------------------------------------------
-
-    def _capacity(self, needed: int, reserve: int) -> int:
-        """Buffer length for `needed` positions and `reserve` more, within max_positions."""
-        return max(needed, min(needed + max(reserve, 1), self.max_positions))
-
-    def _buffers(self, batch: int, capacity: int) -> list[np.ndarray]:
-        # Uninitialised: the graph reads only positions it has written (< total length).
-        shape = self.contract.kv_shape(batch, capacity)
-        return [np.empty(shape, dtype=self.dtype) for _ in self._past_names]
-
-    def _grow(self, cache: KVCache, needed: int) -> None:
-        """Move `cache` into buffers about twice as long (its past copied once)."""
-        past = cache.past_length
-        buffers = self._buffers(cache.batch_size, self._capacity(needed, cache.capacity))
-        for old, new in zip(cache.keep_alive, buffers, strict=True):
-            new[:, :, :past] = old[:, :, :past]
-        cache.presents = [self.io.from_numpy(b) for b in buffers]
-        cache.keep_alive = buffers
-        cache.step_binding = cache.step_logits = None  # bound to the old buffers
 
     # ---- row selection: the only places the cache is copied --------------------------------
 
-    def select(self, cache: KVCache, rows: Sequence[int] | np.ndarray) -> KVCache:
-        """A cache holding only `rows` (in that order; repeats allowed), with the leading
-        columns that are padding in every kept row trimmed off."""
-        return self.combine([(cache, rows)])
-
-    def merge(
-        self,
-        running: KVCache,
-        keep: Sequence[int] | np.ndarray,
-        new: KVCache,
-        new_rows: Sequence[int] | np.ndarray | None = None,
-    ) -> KVCache:
-        """Rows `keep` of `running` followed by rows `new_rows` (default: all) of `new`: how
-        prompts prefilled on their own join a running batch."""
-        rows = np.arange(new.batch_size) if new_rows is None else new_rows
-        return self.combine([(running, keep), (new, rows)])
-
-    def combine(self, parts: Sequence[tuple[KVCache, Sequence[int] | np.ndarray]]) -> KVCache:
+    def combine(self, parts: Sequence[tuple[KVCache, Rows]]) -> KVCache:
         """The chosen rows of each cache, stacked in order, in one cache.
 
         Each part is trimmed of the leading columns that are padding in all its chosen rows,
@@ -310,10 +226,9 @@ class CausalLMStepper:
         offsets = np.cumsum([0] + [m.shape[0] for m in masks])
         for m, offset in zip(masks, offsets, strict=False):
             mask[offset : offset + m.shape[0], past - m.shape[1] :] = m
-        capacity = past
-        if self.shared:  # the result keeps the most room any part had left
-            room = max(cache.capacity - cache.past_length for cache, _ in chosen)
-            capacity = self._capacity(past, room)
+        # The result keeps the most room any part had left (where the layout keeps room).
+        room = max(cache.capacity - cache.past_length for cache, _ in chosen)
+        capacity = self.layout.capacity(past, room)
         arrays = []
         for layer in range(len(chosen[0][0].presents)):
             sources = [
@@ -330,6 +245,76 @@ class CausalLMStepper:
         next_positions = np.concatenate([cache.next_positions[rows] for cache, rows in chosen])
         presents = [self.io.from_numpy(a) for a in arrays]
         return KVCache(presents, mask, next_positions, keep_alive=arrays)
+
+
+class ConcatLayout:
+    """ "concat": every run takes the pasts as inputs and returns new, longer presents."""
+
+    def __init__(self, stepper: CausalLMStepper) -> None:
+        self.stepper = stepper
+
+    def prefill(self, arrays: dict[str, np.ndarray], reserve: int) -> tuple[np.ndarray, KVCache]:
+        stepper, mask = self.stepper, arrays[ONNX_ATTENTION_MASK]
+        empty = np.zeros(stepper.contract.kv_shape(mask.shape[0], 0), dtype=stepper.dtype)
+        arrays.update(dict.fromkeys(stepper.past_names, empty))
+        logits, presents = stepper.run("prefill", arrays, {})
+        return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
+
+    def decode(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
+        logits, cache.presents = self.stepper.run("decode", arrays, pasts)
+        cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
+        return logits
+
+    @staticmethod
+    def capacity(past: int, room: int) -> int:
+        """A combined cache holds exactly its past (the next run makes longer presents)."""
+        return past
+
+
+class SharedLayout:
+    """ "shared": each layer's buffer is its past and its present, written in place."""
+
+    def __init__(self, stepper: CausalLMStepper) -> None:
+        self.stepper = stepper
+
+    def prefill(self, arrays: dict[str, np.ndarray], reserve: int) -> tuple[np.ndarray, KVCache]:
+        mask = arrays[ONNX_ATTENTION_MASK]
+        buffers = self._buffers(mask.shape[0], self.capacity(mask.shape[1], reserve))
+        cache = KVCache([self.stepper.io.from_numpy(b) for b in buffers], mask, mask.sum(axis=1))
+        cache.keep_alive = buffers
+        pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
+        logits, _ = self.stepper.run("prefill", arrays, pasts, into=cache.presents)
+        return logits, cache
+
+    def decode(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """A step through the cache's own binding; the logits are the cache's buffer, valid
+        until its next decode step (DecodeBatch samples before that)."""
+        if cache.past_length + 1 > cache.capacity:
+            self._grow(cache, cache.past_length + 1)
+        return run_bound(self.stepper, cache, "decode", arrays)
+
+    def capacity(self, needed: int, reserve: int) -> int:
+        return capacity_for(needed, reserve, self.stepper.max_positions)
+
+    def _buffers(self, batch: int, capacity: int) -> list[np.ndarray]:
+        # Uninitialised: the graph reads only positions it has written (< total length).
+        shape = self.stepper.contract.kv_shape(batch, capacity)
+        return [np.empty(shape, dtype=self.stepper.dtype) for _ in self.stepper.past_names]
+
+    def _grow(self, cache: KVCache, needed: int) -> None:
+        """Move `cache` into buffers about twice as long (its past copied once)."""
+        past = cache.past_length
+        buffers = self._buffers(cache.batch_size, self.capacity(needed, cache.capacity))
+        for old, new in zip(cache.keep_alive, buffers, strict=True):
+            new[:, :, :past] = old[:, :, :past]
+        cache.presents = [self.stepper.io.from_numpy(b) for b in buffers]
+        cache.keep_alive = buffers
+        cache.binding = cache.logits = None  # bound to the old buffers
+
+
+def _inputs(input_ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
+    return {ONNX_INPUT_IDS: input_ids, ONNX_ATTENTION_MASK: mask, ONNX_POSITION_IDS: positions}
 
 
 def _copy_rows(out: np.ndarray, source: np.ndarray, rows: np.ndarray) -> None:

@@ -77,8 +77,9 @@ class CLevelCalls(PublicCalls):
         self._c_session.run_with_iobinding(binding, None)
 
     @staticmethod
-    def value(value: ort.OrtValue) -> Any:
-        return value._ortvalue
+    def value(value: Any) -> Any:
+        """The C value of an `ort.OrtValue` (a C value already: itself)."""
+        return value._ortvalue if isinstance(value, ort.OrtValue) else value
 
 
 class OrtIO:

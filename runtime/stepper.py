@@ -7,10 +7,13 @@ session's device). `kv_cache.make_stepper` picks one from the manifest's kv_layo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from fst.core.constants import ONNX_INPUT_IDS
 
 # hook(kind, batch_size, start, end): kind "prefill" or "decode", perf_counter seconds.
 ModelCallHook = Callable[[str, int, float, float], None]
@@ -44,3 +47,61 @@ class Stepper(Protocol):
     def merge(self, running: Any, keep: Rows, new: Any, new_rows: Rows | None = None) -> Any:
         """Rows `keep` of `running` followed by rows `new_rows` (default all) of `new`."""
         ...
+
+
+# ---- what both steppers share ----------------------------------------------------------------
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Room a preallocating cache keeps for tokens to come when the caller gives no hint.
+DEFAULT_RESERVE = 64
+
+
+def cache_device_for(provider: str) -> str:
+    """Where a session's KV cache lives: "cuda" under CUDA / TensorRT, else "cpu"."""
+    return "cuda" if provider in GPU_PROVIDERS else "cpu"
+
+
+def capacity_for(needed: int, reserve: int, max_positions: int) -> int:
+    """Buffer length for `needed` positions and `reserve` more, within max_positions."""
+    return max(needed, min(needed + max(reserve, 1), max_positions))
+
+
+class RowSelection:
+    """`select` and `merge` of a stepper, both one `combine` of chosen rows."""
+
+    def combine(self, parts: Sequence[tuple[Any, Rows]]) -> Any:
+        raise NotImplementedError
+
+    def select(self, cache: Any, rows: Rows) -> Any:
+        """A cache holding only `rows` (in that order; repeats allowed)."""
+        return self.combine([(cache, rows)])
+
+    def merge(self, running: Any, keep: Rows, new: Any, new_rows: Rows | None = None) -> Any:
+        """Rows `keep` of `running` followed by rows `new_rows` (default: all) of `new`: how
+        prompts prefilled on their own join a running batch."""
+        rows = np.arange(new.batch_size) if new_rows is None else new_rows
+        return self.combine([(running, keep), (new, rows)])
+
+
+def run_bound(stepper: Any, cache: Any, kind: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """One run through the cache's own IO binding: its buffers are bound once, as pasts and
+    as presents (the graph writes the new positions in place), with a logits buffer
+    [B, 1, V]; a run then binds only `arrays` (ids, mask, positions). Returns the logits
+    [B, V] as float32: the cache's buffer, valid until its next run. A cache whose buffers
+    move sets `binding` back to None.
+    """
+    hook = stepper.on_model_call
+    start = time.perf_counter() if hook else 0.0
+    io = stepper.io
+    if cache.binding is None:
+        cache.logits = np.empty((cache.batch_size, 1, stepper.vocab_size), stepper.logits_dtype)
+        values = [io.bindable(v) for v in cache.presents]
+        cache.binding = io.step_binding(stepper.past_names, values, [cache.logits])
+    io.run_step(cache.binding, arrays)
+    logits = cache.logits[:, 0, :]
+    if logits.dtype != np.float32:
+        logits = logits.astype(np.float32)
+    if hook:
+        hook(kind, arrays[ONNX_INPUT_IDS].shape[0], start, time.perf_counter())
+    return logits

@@ -215,12 +215,12 @@ def test_shared_buffers_are_written_in_place_and_grow_when_full(tiny_shared_bund
         logits = stepper.decode(roomy, tokens).copy()  # the cache's buffer: next step reuses it
         np.testing.assert_allclose(stepper.decode(tight, tokens), logits, atol=1e-5)
         capacities.append(tight.capacity)
-        tight_bindings.append(tight.step_binding)
+        tight_bindings.append(tight.binding)
         if step == 0:
-            binding = roomy.step_binding
+            binding = roomy.binding
         tokens = logits.argmax(-1)
     assert roomy.keep_alive[0] is buffer  # never reallocated: each step wrote in place
-    assert roomy.step_binding is binding  # outputs and pasts bound once for all steps
+    assert roomy.binding is binding  # outputs and pasts bound once for all steps
     assert (
         len({id(b) for b in tight_bindings}) == 3
     )  # a new binding with each move to bigger buffers
