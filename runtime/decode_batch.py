@@ -120,7 +120,7 @@ class Row:
 class StepEvent(NamedTuple):
     """What a step did to one row: text that became final, and whether the row ended.
 
-    (A NamedTuple: a step makes one per row, and a frozen dataclass costs ~5x more.)
+    (A NamedTuple: a step makes one per row, and a frozen dataclass costs several times more.)
     """
 
     row: Row
