@@ -32,6 +32,8 @@ NEG_INF = np.float32(-np.inf)
 _TOP_P_GROWTH = (64, 1024)
 # Weights longer than this are searched block-wise (a full-vocabulary cumsum is slow).
 _BLOCK = 1024
+# Weights up to this many are drawn from in plain Python.
+_FEW = 256
 
 
 def sequence_rng(seed: int, index: int) -> np.random.Generator:
@@ -302,6 +304,8 @@ def _draw(weights: np.ndarray, u: float) -> int:
     one block's cumsum): a cumsum over the whole vocabulary costs more than everything else.
     """
     n = weights.size
+    if n <= _FEW:  # top-k's few candidates: a Python loop touches less code than numpy's
+        return _draw_few(weights.tolist(), u)
     if n <= 4 * _BLOCK:
         cdf = np.cumsum(weights, dtype=np.float64)
         return _last_positive(weights, int(np.searchsorted(cdf, u * cdf[-1], side="right")))
@@ -316,6 +320,22 @@ def _draw(weights: np.ndarray, u: float) -> int:
     cdf = np.cumsum(weights[b * _BLOCK : (b + 1) * _BLOCK], dtype=np.float64)
     i = min(int(np.searchsorted(cdf, rest, side="right")), cdf.size - 1)
     return _last_positive(weights, b * _BLOCK + i)
+
+
+def _draw_few(weights: list[float], u: float) -> int:
+    """`_draw` for a short list: the same float64 sums, in the same order."""
+    total = 0.0
+    for w in weights:
+        total += w
+    target = u * total
+    cumulative, last = 0.0, -1
+    for i, w in enumerate(weights):
+        if w > 0:
+            cumulative += w
+            if cumulative > target:
+                return i
+            last = i
+    return last
 
 
 def _last_positive(weights: np.ndarray, i: int) -> int:

@@ -364,3 +364,16 @@ def test_repetition_penalty_equals_the_oracle_and_saturates_to_infinity() -> Non
         got = row.copy()
         RepetitionPenalty(penalty, ids.tolist(), row.size)(got, 0)
         np.testing.assert_array_equal(got, expected)
+
+
+def test_draw_is_the_inverse_cdf_for_short_and_long_weights() -> None:
+    """The plain-Python draw of a few candidates and numpy's cumsum agree with the rule."""
+    rng = np.random.default_rng(6)
+    for n in (1, 7, 64, 256, 257, 3000, 9000):
+        weights = rng.random(n).astype(np.float32)
+        weights[rng.random(n) < 0.3] = 0.0
+        weights[rng.integers(0, n)] = 1.0
+        cdf = np.cumsum(weights, dtype=np.float64)
+        for u in rng.random(20):
+            expected = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+            assert sampling._draw(weights, float(u)) == expected
