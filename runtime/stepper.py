@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,6 +20,7 @@ ModelCallHook = Callable[[str, int, float, float], None]
 Rows = Sequence[int] | np.ndarray
 
 
+@runtime_checkable
 class Stepper(Protocol):
     """Prefill prompts, decode one token a row, and choose or merge rows of a cache.
 

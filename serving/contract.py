@@ -11,7 +11,7 @@ and `max_positions`, the lifespan warms up with `generate` and, where the genera
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from fst.core.bundle import BundleManifest
 
@@ -32,6 +32,7 @@ class StepEventLike(Protocol):
     finished: bool
 
 
+@runtime_checkable
 class StepBatch(Protocol):
     """The step-level decode loop (fst.runtime.DecodeBatch)."""
 
@@ -49,6 +50,7 @@ class StepBatch(Protocol):
     def cancel(self, target: Any) -> None: ...
 
 
+@runtime_checkable
 class ServedGenerator(Protocol):
     """The generator contract of fst-serve."""
 

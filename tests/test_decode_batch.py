@@ -227,3 +227,21 @@ def test_shared_buffers_are_written_in_place_and_grow_when_full(tiny_shared_bund
     assert sorted(set(capacities)) == [4, 9, 19]  # when full: needed + old capacity
     past = roomy.past_length
     np.testing.assert_allclose(tight.keep_alive[0][:, :, :past], buffer[:, :, :past], atol=1e-6)
+
+
+def test_a_batch_is_built_from_a_stepper_a_tokenizer_and_limits(generator: Generator) -> None:
+    """DecodeBatch needs no Generator: the stepper protocol, the tokenizer and the limits."""
+    from fst.runtime import BatchLimits
+    from fst.runtime.stepper import Stepper
+
+    assert isinstance(generator.stepper, Stepper)
+    limits = BatchLimits(generator.max_positions, generator.eos_token_id)
+    batch = DecodeBatch(generator.stepper, generator.tokenizer, limits)
+    request = GenerationRequest("Hello", SEEDED)
+    rows = batch.add([request])
+    drain(batch)
+    expected = generator.run([request])[0]
+    assert [r.completion() for r in rows[0]] == expected
+    short = DecodeBatch(generator.stepper, generator.tokenizer, BatchLimits(8, None))
+    with pytest.raises(ValueError, match="exceeds the model's 8 positions"):
+        short.add([request])

@@ -549,3 +549,17 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch) -> N
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "FST_MAX_BATCH_SIZE" in help_text and "--no-warmup" in help_text
+
+
+def test_the_fake_and_the_runtime_satisfy_the_served_generator_protocol(
+    tiny_plain_bundle,
+) -> None:
+    from fst.runtime import Generator
+    from fst.serving.contract import ServedGenerator, StepBatch
+
+    fake = FakeGenerator()
+    real = Generator.from_bundle(tiny_plain_bundle, threads=1)
+    for generator in (fake, real):
+        assert isinstance(generator, ServedGenerator)
+        assert isinstance(generator.new_batch(), StepBatch)
+    assert not isinstance(object(), ServedGenerator)
