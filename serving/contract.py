@@ -27,7 +27,7 @@ class StepRow(Protocol):
 
 
 class StepEventLike(Protocol):
-    row: Any
+    row: StepRow
     piece: str
     finished: bool
 
@@ -37,9 +37,11 @@ class StepBatch(Protocol):
     """The step-level decode loop (fst.runtime.DecodeBatch)."""
 
     @property
-    def live_rows(self) -> Sequence[Any]: ...
+    def live_rows(self) -> Sequence[StepRow]: ...
 
-    def add(self, requests: Sequence[Any], tags: Sequence[Any] | None = None) -> list[list[Any]]:
+    def add(
+        self, requests: Sequence[Any], tags: Sequence[Any] | None = None
+    ) -> list[list[StepRow]]:
         """Start requests (ValueError before anything changes); their rows per request."""
         ...
 
