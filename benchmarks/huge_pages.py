@@ -8,8 +8,8 @@ fst's runtime moves a CPU session's weights into 2 MiB pages once it is built
 and fst-serve do). The move changes the process's pages, so each side runs in its own
 worker process, the two alternating round by round (A B B A ...). A worker loads the
 `--optimize` bundle (the one kv_layout.py exports, shared KV layout), prefills `past`
-random tokens and times `--steps` decode steps (batch 1, the model call only). Medians and huge/4k ratios go to
-benchmarks/results/huge_pages.{json,md}.
+random tokens and times `--steps` decode steps (batch 1, the model call only). Medians
+and huge/4k ratios go to benchmarks/results/huge_pages.{json,md}.
 """
 
 from __future__ import annotations
