@@ -10,7 +10,7 @@ that names the flag, and `fail(prog, error)` prints it as `prog: error: ...` (ex
 Flag style: `--snake_case`, the original project's spelling (`--max_new_tokens`). The
 kebab-case spelling (`--max-new-tokens`, fst-serve's flags before) is accepted as a hidden
 alias so old scripts keep working; `--help` shows only snake_case. A bool field is a pair of
-switches, `--name` / `--no_name`.
+switches, `--name` / `--no_name` (help shows `--no_name` only when the default is on).
 
 Torch-free, and pydantic is touched only for pydantic models.
 """
@@ -209,6 +209,8 @@ def _add_option(group: argparse._ArgumentGroup, f: _Field, help_text: str) -> No
     if f.is_switch:
         spellings = [f.flag, f"--no_{f.name}"]
         hidden = [s.replace("_", "-") for s in spellings if "_" in s[2:]]
+        if f.default is not True:  # an off-by-default switch reads best as just `--name`
+            hidden.append(spellings[1])
         action = group.add_argument(
             *spellings, *hidden, dest=f.name, action=_Switch, nargs=0,
             default=argparse.SUPPRESS, help=help_text,
@@ -246,6 +248,8 @@ def _metavar(f: _Field) -> str:
 
 def _help_text(f: _Field, env_prefix: str | None) -> str:
     env = f.meta.env or (f"{env_prefix}{f.name.upper()}" if env_prefix else None)
+    if f.is_switch and f.default is False and not env:
+        return f.meta.help.replace("%", "%%")
     if f.default is _MISSING:
         tail = f"required; or env {env}" if env else "required"
     else:
