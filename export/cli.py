@@ -7,6 +7,7 @@ left behind), 1 unexpected error. Details and tracebacks go to the log file.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import fail, option, parse_settings
 
 PROG = "fst-export"
@@ -81,6 +83,10 @@ class ExportArgs:
     def __post_init__(self) -> None:
         if (self.ckpt is None) == (self.model_path is None):
             raise ValueError("give --ckpt or --model_path (one of them)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(ExportArgs, prog=PROG, description=DESCRIPTION)
 
 
 def parse_args(argv: list[str] | None = None) -> ExportArgs:

@@ -9,10 +9,12 @@ on stderr and exits with 2; the traceback goes to the debug log (`--debug` shows
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass
 
+from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import comma_list, fail, option, parse_settings
 from fst.core.generation_params import GenerationParams
 
@@ -116,6 +118,10 @@ def _check_text_arguments(args: GenerateArgs) -> None:
             raise ValueError(
                 f"argument {name}: not valid UTF-8 (byte 0x{raw.hex()} at character {e.start})"
             ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(GenerateArgs, prog=PROG, description=DESCRIPTION)
 
 
 def parse_args(argv: list[str] | None = None) -> GenerateArgs:

@@ -9,6 +9,7 @@ or the bundle's folder name) and prints the Markdown table. The protocol is desc
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import fail, option, parse_settings
 from fst.core.documents import DocumentError, write_text_atomic
 from fst.evaluation.config import EvalConfig, EvaluationError
@@ -83,6 +85,10 @@ class EvalArgs(EvalConfig):
     def config(self) -> EvalConfig:
         """The protocol alone (what the results record)."""
         return EvalConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(EvalArgs, prog=PROG, description=DESCRIPTION)
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArgs:
