@@ -218,9 +218,11 @@ def _add_option(group: argparse._ArgumentGroup, f: _Field, help_text: str) -> No
     else:
         hidden = [f.flag.replace("_", "-")] if "_" in f.name else []
         repeat = f.meta.repeat and typing.get_origin(_base(f.annotation)) in (tuple, list)
+        literal = typing.get_origin(_base(f.annotation)) is Literal and not f.meta.parse
         action = group.add_argument(
             f.flag, *hidden, dest=f.name, metavar=_metavar(f), default=argparse.SUPPRESS,
             action="append" if repeat else "store", help=help_text,
+            choices=typing.get_args(_base(f.annotation)) if literal else None,
         )  # fmt: skip
     action.hidden_aliases = tuple(hidden)
 
