@@ -35,6 +35,7 @@ class Toy:
     stop: tuple[str, ...] = option((), repeat=True, help="stop strings")
     tags: tuple[str, ...] = option(("a",), parse=comma_list, help="tags")
     token: str | None = option(None, env="TOY_TOKEN", help="a secret")
+    dry: bool = option(False, env="TOY_DRY", help="change nothing")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -90,6 +91,13 @@ def test_environment_fills_what_the_flags_leave(monkeypatch) -> None:
     monkeypatch.setenv("TOY_TOKEN", "s3cret")
     assert parse(["--name=x"]).token == "s3cret"
     assert parse(["--name=x", "--token", "flag"]).token == "flag"
+    monkeypatch.setenv("TOY_DRY", "0")
+    assert not parse(["--name=x"]).dry and parse(["--name=x", "--dry"]).dry
+    monkeypatch.setenv("TOY_DRY", "yes")
+    assert parse(["--name=x"]).dry and not parse(["--name=x", "--no_dry"]).dry
+    monkeypatch.setenv("TOY_DRY", "maybe")
+    with pytest.raises(SettingsError, match="^TOY_DRY: expected one of 1, true"):
+        parse(["--name=x"])
 
 
 class Model(BaseModel):

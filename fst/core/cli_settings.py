@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 S = TypeVar("S")
 _MISSING = dataclasses.MISSING
 _NO_VALUE = ("none", "")  # what an optional field's flag accepts for None
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # switches' variables
 
 
 class SettingsError(ValueError):
@@ -322,14 +323,18 @@ def _build_pydantic(cls: type[S], given: dict[str, Any]) -> S:
 
 def _convert(f: _Field, raw: Any) -> Any:
     """The field's value from its flag's text (or list of texts, for repeated flags)."""
-    if f.is_switch or not isinstance(raw, (str, list)):
+    if f.is_switch and isinstance(raw, str):  # from a variable
+        if raw.strip().lower() not in (*_TRUE, *_FALSE):
+            raise SettingsError(f"{f.meta.env}: expected one of {', '.join(_TRUE + _FALSE)}")
+        return raw.strip().lower() in _TRUE
+    if not isinstance(raw, (str, list)):
         return raw
     base = _base(f.annotation)
     try:
+        if isinstance(raw, list):  # a repeated flag: one item each time
+            return tuple(f.meta.parse(r) if f.meta.parse else r for r in raw)
         if f.meta.parse is not None:
             return f.meta.parse(raw)
-        if isinstance(raw, list):  # a repeated flag: one item each time
-            return tuple(raw)
         if _optional(f.annotation) and raw.strip().lower() in _NO_VALUE:
             return None
         if typing.get_origin(base) in (tuple, list):
