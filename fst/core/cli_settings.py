@@ -57,13 +57,17 @@ def option(
     *,
     help: str,
     default_factory: Callable[[], Any] | Any = _MISSING,
+    secret: bool = False,
     **cli: Any,
 ) -> Any:
-    """A dataclass field with its command-line help beside it (see `CliMeta` for `cli`)."""
+    """A dataclass field with its command-line help beside it (see `CliMeta` for `cli`).
+
+    A `secret` is left out of the repr and of --help's default."""
     return dataclasses.field(
         default=default,
         default_factory=default_factory,
-        metadata={"cli": CliMeta(help=help, **cli)},
+        repr=not secret,
+        metadata={"cli": CliMeta(help=help, **cli), "secret": secret},
     )
 
 
@@ -108,7 +112,7 @@ def _fields(cls: type) -> list[_Field]:
         default = f.default
         if f.default_factory is not _MISSING:
             default = f.default_factory()
-        out.append(_Field(f.name, hints[f.name], default, f.metadata["cli"]))
+        out.append(_Field(f.name, hints[f.name], default, f.metadata["cli"], f.metadata["secret"]))
     return sorted(out, key=lambda f: f.name not in own)
 
 

@@ -38,12 +38,12 @@ _WEBHOOK = "webhook (long polling when --webhook_url is absent)"
 class BotSettings:
     """Everything fst-telegram can be told; each field is a flag (`fst.core.cli_settings`)."""
 
-    telegram_api_token: str = option(env=TOKEN_ENV, help="bot token from @BotFather")
+    telegram_api_token: str = option(env=TOKEN_ENV, secret=True, help="bot token from @BotFather")
     text_generator_service_url: str = option(
         metavar="URL", help="base URL of fst-serve, e.g. http://127.0.0.1:9228"
     )
     text_generator_service_api_key: str | None = option(
-        None, env=API_KEY_ENV, help="sent as 'Authorization: Bearer KEY'"
+        None, env=API_KEY_ENV, secret=True, help="sent as 'Authorization: Bearer KEY'"
     )
     telegram_api_server: str | None = option(
         None,
@@ -80,6 +80,7 @@ class BotSettings:
         None,
         group=_WEBHOOK,
         env=WEBHOOK_SECRET_ENV,
+        secret=True,
         shown_default="random",
         help="secret Telegram sends with each webhook call",
     )
