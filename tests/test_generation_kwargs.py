@@ -66,13 +66,6 @@ def test_sequence_ul_greedy_continuations_are_as_before() -> None:
     assert effective(transformers.GenerationConfig(**kwargs)) == effective(before)
 
 
-def test_ignore_eos_gives_hf_no_eos() -> None:
-    kwargs = GenerationParams(ignore_eos=True).hf_generation_kwargs(
-        eos_token_id=EOS, pad_token_id=PAD
-    )
-    assert kwargs["eos_token_id"] is None and kwargs["pad_token_id"] == PAD
-
-
 def test_library_versions_are_the_imported_ones_without_importing() -> None:
     import pytorch_lightning
     import tokenizers

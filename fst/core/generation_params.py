@@ -78,15 +78,16 @@ class GenerationParams:
 
         The one translation (training samples, fst-eval, sequence-level UL use it). Greedy
         passes no sampling settings (HF warns about unused ones); sampling passes all three
-        filters, since HF's own defaults (top_k 50) are not ours. `stop` and `seed` have no
-        GenerationConfig field: callers stop and seed themselves.
+        filters, since HF's own defaults (top_k 50) are not ours. `stop`, `seed` and
+        `ignore_eos` have no GenerationConfig field (HF fills a missing EOS from the model's
+        own config): callers that need them stop, seed or mask EOS themselves.
         """
         kwargs: dict[str, Any] = {
             "do_sample": not self.greedy,
             "max_new_tokens": self.max_new_tokens,
             "num_return_sequences": self.num_return_sequences,
             "repetition_penalty": self.repetition_penalty,
-            "eos_token_id": None if self.ignore_eos else eos_token_id,
+            "eos_token_id": eos_token_id,
             "pad_token_id": pad_token_id if pad_token_id is not None else eos_token_id,
         }
         if self.min_new_tokens:
