@@ -18,7 +18,6 @@ import glob
 import json
 import logging
 import os
-import platform
 import shutil
 import socket
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from fst.core.bundle import sha256_file
 from fst.core.constants import BUNDLE_MANIFEST
+from fst.core.versions import library_versions as _library_versions
 
 log = logging.getLogger(__name__)
 
@@ -182,22 +182,18 @@ def file_digests(folder: Path) -> dict[str, str]:
     }
 
 
+# Manifest key -> distribution(s) of the libraries a bundle records.
+EXPORT_LIBRARIES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "onnx": "onnx",
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+}
+
+
 def library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-    import transformers
-
-    import fst
-
-    return {
-        "fst": fst.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
+    """What the bundle was exported with (`fst.core.versions`, the one implementation)."""
+    return _library_versions(EXPORT_LIBRARIES)
 
 
 def utc_now() -> str:

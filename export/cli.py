@@ -15,38 +15,46 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
+from fst.core.cli_settings import build_parser as _build_parser
+from fst.core.cli_settings import fail, option, parse_settings
+
+PROG = "fst-export"
+DESCRIPTION = (
+    "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2, Llama, Qwen2, Qwen3 "
+    "or Mistral model (--model_path) to an ONNX bundle with KV cache: model.onnx, "
+    "tokenizer.json and fst_bundle.json. The bundle is checked against PyTorch before it is "
+    "written."
+)
 DEFAULT_LOG_FILE = Path(tempfile.gettempdir()) / "fst-export.log"
+_SOURCE = "what to export (--ckpt or --model_path)"
+_GRAPH = "graph"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fst-export",
-        description=(
-            "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2, Llama, Qwen2, "
-            "Qwen3 or Mistral model (--model_path) to an ONNX bundle with KV cache: model.onnx, tokenizer.json and "
-            "fst_bundle.json. The bundle is checked against PyTorch before it is written."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", type=Path, help="checkpoint (.ckpt) written by fst-train")
-    source.add_argument(
-        "--model_path",
+@dataclass(frozen=True, kw_only=True)
+class ExportArgs:
+    """fst-export's options. The graph defaults equal `export_bundle`'s (a test checks):
+    the CLI cannot read them from there without importing torch for --help."""
+
+    ckpt: Path | None = option(None, group=_SOURCE, help="checkpoint (.ckpt) written by fst-train")
+    model_path: str | None = option(
+        None,
+        group=_SOURCE,
         help="Hugging Face model folder or hub name (plain LM, no document special tokens)",
     )
-    parser.add_argument("--output", type=Path, required=True, help="bundle folder to create")
-    parser.add_argument(
-        "--optimize",
-        action="store_true",
+    output: Path = option(group=_SOURCE, help="bundle folder to create")
+    optimize: bool = option(
+        False,
+        group=_GRAPH,
         help="static shapes and ONNX Runtime fused operators (attention, layer norm, GELU); "
         "the graph then needs onnxruntime's com.microsoft ops",
     )
-    parser.add_argument(
-        "--kv_layout",
-        choices=["auto", "shared", "concat", "shared_right"],
-        default="auto",
+    kv_layout: Literal["auto", "shared", "concat", "shared_right"] = option(
+        "auto",
+        group=_GRAPH,
         help="with --optimize: 'shared' = one preallocated KV buffer per layer written in "
         "place (GroupQueryAttention; CPU runtime; head size a multiple of 8), 'concat' = "
         "past and new keys concatenated every step (MultiHeadAttention; TensorRT needs the "
@@ -54,33 +62,42 @@ def build_parser() -> argparse.ArgumentParser:
         "over right-padded buffers kept on the device; with --fp16; UNTESTED ON GPU), "
         "'auto' = shared when possible (not fp16)",
     )
-    parser.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
+    quantize: Literal["int8", "int4"] | None = option(
+        None,
+        group=_GRAPH,
         help="CPU inference: 'int8' = dynamic int8 weights and activations; 'int4' = "
         "block-wise 4-bit weights (ONNX Runtime MatMulNBits), the smallest bundle",
     )
-    parser.add_argument(
-        "--fp16", action="store_true", help="float16 weights and I/O (CUDA/TensorRT)"
-    )
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument(
-        "--logits",
-        choices=["last", "all"],
-        default="last",
+    fp16: bool = option(False, group=_GRAPH, help="float16 weights and I/O (CUDA/TensorRT)")
+    opset: int = option(17, group=_GRAPH, help="ONNX opset version")
+    logits: Literal["last", "all"] = option(
+        "last",
+        group=_GRAPH,
         help="'last': logits of the last position only (much faster prefill); "
         "'all': every position",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
-    parser.add_argument(
-        "--log_file", type=Path, default=DEFAULT_LOG_FILE, help="debug log with tracebacks"
-    )
-    return parser
+    force: bool = option(False, help="replace an existing bundle folder")
+    quiet: bool = option(False, help="no progress display")
+    log_file: Path = option(DEFAULT_LOG_FILE, help="debug log with tracebacks")
+
+    def __post_init__(self) -> None:
+        if (self.ckpt is None) == (self.model_path is None):
+            raise ValueError("give --ckpt or --model_path (one of them)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(ExportArgs, prog=PROG, description=DESCRIPTION)
+
+
+def parse_args(argv: list[str] | None = None) -> ExportArgs:
+    return parse_settings(ExportArgs, argv, prog=PROG, description=DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail(PROG, e)
     # SIGTERM (docker stop, a CI timeout) and SIGHUP (the terminal closed) unwind like
     # Ctrl-C, so the temporary bundle folder is removed instead of left behind. (SIGKILL
     # cannot be caught: the next export removes what such a run left, see bundle_writer.)
@@ -103,9 +120,9 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: ExportArgs) -> int:
     log = logging.getLogger("fst.export")
-    log.debug("arguments: %s", vars(args))
+    log.debug("arguments: %s", asdict(args))
     from fst.export.exporter import ExportError, export_bundle
 
     try:
@@ -124,8 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ExportError as e:
         log.debug("export failed", exc_info=True)
-        print(f"fst-export: error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     except Exception as e:
         log.exception("unexpected error")
         print(

@@ -12,76 +12,102 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 
+from fst.core.cli_settings import build_parser as _build_parser
+from fst.core.cli_settings import comma_list, fail, option, parse_settings
 from fst.core.generation_params import GenerationParams
 
 log = logging.getLogger("fst.generate")
 
-# GenerationParams fields exposed as options: (type, help).
-_PARAM_OPTIONS = {
-    "max_new_tokens": (int, "how many tokens to generate at most"),
-    "min_new_tokens": (int, "EOS is impossible before this many tokens"),
-    "num_return_sequences": (int, "samples per prompt"),
-    "temperature": (float, "0 = greedy"),
-    "top_k": (int, "keep the k most likely tokens (0 = off)"),
-    "top_p": (float, "keep the smallest set of tokens with this probability mass (1 = off)"),
-    "repetition_penalty": (float, "penalise tokens already in the prompt or output (1 = off)"),
-    "seed": (int, "random seed: the same seed gives the same samples"),
-}
+PROG = "fst-generate"
+DESCRIPTION = "Generate text from an fst bundle (ONNX Runtime, no torch needed)."
+_SAMPLING = "generation"
+_D = GenerationParams()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fst-generate",
-        description="Generate text from an fst bundle (ONNX Runtime, no torch needed).",
+def _param(help_text: str, name: str) -> object:
+    """A generation parameter: None = the bundle's default (its GenerationParams)."""
+    fallback = getattr(_D, name)
+    return option(
+        None,
+        group=_SAMPLING,
+        shown_default=f"the bundle's, else {'none' if fallback is None else fallback}",
+        help=help_text,
     )
-    parser.add_argument(
-        "prompt", help="the text to continue (a document body for document bundles)"
+
+
+@dataclass(frozen=True)
+class GenerateArgs:
+    """fst-generate's options; the generation parameters are checked here, before loading."""
+
+    prompt: str = option(
+        positional=True, help="the text to continue (a document body for document bundles)"
     )
-    parser.add_argument("--bundle", required=True, help="bundle folder written by fst-export")
-    parser.add_argument("--meta", default=None, help="document meta (document-format bundles only)")
-    defaults = GenerationParams()
-    for name, (kind, text) in _PARAM_OPTIONS.items():
-        parser.add_argument(
-            f"--{name}",
-            type=kind,
-            default=None,
-            help=f"{text} (default: the bundle's, else {getattr(defaults, name)})",
-        )
-    parser.add_argument(
-        "--stop",
-        action="append",
-        default=None,
-        help="stop string (repeatable); the text ends before it",
+    bundle: str = option(metavar="PATH", help="bundle folder written by fst-export")
+    meta: str | None = option(None, help="document meta (document-format bundles only)")
+    max_new_tokens: int | None = _param("how many tokens to generate at most", "max_new_tokens")
+    min_new_tokens: int | None = _param(
+        "EOS is impossible before this many tokens", "min_new_tokens"
     )
-    parser.add_argument("--ignore_eos", action="store_true", help="keep generating after EOS")
-    parser.add_argument("--stream", action="store_true", help="print text as it is generated")
-    parser.add_argument(
-        "--providers",
-        default=None,
+    num_return_sequences: int | None = _param("samples per prompt", "num_return_sequences")
+    temperature: float | None = _param("0 = greedy", "temperature")
+    top_k: int | None = _param("keep the k most likely tokens (0 = off)", "top_k")
+    top_p: float | None = _param(
+        "keep the smallest set of tokens with this probability mass (1 = off)", "top_p"
+    )
+    repetition_penalty: float | None = _param(
+        "penalise tokens already in the prompt or output (1 = off)", "repetition_penalty"
+    )
+    seed: int | None = _param("random seed: the same seed gives the same samples", "seed")
+    stop: tuple[str, ...] = option(
+        (), group=_SAMPLING, repeat=True, help="stop string (repeatable); the text ends before it"
+    )
+    ignore_eos: bool = option(False, group=_SAMPLING, help="keep generating after EOS")
+    stream: bool = option(False, help="print text as it is generated")
+    providers: tuple[str, ...] | None = option(
+        None,
+        parse=comma_list,
+        shown_default="the best available",
         help="comma-separated ONNX Runtime providers, e.g. CPUExecutionProvider",
     )
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
-    parser.add_argument(
-        "--no_huge_pages",
-        action="store_true",
-        help="keep the weights in 4 KiB pages (by default they move into 2 MiB pages on Linux)",
+    threads: int | None = option(None, shown_default="ONNX Runtime's", help="intra-op threads")
+    huge_pages: bool = option(
+        True, help="move the weights into 2 MiB pages on Linux (--no_huge_pages: 4 KiB pages)"
     )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="check every bundle file's sha256 against the manifest before loading (sizes "
-        "are always checked)",
+    verify: bool = option(
+        False,
+        help="check every bundle file's sha256 against the manifest before loading (sizes are "
+        "always checked)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    debug: bool = option(False, help="show tracebacks")
+
+    def __post_init__(self) -> None:
+        _check_text_arguments(self)
+        try:  # the ranges, once; the bundle's own defaults are merged after loading
+            GenerationParams(**{k: v for k, v in self.overrides().items() if k != "stop"})
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
+        if self.stream and (self.num_return_sequences or 1) != 1:
+            raise ValueError("--stream works with --num_return_sequences 1")
+
+    def overrides(self) -> dict:
+        """The generation parameters given on the command line."""
+        names = ("max_new_tokens", "min_new_tokens", "num_return_sequences", "temperature")
+        names += ("top_k", "top_p", "repetition_penalty", "seed")
+        out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        if self.stop:
+            out["stop"] = self.stop
+        if self.ignore_eos:
+            out["ignore_eos"] = True
+        return out
 
 
-def _check_text_arguments(args: argparse.Namespace) -> None:
+def _check_text_arguments(args: GenerateArgs) -> None:
     """ValueError naming the argument whose bytes are not UTF-8 (Python keeps such bytes as
     lone surrogates, which no tokenizer accepts)."""
     texts = [("prompt", args.prompt), ("--meta", args.meta)]
-    texts += [("--stop", stop) for stop in args.stop or ()]
+    texts += [("--stop", stop) for stop in args.stop]
     for name, text in texts:
         if text is None:
             continue
@@ -94,35 +120,35 @@ def _check_text_arguments(args: argparse.Namespace) -> None:
             ) from None
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    out = {n: getattr(args, n) for n in _PARAM_OPTIONS if getattr(args, n) is not None}
-    if args.stop:
-        out["stop"] = tuple(args.stop)
-    if args.ignore_eos:
-        out["ignore_eos"] = True
-    return out
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(GenerateArgs, prog=PROG, description=DESCRIPTION)
+
+
+def parse_args(argv: list[str] | None = None) -> GenerateArgs:
+    return parse_settings(GenerateArgs, argv, prog=PROG, description=DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail(PROG, e)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
     from fst.runtime.generator import Generator
     from fst.runtime.session import ProviderUnavailableError
 
     try:
-        _check_text_arguments(args)
-        providers = args.providers.split(",") if args.providers else None
         generator = Generator.from_bundle(
             args.bundle,
-            providers=providers,
+            providers=list(args.providers) if args.providers else None,
             threads=args.threads,
             verify=args.verify,
-            huge_pages=not args.no_huge_pages,
+            huge_pages=args.huge_pages,
         )
-        params = generator.default_params.with_overrides(**_overrides(args))
+        params = generator.default_params.with_overrides(**args.overrides())
         prompt = {"body": args.prompt, "meta": args.meta} if args.meta is not None else args.prompt
         if args.stream:
-            if params.num_return_sequences != 1:
+            if params.num_return_sequences != 1:  # the bundle's default may be more
                 raise ValueError("--stream works with --num_return_sequences 1")
             for piece in generator.stream(prompt, params):
                 print(piece, end="", flush=True)
@@ -131,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         completions = generator.generate(prompt, params)
     except (ValueError, OSError, ProviderUnavailableError) as e:
         log.debug("fst-generate failed", exc_info=True)
-        print(f"fst-generate: error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     for c in completions:
         if len(completions) > 1:
             print(f"=== sample {c.index} ({c.finish_reason}) ===")

@@ -3,7 +3,7 @@
     fst-serve --bundle runs/my-bundle --host 0.0.0.0 --port 9228
 
 Every flag is also an environment variable `FST_<NAME>` (flags win). On SIGTERM or Ctrl-C
-the server keeps listening while running generations finish (for `--shutdown-timeout-s`,
+the server keeps listening while running generations finish (for `--shutdown_timeout_s`,
 then they end with an error), /ready answering 503 "stopping"; then it closes and exits 0
 (see server.py). A bundle that cannot be loaded is one line on stderr and exit status 2.
 One process serves one model; scale out with more processes or replicas behind a load
@@ -19,11 +19,11 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from fst.core.bundle import check_bundle as bundle_integrity_check
+from fst.core.cli_settings import SettingsError, fail, parse_settings
+from fst.core.cli_settings import build_parser as _build_parser
 from fst.serving.settings import ServingSettings
 
 if TYPE_CHECKING:
@@ -31,40 +31,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fst.serving")
 
+PROG = "fst-serve"
+DESCRIPTION = (
+    "Serve an fst bundle: the original /generated_texts/ API and an OpenAI-compatible "
+    "/v1/completions, with continuous batching. Every flag is also a variable FST_<NAME>."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per settings field, with the field's description and env variable as help."""
-    parser = argparse.ArgumentParser(
-        prog="fst-serve",
-        description="Serve an fst bundle: the original /generated_texts/ API and an "
-        "OpenAI-compatible /v1/completions, with continuous batching.",
-    )
-    for name, field in ServingSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        default = "none" if field.default is None else field.default
-        if name == "api_key":
-            default = "none"  # never print a secret
-        help_text = f"{field.description} (env FST_{name.upper()}; default: {default})"
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif get_origin(field.annotation) is Literal:
-            parser.add_argument(flag, choices=get_args(field.annotation), help=help_text)
-        else:
-            parser.add_argument(flag, metavar=name.upper(), help=help_text)
-    return parser
+    """One flag per settings field, with the field's description and variable as help."""
+    return _build_parser(ServingSettings, prog=PROG, description=DESCRIPTION)
 
 
 def load_settings(argv: Sequence[str] | None = None) -> ServingSettings:
-    """Settings from flags over environment; raises ValidationError naming the field."""
-    args = build_parser().parse_args(argv)
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    return ServingSettings(**overrides)
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    field = ".".join(str(p) for p in error["loc"]) or "settings"
-    return f"--{field.replace('_', '-')}: {error['msg']}"
+    """Settings from flags over environment; raises SettingsError naming the flag."""
+    return parse_settings(ServingSettings, argv, prog=PROG, description=DESCRIPTION)
 
 
 def check_bundle(folder: Path, *, hashes: bool = False) -> None:
@@ -82,24 +63,19 @@ def check_bundle(folder: Path, *, hashes: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
-    except ValidationError as exc:
-        print(f"fst-serve: {_first_error(exc)}", file=sys.stderr)
-        return 2
+        if settings.bundle is None:
+            raise SettingsError("--bundle (or env FST_BUNDLE) is required")
+    except ValueError as exc:
+        return fail(PROG, exc)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if settings.bundle is None:
-        print("fst-serve: --bundle (or FST_BUNDLE) is required", file=sys.stderr)
-        return 2
-    try:
-        check_bundle(
-            Path(settings.bundle), hashes=settings.verify
-        )  # fail now, with one line, not in the lifespan
+    try:  # fail now, with one line, not in the lifespan
+        check_bundle(Path(settings.bundle), hashes=settings.verify)
     except (OSError, ValueError) as exc:
         logger.debug("bundle check failed", exc_info=True)
-        print(f"fst-serve: --bundle: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return fail(PROG, SettingsError(f"--bundle: {' '.join(str(exc).split())}"))
 
     from fst.serving.app import create_app
     from fst.serving.server import build_server
@@ -112,8 +88,7 @@ def run(server: FstServer, sockets: list[socket.socket] | None = None) -> int:
     """Serve until a signal (exit 0) or a failed model load (one line, exit 2)."""
     server.run(sockets=sockets)
     if server.state.status == "failed":
-        print(f"fst-serve: --bundle: {server.state.load_error}", file=sys.stderr)
-        return 2
+        return fail(PROG, SettingsError(f"--bundle: {server.state.load_error}"))
     return 0 if server.started else 1
 
 

@@ -12,7 +12,7 @@ from fst.serving.errors import APIError
 from fst.serving.state import ServingState
 
 _bearer = HTTPBearer(
-    auto_error=False, description="The key given to fst-serve with --api-key or FST_API_KEY."
+    auto_error=False, description="The key given to fst-serve with --api_key or FST_API_KEY."
 )
 
 

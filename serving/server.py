@@ -106,7 +106,7 @@ class AcceptErrorLog:
             return
         logger.error(
             "cannot accept connections: %s (open-files limit %d; %d failed attempts since the last report); "
-            "retrying every second: raise the limit (ulimit -n) or lower --limit-concurrency",
+            "retrying every second: raise the limit (ulimit -n) or lower --limit_concurrency",
             context.get("exception"),
             open_files_limit(),
             self._since_last,
@@ -130,7 +130,7 @@ def check_open_files_limit(limit_concurrency: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     if target < needed:
         logger.warning(
-            "open-files limit %d is below --limit-concurrency %d + 64: connections may be "
+            "open-files limit %d is below --limit_concurrency %d + 64: connections may be "
             "refused before the limit answers 503; raise ulimit -n or lower the limit",
             target,
             limit_concurrency,

@@ -1,5 +1,8 @@
 """Server settings: one pydantic-settings object read from `FST_…` variables and CLI flags.
 
+`fst-serve`'s flags are generated from these fields (`fst.core.cli_settings`): `--<name>`,
+the description as help, `json_schema_extra=cli_extra(...)` for what --help needs besides.
+
 Validated once, at start-up, with messages that name the field; everything else in the
 server reads these values and never parses configuration itself.
 """
@@ -12,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fst.core.cli_settings import cli_extra
 from fst.core.generation_params import MAX_NUM_RETURN_SEQUENCES
 
 
@@ -27,14 +31,23 @@ class ServingSettings(BaseSettings):
         "(sizes are always checked)",
     )
     model_name: str | None = Field(
-        None, description="model id shown by /v1/models (default: the bundle folder name)"
+        None,
+        description="model id shown by /v1/models",
+        json_schema_extra=cli_extra(shown_default="the bundle folder name"),
     )
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: all)")
     port: int = Field(9228, ge=0, le=65535, description="TCP port (0: any free port)")
     providers: Annotated[list[str] | None, NoDecode] = Field(
-        None, description="ONNX Runtime execution providers, comma-separated, in priority order"
+        None,
+        description="ONNX Runtime execution providers, comma-separated, in priority order",
+        json_schema_extra=cli_extra(shown_default="the best available"),
     )
-    threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="ONNX Runtime intra-op threads",
+        json_schema_extra=cli_extra(shown_default="ONNX Runtime's"),
+    )
     huge_pages: bool = Field(
         True,
         description="move the model's weights into 2 MiB pages on the CPU (Linux >= 6.1; "

@@ -536,9 +536,10 @@ def test_huge_pages_setting_reaches_the_generator(monkeypatch: pytest.MonkeyPatc
 
 def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.delenv("FST_BUNDLE", raising=False)
-    assert serve_main(["--bundle", str(tmp_path), "--max-batch-size", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("fst-serve: --max-batch-size:") and "\n" not in err
+    for spelling in ("--max_batch_size", "--max-batch-size"):  # kebab: the old, hidden alias
+        assert serve_main(["--bundle", str(tmp_path), spelling, "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fst-serve: error: --max_batch_size:") and "\n" not in err
     assert serve_main(["--bundle", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not an fst bundle" in err and "\n" not in err
@@ -548,7 +549,20 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch) -> N
         serve_main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    assert "FST_MAX_BATCH_SIZE" in help_text and "--no-warmup" in help_text
+    assert "FST_MAX_BATCH_SIZE" in help_text and "--no_warmup" in help_text
+    assert "--max-batch-size" not in help_text and "--no-warmup" not in help_text  # hidden
+
+
+def test_cli_flags_are_snake_case_and_the_kebab_spellings_still_work(monkeypatch) -> None:
+    from fst.serving.cli import load_settings
+
+    monkeypatch.setenv("FST_QUEUE_SIZE", "7")
+    snake = load_settings(["--huge_pages", "--no_warmup", "--limit_concurrency", "9"])
+    kebab = load_settings(["--huge-pages", "--no-warmup", "--limit-concurrency", "9"])
+    assert snake == kebab
+    assert (snake.warmup, snake.limit_concurrency, snake.queue_size) == (False, 9, 7)  # env read
+    assert not load_settings(["--no-huge-pages"]).huge_pages
+    assert load_settings(["--queue_size", "3"]).queue_size == 3  # a flag wins over FST_...
 
 
 def test_the_fake_and_the_runtime_satisfy_the_served_generator_protocol(

@@ -303,11 +303,11 @@ def test_fst_serve_on_a_broken_bundle_fails_fast_with_one_line(
     checks fail before listening; a model ONNX Runtime cannot load stops the server."""
     damaged = _damage(tiny_plain_bundle, tmp_path, how)
     command = [sys.executable, "-m", "fst.serving.cli", "--bundle", str(damaged), "--port", "0",
-               "--threads", "1", "--log-level", "warning"]  # fmt: skip
+               "--threads", "1", "--log_level", "warning"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2, result.stderr
-    assert last.startswith("fst-serve: --bundle: ") and file in last, result.stderr
+    assert last.startswith("fst-serve: error: --bundle: ") and file in last, result.stderr
     assert "Traceback" not in result.stderr
 
 

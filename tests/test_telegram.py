@@ -632,7 +632,7 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(
     monkeypatch.delenv(cli.TOKEN_ENV, raising=False)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"fst-telegram: {message}") and err.count("\n") == 1
+    assert err.startswith(f"fst-telegram: error: {message}") and err.count("\n") == 1
 
 
 def test_cli_main_runs_the_bot_with_the_token_from_env_and_stops_on_sigterm(
@@ -767,18 +767,11 @@ def test_end_to_end_with_a_real_fst_serve_on_a_tiny_bundle(
 
 
 def test_default_data_dir_is_the_users_data_folder_not_the_current_one(monkeypatch, tmp_path):
-    from fst.serving.telegram.cli import build_parser, settings_from_args
+    from fst.serving.telegram.cli import parse_args
 
+    argv = ["--telegram_api_token", "1:x", "--text_generator_service_url", "http://127.0.0.1:1"]
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    args = build_parser().parse_args(
-        ["--telegram_api_token", "1:x", "--text_generator_service_url", "http://127.0.0.1:1"]
-    )
-    assert settings_from_args(args).data_dir == tmp_path / "xdg" / "fst-telegram"
+    assert parse_args(argv).data_dir == tmp_path / "xdg" / "fst-telegram"
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    args = build_parser().parse_args(
-        ["--telegram_api_token", "1:x", "--text_generator_service_url", "http://127.0.0.1:1"]
-    )
-    assert (
-        settings_from_args(args).data_dir == tmp_path / "home" / ".local" / "share" / "fst-telegram"
-    )
+    assert parse_args(argv).data_dir == tmp_path / "home" / ".local" / "share" / "fst-telegram"

@@ -10,98 +10,105 @@ or the bundle's folder name) and prints the Markdown table. The protocol is desc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fst.core.cli_settings import build_parser as _build_parser
+from fst.core.cli_settings import fail, option, parse_settings
 from fst.core.documents import DocumentError, write_text_atomic
+from fst.evaluation.config import EvalConfig, EvaluationError
 
-if TYPE_CHECKING:
-    from fst.evaluation.evaluate import EvalConfig
-
+PROG = "fst-eval"
+DESCRIPTION = (
+    "Perplexity, next-token acc/rep/wrep/uniq (true text, 128-token window) and "
+    "seq-rep-4/uniq-seq of 100-token continuations of 50-token prefixes (greedy, "
+    "top-k, top-p), as in Welleck et al. 2019. Writes <name>.eval.json and "
+    "<name>.eval.md and prints the table."
+)
 DEBUG_LOG = "fst-eval.debug.log"
+_INPUT = "what to evaluate (--ckpt or --bundle)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalArgs(EvalConfig):
+    """fst-eval's options: the protocol's (`EvalConfig`) and what to evaluate, where to write."""
+
+    ckpt: Path | None = option(
+        None, group=_INPUT, help="fst-train checkpoint (.ckpt): every metric"
+    )
+    bundle: Path | None = option(
+        None, group=_INPUT, help="fst-export bundle folder: sequence-level metrics, via fst.runtime"
+    )
+    documents: Path = option(group=_INPUT, help="JSON-lines documents (e.g. valid.documents)")
+    output_dir: Path | None = option(
+        None,
+        group=_INPUT,
+        shown_default="the checkpoint's folder / the bundle",
+        help="where to write",
+    )
+    name: str | None = option(
+        None,
+        group=_INPUT,
+        shown_default="the checkpoint's file stem / the bundle's folder name",
+        help="file name stem and table row name",
+    )
+    threads: int | None = option(
+        None, shown_default="the library's", help="CPU threads (torch / ONNX Runtime)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.ckpt is None) == (self.bundle is None):
+            raise EvaluationError("give --ckpt or --bundle (one of them)")
+        if self.threads is not None and self.threads < 1:
+            raise EvaluationError(f"--threads must be >= 1, got {self.threads}")
+
+    @property
+    def source(self) -> Path:
+        return self.ckpt if self.ckpt is not None else self.bundle
+
+    @property
+    def row_name(self) -> str:
+        return self.name or (self.ckpt.stem if self.ckpt else self.bundle.resolve().name)
+
+    @property
+    def out_dir(self) -> Path:
+        if self.output_dir is not None:
+            return self.output_dir
+        return self.ckpt.parent if self.ckpt else self.bundle
+
+    def config(self) -> EvalConfig:
+        """The protocol alone (what the results record)."""
+        return EvalConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig)})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fst.evaluation.evaluate import DECODINGS, EvalConfig  # the defaults shown by --help
+    return _build_parser(EvalArgs, prog=PROG, description=DESCRIPTION)
 
-    d = EvalConfig()
-    p = argparse.ArgumentParser(
-        prog="fst-eval",
-        description=(
-            "Perplexity, next-token acc/rep/wrep/uniq (true text, 128-token window) and "
-            "seq-rep-4/uniq-seq of 100-token continuations of 50-token prefixes (greedy, "
-            "top-k, top-p), as in Welleck et al. 2019. Writes <name>.eval.json and "
-            "<name>.eval.md and prints the table."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="fst-train checkpoint (.ckpt): every metric")
-    source.add_argument(
-        "--bundle",
-        help="fst-export bundle folder: sequence-level metrics only, via fst.runtime",
-    )
-    p.add_argument("--documents", required=True, help="JSON-lines documents (e.g. valid.documents)")
-    p.add_argument(
-        "--output_dir", default=None, help="default: the checkpoint's folder / the bundle"
-    )
-    p.add_argument("--name", default=None, help="file name stem and table row name")
-    p.add_argument("--prefix_len", type=int, default=d.prefix_len, help="prompt body tokens")
-    p.add_argument(
-        "--continuation_len",
-        type=int,
-        default=d.continuation_len,
-        help="generated tokens (EOS masked)",
-    )
-    p.add_argument("--window", type=int, default=d.window, help="rep/wrep context window")
-    p.add_argument(
-        "--max_prefixes",
-        type=int,
-        default=None,
-        help="use this many prefixes, evenly spaced (default: every 50-token block)",
-    )
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="sequences per forward")
-    p.add_argument("--top_k", type=int, default=d.top_k, help="k of top-k sampling")
-    p.add_argument("--top_p", type=float, default=d.top_p, help="p of top-p (nucleus) sampling")
-    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
-    p.add_argument(
-        "--decodings",
-        default=",".join(DECODINGS),
-        help="comma-separated subset of " + ",".join(DECODINGS),
-    )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's)")
-    return p
+
+def parse_args(argv: list[str] | None = None) -> EvalArgs:
+    return parse_settings(EvalArgs, argv, prog=PROG, description=DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail(PROG, e)
     from fst.core.bundle import BundleError
-    from fst.evaluation.evaluate import EvalConfig, EvaluationError, markdown_table
+    from fst.evaluation.evaluate import markdown_table
     from fst.training.checkpoint import CheckpointError
 
-    source = Path(args.ckpt or args.bundle)
-    name = args.name or (source.stem if args.ckpt else source.resolve().name)
-    output_dir = (
-        Path(args.output_dir) if args.output_dir else (source.parent if args.ckpt else source)
-    )
+    source, name, output_dir = args.source, args.row_name, args.out_dir
     try:
-        config = EvalConfig(
-            prefix_len=args.prefix_len,
-            continuation_len=args.continuation_len,
-            window=args.window,
-            max_prefixes=args.max_prefixes,
-            batch_size=args.batch_size,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            decodings=tuple(d.strip() for d in args.decodings.split(",") if d.strip()),
-        )
         if not source.exists():
             raise EvaluationError(f"{source}: no such {'file' if args.ckpt else 'folder'}")
-        results = run(args, source, config)
+        results = run(args, source, args.config())
         results["name"] = name
         table = markdown_table([(name, results)])
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,19 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(json_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         write_text_atomic(md_path, table)
     except (EvaluationError, CheckpointError, DocumentError, BundleError, OSError) as e:
-        # One line: some messages quote a library's multi-line error; its first line says it.
-        print(f"fst-eval: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)  # one line: a library's multi-line error is cut to its first
     except Exception as e:
         log = _write_debug_log(output_dir)
-        print(f"fst-eval: failed: {type(e).__name__}: {e} (traceback in {log})", file=sys.stderr)
+        print(f"{PROG}: failed: {type(e).__name__}: {e} (traceback in {log})", file=sys.stderr)
         return 1
     print(table, end="")
     print(f"Wrote {json_path} and {md_path}")
     return 0
 
 
-def run(args: argparse.Namespace, source: Path, config: EvalConfig) -> dict[str, Any]:
+def run(args: EvalArgs, source: Path, config: EvalConfig) -> dict[str, Any]:
     """Read the documents (fast, so a bad file fails first), load the model, evaluate."""
     from fst.core.documents import read_documents
     from fst.evaluation.evaluate import evaluate, evaluate_bundle

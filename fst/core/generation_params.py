@@ -71,6 +71,31 @@ class GenerationParams:
             raise ValueError(f"unknown generation parameter(s): {', '.join(unknown)}")
         return replace(self, **overrides)
 
+    def hf_generation_kwargs(
+        self, *, eos_token_id: int | None, pad_token_id: int | None
+    ) -> dict[str, Any]:
+        """The keyword arguments of a Hugging Face `GenerationConfig` that decodes like this.
+
+        The one translation (training samples, fst-eval, sequence-level UL use it). Greedy
+        passes no sampling settings (HF warns about unused ones); sampling passes all three
+        filters, since HF's own defaults (top_k 50) are not ours. `stop`, `seed` and
+        `ignore_eos` have no GenerationConfig field (HF fills a missing EOS from the model's
+        own config): callers that need them stop, seed or mask EOS themselves.
+        """
+        kwargs: dict[str, Any] = {
+            "do_sample": not self.greedy,
+            "max_new_tokens": self.max_new_tokens,
+            "num_return_sequences": self.num_return_sequences,
+            "repetition_penalty": self.repetition_penalty,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id if pad_token_id is not None else eos_token_id,
+        }
+        if self.min_new_tokens:
+            kwargs["min_new_tokens"] = self.min_new_tokens
+        if not self.greedy:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stop"] = list(self.stop)

@@ -45,48 +45,12 @@ from fst.core.metrics import (
     uniq_seq,
 )
 from fst.core.tokenization import DocumentTokenizer, Encoding
-
-SEQ_REP_N = 4
-DECODINGS = ("greedy", "top-k", "top-p")
-
-
-class EvaluationError(ValueError):
-    """The documents or settings cannot be evaluated as asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """What to measure and how; validated once here with messages naming the field."""
-
-    prefix_len: int = 50
-    continuation_len: int = 100
-    window: int = CONTEXT_WINDOW
-    max_prefixes: int | None = None  # None: every block; else evenly spaced blocks
-    batch_size: int = 16
-    top_k: int = 50
-    top_p: float = 0.9
-    seed: int = 0
-    decodings: tuple[str, ...] = DECODINGS
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "decodings", tuple(self.decodings))
-        for name, low in (("prefix_len", 1), ("continuation_len", SEQ_REP_N), ("window", 1)):
-            _check_int(name, getattr(self, name), low)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("top_k", self.top_k, 1)
-        _check_int("seed", self.seed, 0)
-        if self.max_prefixes is not None:
-            _check_int("max_prefixes", self.max_prefixes, 1)
-        if not 0.0 < self.top_p <= 1.0:
-            raise EvaluationError(f"top_p must be in (0, 1], got {self.top_p}")
-        unknown = sorted(set(self.decodings) - set(DECODINGS))
-        if unknown:
-            raise EvaluationError(f"decodings: unknown {unknown}; choose from {list(DECODINGS)}")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise EvaluationError(f"{name} must be an integer >= {low}, got {value!r}")
+from fst.evaluation.config import (  # noqa: F401  (re-exported: the protocol's names)
+    DECODINGS,
+    SEQ_REP_N,
+    EvalConfig,
+    EvaluationError,
+)
 
 
 @dataclass(frozen=True)
@@ -208,19 +172,12 @@ def _prompt_header(tokenizer: DocumentTokenizer, doc: Document) -> list[int]:
 def generation_config(
     decoding: str, config: EvalConfig, tokenizer: DocumentTokenizer
 ) -> transformers.GenerationConfig:
-    """Exactly `continuation_len` new tokens (EOS masked), greedy or sampled at temperature 1."""
-    sampling = {
-        "greedy": {"do_sample": False},
-        "top-k": {"do_sample": True, "temperature": 1.0, "top_k": config.top_k, "top_p": 1.0},
-        "top-p": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": config.top_p},
-    }[decoding]
-    return transformers.GenerationConfig(
-        max_new_tokens=config.continuation_len,
-        min_new_tokens=config.continuation_len,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling,
+    """Exactly `continuation_len` new tokens (EOS masked), greedy or sampled at temperature 1:
+    `runtime_params` in Hugging Face's terms."""
+    kwargs = runtime_params(decoding, config).hf_generation_kwargs(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
+    return transformers.GenerationConfig(**kwargs)
 
 
 @torch.no_grad()
@@ -428,7 +385,8 @@ def evaluate_bundle(
 
 
 def runtime_params(decoding: str, config: EvalConfig) -> GenerationParams:
-    """The runtime's equivalent of `generation_config`."""
+    """One decoding of the protocol as generation parameters (the runtime's, and through
+    `hf_generation_kwargs` Hugging Face's)."""
     n = config.continuation_len
     common = {"max_new_tokens": n, "min_new_tokens": n, "seed": config.seed}
     return GenerationParams(

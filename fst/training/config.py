@@ -1,17 +1,19 @@
 """fst-train's settings: every option as one frozen dataclass, validated once.
 
 Lives in the training stage (not in the CLI) so that the trainer depends on its settings and
-not on its command line; `fst.cli.train` builds the parser from these fields.
+not on its command line. Each field carries its --help text (`fst.core.cli_settings.option`);
+`fst.cli.train` generates the parser from the fields. A new option is one new field here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fst.core.cli_settings import SettingsError, count_or_fraction, key_values, option
 from fst.core.constants import UL_REDUCTIONS
 
 GPT2_TOKENIZER_CLASS = "HFGPT2DocumentTokenizer"
@@ -24,61 +26,87 @@ PRESET_NAMES = ("tiny", "gpt2-6l", "gpt2-small", "llama-tiny", "smollm2-135m")
 SEQUENCE_UL_CANDIDATES = ("ngram", "last")
 
 
-class ArgsError(ValueError):
+class ArgsError(SettingsError):
     """An argument is invalid; the message names it."""
 
 
 @dataclass(frozen=True)
-class TrainArgs:
-    """Every fst-train option, validated once (the --help texts are in `_OPTIONS`)."""
+class OptimizerSettings:
+    """AdamW + cosine-with-hard-restarts schedule; these defaults are fst-train's."""
 
-    experiments_root: str = "./data/experiments"
-    experiment_name: str | None = None
-    train_file: str | None = None
-    valid_file: str | None = None
-    model_path: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str | None = None
-    tokenizer_class_name: str | None = None
-    bpe_vocab_size: int = 4096
-    batch_size: int = 16
-    max_meta_len: int = 32
-    max_body_len: int = 128
-    ignore_meta_prob: float = 0.0
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     num_warmup_steps: int = 50
     num_cycles: int = 1
-    unlikelihood_alpha: float | None = None
-    unlikelihood_reduction: str = "token"
-    accumulate_grad_batches: int = 1
-    val_check_interval: float | int = 1.0
-    max_epochs: int | None = None
-    max_steps: int = -1
-    limit_train_batches: float | int = 1.0
-    limit_val_batches: float | int = 1.0
-    precision: str | None = None
-    gpus: str | None = None
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    gradient_clip_val: float | None = 1.0
-    seed: int = 42
-    num_workers: int = 1
-    bucket_batches: int = 50
-    log_every_n_steps: int = 10
-    num_threads: int | None = None
-    resume_from: str | None = None
-    resume_in_new_folder: bool = False
-    sequence_unlikelihood: bool = False
-    prefix_len: int = 50
-    continuation_len: int = 100
-    ngram: int = 4
-    sequence_ul_prob: float = 0.5
-    sequence_ul_alpha: float = 1.0
-    sequence_ul_prefixes: int = 16
-    sequence_ul_candidates: str = "ngram"
+
+
+_OPTIMIZER = OptimizerSettings()  # TrainArgs' optimiser defaults are these
+
+# --help sections
+_EXPERIMENT = "experiment"
+_DATA = "data"
+_MODEL_AND_TOKENIZER = "model and tokenizer"
+_OPTIMISATION = "optimisation"
+_TRAINER = "trainer (PyTorch Lightning)"
+_SEQUENCE_LEVEL_UNLIKELIHOOD = (
+    "sequence-level unlikelihood (fine-tuning, fst/training/sequence_ul.py)"
+)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Every fst-train option with its --help text, validated once (`fst.cli.train` parses)."""
+
+    # One line per option: the table a newcomer reads.
+    # fmt: off
+    experiments_root: str = option("./data/experiments", metavar="PATH", group=_EXPERIMENT, help="root of the experiment folders")
+    experiment_name: str | None = option(None, group=_EXPERIMENT, shown_default="the train file's folder name; 'demo' for the demo corpus", help="folder name prefix (<name>_v<N>)")
+    train_file: str | None = option(None, metavar="PATH", group=_DATA, help="JSON-lines training documents (none: the demo corpus, built in <experiments_root>/../documents/demo)")
+    valid_file: str | None = option(None, metavar="PATH", group=_DATA, help="JSON-lines validation documents")
+    model_path: str = option("tiny", group=_MODEL_AND_TOKENIZER, help=f"preset ({', '.join(PRESET_NAMES)}), Hugging Face model folder, hub name (e.g. gpt2), or an fst-train .ckpt to fine-tune (its weights and vocabulary; a new optimizer, schedule and step count, unlike --resume_from)")
+    model_overrides: dict[str, Any] = option(default_factory=dict, group=_MODEL_AND_TOKENIZER, parse=key_values, help="model config overrides, e.g. 'n_layer=4,n_embd=128'")
+    tokenizer: str | None = option(None, group=_MODEL_AND_TOKENIZER, shown_default="'bpe' for presets, else the model's own", help="'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name")
+    tokenizer_class_name: str | None = option(None, group=_MODEL_AND_TOKENIZER, help=f"original project's flag: {GPT2_TOKENIZER_CLASS} = GPT-2's tokenizer from --model_path's folder, else the GPT-2 BPE shipped with fst (offline)")
+    bpe_vocab_size: int = option(4096, group=_MODEL_AND_TOKENIZER, help="vocabulary size of a new BPE")
+    batch_size: int = option(16, group=_DATA, help="sequences per batch (train and valid)")
+    max_meta_len: int = option(32, group=_DATA, help="meta tokens kept, from the right, [END_OF_META] included (0: train without meta)")
+    max_body_len: int = option(128, group=_DATA, help="body tokens per sequence; longer bodies are split into chunks")
+    ignore_meta_prob: float = option(0.0, group=_DATA, help="probability to drop a document's meta in training (redrawn every epoch)")
+    learning_rate: float = option(_OPTIMIZER.learning_rate, group=_OPTIMISATION, help="AdamW peak learning rate (~2.5e-5 to fine-tune a pretrained gpt2)")
+    weight_decay: float = option(_OPTIMIZER.weight_decay, group=_OPTIMISATION, help="AdamW weight decay")
+    num_warmup_steps: int = option(_OPTIMIZER.num_warmup_steps, group=_OPTIMISATION, help="warmup steps of the cosine-with-hard-restarts schedule")
+    num_cycles: int = option(_OPTIMIZER.num_cycles, group=_OPTIMISATION, help="hard restarts of the cosine schedule (0: constant after warmup)")
+    unlikelihood_alpha: float | None = option(None, group=_OPTIMISATION, help="weight of the unlikelihood candidates loss (none or 0: off)")
+    unlikelihood_reduction: str = option("token", group=_OPTIMISATION, help="token: sum over candidates, mean over tokens (the paper's; alpha 1.0 as in the paper); pair: mean over (token, candidate) pairs (the original project's, ~50x weaker: it used alpha 5.0)")
+    accumulate_grad_batches: int = option(1, group=_OPTIMISATION, help="batches per optimizer step")
+    val_check_interval: float | int = option(1.0, group=_TRAINER, parse=count_or_fraction, help="validate every fraction of an epoch (<= 1.0) or every N batches (> 1)")
+    max_epochs: int | None = option(None, group=_TRAINER, help=f"epochs (none: {DEMO_MAX_EPOCHS}, or unlimited when --max_steps is set)")
+    max_steps: int = option(-1, group=_TRAINER, help="optimizer steps (-1: no limit)")
+    limit_train_batches: float | int = option(1.0, group=_TRAINER, parse=count_or_fraction, help="fraction (1.0) or number (10) of training batches per epoch")
+    limit_val_batches: float | int = option(1.0, group=_TRAINER, parse=count_or_fraction, help="fraction (1.0) or number (10) of validation batches")
+    precision: str | None = option(None, group=_TRAINER, help="32-true, 16-mixed, bf16-mixed, ... (none: Lightning's 32-true)")
+    gpus: str | None = option(None, group=_TRAINER, help="original project's flag: GPU indices ('0,' = GPU 0; '0,1') or a count; means --accelerator gpu")
+    accelerator: str = option("auto", group=_TRAINER, help="cpu, gpu, mps, auto")
+    devices: str = option("auto", group=_TRAINER, help="device count, indices like '0,1', or auto")
+    strategy: str = option("auto", group=_TRAINER, help="auto, ddp, fsdp, deepspeed, ... (multi-GPU / multi-node)")
+    num_nodes: int = option(1, group=_TRAINER, help="machines in multi-node training")
+    gradient_clip_val: float | None = option(1.0, group=_OPTIMISATION, help="gradient norm clipping (none: off)")
+    seed: int = option(42, group=_EXPERIMENT, help="seed of weight init, shuffling and meta dropping")
+    num_workers: int = option(1, group=_DATA, help="DataLoader worker processes (0: load in the main process)")
+    bucket_batches: int = option(50, group=_DATA, help="batches per length bucket: similar lengths share a batch (1: plain random batches)")
+    log_every_n_steps: int = option(10, group=_TRAINER, help="TensorBoard logging interval")
+    num_threads: int | None = option(None, group=_TRAINER, help="torch CPU threads (0: torch's default, all cores; none: 1 for the demo run, else 0)")
+    resume_from: str | None = option(None, metavar="PATH", group=_EXPERIMENT, help="Lightning .ckpt to resume from (global step, optimizer, scheduler; the vocabulary is the checkpoint's); by default training continues in the checkpoint's own experiment folder (<name>_v<N>/models/*.ckpt), else in a new one")
+    resume_in_new_folder: bool = option(False, group=_EXPERIMENT, help="with --resume_from: continue in a new <experiment_name>_v<N> folder instead of the checkpoint's")
+    sequence_unlikelihood: bool = option(False, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="fine-tune with the sequence-level UL objective (Welleck et al. 2019, 5.2) mixed with token-level updates; start from a checkpoint with --model_path run/models/best-....ckpt")
+    prefix_len: int = option(50, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="prefix tokens cut from the training batch")
+    continuation_len: int = option(100, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="greedy continuation tokens decoded per prefix (EOS masked)")
+    ngram: int = option(4, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="n of the repeated n-grams penalised")
+    sequence_ul_prob: float = option(0.5, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="probability that an update is sequence-level (else the token-level MLE / --unlikelihood_alpha update; the paper: 0.5)")
+    sequence_ul_alpha: float = option(1.0, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="weight of the sequence-level loss (1.0: the paper's; an uncertain model's greedy tokens have small p, and -log(1 - p) ~ p is then small beside the LM loss)")
+    sequence_ul_prefixes: int = option(16, group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="prefixes (continuations) per sequence-level update")
+    sequence_ul_candidates: str = option("ngram", group=_SEQUENCE_LEVEL_UNLIKELIHOOD, help="ngram: every token of a repeated n-gram (the paper's); last: only the token completing it")
+    # fmt: on
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -206,6 +234,14 @@ class TrainArgs:
         if gpus in (0, []):
             return {"accelerator": "cpu", "devices": 1}
         return {"accelerator": "gpu", "devices": gpus}
+
+    def optimizer(self) -> OptimizerSettings:
+        return OptimizerSettings(
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            num_warmup_steps=self.num_warmup_steps,
+            num_cycles=self.num_cycles,
+        )
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

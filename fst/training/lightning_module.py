@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,12 @@ import pytorch_lightning as pl
 import torch
 import transformers
 
-import fst
 from fst.core.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
 from fst.core.documents import Document
 from fst.core.generation_params import TRAINING_SAMPLE_PARAMS, GenerationParams
 from fst.core.tokenization import DocumentTokenizer
+from fst.core.versions import library_versions as _library_versions
+from fst.training.config import OptimizerSettings
 from fst.training.loss import ULReduction, language_model_losses
 
 logger = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ logger = logging.getLogger(__name__)
 SAMPLES_FILE = "generated.txt"
 
 
-@dataclass(frozen=True)
-class OptimizerSettings:
-    learning_rate: float = 2.5e-5
-    weight_decay: float = 0.0
-    num_warmup_steps: int = 10
-    num_cycles: int = 1
+# Checkpoint key -> distribution of the libraries a checkpoint records.
+TRAINING_LIBRARIES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "pytorch_lightning": "pytorch-lightning",
+    "tokenizers": "tokenizers",
+}
 
 
 class DocumentLM(pl.LightningModule):
@@ -135,18 +136,8 @@ class DocumentLM(pl.LightningModule):
 
 
 def library_versions() -> dict[str, str]:
-    import tokenizers
-
-    versions = {
-        "fst": fst.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "pytorch_lightning": pl.__version__,
-        "tokenizers": tokenizers.__version__,
-    }
-    # str(): torch.__version__ is a str subclass that weights_only loading refuses.
-    return {name: str(version) for name, version in versions.items()}
+    """What the checkpoint was trained with (`fst.core.versions`, the one implementation)."""
+    return _library_versions(TRAINING_LIBRARIES)
 
 
 class SampleWriter(pl.Callback):
@@ -198,18 +189,15 @@ def generate_samples(
     max_new_tokens = min(params.max_new_tokens, max_positions - len(prompt_ids))
     if max_new_tokens < 1:
         return []
-    config = transformers.GenerationConfig(
-        do_sample=not params.greedy,
+    within = replace(
+        params,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=params.num_return_sequences,
-        repetition_penalty=params.repetition_penalty,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **(
-            {}
-            if params.greedy
-            else {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p}
-        ),
+        min_new_tokens=min(params.min_new_tokens, max_new_tokens),
+    )
+    config = transformers.GenerationConfig(
+        **within.hf_generation_kwargs(
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        )
     )
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     was_training = model.training

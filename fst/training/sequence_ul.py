@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from fst.core.generation_params import GenerationParams
 from fst.core.metrics import seq_rep_n
 from fst.training.config import ArgsError
 from fst.training.lightning_module import DocumentLM
@@ -108,13 +109,11 @@ def greedy_continuations(
     EOS masked; dropout off while decoding, the model's mode restored afterwards."""
     was_training = model.training
     model.eval()
+    greedy = GenerationParams(
+        max_new_tokens=continuation_len, min_new_tokens=continuation_len, temperature=0.0
+    )
     config = transformers.GenerationConfig(
-        do_sample=False,
-        max_new_tokens=continuation_len,
-        min_new_tokens=continuation_len,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id if pad_token_id is not None else eos_token_id,
-        use_cache=True,
+        **greedy.hf_generation_kwargs(eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     )
     try:
         output = model.generate(

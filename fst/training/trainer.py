@@ -50,7 +50,6 @@ from fst.training.experiment import (
 )
 from fst.training.lightning_module import (
     DocumentLM,
-    OptimizerSettings,
     SampleWriter,
     library_versions,
 )
@@ -209,12 +208,7 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
     module = module_class(
         model,
         tokenizer,
-        OptimizerSettings(
-            learning_rate=args.learning_rate,
-            weight_decay=args.weight_decay,
-            num_warmup_steps=args.num_warmup_steps,
-            num_cycles=args.num_cycles,
-        ),
+        args.optimizer(),
         unlikelihood_alpha=args.unlikelihood_alpha,
         unlikelihood_reduction=args.unlikelihood_reduction,
         training_args=args.to_json_dict(),

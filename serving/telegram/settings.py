@@ -1,22 +1,24 @@
-"""The bot's own settings, validated once with messages that name the flag."""
+"""The bot's own settings, validated once with messages that name the flag.
+
+`fst-telegram`'s flags are generated from these fields (`fst.core.cli_settings`); the
+secrets can also come from variables, which the process list does not show.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from fst.core.cli_settings import SettingsError, option
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # what Telegram accepts as secret_token
 # The shape aiogram's validate_token checks; not imported from there because importing aiogram
 # takes seconds, and `fst-telegram` with a typo should answer at once.
 _TOKEN = re.compile(r"^[0-9]+:\S+$")
-
-
-class SettingsError(ValueError):
-    """Bad configuration; the message names the flag."""
 
 
 def default_data_dir() -> Path:
@@ -26,24 +28,68 @@ def default_data_dir() -> Path:
     return Path(base) / "fst-telegram"
 
 
+TOKEN_ENV = "FST_TELEGRAM_API_TOKEN"
+API_KEY_ENV = "FST_TELEGRAM_SERVICE_API_KEY"
+WEBHOOK_SECRET_ENV = "FST_TELEGRAM_WEBHOOK_SECRET"
+_WEBHOOK = "webhook (long polling when --webhook_url is absent)"
+
+
 @dataclass(frozen=True)
 class BotSettings:
-    telegram_api_token: str
-    text_generator_service_url: str
-    text_generator_service_api_key: str | None = None
-    telegram_api_server: str | None = None  # None: api.telegram.org
-    data_dir: Path = field(default_factory=default_data_dir)
-    request_timeout: float = 60.0
-    edit_interval: float = 1.0
-    repeat_cache_size: int = 10_000
-    polling_timeout: int = 10
-    shutdown_grace: float = 5.0
-    drop_pending_updates: bool = False
-    webhook_url: str | None = None  # None: long polling
-    webhook_host: str = "127.0.0.1"
-    webhook_port: int = 8080
-    webhook_secret: str | None = None
-    log_level: str = "INFO"
+    """Everything fst-telegram can be told; each field is a flag (`fst.core.cli_settings`)."""
+
+    telegram_api_token: str = option(env=TOKEN_ENV, secret=True, help="bot token from @BotFather")
+    text_generator_service_url: str = option(
+        metavar="URL", help="base URL of fst-serve, e.g. http://127.0.0.1:9228"
+    )
+    text_generator_service_api_key: str | None = option(
+        None, env=API_KEY_ENV, secret=True, help="sent as 'Authorization: Bearer KEY'"
+    )
+    telegram_api_server: str | None = option(
+        None,
+        metavar="URL",
+        shown_default="api.telegram.org",
+        help="base URL of a self-hosted Bot API server",
+    )
+    data_dir: Path = option(
+        default_factory=default_data_dir,
+        shown_default="$XDG_DATA_HOME/fst-telegram or ~/.local/share/fst-telegram",
+        help="where chat settings (SQLite) and the JSON-lines log live",
+    )
+    request_timeout: float = option(60.0, help="seconds one generation may take")
+    edit_interval: float = option(
+        1.0, help="minimum seconds between edits of a streamed reply in one chat"
+    )
+    repeat_cache_size: int = option(10_000, help="texts remembered for the Repeat button")
+    polling_timeout: int = option(10, help="seconds one long-polling request waits for updates")
+    shutdown_grace: float = option(
+        5.0, help="seconds running replies may take to finish when the bot stops"
+    )
+    drop_pending_updates: bool = option(False, help="ignore messages sent while the bot was down")
+    webhook_url: str | None = option(
+        None,
+        group=_WEBHOOK,
+        metavar="URL",
+        help="public HTTPS URL Telegram posts updates to",
+    )
+    webhook_host: str = option(
+        "127.0.0.1", group=_WEBHOOK, help="address the webhook server listens on"
+    )
+    webhook_port: int = option(8080, group=_WEBHOOK, help="port the webhook server listens on")
+    webhook_secret: str | None = option(
+        None,
+        group=_WEBHOOK,
+        env=WEBHOOK_SECRET_ENV,
+        secret=True,
+        shown_default="random",
+        help="secret Telegram sends with each webhook call",
+    )
+    log_level: str = option(
+        "INFO",
+        parse=str.upper,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help="stderr log level; DEBUG also logs texts to the log file",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.telegram_api_token, str) or not _TOKEN.match(
