@@ -131,9 +131,9 @@ class FineTune:
     sequence_ul_prob: float = 0.5
     # The 2 x 128 model's greedy tokens have p ~ 0.02, so the loss (~ p) is ~300x smaller
     # than the LM loss; the paper's weight is 1 (--sequence_weights compares several).
-    sequence_ul_alpha: float = 5.0
+    sequence_ul_alpha: float = 10.0
     sequence_ul_prefixes: int = 16
-    val_check_interval: int = 100
+    val_check_interval: int = 80  # at most one epoch of batches (85 here)
     log_every_n_steps: int = 5
 
     def train_flags(self, budget: Budget, checkpoint: str) -> list[str]:
