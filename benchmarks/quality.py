@@ -119,9 +119,9 @@ class FineTune:
     (CPU time)."""
 
     max_steps: int = 240
-    # The base runs' peak rate: 3e-4 for 60 updates left the repetition at 0.36-0.46 and
-    # probes at 1e-3 for 300 updates cut it further at a lower perplexity (the half of the
-    # updates that are token-level keep training an under-trained model).
+    # The base runs' peak rate: a lower one and fewer updates left far more repetition
+    # (benchmarks/results/quality-seq-probes.md); the token-level half of the updates
+    # keeps training the under-trained base model.
     learning_rate: float = 1e-3
     num_warmup_steps: int = 10
     num_cycles: int = 0  # constant after the warmup
