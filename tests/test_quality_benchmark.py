@@ -25,7 +25,7 @@ def test_fine_tune_flags_parse_as_a_sequence_ul_run_from_the_checkpoint(tmp_path
               "--valid_file", str(quality.CORPUS / "valid.documents")]  # fmt: skip
     args = parse_args([*corpus, *flags, "--unlikelihood_alpha", "2.0"])
     assert args.sequence_unlikelihood and args.fine_tunes_checkpoint
-    assert (args.model_path, args.max_steps, args.learning_rate) == (str(checkpoint), 60, 3e-4)
+    assert (args.model_path, args.max_steps, args.learning_rate) == (str(checkpoint), 240, 1e-3)
     assert (args.prefix_len, args.continuation_len, args.ngram) == (50, 100, 4)
     assert args.sequence_ul_prob == 0.5 and args.num_cycles == 0
     assert args.batch_size == quality.SEQUENCE_BUDGET.batch_size
