@@ -1,4 +1,4 @@
-"""Graph rewrites after tracing: ONNX Runtime transformer fusions, fp16, dynamic int8.
+"""Graph rewrites after tracing: ONNX Runtime transformer fusions, fp16 (int8: quantize_int8).
 
 Each step reads one .onnx file and writes another with its weights as external data (see
 external_data.py: no serialised second copy), so the exporter can chain them in its
@@ -80,22 +80,3 @@ def convert_fp16(src: Path, dst: Path) -> None:
     fp16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
     del model
     save_external(fp16, dst)
-
-
-def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QUInt8") -> None:
-    """Dynamic int8: MatMul and embedding (Gather) weights stored as 8-bit, activations
-    quantised at run time. `weight_type` is "QUInt8" or "QInt8" (see the exporter)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # A path, not a proto: given a proto, quantize_dynamic deep-copies it for shape inference.
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul", "Gather"],
-        weight_type=QuantType[weight_type],
-        per_channel=False,
-        reduce_range=False,
-        use_external_data_format=True,
-        # Shape inference cannot type the outputs of fused com.microsoft ops (--optimize).
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )

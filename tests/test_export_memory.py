@@ -145,6 +145,38 @@ def test_bundle_perplexity_equals_the_checkpoints(tmp_path, tiny_hf_model_dir):
         BundleScorer(last)
 
 
+def test_int8_weights_read_one_at_a_time_equal_quantize_dynamics(tmp_path, tiny_hf_model_dir):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fst.export.quantize_int8 import quantize_int8
+
+    bundle = tmp_path / "bundle"
+    export_bundle(bundle, model_path=str(tiny_hf_model_dir), optimize=True, progress=False)
+    src = bundle / BUNDLE_MODEL
+    for weight_type in ("QInt8", "QUInt8"):
+        ours, theirs = tmp_path / f"ours-{weight_type}.onnx", tmp_path / f"ort-{weight_type}.onnx"
+        quantize_int8(src, ours, weight_type=weight_type)
+        quantize_dynamic(
+            str(src),
+            str(theirs),
+            op_types_to_quantize=["MatMul", "Gather"],
+            weight_type=QuantType[weight_type],
+            per_channel=False,
+            reduce_range=False,
+            use_external_data_format=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        graph = onnx.load(str(ours), load_external_data=False).graph
+        assert sum(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer) >= 4
+        mine, reference = initializers(ours), initializers(theirs)
+        assert mine.keys() == reference.keys()
+        assert any(v.dtype in (np.int8, np.uint8) and v.size >= 1024 for v in mine.values())
+        for name, value in reference.items():
+            assert mine[name].dtype == value.dtype and np.array_equal(mine[name], value), name
+        nodes = [(n.op_type, list(n.input)) for n in onnx.load(str(theirs)).graph.node]
+        assert [(n.op_type, list(n.input)) for n in graph.node] == nodes
+
+
 # ---- memory: the property the exporter's design exists for ------------------------------
 
 # Big enough that the model, not the interpreter, decides the peak: 50257 x 384 embedding
