@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from fst.export.external_data import load_onnx, rewrite_graph_only, save_external
+from fst.export.external_data import rewrite_graph_only, save_external
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,41 @@ def convert_fp16(src: Path, dst: Path) -> None:
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = load_onnx(src)
+    model = onnx.load(str(src), load_external_data=False)
+    _weights_to_fp16(model, Path(src).parent)
     # The default op_block_list keeps the mask arithmetic (Range, CumSum, Min, Max) in
     # float32 behind Casts. Shape inference is skipped: it fails on protos over 2 GB.
     fp16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
     del model
     save_external(fp16, dst)
+
+
+def _weights_to_fp16(model: onnx.ModelProto, folder: Path) -> None:
+    """Read the external weights one at a time, converting those the converter would make
+    float16 (every consumer is a float16 node) as they are read.
+
+    The converter rewrites a tensor's bytes inside the proto, whose arena keeps the fp32
+    bytes until the whole model is freed: converting the full-precision model in place
+    held both copies. Read and converted here, each weight enters the proto at half its
+    size; the converter leaves float16 initializers as they are. A weight that feeds a
+    node kept in float32 is read as it is, for the converter to decide.
+    """
+    from onnx import external_data_helper, numpy_helper
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_np_to_float16
+
+    blocked: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in DEFAULT_OP_BLOCK_LIST:
+            blocked.update(node.input)
+    for tensor in model.graph.initializer:
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        external_data_helper.load_external_data_for_tensor(copy, str(folder))
+        if tensor.data_type == onnx.TensorProto.FLOAT and tensor.name not in blocked:
+            values = convert_np_to_float16(numpy_helper.to_array(copy))
+            del copy
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+        else:
+            tensor.CopyFrom(copy)

@@ -177,6 +177,32 @@ def test_int8_weights_read_one_at_a_time_equal_quantize_dynamics(tmp_path, tiny_
         assert [(n.op_type, list(n.input)) for n in graph.node] == nodes
 
 
+def test_fp16_weights_converted_one_at_a_time_equal_the_whole_model_conversion(
+    tmp_path, tiny_hf_model_dir
+):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from fst.export.external_data import load_onnx, save_external
+    from fst.export.optimize import convert_fp16
+
+    bundle = tmp_path / "bundle"
+    export_bundle(bundle, model_path=str(tiny_hf_model_dir), progress=False)
+    src = bundle / BUNDLE_MODEL
+    ours, theirs = tmp_path / "ours.onnx", tmp_path / "whole.onnx"
+    convert_fp16(src, ours)
+    whole = convert_float_to_float16(load_onnx(src), keep_io_types=False, disable_shape_infer=True)
+    save_external(whole, theirs)
+    mine, reference = initializers(ours), initializers(theirs)
+    assert mine.keys() == reference.keys()
+    assert sum(v.dtype == np.float16 and v.size >= 1024 for v in mine.values()) >= 4
+    for name, value in reference.items():
+        assert mine[name].dtype == value.dtype and np.array_equal(mine[name], value), name
+    graph, other = onnx.load(str(ours)).graph, onnx.load(str(theirs)).graph
+    assert [(n.op_type, list(n.input)) for n in graph.node] == [
+        (n.op_type, list(n.input)) for n in other.node
+    ]
+
+
 # ---- memory: the property the exporter's design exists for ------------------------------
 
 # Big enough that the model, not the interpreter, decides the peak: 50257 x 384 embedding
