@@ -11,6 +11,7 @@ import collections
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from fst.export.external_data import rewrite_graph_only, save_external
@@ -28,6 +29,10 @@ FUSED_OPS = (
     "BiasGelu",
     "Gelu",
 )
+
+
+# Values converted to float16 at a time (bounds the converter's temporaries).
+FP16_SLICE = 1 << 20
 
 
 def count_ops(model: onnx.ModelProto, op_types: tuple[str, ...] = FUSED_OPS) -> dict[str, int]:
@@ -107,8 +112,15 @@ def _weights_to_fp16(model: onnx.ModelProto, folder: Path) -> None:
         copy.CopyFrom(tensor)
         external_data_helper.load_external_data_for_tensor(copy, str(folder))
         if tensor.data_type == onnx.TensorProto.FLOAT and tensor.name not in blocked:
-            values = convert_np_to_float16(numpy_helper.to_array(copy))
+            values = numpy_helper.to_array(copy).reshape(-1)
             del copy
-            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+            half = np.empty(values.shape, np.float16)
+            # Elementwise, so in slices: on a whole table its index arrays and masks
+            # were several times the tensor.
+            for start in range(0, values.size, FP16_SLICE):
+                end = start + FP16_SLICE
+                half[start:end] = convert_np_to_float16(values[start:end])
+            del values
+            tensor.CopyFrom(numpy_helper.from_array(half.reshape(tensor.dims), tensor.name))
         else:
             tensor.CopyFrom(copy)
