@@ -25,6 +25,8 @@ from onnx import external_data_helper, numpy_helper
 from fst.export.external_data import save_external
 
 SUPPORTED_OPS = ("MatMul", "Gather")
+# Values quantised at a time: the quantizer's arithmetic makes float copies of what it is given.
+SLICE = 1 << 20
 
 
 def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QUInt8") -> None:
@@ -89,14 +91,30 @@ def _read_tensor(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
 
 @contextlib.contextmanager
 def _weights_read_lazily(folder: Path) -> Iterator[None]:
-    """Route the quantizer's weight reads through `_read_tensor` and its shape inference
-    through `_infer_shapes`.
+    """Route the quantizer's weight reads through `_read_tensor`, its shape inference
+    through `_infer_shapes` and its arithmetic through slices.
 
     `tensor_proto_to_array` is the one function ONNX Runtime's quantizer reads weights
-    with, `save_and_reload_model_with_shape_infer` the one it re-infers shapes with; both
-    are looked up as module globals, so patching those names redirects every call.
+    with, `save_and_reload_model_with_shape_infer` the one it re-infers shapes with,
+    `quantize_nparray` the one quantize_data rounds with; all are looked up as module
+    globals, so patching those names redirects every call.
     """
     from onnxruntime.quantization import base_quantizer, onnx_quantizer, quant_utils
+
+    whole = quant_utils.quantize_nparray
+
+    def sliced(q_type, arr, scale, zero_point, low=None, high=None):
+        """`quantize_nparray` slice by slice (it is elementwise once scale and zero point
+        are known, which quantize_data computes over the whole tensor first)."""
+        if q_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) or arr.size <= SLICE:
+            return whole(q_type, arr, scale, zero_point, low, high)
+        flat = np.asarray(arr).reshape(-1)
+        out = np.empty(flat.shape, quant_utils.ONNX_TYPE_TO_NP_TYPE[q_type])
+        for start in range(0, flat.size, SLICE):
+            out[start : start + SLICE] = whole(
+                q_type, flat[start : start + SLICE], scale, zero_point, low, high
+            )
+        return out.reshape(np.shape(arr))
 
     def read(tensor: onnx.TensorProto) -> np.ndarray:
         if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
@@ -106,6 +124,7 @@ def _weights_read_lazily(folder: Path) -> Iterator[None]:
     with (
         mock.patch.object(base_quantizer, "tensor_proto_to_array", read),
         mock.patch.object(onnx_quantizer, "tensor_proto_to_array", read),
+        mock.patch.object(quant_utils, "quantize_nparray", sliced),
         mock.patch.object(base_quantizer, "save_and_reload_model_with_shape_infer", _infer_shapes),
         mock.patch.object(onnx_quantizer, "save_and_reload_model_with_shape_infer", _infer_shapes),
         mock.patch.object(quant_utils, "save_and_reload_model_with_shape_infer", _infer_shapes),
