@@ -213,8 +213,8 @@ MEMORY_CONFIG = {"n_layer": 2, "n_head": 6, "n_embd": 384, "n_positions": 256}
 # issue's 2.5x goal, which benchmarks/sizes.py measures on real sizes. int8 and fp16 read and
 # convert one weight at a time (quantize_int8, optimize.convert_fp16); holding the whole
 # fp32 model in those stages, as onnxruntime's quantize_dynamic and a whole-model fp16
-# conversion do, measured 6.5x and 4.1x here, and a copy per stage comes back as a failure.
-# Figures: benchmarks/results/sizes.md and the issue-15 report.
+# conversion do, takes several times the weights here: a copy per stage comes back as a
+# failure. Figures: benchmarks/results/sizes.md.
 MEMORY_BUDGET = {"fp32": 3.0, "optimize": 3.0, "int8": 3.0, "int4": 3.0, "fp16": 2.0}
 VARIANTS = {
     "fp32": [],
