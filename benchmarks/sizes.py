@@ -1,11 +1,12 @@
-"""Every GPT-2 size, every export variant: export memory and time, bundle size, load, decode.
+"""Every GPT-2 size (and a SmolLM2-135M-shaped Llama), every export variant: export memory
+and time, bundle size, load, decode.
 
     python benchmarks/sizes.py                          # distilgpt2, gpt2, gpt2-medium
     python benchmarks/sizes.py --sizes gpt2-large gpt2-xl --variants fp32 int8 int4
     python benchmarks/sizes.py --quick                  # tiny model, two variants: a smoke run
     python benchmarks/sizes.py --render                 # tables and chart from the JSON
 
-Models are GPT-2-shaped, built from configs with random weights (fixed seed, nothing is
+Models are GPT-2-shaped (`smollm2-135m`: Llama-shaped), built from configs with random weights (fixed seed, nothing is
 downloaded) and saved as Hugging Face folders in a cache outside the repository. Per size
 and variant, in child processes so every figure is that process's own:
 
@@ -55,7 +56,17 @@ SIZES: dict[str, dict[str, int]] = {
     "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
     "gpt2-xl": {"n_layer": 48, "n_embd": 1600, "n_head": 25},
     "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2},  # --quick
+    # Llama-shaped: fst.training.model's `smollm2-135m` preset (SmolLM2-135M's shape: 30
+    # layers, hidden 576, 9 heads, 3 KV heads, tied head) with GPT-2's 50257-token BPE.
+    "smollm2-135m": {
+        "preset": "smollm2-135m",
+        "n_layer": 30,
+        "n_embd": 576,
+        "intermediate": 1536,
+        "kv_dim": 192,
+    },
 }
+LLAMA = {name for name, c in SIZES.items() if "preset" in c}
 # fst-export flags per variant. Quantised bundles are for CPU serving, so they are optimized.
 VARIANTS: dict[str, list[str]] = {
     "fp32": [],
@@ -94,6 +105,19 @@ def hf_folder(name: str, cache: Path) -> Path:
         "merges=sys.argv[3] + '/merges.txt')\n"
         "m.save_pretrained(sys.argv[1]); t.save_pretrained(sys.argv[1])\n"
     )
+    if name in LLAMA:  # the training stage's preset, vocabulary from the tokenizer
+        code = (
+            "import sys, json, torch, transformers\n"
+            "from fst.training.model import PRESETS\n"
+            "torch.manual_seed(0)\n"
+            "cfg = dict(PRESETS[json.loads(sys.argv[2])['preset']])\n"
+            "cfg.pop('model_type', None)\n"
+            "cfg.update(vocab_size=50257, bos_token_id=50256, eos_token_id=50256)\n"
+            "m = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()\n"
+            "t = transformers.GPT2TokenizerFast(vocab=sys.argv[3] + '/vocab.json', "
+            "merges=sys.argv[3] + '/merges.txt')\n"
+            "m.save_pretrained(sys.argv[1]); t.save_pretrained(sys.argv[1])\n"
+        )
     cmd = [sys.executable, "-c", code, str(folder), json.dumps(SIZES[name]), str(BPE)]
     subprocess.run(cmd, check=True, capture_output=True)
     marker.write_text(json.dumps(stamp))
@@ -103,6 +127,11 @@ def hf_folder(name: str, cache: Path) -> Path:
 def param_counts(name: str) -> dict[str, int]:
     """Parameters (tied head counted once) and those a decode step reads (all but wpe)."""
     c = {"n_layer": 12, "n_embd": 768, **SIZES[name]}
+    if name in LLAMA:  # q, o: h x h; k, v: h x kv_dim; gate, up, down: h x I; two RMS norms
+        h, layers = c["n_embd"], c["n_layer"]
+        block = 2 * h * h + 2 * h * c["kv_dim"] + 3 * h * c["intermediate"] + 2 * h
+        total = 50257 * h + layers * block + h  # tied head, rotary positions (no table)
+        return {"params": total, "read_params": total}
     vocab, positions, h, layers = 50257, 1024, c["n_embd"], c["n_layer"]
     block = 12 * h * h + 13 * h  # attention 4h^2 + 4h, MLP 8h^2 + 5h, two layer norms 4h
     total = vocab * h + positions * h + layers * block + 2 * h
@@ -243,7 +272,8 @@ def convert_ct2(hf: Path, folder: Path) -> bool:
 def kv_cache_mb(name: str, positions: int) -> float:
     """fp32 KV cache of one sequence of `positions` tokens (the load check's allowance)."""
     c = {"n_layer": 12, "n_embd": 768, **SIZES[name]}
-    return 2 * c["n_layer"] * positions * c["n_embd"] * 4 / 1e6
+    width = c.get("kv_dim", c["n_embd"])  # grouped-query attention caches fewer heads
+    return 2 * c["n_layer"] * positions * width * 4 / 1e6
 
 
 def weight_mb(bundle: Path) -> float:
@@ -316,7 +346,7 @@ def benchmark_size(
 def read_bytes(name: str, variant: str, weights_mb: float) -> float:
     """Bytes a decode step reads: the weights less the position table (one row is read)."""
     c = {"n_embd": 768, **SIZES[name]}
-    position_table = 1024 * c["n_embd"] * 4  # fp32 in every CPU variant
+    position_table = 0 if name in LLAMA else 1024 * c["n_embd"] * 4  # fp32 in every variant
     return weights_mb * 1e6 - position_table
 
 

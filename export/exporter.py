@@ -30,10 +30,11 @@ from fst.export.gqa_right import ORT_GQA_RIGHT
 from fst.export.gqa_right import register as register_gqa_right
 from fst.export.memory import release_memory
 from fst.export.onnx_export import export_onnx
-from fst.export.optimize import apply_fusions, convert_fp16, quantize_int8
+from fst.export.optimize import apply_fusions, convert_fp16
 from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
 from fst.export.progress import Stages
 from fst.export.quantize_int4 import quantize_int4
+from fst.export.quantize_int8 import quantize_int8
 from fst.export.reference import record_reference
 from fst.export.simplify import simplify_file
 from fst.export.source import ExportSource, SourceError, load_source

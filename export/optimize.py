@@ -1,4 +1,4 @@
-"""Graph rewrites after tracing: ONNX Runtime transformer fusions, fp16, dynamic int8.
+"""Graph rewrites after tracing: ONNX Runtime transformer fusions, fp16 (int8: quantize_int8).
 
 Each step reads one .onnx file and writes another with its weights as external data (see
 external_data.py: no serialised second copy), so the exporter can chain them in its
@@ -11,9 +11,10 @@ import collections
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from fst.export.external_data import load_onnx, rewrite_graph_only, save_external
+from fst.export.external_data import rewrite_graph_only, save_external
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ FUSED_OPS = (
     "BiasGelu",
     "Gelu",
 )
+
+
+# Values converted to float16 at a time (bounds the converter's temporaries).
+FP16_SLICE = 1 << 20
 
 
 def count_ops(model: onnx.ModelProto, op_types: tuple[str, ...] = FUSED_OPS) -> dict[str, int]:
@@ -74,7 +79,8 @@ def convert_fp16(src: Path, dst: Path) -> None:
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = load_onnx(src)
+    model = onnx.load(str(src), load_external_data=False)
+    _weights_to_fp16(model, Path(src).parent)
     # The default op_block_list keeps the mask arithmetic (Range, CumSum, Min, Max) in
     # float32 behind Casts. Shape inference is skipped: it fails on protos over 2 GB.
     fp16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
@@ -82,20 +88,39 @@ def convert_fp16(src: Path, dst: Path) -> None:
     save_external(fp16, dst)
 
 
-def quantize_int8(src: Path, dst: Path, *, weight_type: str = "QUInt8") -> None:
-    """Dynamic int8: MatMul and embedding (Gather) weights stored as 8-bit, activations
-    quantised at run time. `weight_type` is "QUInt8" or "QInt8" (see the exporter)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _weights_to_fp16(model: onnx.ModelProto, folder: Path) -> None:
+    """Read the external weights one at a time, converting those the converter would make
+    float16 (every consumer is a float16 node) as they are read.
 
-    # A path, not a proto: given a proto, quantize_dynamic deep-copies it for shape inference.
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul", "Gather"],
-        weight_type=QuantType[weight_type],
-        per_channel=False,
-        reduce_range=False,
-        use_external_data_format=True,
-        # Shape inference cannot type the outputs of fused com.microsoft ops (--optimize).
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    The converter rewrites a tensor's bytes inside the proto, whose arena keeps the fp32
+    bytes until the whole model is freed: converting the full-precision model in place
+    held both copies. Read and converted here, each weight enters the proto at half its
+    size; the converter leaves float16 initializers as they are. A weight that feeds a
+    node kept in float32 is read as it is, for the converter to decide.
+    """
+    from onnx import external_data_helper, numpy_helper
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_np_to_float16
+
+    blocked: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in DEFAULT_OP_BLOCK_LIST:
+            blocked.update(node.input)
+    for tensor in model.graph.initializer:
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        external_data_helper.load_external_data_for_tensor(copy, str(folder))
+        if tensor.data_type == onnx.TensorProto.FLOAT and tensor.name not in blocked:
+            values = numpy_helper.to_array(copy).reshape(-1)
+            del copy
+            half = np.empty(values.shape, np.float16)
+            # Elementwise, so in slices: on a whole table its index arrays and masks
+            # were several times the tensor.
+            for start in range(0, values.size, FP16_SLICE):
+                end = start + FP16_SLICE
+                half[start:end] = convert_np_to_float16(values[start:end])
+            del values
+            tensor.CopyFrom(numpy_helper.from_array(half.reshape(tensor.dims), tensor.name))
+        else:
+            tensor.CopyFrom(copy)

@@ -290,3 +290,31 @@ def test_llamacpp_engines_need_a_converter(tmp_path: Path) -> None:
 
 def test_exporter_quantizations_include_int8() -> None:
     assert "int8" in latency.exporter_quantizations()
+
+
+@pytest.mark.parametrize("name", ["distilgpt2", "smollm2-135m"])
+def test_sizes_parameter_counts_match_the_models_it_builds(name: str) -> None:
+    import sizes
+    import transformers
+
+    from fst.training.model import PRESETS
+
+    if name in sizes.LLAMA:
+        config = dict(PRESETS[sizes.SIZES[name]["preset"]], vocab_size=50257)
+        config.pop("model_type")
+        with torch_device_meta():
+            model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+        kv_heads, head_dim = config["num_key_value_heads"], config["head_dim"]
+        assert sizes.SIZES[name]["kv_dim"] == kv_heads * head_dim
+        assert sizes.SIZES[name]["intermediate"] == config["intermediate_size"]
+    else:
+        with torch_device_meta():
+            model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**sizes.SIZES[name]))
+    # parameters() counts a tied head once, as param_counts does.
+    assert sizes.param_counts(name)["params"] == sum(p.numel() for p in model.parameters())
+
+
+def torch_device_meta():
+    import torch
+
+    return torch.device("meta")

@@ -145,18 +145,77 @@ def test_bundle_perplexity_equals_the_checkpoints(tmp_path, tiny_hf_model_dir):
         BundleScorer(last)
 
 
+def test_int8_weights_read_one_at_a_time_equal_quantize_dynamics(tmp_path, tiny_hf_model_dir):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fst.export.quantize_int8 import quantize_int8
+
+    bundle = tmp_path / "bundle"
+    export_bundle(bundle, model_path=str(tiny_hf_model_dir), optimize=True, progress=False)
+    src = bundle / BUNDLE_MODEL
+    for weight_type in ("QInt8", "QUInt8"):
+        ours, theirs = tmp_path / f"ours-{weight_type}.onnx", tmp_path / f"ort-{weight_type}.onnx"
+        quantize_int8(src, ours, weight_type=weight_type)
+        quantize_dynamic(
+            str(src),
+            str(theirs),
+            op_types_to_quantize=["MatMul", "Gather"],
+            weight_type=QuantType[weight_type],
+            per_channel=False,
+            reduce_range=False,
+            use_external_data_format=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        graph = onnx.load(str(ours), load_external_data=False).graph
+        assert sum(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer) >= 4
+        mine, reference = initializers(ours), initializers(theirs)
+        assert mine.keys() == reference.keys()
+        assert any(v.dtype in (np.int8, np.uint8) and v.size >= 1024 for v in mine.values())
+        for name, value in reference.items():
+            assert mine[name].dtype == value.dtype and np.array_equal(mine[name], value), name
+        nodes = [(n.op_type, list(n.input)) for n in onnx.load(str(theirs)).graph.node]
+        assert [(n.op_type, list(n.input)) for n in graph.node] == nodes
+
+
+def test_fp16_weights_converted_one_at_a_time_equal_the_whole_model_conversion(
+    tmp_path, tiny_hf_model_dir
+):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from fst.export.external_data import load_onnx, save_external
+    from fst.export.optimize import convert_fp16
+
+    bundle = tmp_path / "bundle"
+    export_bundle(bundle, model_path=str(tiny_hf_model_dir), progress=False)
+    src = bundle / BUNDLE_MODEL
+    ours, theirs = tmp_path / "ours.onnx", tmp_path / "whole.onnx"
+    convert_fp16(src, ours)
+    whole = convert_float_to_float16(load_onnx(src), keep_io_types=False, disable_shape_infer=True)
+    save_external(whole, theirs)
+    mine, reference = initializers(ours), initializers(theirs)
+    assert mine.keys() == reference.keys()
+    assert sum(v.dtype == np.float16 and v.size >= 1024 for v in mine.values()) >= 4
+    for name, value in reference.items():
+        assert mine[name].dtype == value.dtype and np.array_equal(mine[name], value), name
+    graph, other = onnx.load(str(ours)).graph, onnx.load(str(theirs)).graph
+    assert [(n.op_type, list(n.input)) for n in graph.node] == [
+        (n.op_type, list(n.input)) for n in other.node
+    ]
+
+
 # ---- memory: the property the exporter's design exists for ------------------------------
 
 # Big enough that the model, not the interpreter, decides the peak: 50257 x 384 embedding
 # plus 2 layers, ~80 MB of fp32 weights.
 MEMORY_CONFIG = {"n_layer": 2, "n_head": 6, "n_embd": 384, "n_positions": 256}
 # Peak RSS above an import-only process, over the fp32 weight bytes. At this size fixed costs
-# (session arenas, tokenizer, model code) still weigh ~1.5x, so the bounds sit above the
-# issue's 2.5x goal, which benchmarks/sizes.py measures on GPT-2 small and medium (fp32 2.1x
-# and 1.5x there). Measured here: fp32 2.3, --optimize 2.4, int4 2.3, fp16 4.1, int8 6.5
-# (onnxruntime's quantize_dynamic peaks at ~3.6x its input). Before this design the trace
-# alone took 4.6x and int8 over 10x: a copy per stage comes back as a failure.
-MEMORY_BUDGET = {"fp32": 3.0, "optimize": 3.0, "int8": 8.0, "int4": 3.0, "fp16": 5.0}
+# (session arenas, tokenizer, model code) still weigh ~1.5x, so the fp32 bounds sit above the
+# issue's 2.5x goal, which benchmarks/sizes.py measures on real sizes. int8 and fp16 read and
+# convert one weight at a time (quantize_int8, optimize.convert_fp16); holding the whole
+# fp32 model in those stages, as onnxruntime's quantize_dynamic and a whole-model fp16
+# conversion do, takes several times the weights here: a copy per stage comes back as a
+# failure. Figures: benchmarks/results/sizes.md.
+MEMORY_BUDGET = {"fp32": 3.0, "optimize": 3.0, "int8": 3.0, "int4": 3.0, "fp16": 2.0}
 VARIANTS = {
     "fp32": [],
     "optimize": ["--optimize"],
