@@ -339,6 +339,8 @@ def cuda_parity(engine: FstEngine, model, device: str) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache
 
+    from fst.export.hf_cache import cache_kwargs, returned_cache
+
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, 50000, n).tolist() for n in PARITY_LENGTHS]
     stepper = engine.stepper
@@ -352,10 +354,10 @@ def cuda_parity(engine: FstEngine, model, device: str) -> dict[str, Any]:
             for row, tokens in enumerate(inputs):
                 out = model(
                     input_ids=torch.tensor([tokens], device=device),
-                    past_key_values=caches[row],
+                    **cache_kwargs(caches[row]),
                     use_cache=True,
                 )
-                caches[row] = out.past_key_values
+                caches[row] = returned_cache(out)
                 reference.append(out.logits[0, -1].float().cpu().numpy())
         reference = np.stack(reference)
         diffs.append(float(np.abs(logits - reference).max()))

@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from fst.core.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
+from fst.export.hf_cache import CACHE_NAME, cache_kwargs, returned_cache
 from fst.export.verify import DECODE_STEPS, left_pad, position_ids_for
 
 
@@ -37,7 +38,8 @@ class ReplayModel:
         self._steps = steps
         self._next = 0
 
-    def __call__(self, *, past_key_values=None, use_cache: bool = True, **feed: torch.Tensor):
+    def __call__(self, *, use_cache: bool = True, **feed: torch.Tensor):
+        feed.pop(CACHE_NAME, None)  # the replay needs no cache
         if self._next == len(self._steps):  # a new check starts over
             self._next = 0
         step = self._steps[self._next]
@@ -45,7 +47,7 @@ class ReplayModel:
         for name, expected in step.feed.items():
             if not np.array_equal(feed[name].numpy(), expected):
                 raise RuntimeError(f"parity replay: {name} differs from the recorded reference")
-        return SimpleNamespace(logits=torch.from_numpy(step.logits), past_key_values=None)
+        return SimpleNamespace(logits=torch.from_numpy(step.logits), **{CACHE_NAME: None})
 
 
 def record_reference(
@@ -65,11 +67,11 @@ def record_reference(
         with torch.no_grad():
             out = model(
                 **{k: torch.from_numpy(v) for k, v in feed.items()},
-                past_key_values=cache,
+                **cache_kwargs(cache),
                 use_cache=True,
             )
         logits = out.logits.float().numpy().copy()
-        cache = out.past_key_values
+        cache = returned_cache(out)
         steps.append(_Step(feed, logits))
         ids = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
         mask = np.concatenate([mask, np.ones_like(ids)], axis=1)

@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedModel
 from fst.core.bundle import ParityReport
 from fst.core.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
 from fst.export.architectures import contract_for
+from fst.export.hf_cache import cache_kwargs, returned_cache
 from fst.runtime.session import create_session
 
 # fp32 gate: max |onnx - torch| <= FP32_RELATIVE_TOLERANCE * max(1, max |logit|).
@@ -93,11 +94,11 @@ def verify_parity(
         with torch.no_grad():
             out = model(
                 **{k: torch.from_numpy(v) for k, v in feed.items()},
-                past_key_values=cache,
+                **cache_kwargs(cache),
                 use_cache=True,
             )
         torch_logits = out.logits.float().numpy()
-        cache = out.past_key_values
+        cache = returned_cache(out)
         pairs.append(_checked(onnx_logits, torch_logits, mask[:, -ids.shape[1] :], logits))
         past = dict(zip(past, outputs[1:], strict=True))
         # Both sides continue with PyTorch's greedy token.

@@ -21,6 +21,7 @@ from fst.core.constants import (
     ONNX_POSITION_IDS,
     onnx_past_names,
 )
+from fst.export.hf_cache import cache_kwargs, returned_cache
 from fst.export.verify import _report
 from fst.runtime.session import create_session
 
@@ -83,8 +84,8 @@ def verify_right_padded(
         with torch.no_grad():
             for row, tokens in enumerate(step_tokens):
                 ids = torch.tensor([list(tokens)], dtype=torch.long)
-                out = model(input_ids=ids, past_key_values=caches[row], use_cache=True)
-                caches[row] = out.past_key_values
+                out = model(input_ids=ids, **cache_kwargs(caches[row]), use_cache=True)
+                caches[row] = returned_cache(out)
                 reference.append(out.logits[0, -1].float().numpy())
         reference = np.stack(reference)
         pairs.append((outputs[0][:, -1].astype(np.float32), reference))

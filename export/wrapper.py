@@ -25,6 +25,7 @@ from fst.export.architectures import (
     architecture_for,
     contract_for,
 )
+from fst.export.hf_cache import cache_kwargs, returned_cache
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "KVLayout", "LogitsMode"]
 
@@ -78,11 +79,11 @@ class CacheFlatteningWrapper(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
             logits_to_keep=self.logits_to_keep,
         )
-        presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        presents = [t for layer in returned_cache(out).layers for t in (layer.keys, layer.values)]
         return (out.logits, *presents)
 
 
