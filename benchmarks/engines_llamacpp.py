@@ -50,6 +50,8 @@ def available() -> str | None:
         import llama_cpp  # noqa: F401
     except ImportError as e:
         return f"llama_cpp not importable ({e}): pip install llama-cpp-python"
+    except OSError as e:  # the bindings are installed but libllama is not where they look
+        return f"llama_cpp has no libllama ({e}): set LLAMA_CPP_LIB_PATH (benchmarks/README.md)"
     return None
 
 

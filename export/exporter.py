@@ -44,17 +44,15 @@ from fst.export.wrapper import input_names, output_names
 
 log = logging.getLogger(__name__)
 
-# Prefill with logits for the last position only skips lm_head on every other position:
-# ~1.3x faster for a GPT-2-small-sized model and a 512-token prompt on this CPU (interleaved
-# runs, min 3.85 s -> 2.92 s), and a 100 MB smaller output. Decode (seq 1) is unchanged.
+# Prefill with logits for the last position only skips lm_head on every other position: a
+# faster prefill for long prompts and a much smaller output (one row of logits instead of one
+# per prompt token). Decode (seq 1) is unchanged. Measure it with benchmarks/latency.py.
 DEFAULT_LOGITS = "last"
 # Dynamic int8 weight types. QInt8 weights run ONNX Runtime's U8S8 kernels, the fast ones on
-# x86 (GPT-2 small here, interleaved: 512-token prefill 456 -> 385 ms, decode -5 to -10% vs
-# QUInt8's U8U8). Without VNNI the U8S8 kernel can saturate its 16-bit pair sums: on one
-# trained tiny model QInt8 had max |diff| 0.43 vs 0.08, while on others it is as accurate
-# (trained 4-layer: 0.083 vs 0.081, greedy agreement with fp32 0.86 vs 0.75; GPT-2 small
-# random: 0.12 vs 0.11). So both are made and checked against PyTorch, and QInt8 is kept
-# unless its error exceeds QUInt8's by more than this factor.
+# x86 (faster prefill and decode than QUInt8's U8U8). Without VNNI the U8S8 kernel can
+# saturate its 16-bit pair sums: on some models QInt8's error against PyTorch is several
+# times QUInt8's, on others it is as accurate. So both are made and checked against PyTorch,
+# and QInt8 is kept unless its error exceeds QUInt8's by more than this factor.
 INT8_WEIGHT_TYPES = ("QInt8", "QUInt8")
 INT8_QINT8_MAX_ERROR_RATIO = 1.25
 MIN_OPSET = 13  # oldest opset checked here (13, 14, 17 and 18 pass the parity check)

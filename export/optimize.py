@@ -51,8 +51,8 @@ def apply_fusions(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> 
     from onnxruntime.transformers.optimizer import optimize_model
 
     def fuse(model: onnx.ModelProto) -> dict[str, int]:
-        # On the graph alone: the fusions' shape inference copies the whole model (GPT-2
-        # small peaked at 9x its weights), and none of them reads a weight's values.
+        # On the graph alone: the fusions' shape inference copies the whole model (peak memory
+        # a multiple of the weights), and none of them reads a weight's values.
         optimized = optimize_model(
             model,
             model_type="gpt2",
