@@ -335,3 +335,22 @@ def test_training_from_a_llama_folder_keeps_its_own_tokenizer_and_eos(tmp_path):
     manifest = export_bundle(bundle, ckpt=result.last_checkpoint, progress=False)
     assert manifest.tokenizer.eos_token_id == raw.token_to_id("</s>")
     document_greedy_matches_the_checkpoint(result.last_checkpoint, bundle)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_fst_eval_scores_a_grouped_query_bundle_like_the_model(tmp_path, optimize):
+    """fst-eval --bundle feeds an empty past of kv_heads (2), not num_heads (4), per layer."""
+    from fst.evaluation.bundle_scoring import BundleScorer
+
+    folder = make_model_folder(tmp_path / "hf", "llama")
+    bundle = tmp_path / "bundle"
+    export_bundle(bundle, model_path=str(folder), logits="all", optimize=optimize, progress=False)
+    ids = torch.tensor([[0, 0, 5, 9, 14, 3], [7, 8, 2, 11, 4, 6]])  # row 0 left-padded
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    ours = BundleScorer(bundle, threads=1)(input_ids=ids, attention_mask=mask).logits
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    np.testing.assert_allclose(ours[real].numpy(), reference[real].numpy(), atol=1e-4)

@@ -44,7 +44,7 @@ class BundleScorer:
         ids, mask = input_ids.numpy(), attention_mask.numpy()
         batch, width = ids.shape
         capacity = width + 1 if graph.kv_layout == "shared" else 0
-        past = np.zeros((batch, arch.num_heads, capacity, arch.head_dim), dtype=graph.dtype)
+        past = np.zeros((batch, arch.kv_heads, capacity, arch.head_dim), dtype=graph.dtype)
         positions = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
         feed = {ONNX_INPUT_IDS: ids, ONNX_ATTENTION_MASK: mask, ONNX_POSITION_IDS: positions}
         for layer in range(arch.num_layers):
