@@ -170,7 +170,7 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
     if not wanted:
         return {}
     from fst.core.bundle import BundleManifest
-    from fst.export.exporter import export_bundle
+    from fst.export.exporter import ExportError, export_bundle
 
     out = {}
     for engine, quantize in wanted:
@@ -184,7 +184,13 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
         fresh = marker.is_file() and json.loads(marker.read_text()) == stamp
         if not fresh or args.rebuild:
             log.info("exporting %s %s", name, engine)
-            export_bundle(folder, model_path=str(hf), force=True, progress=False, **options)
+            try:
+                export_bundle(folder, model_path=str(hf), force=True, progress=False, **options)
+            except ExportError as e:
+                # int4's gate refuses random weights of some shapes (nearly flat logits, so
+                # top-1 flips; a trained model passes): measure the other engines anyway.
+                log.warning("skipping %s for %s: %s", engine, name, e)
+                continue
             marker.write_text(json.dumps(stamp))
         BundleManifest.load(folder)  # fails loudly on a broken bundle
         out[engine] = folder

@@ -158,12 +158,14 @@ class Run:
     alpha: float | None
     sequence: bool = False  # sequence-level UL fine-tuning of the alpha run's best checkpoint
     weight: float | None = None  # its --sequence_ul_alpha when not FineTune's default
+    updates: int | None = None  # its max_steps when not FineTune's default
 
     @property
     def slug(self) -> str:
         base = "mle" if self.alpha is None else f"ul-{self.alpha:g}"
         weight = "" if self.weight is None else f"-w{self.weight:g}"
-        return base + ("-seq" + weight if self.sequence else "")
+        updates = "" if self.updates is None else f"-u{self.updates}"
+        return base + ("-seq" + weight + updates if self.sequence else "")
 
 
 def runs_for(alphas: list[float]) -> list[Run]:
@@ -491,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         help="UL weights to compare with MLE (default 1.0,2.0,5.0; --sequence: 2.0)",
     )
     p.add_argument("--max_steps", type=int, default=None, help="override the step budget")
+    p.add_argument(
+        "--fine_tune_steps",
+        type=int,
+        default=None,
+        help="--sequence: updates of each sequence-level fine-tuning (default: FineTune's)",
+    )
     p.add_argument("--seed", type=int, default=None, help="override the seed")
     p.add_argument("--max_prefixes", type=int, default=None, help="default: all (smoke: 16)")
     p.add_argument(
@@ -574,9 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         default_weight = FineTune().sequence_ul_alpha
 
         def fine_tune_and_evaluate(fine_tune: FineTune) -> dict[str, Any]:
-            weight = fine_tune.sequence_ul_alpha
-            seq_run = Run(f"UL α={alpha:g} + seq (weight {weight:g})", alpha, sequence=True,
-                          weight=None if weight == default_weight else weight)  # fmt: skip
+            weight, updates = fine_tune.sequence_ul_alpha, fine_tune.max_steps
+            seq_run = Run(f"UL α={alpha:g} + seq (weight {weight:g}, {updates} updates)",
+                          alpha, sequence=True,
+                          weight=None if weight == default_weight else weight,
+                          updates=None if updates == FineTune().max_steps else updates)  # fmt: skip
             seq_record = train(seq_run, budget, work, env, args.reuse, (fine_tune, base))
             seq_results = evaluate(
                 seq_run, seq_record["checkpoint"], work, env, eval_flags, args.reuse
@@ -592,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=8) as pool:
         if args.sequence:
             fine_tune = SMOKE_FINE_TUNE if args.smoke else FineTune()
+            if args.fine_tune_steps:
+                fine_tune = dataclasses.replace(fine_tune, max_steps=args.fine_tune_steps)
             weights = args.sequence_weights or str(fine_tune.sequence_ul_alpha)
             fine_tunes = [
                 dataclasses.replace(fine_tune, sequence_ul_alpha=float(w))

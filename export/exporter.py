@@ -144,7 +144,7 @@ def _build(
     """Write model.onnx and tokenizer.json into `tmp` and verify them."""
     work = tmp / "work"
     work.mkdir()
-    kv_layout = choose_kv_layout(source.model.config, optimize, variant, requested_layout)
+    kv_layout = choose_kv_layout(source.config, optimize, variant, requested_layout)
     attention = {
         "shared": "GroupQueryAttention, shared KV buffer",
         "shared_right": "GroupQueryAttention, right-padded shared KV buffer (GPU layout)",
@@ -154,20 +154,16 @@ def _build(
         traced = _trace(source, work / "traced.onnx", opset, logits, optimize, kv_layout)
         prompts = [source.tokenizer.encode_for_inference(p) for p in PARITY_PROMPTS]
         # PyTorch's side of every parity check, recorded now: the model's weights are freed
-        # before the ONNX Runtime stages, each of which holds a copy of its own. The GPU
-        # layout's check (verify_right) runs each prompt alone, another loop than the one
-        # recorded, so it keeps the model.
-        if kv_layout != "shared_right":
-            pad_id = source.tokenizer.pad_token_id
-            source.model = record_reference(source.model, prompts, pad_id=pad_id)
-            release_memory()
+        # before the ONNX Runtime stages, each of which holds a copy of its own.
+        reference = record_reference(source.model, prompts)
+        source.model = None
+        release_memory()
     dtype = "float16" if variant == "fp16" else "float32"
 
     def check(path: Path) -> ParityReport:
         return verify_parity(
-            source.model,
+            reference,
             path,
-            prompts,
             pad_id=source.tokenizer.pad_token_id,
             variant=variant,
             logits=logits,
@@ -175,7 +171,7 @@ def _build(
             kv_layout=kv_layout,
         )
 
-    final, weights = _transform(traced, source.model.config, stages, variant, optimize, check)
+    final, weights = _transform(traced, source.config, stages, variant, optimize, check)
     with stages.stage("write"):
         # A tied lm_head was traced as a second, transposed copy of the embedding.
         shared = share_tied_embedding_file(final, final.with_name("shared.onnx"))
@@ -192,7 +188,7 @@ def _build(
     stages.note(describe(parity, variant))
     if not parity.passed:
         raise ExportError(describe(parity, variant) + "; no bundle written")
-    layers = int(source.model.config.num_hidden_layers)
+    layers = int(source.config.num_hidden_layers)
     graph = GraphInfo(
         file=BUNDLE_MODEL,
         external_data=external,
@@ -342,7 +338,7 @@ def _trace(
 def _manifest(
     folder: Path, source: ExportSource, graph: GraphInfo, parity: ParityReport
 ) -> BundleManifest:
-    config, tokenizer = source.model.config, source.tokenizer
+    config, tokenizer = source.config, source.tokenizer
     architecture = architecture_for(config)
     settings = tokenizer.settings()
     digests = bundle_writer.file_digests(folder)

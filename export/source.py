@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from fst.core.tokenization import DocumentTokenizer
 from fst.export.wrapper import UnsupportedModelError, check_supported
@@ -23,12 +23,18 @@ class SourceError(ValueError):
 
 @dataclass
 class ExportSource:
-    model: PreTrainedModel
+    # None once the exporter has traced it and recorded the parity reference (its weights
+    # are freed before the ONNX Runtime stages); `config` stays.
+    model: PreTrainedModel | None
     tokenizer: DocumentTokenizer
     source: str  # checkpoint path or model name/folder, for the manifest
     global_step: int | None = None
     epoch: int | None = None
     training_args: dict[str, Any] = field(default_factory=dict)
+    config: PretrainedConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = self.model.config
 
 
 def load_source(ckpt: Path | None = None, model_path: str | None = None) -> ExportSource:

@@ -1,10 +1,13 @@
-"""Parity check run by every export: ONNX Runtime (CPU) against PyTorch on the same inputs.
+"""Parity check run by every export: the runtime's own code (CPU) against PyTorch.
 
-A batch of two prompts of different lengths, left-padded (attention_mask zeros on the left,
-position_ids = cumsum(mask) - 1 clipped at 0), a prefill with an empty past, then several
-decode steps feeding the presents back as past. Both sides get the same next tokens
-(PyTorch's greedy choice), so one early disagreement does not snowball into the rest.
-Logits are compared at the valid (non-padding) positions only.
+The graph is driven through what users run, not a loop of its own: the stepper the
+runtime picks for the graph's KV layout (`fst.runtime.kv_cache.stepper_for`: the IO
+binding, padding side, positions and buffer handling a server uses) prefills the parity
+prompts as one padded batch, with room for a single token so a shared-layout buffer has
+to grow, then decodes PyTorch's greedy tokens. Each row's logits at every step are
+compared with PyTorch run on that prompt alone (`reference.Reference`). Graphs exported
+with `--logits all` are also scored the way `fst-eval --bundle` scores text
+(`fst.runtime.scoring.prefill_logits`), and every valid prompt position is compared.
 """
 
 from __future__ import annotations
@@ -13,106 +16,67 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import DynamicCache, PreTrainedModel
 
 from fst.core.bundle import ParityReport
-from fst.core.constants import ONNX_ATTENTION_MASK, ONNX_INPUT_IDS, ONNX_POSITION_IDS
 from fst.export.architectures import contract_for
-from fst.export.hf_cache import cache_kwargs, returned_cache
+from fst.export.reference import Reference
+from fst.runtime.kv_cache import stepper_for
+from fst.runtime.scoring import prefill_logits
 from fst.runtime.session import create_session
 
 # fp32 gate: max |onnx - torch| <= FP32_RELATIVE_TOLERANCE * max(1, max |logit|).
 FP32_RELATIVE_TOLERANCE = 1e-3
-# int8 / fp16 gate: greedy top-1 agreement with PyTorch at the checked positions. Measured
-# (see the export note): fp16 1.0; dynamic int8 0.93-1.0 on GPT-2-small random init (nearly
-# flat logits, so the hardest case) and on a trained tiny model. A broken conversion lands
-# near 0; 0.8 tolerates two flipped near-ties among the 14 positions of the default check.
+# int8 / int4 / fp16 gate: greedy top-1 agreement with PyTorch at the checked positions.
+# Measured (see the export notes): fp16 1.0; dynamic int8 0.93-1.0 on GPT-2-small random init
+# (nearly flat logits, so the hardest case) and on a trained tiny model. A broken
+# conversion lands near 0; 0.8 tolerates two flipped near-ties among the 14 positions of
+# the default check.
 MIN_TOP1_AGREEMENT = 0.8
-DECODE_STEPS = 6
 
 
-class ParityError(RuntimeError):
-    """The ONNX graph does not reproduce the PyTorch model."""
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids and attention_mask [B, S] (int64) for prompts padded on the left."""
+def padded(
+    prompts: Sequence[Sequence[int]], pad_id: int, side: str = "left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask [B, S] (int64) for prompts padded on `side`."""
     width = max(len(p) for p in prompts)
     ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(prompts), width), dtype=np.int64)
     for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt) :] = prompt
-            mask[row, width - len(prompt) :] = 1
+        cols = slice(width - len(prompt), width) if side == "left" else slice(0, len(prompt))
+        ids[row, cols] = prompt
+        mask[row, cols] = 1
     return ids, mask
 
 
-def position_ids_for(mask: np.ndarray) -> np.ndarray:
-    """Positions counted over real tokens only: left padding does not shift them."""
-    return np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
-
-
 def verify_parity(
-    model: PreTrainedModel,
+    reference: Reference,
     onnx_path: Path,
-    prompts: Sequence[Sequence[int]],
     *,
     pad_id: int,
     variant: str = "fp32",
     logits: str = "all",
     dtype: str = "float32",
-    decode_steps: int = DECODE_STEPS,
     kv_layout: str = "concat",
 ) -> ParityReport:
-    """Compare ONNX Runtime with `model`; the report says whether the gate passed.
-
-    With kv_layout "shared" the past buffers have one spare position beyond the last step
-    (capacity > total length); each step's presents are fed back as the next past.
-    """
-    if kv_layout == "shared_right":  # right padding, per-row lengths (the GPU layout)
-        from fst.export.verify_right import verify_right_padded
-
-        return verify_right_padded(
-            model, onnx_path, prompts, variant=variant, dtype=dtype,
-            decode_steps=decode_steps, pad_id=pad_id,
-        )  # fmt: skip
-    # A check, not a server: no point in moving the exporter's torch-sized memory into huge pages.
+    """Compare the graph at `onnx_path`, run by the runtime, with `reference`."""
+    config = reference.config
+    contract = contract_for(config, logits, kv_layout, dtype)
+    # A check, not a server: no point in moving the exporter's memory into huge pages.
     session, _ = create_session(onnx_path, providers=["CPUExecutionProvider"], huge_pages=False)
-    ids, mask = left_pad(prompts, pad_id)
-    contract = contract_for(model.config, logits, kv_layout, dtype)
-    capacity = ids.shape[1] + decode_steps + 1 if kv_layout == "shared" else 0
-    shape = contract.kv_shape(len(prompts), capacity)
-    past = {name: np.zeros(shape, dtype=np.dtype(dtype)) for name in contract.past_names}
-    cache = DynamicCache()
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (onnx, torch) logits at checked positions
-    for _ in range(decode_steps + 1):  # prefill, then decode steps
-        positions = position_ids_for(mask)[:, -ids.shape[1] :]
-        feed = {ONNX_INPUT_IDS: ids, ONNX_ATTENTION_MASK: mask, ONNX_POSITION_IDS: positions}
-        outputs = session.run(None, {**feed, **past})
-        onnx_logits = outputs[0].astype(np.float32)
-        with torch.no_grad():
-            out = model(
-                **{k: torch.from_numpy(v) for k, v in feed.items()},
-                **cache_kwargs(cache),
-                use_cache=True,
-            )
-        torch_logits = out.logits.float().numpy()
-        cache = returned_cache(out)
-        pairs.append(_checked(onnx_logits, torch_logits, mask[:, -ids.shape[1] :], logits))
-        past = dict(zip(past, outputs[1:], strict=True))
-        # Both sides continue with PyTorch's greedy token.
-        ids = torch_logits[:, -1].argmax(-1).astype(np.int64)[:, None]
-        mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (onnx, torch) logits [N, V]
+    if logits == "all":  # the scoring path: every valid position of the prompts
+        side = "right" if kv_layout == "shared_right" else "left"
+        ids, mask = padded(reference.prompts, pad_id, side)
+        scored = prefill_logits(session, contract, ids, mask)
+        pairs.append((scored[mask.astype(bool)], np.concatenate(reference.prompt_logits)))
+    # The generation path: the runtime's stepper for this layout.
+    stepper = stepper_for(session, contract, int(config.max_position_embeddings))
+    step_logits, cache = stepper.prefill(reference.prompts, pad_id, reserve=1)
+    pairs.append((np.array(step_logits, dtype=np.float32), reference.last_logits[0]))
+    for step, tokens in enumerate(reference.tokens, start=1):
+        step_logits = stepper.decode(cache, tokens)
+        pairs.append((np.array(step_logits, dtype=np.float32), reference.last_logits[step]))
     return _report(pairs, variant)
-
-
-def _checked(onnx_logits, torch_logits, step_mask, logits_mode) -> tuple[np.ndarray, np.ndarray]:
-    """[N, V] logits of the positions to compare (valid tokens; the last one in 'last' mode)."""
-    if logits_mode == "last":
-        return onnx_logits[:, -1], torch_logits[:, -1]
-    valid = step_mask.astype(bool)
-    return onnx_logits[valid], torch_logits[valid]
 
 
 def _report(pairs: list[tuple[np.ndarray, np.ndarray]], variant: str) -> ParityReport:

@@ -40,9 +40,8 @@ from fst.core.constants import (
     ONNX_INPUT_IDS,
     ONNX_LOGITS,
     ONNX_POSITION_IDS,
-    onnx_past_names,
-    onnx_present_names,
 )
+from fst.core.contract import GraphContract
 from fst.runtime.ort_io import make_io
 from fst.runtime.stepper import (
     DEFAULT_RESERVE,
@@ -85,33 +84,41 @@ class DeviceKVStepper(RowSelection):
     def __init__(
         self,
         session: ort.InferenceSession,
-        manifest: BundleManifest,
+        contract: GraphContract,
+        max_positions: int,
         device: str | None = None,
         device_id: int = 0,
         public_io: bool = False,
     ) -> None:
-        if manifest.graph.kv_layout != "shared_right":
+        if contract.kv_layout != "shared_right":
             raise ValueError(
-                f"DeviceKVStepper runs kv_layout shared_right, not {manifest.graph.kv_layout}"
+                f"DeviceKVStepper runs kv_layout shared_right, not {contract.kv_layout}"
             )
         self.session = session
-        arch = manifest.architecture
+        # The buffers hold key/value heads (fewer than query heads with grouped-query attention).
         self.num_layers, self.num_heads, self.head_dim = (
-            arch.num_layers,
-            arch.kv_heads,  # the buffers hold key/value heads (fewer with grouped-query attention)
-            arch.head_dim,
+            contract.num_layers,
+            contract.num_kv_heads,
+            contract.head_dim,
         )
-        self.vocab_size, self.max_positions = arch.vocab_size, arch.max_positions
-        self.dtype = NUMPY_DTYPES[manifest.graph.dtype]
+        self.vocab_size, self.max_positions = contract.vocab_size, max_positions
+        self.dtype = NUMPY_DTYPES[contract.dtype]
         logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
-        self.past_names = [n for i in range(self.num_layers) for n in onnx_past_names(i)]
-        present_names = [n for i in range(self.num_layers) for n in onnx_present_names(i)]
+        self.past_names = contract.past_names
+        present_names = contract.present_names
         self.device = device or cache_device_for(session.get_providers()[0])
         self.device_id = device_id
         # A cache binds its ~2 * layers values once, so a step binds only three small arrays.
         self.io = make_io(session, [ONNX_LOGITS], present_names, self.device, public_io)
         self.on_model_call: ModelCallHook | None = None  # see Generator.on_model_call
+
+    @classmethod
+    def from_manifest(
+        cls, session: ort.InferenceSession, manifest: BundleManifest, **options: Any
+    ) -> DeviceKVStepper:
+        contract = GraphContract.from_manifest(manifest)
+        return cls(session, contract, manifest.architecture.max_positions, **options)
 
     # ---- steps --------------------------------------------------------------------------
 

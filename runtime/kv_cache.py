@@ -56,7 +56,14 @@ from fst.runtime.stepper import (
     run_bound,
 )
 
-__all__ = ["DEFAULT_RESERVE", "CausalLMStepper", "KVCache", "ModelCallHook", "make_stepper"]
+__all__ = [
+    "DEFAULT_RESERVE",
+    "CausalLMStepper",
+    "KVCache",
+    "ModelCallHook",
+    "make_stepper",
+    "stepper_for",
+]
 
 
 @dataclass
@@ -91,35 +98,49 @@ class KVCache:
 
 
 def make_stepper(session: ort.InferenceSession, manifest: BundleManifest) -> Stepper:
-    """The stepper for the bundle's kv_layout: "shared_right" bundles (the GPU layout) keep
+    """The stepper a bundle's graph runs through (see `stepper_for`)."""
+    contract = GraphContract.from_manifest(manifest)
+    return stepper_for(session, contract, manifest.architecture.max_positions)
+
+
+def stepper_for(
+    session: ort.InferenceSession, contract: GraphContract, max_positions: int
+) -> Stepper:
+    """The stepper for the graph's kv_layout: "shared_right" graphs (the GPU layout) keep
     their cache on the session's device (fst.runtime.device_kv, UNTESTED ON GPU); the
-    others run through CausalLMStepper."""
-    if manifest.graph.kv_layout == "shared_right":
+    others run through CausalLMStepper. The exporter's parity check builds its stepper
+    here too, so every export is verified through the path a server runs."""
+    if contract.kv_layout == "shared_right":
         from fst.runtime.device_kv import DeviceKVStepper
 
-        return DeviceKVStepper(session, manifest)
-    return CausalLMStepper(session, manifest)
+        return DeviceKVStepper(session, contract, max_positions)
+    return CausalLMStepper(session, contract, max_positions)
 
 
 class CausalLMStepper(RowSelection):
     """Runs the bundle's graph: `prefill` a batch of prompts, then `decode` one token a row."""
 
     def __init__(
-        self, session: ort.InferenceSession, manifest: BundleManifest, public_io: bool = False
+        self,
+        session: ort.InferenceSession,
+        contract: GraphContract,
+        max_positions: int,
+        public_io: bool = False,
     ) -> None:
+        if contract.kv_layout == "shared_right":
+            raise ValueError("kv_layout shared_right runs through device_kv.DeviceKVStepper")
         self.session = session
-        arch = manifest.architecture
         # Names and KV shapes [batch, kv_heads, length, head_dim] come from the contract.
-        self.contract = GraphContract.from_manifest(manifest)
-        self.num_layers = arch.num_layers
-        self.dtype = NUMPY_DTYPES[manifest.graph.dtype]
-        self.max_positions = arch.max_positions
-        self.past_names = self.contract.past_names
+        self.contract = contract
+        self.num_layers = contract.num_layers
+        self.dtype = NUMPY_DTYPES[contract.dtype]
+        self.max_positions = max_positions
+        self.past_names = contract.past_names
         self._check_graph()
         logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
-        self.vocab_size = arch.vocab_size
+        self.vocab_size = contract.vocab_size
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
-        shared = manifest.graph.kv_layout == "shared"
+        shared = contract.kv_layout == "shared"
         gpu = session.get_providers()[0] in GPU_PROVIDERS
         if gpu and shared:
             raise ValueError(
@@ -140,6 +161,13 @@ class CausalLMStepper(RowSelection):
         # Called as hook(kind, batch_size, start, end) after every graph run ("prefill" or
         # "decode"; perf_counter seconds); see Generator.on_model_call.
         self.on_model_call: ModelCallHook | None = None
+
+    @classmethod
+    def from_manifest(
+        cls, session: ort.InferenceSession, manifest: BundleManifest, public_io: bool = False
+    ) -> CausalLMStepper:
+        contract = GraphContract.from_manifest(manifest)
+        return cls(session, contract, manifest.architecture.max_positions, public_io)
 
     @property
     def shared(self) -> bool:

@@ -186,7 +186,7 @@ def test_left_padded_prefill_logits_match_pytorch(family):
     ids = [generator.tokenizer.encode_for_inference(p) for p in PROMPTS]
     manifest = BundleManifest.load(bundle)
     session, _ = create_session(bundle / manifest.graph.file, threads=1, huge_pages=False)
-    stepper = CausalLMStepper(session, manifest)
+    stepper = CausalLMStepper.from_manifest(session, manifest)
     batch_logits, _ = stepper.prefill(ids, pad_id=generator.tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     for row, prompt in enumerate(ids):

@@ -157,7 +157,9 @@ def test_public_io_fallback_generates_the_same(generator: Generator) -> None:
     assert type(generator._stepper.io.calls) is CLevelCalls
     assert type(make_io(NoPrivateAttributes(session), ["logits"], [], "cpu").calls) is PublicCalls
     public = Generator(generator.manifest, generator.tokenizer, session, generator.provider)
-    public._stepper = CausalLMStepper(NoPrivateAttributes(session), generator.manifest)
+    public._stepper = CausalLMStepper.from_manifest(
+        NoPrivateAttributes(session), generator.manifest
+    )
     assert type(public._stepper.io.calls) is PublicCalls
     prompts = ["Hello", "The quick brown fox"]
     expected = generator.generate(prompts, SEEDED)
@@ -194,7 +196,9 @@ def test_the_reused_binding_keeps_no_cache_alive(generator: Generator) -> None:
     assert len(io._binding.get_outputs()) == 0
     session = generator._stepper.session
     public = Generator(generator.manifest, generator.tokenizer, session, generator.provider)
-    public._stepper = CausalLMStepper(NoPrivateAttributes(session), generator.manifest)
+    public._stepper = CausalLMStepper.from_manifest(
+        NoPrivateAttributes(session), generator.manifest
+    )
     public.generate("Hello", GREEDY.with_overrides(max_new_tokens=3))
     assert len(public._stepper.io._binding.get_outputs()) == 0  # the public fallback too
 

@@ -120,7 +120,7 @@ def test_public_io_fallback_decodes_the_same(tiny_shared_right_bundle, stepper) 
     from fst.runtime.ort_io import CLevelCalls, PublicCalls
 
     manifest = BundleManifest.load(tiny_shared_right_bundle)
-    public = DeviceKVStepper(stepper.session, manifest, public_io=True)
+    public = DeviceKVStepper.from_manifest(stepper.session, manifest, public_io=True)
     assert type(stepper.io.calls) is CLevelCalls and type(public.io.calls) is PublicCalls
     ours, theirs = greedy_logits(public, PROMPTS, 3), greedy_logits(stepper, PROMPTS, 3)
     for a, b in zip(ours, theirs, strict=True):
@@ -139,7 +139,7 @@ def test_stepper_is_chosen_by_kv_layout(tiny_shared_right_bundle, tiny_plain_bun
     manifest = BundleManifest.load(tiny_plain_bundle)
     session, _ = create_session(tiny_plain_bundle / BUNDLE_MODEL, providers=["cpu"])
     with pytest.raises(ValueError, match="shared_right"):
-        DeviceKVStepper(session, manifest)
+        DeviceKVStepper.from_manifest(session, manifest)
 
 
 class _ReportsCuda:
@@ -159,13 +159,13 @@ def test_host_buffer_layout_refuses_a_gpu_session(tiny_shared_bundle) -> None:
     manifest = BundleManifest.load(tiny_shared_bundle)
     session, _ = create_session(tiny_shared_bundle / BUNDLE_MODEL, providers=["cpu"])
     with pytest.raises(ValueError, match="shared_right"):
-        CausalLMStepper(_ReportsCuda(session), manifest)
+        CausalLMStepper.from_manifest(_ReportsCuda(session), manifest)
 
 
 def test_a_cuda_session_would_keep_the_cache_on_cuda(tiny_shared_right_bundle) -> None:
     manifest = BundleManifest.load(tiny_shared_right_bundle)
     session, _ = create_session(tiny_shared_right_bundle / BUNDLE_MODEL, providers=["cpu"])
-    assert DeviceKVStepper(_ReportsCuda(session), manifest).device == "cuda"
+    assert DeviceKVStepper.from_manifest(_ReportsCuda(session), manifest).device == "cuda"
 
 
 @pytest.fixture(scope="module")

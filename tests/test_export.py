@@ -27,8 +27,9 @@ from fst.core.contract import GraphContract
 from fst.core.tokenization import DocumentTokenizer
 from fst.export import cli
 from fst.export.exporter import ExportError, export_bundle
+from fst.export.reference import record_reference
 from fst.export.tied_weights import share_tied_embedding
-from fst.export.verify import left_pad, position_ids_for, verify_parity
+from fst.export.verify import padded, verify_parity
 from fst.runtime.session import (
     CPU,
     ProviderUnavailableError,
@@ -46,6 +47,15 @@ PROMPTS = [[464, 3290, 286, 1204, 318, 326, 262], [15496, 995]]  # GPT-2 ids, le
 
 def hf_model(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def left_pad(prompts, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    return padded(prompts, pad_id, side="left")
+
+
+def position_ids_for(mask: np.ndarray) -> np.ndarray:
+    """Positions counted over real tokens only: left padding does not shift them."""
+    return np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
 
 
 def run(session, manifest: BundleManifest, ids, mask, past=None):
@@ -152,16 +162,34 @@ def test_bundle_tokenizer_is_gpt2s(tiny_plain_bundle):
 
 
 def test_verification_passes_again_on_the_written_bundle(tiny_plain_bundle, tiny_hf_model_dir):
-    report = verify_parity(
-        hf_model(tiny_hf_model_dir),
-        tiny_plain_bundle / BUNDLE_MODEL,
-        PROMPTS,
-        pad_id=50256,
-        logits="last",
-        decode_steps=5,
-    )
+    reference = record_reference(hf_model(tiny_hf_model_dir), PROMPTS, decode_steps=5)
+    report = verify_parity(reference, tiny_plain_bundle / BUNDLE_MODEL, pad_id=50256, logits="last")
     assert report.passed and report.max_abs_diff < 1e-4 and report.top1_agreement == 1.0
     assert report.checked_positions == 2 * 6
+
+
+def test_verification_drives_the_runtime_stepper(tiny_plain_bundle, tiny_hf_model_dir, monkeypatch):
+    """A position bug in the runtime's own decode path fails the export's parity check."""
+    from fst.runtime import kv_cache
+
+    reference = record_reference(hf_model(tiny_hf_model_dir), PROMPTS, decode_steps=3)
+    prefill = kv_cache.CausalLMStepper.prefill
+
+    def off_by_one(self, *args, **kwargs):
+        logits, cache = prefill(self, *args, **kwargs)
+        cache.next_positions = cache.next_positions + 1
+        return logits, cache
+
+    monkeypatch.setattr(kv_cache.CausalLMStepper, "prefill", off_by_one)
+    report = verify_parity(reference, tiny_plain_bundle / BUNDLE_MODEL, pad_id=50256, logits="last")
+    assert not report.passed and report.max_abs_diff > report.tolerance
+
+
+def test_all_logits_verification_scores_every_prompt_position(all_logits_bundle, tiny_hf_model_dir):
+    reference = record_reference(hf_model(tiny_hf_model_dir), PROMPTS, decode_steps=2)
+    report = verify_parity(reference, all_logits_bundle / BUNDLE_MODEL, pad_id=50256, logits="all")
+    # the scoring prefill's 7 + 2 valid positions, then 2 rows x (prefill + 2 decode steps)
+    assert report.passed and report.checked_positions == 9 + 2 * 3
 
 
 def hf_greedy(model_dir: Path, prompts: list[list[int]], steps: int) -> np.ndarray:
