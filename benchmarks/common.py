@@ -14,12 +14,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-# Distributions whose versions explain a figure; missing ones are reported as absent.
+from fst.core.versions import library_versions
+
+# Distributions whose versions explain a figure (fst.core.versions: the installed ones).
 LIBRARIES = (
     "numpy",
     "onnxruntime",
@@ -115,17 +116,6 @@ def ram_gb(path: str = "/proc/meminfo") -> float | None:
     return None
 
 
-def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
-    """Installed versions without importing anything (importing torch costs seconds and RAM)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def load_average() -> list[float] | None:
     """1/5/15-minute load: a busy shared machine shows here, and explains noisy figures."""
     try:
@@ -140,7 +130,7 @@ def machine_description() -> dict[str, Any]:
         "ram_gb": ram_gb(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "libraries": library_versions(),
+        "libraries": library_versions(LIBRARIES),
         "load_average": load_average(),
     }
 

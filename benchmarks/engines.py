@@ -1,6 +1,6 @@
 """The engines the latency benchmark compares, behind one small interface.
 
-Each engine runs in its own worker process (see `latency.py --worker`), so importing one
+Each engine runs in its own worker process (see latency_worker.py), so importing one
 never costs another memory or threads. Every engine gets the same token ids and the same
 sampling settings and must produce exactly `new_tokens` tokens per sequence (EOS is
 suppressed), so the work compared is identical; timings include sampling, because a user

@@ -24,7 +24,7 @@ from pathlib import Path
 import common
 import numpy as np
 from kv_layout import decode_ms, export
-from latency import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
+from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
 
 log = logging.getLogger("huge_pages")
 SIDES = ("4k", "huge")

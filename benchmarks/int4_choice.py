@@ -10,6 +10,7 @@ benchmarks/results/int4_choice.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -43,7 +44,13 @@ def main(argv: list[str]) -> int:
     from fst.export.simplify import simplify_file
     from fst.runtime.generator import load_tokenizer
 
-    src, documents = Path(argv[0]), read_documents(Path(argv[1]))
+    parser = argparse.ArgumentParser(
+        description="Score int4 schemes of one fp32 bundle by perplexity on documents."
+    )
+    parser.add_argument("bundle", type=Path, help="an fp32 bundle exported with --logits all")
+    parser.add_argument("documents", type=Path, help="JSON-lines documents to score")
+    args = parser.parse_args(argv)
+    src, documents = args.bundle, read_documents(args.documents)
     manifest = BundleManifest.load(src)
     tokenizer = load_tokenizer(src, manifest)
     rows = [

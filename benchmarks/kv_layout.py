@@ -22,7 +22,7 @@ from pathlib import Path
 
 import common
 import numpy as np
-from latency import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
+from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
 
 log = logging.getLogger("kv_layout")
 LAYOUTS = ("concat", "shared")

@@ -49,7 +49,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from latency import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT  # noqa: E402
+from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -750,7 +750,7 @@ def _plot(samples: list[dict[str, float]], path: Path, minutes: float, clients: 
 
 def prepare(cache: Path) -> tuple[Path, Path]:
     """(HF folder, --optimize bundle) of the tiny model, built once into `cache`."""
-    from latency import build_hf_folder
+    from latency_models import build_hf_folder
     from serving_load import prepare_bundle
 
     hf = build_hf_folder("tiny", cache, DEFAULT_BPE)

@@ -38,7 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from latency import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS  # noqa: E402
+from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS  # noqa: E402
 
 log = logging.getLogger("serving_load")
 SCHEMA_VERSION = 1
@@ -50,7 +50,7 @@ READY_TIMEOUT_S = 600
 
 def prepare_bundle(model: str, cache: Path, rebuild: bool, optimize: bool = True) -> Path:
     """The cached fp32 bundle of `model`, built and exported on first use."""
-    from latency import build_hf_folder  # torch is imported only when building
+    from latency_models import build_hf_folder  # torch is imported only when building
 
     from fst.core.bundle import BundleManifest
 

@@ -206,7 +206,7 @@ def export_variant(name: str, variant: str, hf: Path, cache: Path, timeout: floa
 def worker_main(args: argparse.Namespace) -> int:
     """In a fresh process: load one engine, then decode at batch 1 and batch 8 (one JSON line)."""
     from engines import CT2Engine, FSTEngine
-    from latency import decode_ms
+    from latency_worker import decode_ms
 
     prompts = json.loads(Path(args.prompts).read_text())
     before = common.peak_rss_mb()  # interpreter, numpy, onnxruntime: not the bundle's
@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         write(json.loads((out / "sizes.json").read_text()), out)
         return 0
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    from latency import Workload, make_prompts
+    from latency_models import make_prompts
+    from latency_spec import Workload
 
     workload = Workload(prompt_lengths=(PROMPT,), batch=BATCH, past_lengths=())
     tokenizer = hf_folder("tiny", args.cache_dir) / "tokenizer.json"  # GPT-2's BPE, any size

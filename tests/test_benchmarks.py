@@ -21,6 +21,9 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 import latency  # noqa: E402
+import latency_goals  # noqa: E402
+import latency_models  # noqa: E402
+from latency_spec import Workload  # noqa: E402
 
 
 def test_summarize_median_min_max() -> None:
@@ -72,8 +75,8 @@ def test_prompts_are_exact_token_windows(tmp_path: Path, gpt2_bpe_dir: Path, nie
     raw = ByteLevelBPETokenizer(str(gpt2_bpe_dir / "vocab.json"), str(gpt2_bpe_dir / "merges.txt"))
     raw.save(str(tmp_path / "tokenizer.json"))
     tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    w = latency.Workload(prompt_lengths=(32, 100), batch=3, past_lengths=(20, 300))
-    prompts = latency.make_prompts(
+    w = Workload(prompt_lengths=(32, 100), batch=3, past_lengths=(20, 300))
+    prompts = latency_models.make_prompts(
         tmp_path / "tokenizer.json", nietzsche_dir / "train.documents", w
     )
 
@@ -87,7 +90,7 @@ def test_prompts_are_exact_token_windows(tmp_path: Path, gpt2_bpe_dir: Path, nie
 
 
 def test_goals_from_medians() -> None:
-    w = latency.Workload()
+    w = Workload()
     med = {
         "hf": {"b1_p32.decode_ms": 50.0},
         "fst-fp32": {
@@ -105,7 +108,7 @@ def test_goals_from_medians() -> None:
         },
         "fst-int8": {"b1_p32.decode_ms": 9.0, "peak_rss_mb": 420.0},
     }
-    goals = {g["goal"]: g for g in latency.goals(med, {"fp32": 16.0, "int8": 4.0}, w)}
+    goals = {g["goal"]: g for g in latency_goals.goals(med, {"fp32": 16.0, "int8": 4.0}, w)}
 
     def check(goal: str, value: float | None, met: bool | None) -> None:
         if value is None:
@@ -128,7 +131,7 @@ def test_goals_from_medians() -> None:
 
 def test_prefill_flops_of_gpt2_small() -> None:
     # GPT-2 small: 124.44 M parameters, 0.79 M of them position embeddings.
-    art = latency.Artifacts(
+    art = latency_models.Artifacts(
         name="gpt2-small",
         config={},
         params=124_439_808,
@@ -137,7 +140,7 @@ def test_prefill_flops_of_gpt2_small() -> None:
     )
     blocks = 124_439_808 - 1024 * 768 - 50257 * 768  # 84.9 M in the transformer blocks
     expected = (2 * blocks * 32 + 2 * 12 * 32**2 * 768 + 2 * 50257 * 768) / 1e9
-    assert latency.prefill_gflop(art, 32) == pytest.approx(expected)
+    assert latency_models.prefill_gflop(art, 32) == pytest.approx(expected)
     assert 5.4 < expected < 5.6
 
 
@@ -165,7 +168,7 @@ def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
     assert report["floors"]["bandwidth_gbs"] > 0 and report["floors"]["matmul_gflops"] > 0
     model = report["models"]["tiny"]
     assert set(model["engines"]) == {"hf", "fst-fp32"}
-    w = latency.Workload(
+    w = Workload(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in report["workload"].items()}
     )
     keys = {f"b1_p{n}.{m}" for n in w.prompt_lengths for m in ("ttft_ms", "decode_ms")}
@@ -260,14 +263,16 @@ def test_c_stream_reads_a_buffer() -> None:
 
 
 def test_goals_against_llamacpp() -> None:
-    w = latency.Workload()
+    w = Workload()
     med = {
         "fst-fp32": {"b1_p32.decode_ms": 11.0, "past_32.decode_ms": 10.0, "b1_p32.ttft_ms": 40},
         "llama-f32": {"b1_p32.decode_ms": 10.0, "past_32.decode_ms": 10.5, "b1_p32.ttft_ms": 50},
         "fst-int4": {"b1_p32.decode_ms": 2.0},
         "llama-q4_0": {"b1_p32.decode_ms": 4.0},
     }
-    goals = {g["goal"]: g for g in latency.goals(med, {"fp32": 9.0, "int8": 3.0, "int4": 1.5}, w)}
+    goals = {
+        g["goal"]: g for g in latency_goals.goals(med, {"fp32": 9.0, "int8": 3.0, "int4": 1.5}, w)
+    }
     assert goals["fst-fp32 decode / llama-f32"]["value"] == pytest.approx(1.1)
     assert goals["fst-fp32 decode / llama-f32"]["met"] is False
     assert goals["fp32 decode at past 32 / llama.cpp f32"]["met"] is True
@@ -289,7 +294,7 @@ def test_llamacpp_engines_need_a_converter(tmp_path: Path) -> None:
 
 
 def test_exporter_quantizations_include_int8() -> None:
-    assert "int8" in latency.exporter_quantizations()
+    assert "int8" in latency_models.exporter_quantizations()
 
 
 @pytest.mark.parametrize("name", ["distilgpt2", "smollm2-135m"])
