@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,161 +50,27 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT  # noqa: E402
+from reliability_harness import (  # noqa: E402
+    PROMPT,
+    REPO,
+    TESTS,
+    Report,
+    Server,
+    alive,
+    children_of,
+    completion,
+    completion_body,
+    exit_status,
+    fd_count,
+    group_members,
+    one_line,
+    rss_mb,
+    run_warmup,
+)
+from reliability_soak import long_soak, soak_markdown  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
 log = logging.getLogger("reliability")
 SCHEMA_VERSION = 1
-PROMPT = "The meaning of life is"
-
-
-@dataclass
-class Row:
-    probe: str
-    figure: str
-    passed: bool
-
-
-class Report:
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-
-    def add(self, probe: str, figure: str, passed: bool) -> None:
-        self.rows.append(Row(probe, figure, bool(passed)))
-        log.info("%s %s: %s", "PASS" if passed else "FAIL", probe, figure)
-
-    def crashed(self, probe: str, error: BaseException) -> None:
-        self.add(probe, f"the probe itself failed: {type(error).__name__}: {error}", False)
-
-
-# --- processes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fd_count(pid: int) -> int | None:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-
-
-def rss_mb(pid: int) -> float | None:
-    return common.proc_mb(f"/proc/{pid}/status", "VmRSS")
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"
-    except OSError:
-        return False
-
-
-def _live_processes_where(field: int, value: int) -> list[int]:
-    """Live (non-zombie) pids whose /proc stat field `field` (after the command name:
-    1 = parent pid, 2 = process group) equals `value`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[field]) == value and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
-    return found
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (a server started in its own session)."""
-    return _live_processes_where(2, pgid)
-
-
-def children_of(pid: int) -> list[int]:
-    return _live_processes_where(1, pid)
-
-
-def exit_status(rc: int | None) -> str:
-    """'exit 0', or 'killed by SIGTERM (shell status 143)' for Popen's negative codes."""
-    if rc is None:
-        return "still running"
-    if rc < 0:
-        return f"killed by {signal.Signals(-rc).name} (shell status {128 - rc})"
-    return f"exit {rc}"
-
-
-def one_line(stderr: str) -> bool:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    return len(lines) == 1 and "Traceback" not in stderr
-
-
-class Server:
-    """fst-serve in its own session on a free loopback port."""
-
-    def __init__(self, bundle: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable, "-m", "fst.serving.cli", "--bundle", str(bundle),
-            "--host", "127.0.0.1", "--port", str(self.port), "--threads", "1",
-            "--log-level", "warning", *extra,
-        ]  # fmt: skip
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (open while the server runs)
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float = 120) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/ready", timeout=2).status_code == 200:
-                    return True
-            time.sleep(0.3)
-        return False
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        for pid in group_members(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return self.proc.returncode
-
-    def stderr_text(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace")
-
-
-def completion_body(i: int, max_tokens: int, stream: bool) -> dict[str, Any]:
-    return {
-        "prompt": f"{PROMPT} {i}",
-        "max_tokens": max_tokens,
-        "seed": i,
-        "ignore_eos": True,
-        "stream": stream,
-    }
-
-
-async def completion(client: httpx.AsyncClient, i: int, max_tokens: int, stream: bool) -> int:
-    """Status of one request (a stream counts as 200 only if it ends with [DONE])."""
-    body = completion_body(i, max_tokens, stream)
-    if not stream:
-        return (await client.post("/v1/completions", json=body)).status_code
-    async with client.stream("POST", "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            return response.status_code
-        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
-    return 200 if lines and lines[-1] == "data: [DONE]" else 599
 
 
 # --- soak and overload ---------------------------------------------------------------------
@@ -249,12 +115,6 @@ def soak(report: Report, server: Server, clients: int, requests: int) -> None:
         "round 2 (fails as a leak if round 2 adds > 10% + 10 MB)",
         rss_after <= rss_half * 1.1 + 10,
     )
-
-
-async def run_warmup(base: str, clients: int) -> None:
-    """One round of concurrent requests so the 'before' figures are not a cold start's."""
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-        await asyncio.gather(*(completion(client, i, 16, i % 2 == 0) for i in range(clients)))
 
 
 def overload(report: Report, server: Server, count: int) -> None:
@@ -664,87 +524,6 @@ def faulty_bot(report: Report, server: Server, work: Path, messages: int) -> Non
     )
 
 
-# --- the long soak -------------------------------------------------------------------------
-
-
-def long_soak(server: Server, minutes: float, clients: int, out: Path) -> dict[str, Any]:
-    """Clients in a closed loop for `minutes`; the server's RSS and fds every 5 s."""
-    samples: list[dict[str, float]] = []
-    statuses: list[int] = []
-    end = time.monotonic() + minutes * 60
-    pid = server.proc.pid
-
-    async def run() -> None:
-        async with httpx.AsyncClient(base_url=server.base, timeout=120) as client:
-
-            async def loop(c: int) -> None:
-                i = c
-                while time.monotonic() < end:
-                    statuses.append(await completion(client, i, 16, stream=i % 2 == 0))
-                    i += clients
-
-            async def sample() -> None:
-                start = time.monotonic()
-                while time.monotonic() < end:
-                    samples.append(
-                        {
-                            "minute": (time.monotonic() - start) / 60,
-                            "rss_mb": rss_mb(pid) or 0.0,
-                            "fds": fd_count(pid) or 0,
-                            "requests": len(statuses),
-                        }
-                    )
-                    await asyncio.sleep(5)
-
-            await asyncio.gather(sample(), *map(loop, range(clients)))
-
-    asyncio.run(run_warmup(server.base, clients))
-    asyncio.run(run())
-    _plot(samples, out / "reliability-soak.png", minutes, clients)
-    half = [s for s in samples if s["minute"] >= minutes / 2] or samples
-    # A leak shows as growth in the second half (the first fills caches and pools) or as
-    # more fds than the clients' connections explain.
-    rss_growth = samples[-1]["rss_mb"] - half[0]["rss_mb"]
-    fds_extra = samples[-1]["fds"] - samples[0]["fds"] - clients
-    return {
-        "leak_suspected": rss_growth > 0.1 * half[0]["rss_mb"] + 10 or fds_extra > 2,
-        "minutes": minutes,
-        "clients": clients,
-        "requests": len(statuses),
-        "non_200": len([s for s in statuses if s != 200]),
-        "rss_mb_first": samples[0]["rss_mb"],
-        "rss_mb_half": half[0]["rss_mb"],
-        "rss_mb_last": samples[-1]["rss_mb"],
-        "fds_first": samples[0]["fds"],
-        "fds_max": max(s["fds"] for s in samples),
-        "fds_last": samples[-1]["fds"],
-        "samples": samples,
-    }
-
-
-def _plot(samples: list[dict[str, float]], path: Path, minutes: float, clients: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [s["minute"] for s in samples]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.plot(x, [s["rss_mb"] for s in samples])
-    top.set_ylabel("fst-serve RSS (MB)")
-    top.set_title(f"fst-serve soak: {clients} clients, {minutes:g} min (tiny model)")
-    bottom.plot(x, [s["fds"] for s in samples], color="tab:orange")
-    bottom.set_ylabel("open file descriptors")
-    bottom.set_xlabel("minutes")
-    for axis in (top, bottom):
-        axis.grid(alpha=0.3)
-        axis.set_ylim(bottom=0)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -816,21 +595,6 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
         for r in report.rows
     ]
     return "\n".join(lines) + "\n"
-
-
-def soak_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
-    return (
-        "# Long soak (benchmarks/reliability.py --soak-minutes)\n\n"
-        f"`{meta['command']}`: {result['clients']} clients for {result['minutes']:g} min, "
-        f"{result['requests']} requests, {result['non_200']} not 200. fst-serve RSS "
-        f"{result['rss_mb_first']:.0f} MB at the start, {result['rss_mb_half']:.0f} MB at half "
-        f"time, {result['rss_mb_last']:.0f} MB at the end; open fds {result['fds_first']} -> "
-        f"{result['fds_last']} (max {result['fds_max']}; {result['clients']} are the clients' "
-        f"connections). Leak suspected: {result['leak_suspected']} (RSS grew more than 10% + "
-        f"10 MB over the second half, or fds beyond the clients' + 2). Load average "
-        f"{meta['load_average']}."
-        "\n\n![RSS and fds over time](reliability-soak.png)\n"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
