@@ -159,13 +159,15 @@ class Run:
     sequence: bool = False  # sequence-level UL fine-tuning of the alpha run's best checkpoint
     weight: float | None = None  # its --sequence_ul_alpha when not FineTune's default
     updates: int | None = None  # its max_steps when not FineTune's default
+    cycles: int | None = None  # its num_cycles when not FineTune's default (constant rate)
 
     @property
     def slug(self) -> str:
         base = "mle" if self.alpha is None else f"ul-{self.alpha:g}"
         weight = "" if self.weight is None else f"-w{self.weight:g}"
         updates = "" if self.updates is None else f"-u{self.updates}"
-        return base + ("-seq" + weight + updates if self.sequence else "")
+        cycles = "" if self.cycles is None else f"-c{self.cycles}"
+        return base + ("-seq" + weight + updates + cycles if self.sequence else "")
 
 
 def runs_for(alphas: list[float]) -> list[Run]:
@@ -499,6 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="--sequence: updates of each sequence-level fine-tuning (default: FineTune's)",
     )
+    p.add_argument(
+        "--fine_tune_cycles",
+        type=int,
+        default=None,
+        help="--sequence: cosine cycles (hard restarts) of the fine-tuning's learning rate "
+        "(1: decays to 0 once; default: FineTune's 0, constant after the warmup)",
+    )
     p.add_argument("--seed", type=int, default=None, help="override the seed")
     p.add_argument("--max_prefixes", type=int, default=None, help="default: all (smoke: 16)")
     p.add_argument(
@@ -583,10 +592,13 @@ def main(argv: list[str] | None = None) -> int:
 
         def fine_tune_and_evaluate(fine_tune: FineTune) -> dict[str, Any]:
             weight, updates = fine_tune.sequence_ul_alpha, fine_tune.max_steps
-            seq_run = Run(f"UL α={alpha:g} + seq (weight {weight:g}, {updates} updates)",
+            cycles = fine_tune.num_cycles
+            decay = "" if cycles == FineTune().num_cycles else f", cosine × {cycles}"
+            seq_run = Run(f"UL α={alpha:g} + seq (weight {weight:g}, {updates} updates{decay})",
                           alpha, sequence=True,
                           weight=None if weight == default_weight else weight,
-                          updates=None if updates == FineTune().max_steps else updates)  # fmt: skip
+                          updates=None if updates == FineTune().max_steps else updates,
+                          cycles=None if cycles == FineTune().num_cycles else cycles)  # fmt: skip
             seq_record = train(seq_run, budget, work, env, args.reuse, (fine_tune, base))
             seq_results = evaluate(
                 seq_run, seq_record["checkpoint"], work, env, eval_flags, args.reuse
@@ -604,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
             fine_tune = SMOKE_FINE_TUNE if args.smoke else FineTune()
             if args.fine_tune_steps:
                 fine_tune = dataclasses.replace(fine_tune, max_steps=args.fine_tune_steps)
+            if args.fine_tune_cycles is not None:
+                fine_tune = dataclasses.replace(fine_tune, num_cycles=args.fine_tune_cycles)
             weights = args.sequence_weights or str(fine_tune.sequence_ul_alpha)
             fine_tunes = [
                 dataclasses.replace(fine_tune, sequence_ul_alpha=float(w))
