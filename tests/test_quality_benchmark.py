@@ -25,9 +25,9 @@ def test_fine_tune_flags_parse_as_a_sequence_ul_run_from_the_checkpoint(tmp_path
               "--valid_file", str(quality.CORPUS / "valid.documents")]  # fmt: skip
     args = parse_args([*corpus, *flags, "--unlikelihood_alpha", "2.0"])
     assert args.sequence_unlikelihood and args.fine_tunes_checkpoint
-    assert (args.model_path, args.max_steps, args.learning_rate) == (str(checkpoint), 240, 1e-3)
+    assert (args.model_path, args.max_steps, args.learning_rate) == (str(checkpoint), 480, 1e-3)
     assert (args.prefix_len, args.continuation_len, args.ngram) == (50, 100, 4)
-    assert args.sequence_ul_prob == 0.5 and args.num_cycles == 0
+    assert args.sequence_ul_prob == 0.5 and args.num_cycles == 1  # decays to 0 once
     assert args.batch_size == quality.SEQUENCE_BUDGET.batch_size
     assert args.max_body_len == quality.SEQUENCE_BUDGET.max_body_len
     assert args.model_overrides == {}  # the checkpoint's architecture
