@@ -116,39 +116,27 @@ def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
             {"goal": goal, "value": value, "target": target, "at_most": at_most, "met": met}
         )
 
+    def ttft_goals(ours: str, peer: str) -> None:
+        for length in w.prompt_lengths:
+            k = f"b1_p{length}.ttft_ms"
+            add(
+                f"{ours} TTFT ({length}-token prompt) / {peer}",
+                common.ratio(_get(med, ours, k), _get(med, peer, k)),
+                TARGETS["ttft_vs_peer"],
+            )
+
     key = f"b1_p{w.prompt_lengths[0]}.decode_ms"
-    fp32, int8 = _get(med, "fst-fp32", key), _get(med, "fst-int8", key)
-    add(
-        "fp32 decode / HF eager decode",
-        common.ratio(fp32, _get(med, "hf", key)),
-        TARGETS["fp32_vs_hf"],
-    )
-    add(
-        "fp32 decode / CTranslate2 fp32 decode",
-        common.ratio(fp32, _get(med, "ct2-fp32", key)),
-        TARGETS["fp32_vs_ct2"],
-    )
-    add(
-        "fp32 decode / fp32 bandwidth floor",
-        common.ratio(fp32, floor_ms["fp32"]),
-        TARGETS["fp32_vs_floor"],
-    )
-    add(
-        "int8 decode / CTranslate2 int8 decode",
-        common.ratio(int8, _get(med, "ct2-int8", key)),
-        TARGETS["int8_vs_ct2"],
-    )
-    add(
-        "int8 decode / int8 bandwidth floor",
-        common.ratio(int8, floor_ms["int8"]),
-        TARGETS["int8_vs_floor"],
-    )
-    int4 = _get(med, "fst-int4", key)
-    add(
-        "int4 decode / int4 bandwidth floor",
-        common.ratio(int4, floor_ms.get("int4")),
-        TARGETS["int4_vs_floor"],
-    )
+    # (goal, ours, theirs: an engine or a floor precision, target)
+    for goal, ours, theirs, target in (
+        ("fp32 decode / HF eager decode", "fst-fp32", "hf", "fp32_vs_hf"),
+        ("fp32 decode / CTranslate2 fp32 decode", "fst-fp32", "ct2-fp32", "fp32_vs_ct2"),
+        ("fp32 decode / fp32 bandwidth floor", "fst-fp32", "fp32", "fp32_vs_floor"),
+        ("int8 decode / CTranslate2 int8 decode", "fst-int8", "ct2-int8", "int8_vs_ct2"),
+        ("int8 decode / int8 bandwidth floor", "fst-int8", "int8", "int8_vs_floor"),
+        ("int4 decode / int4 bandwidth floor", "fst-int4", "int4", "int4_vs_floor"),
+    ):
+        peer = floor_ms.get(theirs) if theirs in BYTES_PER_WEIGHT else _get(med, theirs, key)
+        add(goal, common.ratio(_get(med, ours, key), peer), TARGETS[target])
     # Issue 16: llama.cpp at the same weight format.
     for n in (w.past_lengths[0], w.past_lengths[-1]):
         k = f"past_{n}.decode_ms"
@@ -164,21 +152,9 @@ def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
             common.ratio(_get(med, ours, key), _get(med, peer, key)),
             TARGETS[f"{ours}_vs_llama"],
         )
-        for length in w.prompt_lengths:
-            k = f"b1_p{length}.ttft_ms"
-            add(
-                f"{ours} TTFT ({length}-token prompt) / {peer}",
-                common.ratio(_get(med, ours, k), _get(med, peer, k)),
-                TARGETS["ttft_vs_peer"],
-            )
+        ttft_goals(ours, peer)
     for ours, peer in CT2_PEER.items():
-        for length in w.prompt_lengths:
-            k = f"b1_p{length}.ttft_ms"
-            add(
-                f"{ours} TTFT ({length}-token prompt) / {peer}",
-                common.ratio(_get(med, ours, k), _get(med, peer, k)),
-                TARGETS["ttft_vs_peer"],
-            )
+        ttft_goals(ours, peer)
     for ours, peer in CT2_PEER.items():
         k = f"b{w.batch}.tokens_per_s"
         add(
