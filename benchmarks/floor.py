@@ -12,6 +12,7 @@ and the best one counts:
   compiled with `cc` when there is one;
 - `ort_matmul`: ONNX Runtime itself on a MatMul-only graph shaped like GPT-2's MLP, loaded
   with our runtime's session settings (threads, huge pages): the kernels a decode step uses.
+  Every matrix holds different values (ONNX Runtime shares equal initializers).
 
 A floor that an engine beats is not a floor: `cap_floors` lowers it to what the fastest
 engine demonstrably achieved, and says so.
@@ -126,23 +127,26 @@ def c_stream_gbs(size_mb: int, threads: int, repeats: int) -> dict[str, float]:
         return {"c_stream": float(out.stdout.split()[0])}
 
 
-def ort_matmul_gbs(size_mb: int, threads: int, repeats: int) -> dict[str, float]:
-    """ONNX Runtime on a chain of MatMuls shaped like GPT-2's MLP (768 → 3072 → 768, ...),
-    with our runtime's session settings: the weight bytes over the best time of one run."""
+def matmul_chain(size_mb: int, seed: int = 0):
+    """An ONNX MatMul chain shaped like GPT-2's MLP (768 → 3072 → 768, ...) with about
+    `size_mb` of fp32 weights, every matrix different.
+
+    Distinct values matter: ONNX Runtime shares initializers that are equal, so a chain of
+    identical matrices reads one pair from the L3 cache over and over (an earlier version
+    did, and "measured" 126-153 GB/s on a machine whose cores stream 35 GB/s).
+    """
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from fst.runtime.session import create_session
-
     d, hidden = 768, 3072
-    pair_bytes = 2 * d * hidden * 4
-    pairs = max(1, size_mb * 1024 * 1024 // pair_bytes)
+    pairs = max(1, size_mb * 1024 * 1024 // (2 * d * hidden * 4))
+    rng = np.random.default_rng(seed)
     nodes, weights, x = [], [], "x"
     for i in range(2 * pairs):
         k, n = (d, hidden) if i % 2 == 0 else (hidden, d)
-        # 1/k keeps activations near 1: no overflow, no denormals.
-        weights.append(numpy_helper.from_array(np.full((k, n), 1.0 / k, np.float32), f"w{i}"))
+        # Uniform on [0, 2/k): mean 1/k keeps activations near 1 (no overflow, no denormals).
+        w = rng.random((k, n), dtype=np.float32) * np.float32(2.0 / k)
+        weights.append(numpy_helper.from_array(w, f"w{i}"))
         nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
         x = f"h{i}"
     graph = helper.make_graph(
@@ -152,18 +156,27 @@ def ort_matmul_gbs(size_mb: int, threads: int, repeats: int) -> dict[str, float]
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, d])],
         weights,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def ort_matmul_gbs(size_mb: int, threads: int, repeats: int) -> dict[str, float]:
+    """ONNX Runtime on `matmul_chain`, with our runtime's session settings: the weight bytes
+    over the best time of one run."""
+    import numpy as np
+    import onnx
+
+    from fst.runtime.session import create_session
+
+    model = matmul_chain(size_mb)
+    weight_bytes = sum(np.prod(w.dims) * 4 for w in model.graph.initializer)
+    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
     with tempfile.TemporaryDirectory(prefix="fst-floor-") as tmp:
         path = Path(tmp) / "chain.onnx"
         onnx.save_model(model, path, save_as_external_data=True, location="chain.onnx.data")
-        del model, graph, weights
+        del model
         session, _ = create_session(path, providers=["cpu"], threads=threads, huge_pages=True)
     feed = {"x": np.ones((1, d), np.float32)}
-    return {
-        "ort_matmul": _timed_gbs(
-            2 * pairs * d * hidden * 4, lambda: session.run(None, feed), repeats
-        )
-    }
+    return {"ort_matmul": _timed_gbs(int(weight_bytes), lambda: session.run(None, feed), repeats)}
 
 
 def measure_here(size_mb: int, threads: int, repeats: int) -> dict[str, Any]:

@@ -262,6 +262,25 @@ def test_c_stream_reads_a_buffer() -> None:
     assert gbs["c_stream"] > 0.1  # GB/s; any real machine reads 16 MB faster than this
 
 
+def test_ort_floor_chain_has_no_two_equal_matrices() -> None:
+    """ONNX Runtime shares equal initializers: a chain of equal matrices reads one pair from
+    the cache and reports several times the machine's bandwidth (it once said 153 GB/s)."""
+    import hashlib
+
+    import floor
+    from onnx import numpy_helper
+
+    model = floor.matmul_chain(size_mb=64)
+    digests = [
+        hashlib.sha256(numpy_helper.to_array(w).tobytes()).hexdigest()
+        for w in model.graph.initializer
+    ]
+    assert len(digests) >= 4
+    assert len(set(digests)) == len(digests)
+    total = sum(numpy_helper.to_array(w).nbytes for w in model.graph.initializer)
+    assert 0.8 * 64 * 2**20 <= total <= 64 * 2**20  # the size asked for, far above an L3
+
+
 def test_goals_against_llamacpp() -> None:
     w = Workload()
     med = {
