@@ -1,11 +1,16 @@
-"""Which int4 scheme: block size, accuracy level, lm_head, by perplexity on a trained model.
+"""Which int4 scheme: block size, accuracy level, lm_head, by perplexity on a trained model
+and, with --speed, by batch-1 decode time on a larger one.
 
     python benchmarks/int4_choice.py BUNDLE DOCUMENTS     # BUNDLE: fp32, exported --logits all
+    python benchmarks/int4_choice.py BUNDLE DOCUMENTS --speed GPT2_SMALL_FP32_BUNDLE
 
 Each scheme quantises the same fp32 graph (`fst.export.quantize_int4`, after the exporter's
 Gemm -> MatMul simplification) and is scored by the same code as `fst-eval --bundle`
-(`fst.evaluation.bundle_scoring.BundleScorer` + `fst.evaluation.evaluate.token_level_metrics`). Writes
-benchmarks/results/int4_choice.{json,md}.
+(`fst.evaluation.bundle_scoring.BundleScorer` + `fst.evaluation.evaluate.token_level_metrics`).
+`--speed` quantises a second fp32 bundle (any `--optimize` export; latency.py keeps GPT-2
+small's in /tmp/fst-bench/gpt2-small/bundle-fp32) at each block size and times greedy decode
+steps through the runtime, each scheme in its own process, interleaved over `--rounds`.
+Writes benchmarks/results/int4_choice.{json,md}.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +30,14 @@ import common  # noqa: E402
 
 SCHEMES = [  # (block_size, accuracy_level, lm_head)
     (32, 4, True),
+    (64, 4, True),
     (128, 4, True),
+    (256, 4, True),
     (32, 0, True),
-    (32, 4, False),
+    (128, 4, False),
 ]
+SPEED_BLOCKS = (32, 64, 128, 256)
+PROMPT = "The free spirit is the one who has grown tired of the old gods and their " * 3
 
 
 def score(bundle: Path, tokenizer, documents) -> float:
@@ -39,16 +50,19 @@ def score(bundle: Path, tokenizer, documents) -> float:
 def main(argv: list[str]) -> int:
     from fst.core.bundle import BundleManifest
     from fst.core.documents import read_documents
-    from fst.export.external_data import load_onnx, move_external, save_external
-    from fst.export.quantize_int4 import quantize_int4
-    from fst.export.simplify import simplify_file
     from fst.runtime.generator import load_tokenizer
 
     parser = argparse.ArgumentParser(
-        description="Score int4 schemes of one fp32 bundle by perplexity on documents."
+        description="Score int4 schemes of one fp32 bundle by perplexity on documents "
+        "(and, with --speed, time their decode steps on another)."
     )
     parser.add_argument("bundle", type=Path, help="an fp32 bundle exported with --logits all")
     parser.add_argument("documents", type=Path, help="JSON-lines documents to score")
+    parser.add_argument(
+        "--speed", type=Path, help="an --optimize fp32 bundle to time decode steps on"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     args = parser.parse_args(argv)
     src, documents = args.bundle, read_documents(args.documents)
     manifest = BundleManifest.load(src)
@@ -60,16 +74,7 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         for block, accuracy, head in SCHEMES:
             bundle = work / f"b{block}-a{accuracy}-h{int(head)}"
-            bundle.mkdir()
-            save_external(untie(load_onnx(src / "model.onnx")), work / "t.onnx")
-            simplify_file(work / "t.onnx", work / "s.onnx")
-            quantize_int4(
-                work / "s.onnx", work / "q.onnx", vocab_size=manifest.architecture.vocab_size,
-                block_size=block, accuracy_level=accuracy, lm_head=head,
-            )  # fmt: skip
-            move_external(work / "q.onnx", bundle / "model.onnx")
-            for name in ("tokenizer.json", "fst_bundle.json"):
-                shutil.copy(src / name, bundle / name)
+            quantized_bundle(src, bundle, block_size=block, accuracy_level=accuracy, lm_head=head)
             start = time.perf_counter()
             ppl = score(bundle, tokenizer, documents)
             rows.append({
@@ -78,6 +83,7 @@ def main(argv: list[str]) -> int:
                 "score_s": round(time.perf_counter() - start, 1),
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
+        speed = decode_speed(args.speed, work, args.rounds, args.threads) if args.speed else []
     lines = [
         "# int4 scheme choice (perplexity on held-out documents)",
         "",
@@ -91,11 +97,100 @@ def main(argv: list[str]) -> int:
         lines.append(
             f"| {r['scheme']} | {r['weights_mb']:.1f} | {r['perplexity']:.2f} | {rel:+.2%} |"
         )
-    report = {"argv": argv, "rows": rows}
+    if speed:
+        lines += [
+            "",
+            f"Batch-1 greedy decode of `{args.speed}` ({speed[0]['layers']} layers, hidden "
+            f"{speed[0]['hidden']}), each block size in its own process, {args.rounds} "
+            f"interleaved rounds, {args.threads} threads, ONNX Runtime's default spinning:",
+            "",
+            "| block size | weights MB | decode ms/token (median of rounds) | rounds | vs 32 |",
+            "|---|---|---|---|---|",
+        ]
+        for r in speed:
+            rel = r["decode_ms"] / speed[0]["decode_ms"]
+            each = ", ".join(f"{x:.2f}" for x in r["rounds_ms"])
+            lines.append(
+                f"| {r['block_size']} | {r['weights_mb']:.1f} | {r['decode_ms']:.2f} | {each} "
+                f"| {rel:.2f}x |"
+            )
+    report = {"argv": argv, "machine": common.machine_description(), "rows": rows, "speed": speed}
     common.write_report(
         Path(__file__).parent / "results", "int4_choice", report, "\n".join(lines) + "\n"
     )
     return 0
+
+
+def quantized_bundle(src: Path, bundle: Path, **scheme) -> None:
+    """`src` (an fp32 bundle) with int4 weights as the exporter makes them, in `bundle`."""
+    from fst.core.bundle import BundleManifest, file_sizes, sha256_file
+    from fst.export.external_data import load_onnx, move_external, save_external
+    from fst.export.quantize_int4 import quantize_int4
+    from fst.export.simplify import simplify_file
+
+    manifest = BundleManifest.load(src)
+    work = bundle.with_name(bundle.name + "-work")
+    work.mkdir()
+    bundle.mkdir()
+    save_external(untie(load_onnx(src / "model.onnx")), work / "t.onnx")
+    simplify_file(work / "t.onnx", work / "s.onnx")
+    applied = quantize_int4(
+        work / "s.onnx", work / "q.onnx", vocab_size=manifest.architecture.vocab_size, **scheme
+    )
+    move_external(work / "q.onnx", bundle / "model.onnx")
+    shutil.rmtree(work)
+    shutil.copy(src / "tokenizer.json", bundle / "tokenizer.json")
+    names = [n for n in manifest.files if n.startswith("model.onnx")]
+    manifest.graph = manifest.graph.model_copy(update={"variant": "int4", "int4": applied})
+    manifest.files.update({n: sha256_file(bundle / n) for n in names})
+    manifest.sizes.update(file_sizes(bundle, names))
+    manifest.save(bundle)
+
+
+def decode_speed(src: Path, work: Path, rounds: int, threads: int) -> list[dict]:
+    """Median batch-1 decode step per block size, interleaved rounds of fresh processes."""
+    from fst.core.bundle import BundleManifest
+
+    arch = BundleManifest.load(src).architecture
+    bundles = {}
+    for block in SPEED_BLOCKS:
+        bundles[block] = work / f"speed-b{block}"
+        quantized_bundle(src, bundles[block], block_size=block)
+    times: dict[int, list[float]] = {b: [] for b in SPEED_BLOCKS}
+    for r in range(rounds):
+        for block in SPEED_BLOCKS if r % 2 == 0 else SPEED_BLOCKS[::-1]:
+            cmd = [sys.executable, __file__, "--decode-worker", str(bundles[block])]
+            out = subprocess.run([*cmd, str(threads)], capture_output=True, text=True, check=True)
+            times[block].append(json.loads(out.stdout.strip().splitlines()[-1])["decode_ms"])
+            print(f"round {r + 1}: block {block}: {times[block][-1]:.2f} ms", flush=True)
+    return [
+        {
+            "block_size": b,
+            "weights_mb": _mb(bundles[b]),
+            "rounds_ms": times[b],
+            "decode_ms": statistics.median(times[b]),
+            "layers": arch.num_layers,
+            "hidden": arch.hidden_size,
+        }  # fmt: skip
+        for b in SPEED_BLOCKS
+    ]
+
+
+def decode_worker(bundle: str, threads: int) -> None:
+    """Print the median greedy decode step (ms) of 64 tokens after a warm-up run."""
+    from fst.runtime import GenerationParams, GenerationRequest, Generator
+
+    generator = Generator.from_bundle(bundle, threads=threads, huge_pages=True)
+    steps: list[float] = []
+    generator.on_model_call = lambda kind, _b, start, end: (
+        steps.append(end - start) if kind == "decode" else None
+    )
+    params = GenerationParams(max_new_tokens=64, min_new_tokens=64, temperature=0.0)
+    request = GenerationRequest(PROMPT, params)
+    generator.run([request])
+    steps.clear()
+    generator.run([request])
+    print(json.dumps({"decode_ms": statistics.median(steps) * 1e3}))
 
 
 def untie(model):
@@ -117,4 +212,7 @@ def _mb(bundle: Path) -> float:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--decode-worker"]:
+        decode_worker(sys.argv[2], int(sys.argv[3]))
+        sys.exit(0)
     sys.exit(main(sys.argv[1:]))

@@ -68,6 +68,13 @@ class ExportArgs:
         help="CPU inference: 'int8' = dynamic int8 weights and activations; 'int4' = "
         "block-wise 4-bit weights (ONNX Runtime MatMulNBits), the smallest bundle",
     )
+    int4_block_size: Literal[16, 32, 64, 128, 256] = option(
+        128,
+        group=_GRAPH,
+        help="with --quantize int4: weights per scale along the input dimension; 128 "
+        "decodes faster on CPU, 32 follows the weights more closely (llama.cpp's Q4_0 uses 32; "
+        "benchmarks/results/int4_choice.md measures both)",
+    )
     fp16: bool = option(False, group=_GRAPH, help="float16 weights and I/O (CUDA/TensorRT)")
     opset: int = option(17, group=_GRAPH, help="ONNX opset version")
     logits: Literal["last", "all"] = option(
@@ -137,6 +144,7 @@ def _run(args: ExportArgs) -> int:
             force=args.force,
             logits=args.logits,
             kv_layout=args.kv_layout,
+            int4_block_size=args.int4_block_size,
             progress=not args.quiet,
         )
     except ExportError as e:

@@ -28,8 +28,10 @@ from fst.export.external_data import load_onnx, save_external
 log = logging.getLogger(__name__)
 
 # Measured choices (benchmarks/results/int4_choice.md): see the exporter for the gate.
-DEFAULT_BLOCK_SIZE = 32
+DEFAULT_BLOCK_SIZE = 128
+FINE_INT4_BLOCK_SIZE = 32  # the exporter's fallback when 128 fails the parity gate
 DEFAULT_ACCURACY_LEVEL = 4
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits' CPU kernels take
 
 
 def quantize_int4(
@@ -46,6 +48,7 @@ def quantize_int4(
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     model = load_onnx(src)
+    block_size = fit_block_size(model, block_size)
     head = _lm_head_nodes(model, vocab_size)
     token_table = _token_embedding_nodes(model, vocab_size)
     exclude = [] if lm_head else head
@@ -82,6 +85,23 @@ def quantize_int4(
 
 
 QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+def fit_block_size(model: onnx.ModelProto, block_size: int) -> int:
+    """`block_size`, lowered to the largest allowed size that fits the shortest quantised
+    row (a MatMul weight's K, a table's hidden size): MatMulNBits pads every row to whole
+    blocks, so a 128 block on a 32-wide model would store four times the weights."""
+    dims = _initializer_dims(model)
+    weights = [dims.get(n.input[1], []) for n in model.graph.node if n.op_type == "MatMul"]
+    rows = [w[0] for w in weights if len(w) == 2]  # constant [K, N] weights only
+    if not rows:
+        return block_size
+    shortest = min(rows)
+    fitting = [b for b in INT4_BLOCK_SIZES if b <= min(block_size, shortest)]
+    fitted = max(fitting) if fitting else min(INT4_BLOCK_SIZES)
+    if fitted != block_size:
+        log.info("int4: block size %d -> %d (rows of %d weights)", block_size, fitted, shortest)
+    return fitted
 
 
 def _initializer_dims(model: onnx.ModelProto) -> dict[str, list[int]]:

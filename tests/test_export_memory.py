@@ -96,7 +96,7 @@ def test_int4_bundle_quantizes_every_weight_matmul_and_records_the_scheme(
     assert (scheme.op, scheme.bits, scheme.block_size, scheme.accuracy_level) == (
         "MatMulNBits",
         4,
-        32,
+        32,  # the default 128, fitted to this model's 32-wide rows (no padded blocks)
         4,
     )
     assert scheme.lm_head and scheme.embedding
@@ -114,6 +114,29 @@ def test_int4_bundle_quantizes_every_weight_matmul_and_records_the_scheme(
     size = sum(f.stat().st_size for f in int4_bundle.glob("model.onnx*"))
     fp32 = sum(f.stat().st_size for f in tiny_plain_bundle.glob("model.onnx*"))
     assert size < 0.4 * fp32  # the fp32 position table stays
+
+
+@pytest.mark.parametrize(
+    ("rows", "asked", "fitted"), [(768, 128, 128), (64, 128, 64), (48, 128, 32), (768, 32, 32)]
+)
+def test_int4_block_size_fits_the_shortest_row(rows, asked, fitted):
+    """MatMulNBits pads each row to whole blocks: a block longer than a row stores padding."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fst.export.quantize_int4 import fit_block_size
+
+    weights = [np.zeros((rows, 8), np.float32), np.zeros((8 * rows, rows), np.float32)]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h"]),
+            helper.make_node("MatMul", ["h", "w1"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    assert fit_block_size(helper.make_model(graph), asked) == fitted
 
 
 def test_runtime_generates_from_an_int4_bundle_like_pytorch(int4_bundle, tiny_hf_model_dir):
