@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from int4_bundle import quantized_bundle  # noqa: E402
 
 SCHEMES = [  # (block_size, accuracy_level, lm_head)
     (32, 4, True),
@@ -121,32 +121,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def quantized_bundle(src: Path, bundle: Path, **scheme) -> None:
-    """`src` (an fp32 bundle) with int4 weights as the exporter makes them, in `bundle`."""
-    from fst.core.bundle import BundleManifest, file_sizes, sha256_file
-    from fst.export.external_data import load_onnx, move_external, save_external
-    from fst.export.quantize_int4 import quantize_int4
-    from fst.export.simplify import simplify_file
-
-    manifest = BundleManifest.load(src)
-    work = bundle.with_name(bundle.name + "-work")
-    work.mkdir()
-    bundle.mkdir()
-    save_external(untie(load_onnx(src / "model.onnx")), work / "t.onnx")
-    simplify_file(work / "t.onnx", work / "s.onnx")
-    applied = quantize_int4(
-        work / "s.onnx", work / "q.onnx", vocab_size=manifest.architecture.vocab_size, **scheme
-    )
-    move_external(work / "q.onnx", bundle / "model.onnx")
-    shutil.rmtree(work)
-    shutil.copy(src / "tokenizer.json", bundle / "tokenizer.json")
-    names = [n for n in manifest.files if n.startswith("model.onnx")]
-    manifest.graph = manifest.graph.model_copy(update={"variant": "int4", "int4": applied})
-    manifest.files.update({n: sha256_file(bundle / n) for n in names})
-    manifest.sizes.update(file_sizes(bundle, names))
-    manifest.save(bundle)
-
-
 def decode_speed(src: Path, work: Path, rounds: int, threads: int) -> list[dict]:
     """Median batch-1 decode step per block size, interleaved rounds of fresh processes."""
     from fst.core.bundle import BundleManifest
@@ -191,20 +165,6 @@ def decode_worker(bundle: str, threads: int) -> None:
     steps.clear()
     generator.run([request])
     print(json.dumps({"decode_ms": statistics.median(steps) * 1e3}))
-
-
-def untie(model):
-    """The bundle feeds lm_head Transpose(embedding) (tied_weights.py); quantisation runs before
-    that step in the exporter, so give lm_head its own [hidden, vocab] weight again."""
-    from onnx import numpy_helper
-
-    tables = {t.name: t for t in model.graph.initializer}
-    for node in list(model.graph.node):
-        if node.op_type == "Transpose" and node.input[0] in tables:
-            weight = numpy_helper.to_array(tables[node.input[0]]).T.copy()
-            model.graph.initializer.append(numpy_helper.from_array(weight, node.output[0]))
-            model.graph.node.remove(node)
-    return model
 
 
 def _mb(bundle: Path) -> float:

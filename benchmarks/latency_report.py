@@ -136,6 +136,9 @@ def model_table(name: str, m: dict, w: Workload) -> list[str]:
                 "spent outside it (sampling, detokenising, bookkeeping)."
             )
         parity = m["artifacts"].get(engine, {}).get("parity")
+        gate = m["artifacts"].get(engine, {}).get("gate")
+        if gate:
+            lines.append(f"{engine}: export gate {gate}.")
         if parity:
             lines.append(
                 f"{engine} export parity vs PyTorch: top-1 agreement "
