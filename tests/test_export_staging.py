@@ -101,11 +101,14 @@ def test_an_old_folder_is_kept_while_it_holds_the_only_copy(tmp_path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_remove_the_staging_folder_at_once(tmp_path, sig) -> None:
     # fst-export's own handler turns SIGTERM into the KeyboardInterrupt Ctrl-C raises.
+    # SIGINT's default handler too: a shell starts background jobs with SIGINT ignored, and
+    # Python then leaves it ignored (CI launched as `cmd &` did).
     script = HOLDER.replace(
         "import sys, time",
         "import signal, sys, time\n"
         "from fst.export.cli import _raise_interrupt\n"
-        "signal.signal(signal.SIGTERM, _raise_interrupt)",
+        "signal.signal(signal.SIGTERM, _raise_interrupt)\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)",
     )
     output = tmp_path / "bundle"
     proc = subprocess.Popen([sys.executable, "-c", script, str(output)], stdout=subprocess.PIPE)
