@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import decode_ab  # noqa: E402
 from int4_bundle import quantized_bundle  # noqa: E402
 
 SCHEMES = [  # (block_size, accuracy_level, lm_head)
@@ -37,7 +38,6 @@ SCHEMES = [  # (block_size, accuracy_level, lm_head)
     (128, 4, False),
 ]
 SPEED_BLOCKS = (32, 64, 128, 256)
-PROMPT = "The free spirit is the one who has grown tired of the old gods and their " * 3
 
 
 def score(bundle: Path, tokenizer, documents) -> float:
@@ -133,9 +133,8 @@ def decode_speed(src: Path, work: Path, rounds: int, threads: int) -> list[dict]
     times: dict[int, list[float]] = {b: [] for b in SPEED_BLOCKS}
     for r in range(rounds):
         for block in SPEED_BLOCKS if r % 2 == 0 else SPEED_BLOCKS[::-1]:
-            cmd = [sys.executable, __file__, "--decode-worker", str(bundles[block])]
-            out = subprocess.run([*cmd, str(threads)], capture_output=True, text=True, check=True)
-            times[block].append(json.loads(out.stdout.strip().splitlines()[-1])["decode_ms"])
+            side = SimpleNamespace(bundle=str(bundles[block]), threads=threads, tokens=64)
+            times[block].append(decode_ab.run_side(side, []))  # greedy, no extra settings
             print(f"round {r + 1}: block {block}: {times[block][-1]:.2f} ms", flush=True)
     return [
         {
@@ -150,29 +149,9 @@ def decode_speed(src: Path, work: Path, rounds: int, threads: int) -> list[dict]
     ]
 
 
-def decode_worker(bundle: str, threads: int) -> None:
-    """Print the median greedy decode step (ms) of 64 tokens after a warm-up run."""
-    from fst.runtime import GenerationParams, GenerationRequest, Generator
-
-    generator = Generator.from_bundle(bundle, threads=threads, huge_pages=True)
-    steps: list[float] = []
-    generator.on_model_call = lambda kind, _b, start, end: (
-        steps.append(end - start) if kind == "decode" else None
-    )
-    params = GenerationParams(max_new_tokens=64, min_new_tokens=64, temperature=0.0)
-    request = GenerationRequest(PROMPT, params)
-    generator.run([request])
-    steps.clear()
-    generator.run([request])
-    print(json.dumps({"decode_ms": statistics.median(steps) * 1e3}))
-
-
 def _mb(bundle: Path) -> float:
     return sum(f.stat().st_size for f in bundle.glob("model.onnx*")) / 1e6
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--decode-worker"]:
-        decode_worker(sys.argv[2], int(sys.argv[3]))
-        sys.exit(0)
     sys.exit(main(sys.argv[1:]))

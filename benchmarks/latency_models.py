@@ -128,13 +128,16 @@ def prefill_gflop(art: Artifacts, length: int) -> float:
     return (2 * blocks * length + 2 * layers * length**2 * d + 2 * vocab * d) / 1e9
 
 
+FST_ENGINES = ("fst-fp32", "fst-int8", "fst-int4")  # ours, in the order they are made
+
+
 def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -> dict[str, Path]:
     """Our fp32, int8 and int4 bundles, re-made when the options or the exporter changed.
 
     fp32 and int8 come from `export_bundle`. int4 is the fp32 bundle quantised with the
     exporter's default scheme without its gate (int4_bundle.py: random weights fail the gate
     at schemes a trained model passes, and speed does not depend on the values)."""
-    wanted = [e for e in ("fst-fp32", "fst-int8", "fst-int4") if e in args.engines]
+    wanted = [e for e in FST_ENGINES if e in args.engines]
     if not wanted:
         return {}
     from int4_bundle import quantized_bundle
@@ -145,7 +148,8 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
 
     exporter = source_digest(Path(export_bundle.__code__.co_filename).parent)
     out = {}
-    for engine in ["fst-fp32", *wanted] if "fst-int4" in wanted else wanted:
+    made = [e for e in FST_ENGINES if e in wanted or (e == "fst-fp32" and "fst-int4" in wanted)]
+    for engine in made:  # fp32 first: int4 is made from it
         variant = engine.removeprefix("fst-")
         folder = cache / name / f"bundle-{variant}"
         quantize = None if variant == "fp32" else variant

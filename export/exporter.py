@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -292,22 +293,20 @@ def _quantize_int4(
 ) -> tuple[Path, Int4Scheme]:
     """int4 weights, coarsest first: `block_size` with the output projection in int4, then
     with it fp32, then the same two at block 32, until the parity gate passes (the last one
-    is checked by the verify stage).
+    is checked by the verify stage). Schemes that would repeat one already tried (a model
+    whose rows fit block 32 or less, a model without an output projection) are skipped.
 
     The output projection is the most sensitive matrix, and small hidden sizes lose most to
     coarse blocks (a 64-wide Llama in tests/test_architectures.py needs block 32 and an fp32
     head); GPT-2 small passes at 128 (benchmarks/results/int4_choice.md).
     """
     int4 = path.with_name("int4.onnx")
-    tries = [(block_size, True), (block_size, False)]
-    if block_size > FINE_INT4_BLOCK_SIZE:
-        tries += [(FINE_INT4_BLOCK_SIZE, True), (FINE_INT4_BLOCK_SIZE, False)]
-    for i, (block, head) in enumerate(tries):
-        scheme = quantize_int4(
-            path, int4, vocab_size=config.vocab_size, block_size=block, lm_head=head
-        )
-        if i == len(tries) - 1:
-            break
+    quantize = partial(quantize_int4, path, int4, vocab_size=config.vocab_size)
+    scheme = quantize(block_size=block_size)
+    fitted = scheme.block_size  # lowered to the model's shortest row
+    blocks = [fitted] + ([FINE_INT4_BLOCK_SIZE] if fitted > FINE_INT4_BLOCK_SIZE else [])
+    heads = [True, False] if scheme.lm_head else [True]
+    for block, head in [(b, h) for b in blocks for h in heads][1:]:
         report = check(int4)
         if report.passed:
             break
@@ -317,6 +316,7 @@ def _quantize_int4(
             f"{describe(report, 'int4')}; trying a finer scheme"
         )
         remove_onnx(int4)
+        scheme = quantize(block_size=block, lm_head=head)
     return _next(path, "int4.onnx"), scheme
 
 
