@@ -64,7 +64,7 @@ class Row:
         prompt_ids: list[int],
         sampler: SequenceSampler,
         stream: TextStream,
-        eos_token_id: int | None,
+        end_token_ids: frozenset[int],
     ) -> None:
         self.request = request
         self.tag = tag
@@ -74,7 +74,7 @@ class Row:
         self.finish_reason: str | None = None
         self._sampler = sampler
         self._stream = stream
-        self._eos = eos_token_id
+        self._eos = end_token_ids
 
     @property
     def finished(self) -> bool:
@@ -100,7 +100,7 @@ class Row:
         self.token_ids.append(token)
         self._sampler.observe(token)
         piece = self._stream.push(token)
-        if self._stream.stopped or (token == self._eos and not params.ignore_eos):
+        if self._stream.stopped or (token in self._eos and not params.ignore_eos):
             self.finish_reason = "stop"
         elif len(self.token_ids) >= params.max_new_tokens:
             self.finish_reason = "length"
@@ -141,7 +141,7 @@ class DecodeBatch:
         self._tokenizer = tokenizer
         self._encode_request = PromptEncoder(tokenizer, limits.max_positions).encode_request
         self._pad_id = tokenizer.pad_token_id
-        self._eos_id = limits.eos_token_id
+        self._end_ids = limits.end_token_ids
         self._vocab_size = stepper.vocab_size
         self._rows: list[Row] = []  # the sequence in each row of the cache
         self._cache: Any = None  # the stepper's cache
@@ -212,7 +212,7 @@ class DecodeBatch:
     def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:
         params = request.params
         seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
-        eos = [] if self._eos_id is None else [self._eos_id]
+        eos = list(self._end_ids)
         return [
             Row(
                 request,
@@ -221,7 +221,7 @@ class DecodeBatch:
                 ids,
                 SequenceSampler(params, ids, eos, sequence_rng(seed, k), self._vocab_size),
                 TextStream(self._tokenizer.decode, params.stop),
-                self._eos_id,
+                frozenset(self._end_ids),
             )
             for k in range(params.num_return_sequences)
         ]

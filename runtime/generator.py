@@ -63,7 +63,9 @@ class Generator:
         self.vocab_size = manifest.architecture.vocab_size
         self.eos_token_id = manifest.tokenizer.eos_token_id
         self.default_params = _default_params(manifest.generation_defaults)
-        self.limits = BatchLimits(self.max_positions, self.eos_token_id)
+        self.chat = manifest.chat  # None: not a chat model
+        stop_ids = tuple(self.chat.stop_token_ids) if self.chat is not None else ()
+        self.limits = BatchLimits(self.max_positions, self.eos_token_id, stop_ids)
         self._prompts = PromptEncoder(tokenizer, self.max_positions)
         self._stepper = make_stepper(session, manifest)
 

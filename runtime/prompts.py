@@ -20,10 +20,18 @@ from fst.runtime.requests import GenerationRequest, Prompt
 @dataclass(frozen=True)
 class BatchLimits:
     """What bounds a sequence: prompt + new tokens within `max_positions`; a row ends at
-    `eos_token_id` (None: the model has no EOS) unless its params ignore it."""
+    `eos_token_id` (None: the model has no EOS) or any of `stop_token_ids` (a chat model's
+    end-of-turn tokens) unless its params ignore them."""
 
     max_positions: int
     eos_token_id: int | None
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def end_token_ids(self) -> tuple[int, ...]:
+        """Every token that ends a row: the EOS first, then the other stop tokens."""
+        ids = () if self.eos_token_id is None else (self.eos_token_id,)
+        return ids + tuple(t for t in self.stop_token_ids if t not in ids)
 
 
 class PromptEncoder:

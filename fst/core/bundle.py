@@ -106,6 +106,24 @@ class TokenizerInfo(_Strict):
     max_body_len: int | None = None
 
 
+class ChatInfo(_Strict):
+    """How a chat model wants a conversation formatted (fst.core.chat_template)."""
+
+    template: str = Field(description="Jinja2 chat template, as transformers renders it")
+    template_source: str = Field(
+        description="where it came from: tokenizer_config.json, chat_template.jinja, "
+        "the GGUF file, or fst's default (ChatML)"
+    )
+    special_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="variables the template reads besides the messages (bos_token, eos_token)",
+    )
+    stop_token_ids: list[int] = Field(
+        default_factory=list,
+        description="every token that ends an assistant turn (end-of-turn and eos ids)",
+    )
+
+
 class ParityReport(_Strict):
     max_abs_diff: float
     logit_scale: float = Field(description="max |logit| of the PyTorch reference")
@@ -136,7 +154,16 @@ class BundleManifest(_Strict):
         description="file name -> bytes (checked at every load; absent before fst 0.3.1)",
     )
     parity: ParityReport
-    generation_defaults: dict[str, Any] = Field(default_factory=dict)
+    generation_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the model's own sampling defaults (GenerationParams field names)",
+    )
+    chat: ChatInfo | None = Field(
+        None, description="chat models only: the chat template and end-of-turn tokens"
+    )
+    source_format: str | None = Field(
+        None, description="where the weights came from when not PyTorch, e.g. 'GGUF Q4_1'"
+    )
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / BUNDLE_MANIFEST
@@ -175,6 +202,7 @@ class BundleManifest(_Strict):
             "variant": self.graph.variant,
             "optimized": self.graph.optimized,
             "document_format": self.tokenizer.document_format,
+            "chat": self.chat is not None,
             "global_step": self.training.global_step,
             "epoch": self.training.epoch,
             "parity": {
