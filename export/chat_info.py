@@ -22,7 +22,7 @@ from fst.core.generation_params import GenerationParams
 log = logging.getLogger(__name__)
 
 
-class _Vocabulary(Protocol):  # tokenizers.Tokenizer, fst's DocumentTokenizer
+class _Vocabulary(Protocol):  # tokenizers.Tokenizer
     def token_to_id(self, token: str) -> int | None: ...
 
 

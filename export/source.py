@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tokenizers
 from transformers import PretrainedConfig, PreTrainedModel
 
 from fst.core.bundle import ChatInfo
@@ -124,7 +125,7 @@ def _from_hf(name_or_path: str) -> ExportSource:
         model=model.eval(),
         tokenizer=tokenizer,
         source=name_or_path,
-        chat=read_chat_info(folder, tokenizer) if folder else None,
+        chat=read_chat_info(folder, _vocabulary(tokenizer)) if folder else None,
         generation_defaults=read_generation_defaults(folder) if folder else {},
     )
 
@@ -152,7 +153,7 @@ def _from_gguf(model_path: str) -> ExportSource:
             )
         except Exception as e:
             raise SourceError(f"{model_path}: cannot load the tokenizer ({_first_line(e)})") from e
-        chat = read_chat_info(Path(folder), tokenizer, template_source="the GGUF file")
+        chat = read_chat_info(Path(folder), _vocabulary(tokenizer), template_source="the GGUF file")
         defaults = read_generation_defaults(Path(folder))
     _check(model, tokenizer, model_path)
     return ExportSource(
@@ -163,6 +164,11 @@ def _from_gguf(model_path: str) -> ExportSource:
         generation_defaults=defaults,
         source_format=loaded.source_format,
     )
+
+
+def _vocabulary(tokenizer: DocumentTokenizer) -> tokenizers.Tokenizer:
+    """The token → id map of `tokenizer` (its special tokens included)."""
+    return tokenizers.Tokenizer.from_str(tokenizer.to_json())
 
 
 def _check(model: PreTrainedModel, tokenizer: DocumentTokenizer, where: Path | str) -> None:

@@ -109,7 +109,12 @@ CONVERSATIONS = {
     "surrounding_whitespace": [_user("   padded question?   "), _assistant("\n answer \n")],
     "special_token_text": [_user("What does <|im_end|> or </s> mean?")],
     "three_rounds": [
-        _user("a"), _assistant("b"), _user("c"), _assistant("d"), _user("e"), _assistant("f"),
+        _user("a"),
+        _assistant("b"),
+        _user("c"),
+        _assistant("d"),
+        _user("e"),
+        _assistant("f"),
     ],  # fmt: skip
     "two_users_in_a_row": [_user("first"), _user("second")],
 }
@@ -164,9 +169,7 @@ def _render_both(hf, fst, messages, **kwargs) -> tuple[str | None, str | None]:
 def test_fst_renders_as_transformers(both, name, add_generation_prompt):
     hf, fst = both
     messages = CONVERSATIONS[name]
-    expected, actual = _render_both(
-        hf, fst, messages, add_generation_prompt=add_generation_prompt
-    )
+    expected, actual = _render_both(hf, fst, messages, add_generation_prompt=add_generation_prompt)
     assert actual == expected
 
 

@@ -266,10 +266,6 @@ class DocumentTokenizer:
     def eos_token(self) -> str:
         return self._settings.eos_token
 
-    def token_to_id(self, token: str) -> int | None:
-        """The id of `token` (a special token's text), None when the vocabulary lacks it."""
-        return self._tokenizer.token_to_id(token)
-
     def num_added_tokens(self, base_vocab_size: int) -> int:
         """How many embedding rows a model with `base_vocab_size` rows lacks (ids from
         `base_vocab_size` up to `vocab_size`)."""

@@ -13,6 +13,8 @@ Every failure is a `GGUFError` with a one-line message.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -107,7 +109,9 @@ def load_gguf(model_path: str | Path) -> GGUFModel:
     except Exception as e:
         raise GGUFError(f"{path}: cannot read the tokenizer ({_first_line(e)})") from e
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+        # transformers' dequantization draws a tqdm bar on stderr that no setting turns off.
+        with contextlib.redirect_stderr(io.StringIO()):
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
     except Exception as e:
         raise GGUFError(f"{path}: cannot load the weights ({_first_line(e)})") from e
     model = _plain_copy(loaded, config)
