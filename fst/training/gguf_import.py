@@ -45,15 +45,20 @@ class GGUFModel:
         """What the manifest records: 'GGUF Q4_1'."""
         return f"GGUF {self.weight_type}"
 
-    @contextlib.contextmanager
-    def as_folder(self) -> Iterator[Path]:
+    def as_folder(self) -> contextlib.AbstractContextManager[Path]:
         """A temporary Hugging Face folder of the tokenizer files (tokenizer.json,
         tokenizer_config.json, the chat template) and generation_config.json, so that
         the tokenizer and chat template are read as from any model folder."""
-        with tempfile.TemporaryDirectory(prefix="fst-gguf-") as folder:
-            self.tokenizer.save_pretrained(folder)
-            self.model.generation_config.save_pretrained(folder)
-            yield Path(folder)
+        return _saved(self.tokenizer, self.model.generation_config)
+
+
+@contextlib.contextmanager
+def _saved(*parts: Any) -> Iterator[Path]:
+    """`save_pretrained` of each part into one temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="fst-gguf-") as folder:
+        for part in parts:
+            part.save_pretrained(folder)
+        yield Path(folder)
 
 
 def find_gguf(model_path: str | Path) -> Path | None:
@@ -127,7 +132,7 @@ def load_gguf(model_path: str | Path, overrides: dict[str, Any] | None = None) -
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
     except Exception as e:
         raise GGUFError(f"{path}: cannot load the weights ({_first_line(e)})") from e
-    model = _plain_copy(loaded, config, overrides or {})
+    model = _plain_copy(loaded, config, overrides or {}, path)
     log.info("%s: %s model, weights dequantized from %s", path, architecture, weight_type)
     return GGUFModel(model.eval(), tokenizer, weight_type, architecture, path)
 
@@ -146,12 +151,11 @@ def gguf_tokenizer(model_path: str | Path, **settings: Any) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
         raise GGUFError(f"{path}: cannot read the tokenizer ({_first_line(e)})") from e
-    with tempfile.TemporaryDirectory(prefix="fst-gguf-") as folder:
-        tokenizer.save_pretrained(folder)
+    with _saved(tokenizer) as folder:
         return DocumentTokenizer.from_pretrained(folder, **settings)
 
 
-def _plain_copy(loaded: Any, config: Any, overrides: dict[str, Any]) -> Any:
+def _plain_copy(loaded: Any, config: Any, overrides: dict[str, Any], path: Path) -> Any:
     """The same weights in a model built from a config without `quantization_config`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -165,7 +169,8 @@ def _plain_copy(loaded: Any, config: Any, overrides: dict[str, Any]) -> Any:
     missing = [k for k in missing if not (plain.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise GGUFError(
-            f"weights do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{path}: weights do not match the config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
         )
     model.tie_weights()
     model.generation_config = loaded.generation_config
