@@ -162,9 +162,11 @@ def test_containerfile_passes_hadolint(containerfile: Path) -> None:
 def test_hadolint_fails_on_a_shell_form_entrypoint(tmp_path: Path) -> None:
     """The lint really runs: the shell form (signals would go to /bin/sh) is an error."""
     bad = tmp_path / "Containerfile"
-    bad.write_text((DEPLOY / "Containerfile").read_text().replace(
-        'ENTRYPOINT ["fst-serve"]', "ENTRYPOINT fst-serve"
-    ))  # fmt: skip
+    bad.write_text(
+        (DEPLOY / "Containerfile")
+        .read_text()
+        .replace('ENTRYPOINT ["fst-serve"]', "ENTRYPOINT fst-serve")
+    )
     result = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True)
     assert result.returncode != 0 and "DL3025" in result.stdout
 
@@ -205,9 +207,8 @@ def manifest_files() -> list[Path]:
     for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml" or path.name.endswith("-patch.yaml"):
             continue
-        if all("." not in d["apiVersion"].split("/")[0] or d["apiVersion"].startswith(
-            ("apps/", "batch/", "policy/", "autoscaling/")
-        ) for d in load_all(path)):  # fmt: skip
+        # Built-in API groups have no dot (apps/v1, v1); keda.sh, monitoring.coreos.com do.
+        if all("." not in d["apiVersion"].split("/")[0] for d in load_all(path)):
             files.append(path)
     return files
 
@@ -370,7 +371,8 @@ def test_keda_component_removes_the_cpu_hpa() -> None:
     deleted = yaml.safe_load(patch["patch"])
     hpa = find(BASE, "HorizontalPodAutoscaler")
     assert deleted["$patch"] == "delete"
-    assert (deleted["kind"], deleted["metadata"]["name"]) == ("HorizontalPodAutoscaler", hpa["metadata"]["name"])  # fmt: skip
+    assert deleted["kind"] == "HorizontalPodAutoscaler"
+    assert deleted["metadata"]["name"] == hpa["metadata"]["name"]
 
 
 def test_service_monitor_scrapes_the_service_port_and_metrics_route() -> None:
@@ -517,7 +519,8 @@ def entrypoint_process(bin_dir: Path, bundle: Path) -> Iterator[tuple[subprocess
     env.update(FST_THREADS="1", FST_HUGE_PAGES="false")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FST_", "VIRTUAL_ENV"))}
     command = config["entrypoint"] + config["cmd"]
-    executable = next(d / command[0] for d in map(Path, env["PATH"].split(os.pathsep)) if (d / command[0]).is_file())  # fmt: skip
+    folders = map(Path, env["PATH"].split(os.pathsep))
+    executable = next(d / command[0] for d in folders if (d / command[0]).is_file())
     assert executable.parent == bin_dir, executable  # the venv's fst-serve, as in the image
     proc = subprocess.Popen(
         command,
@@ -548,7 +551,8 @@ def serve_one_completion(bin_dir: Path, bundle: Path) -> None:
         body = {"prompt": "The with statement", "max_tokens": 8, "temperature": 0}
         completion = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
         # The HEALTHCHECK, as the engine would run it (python from the image's PATH).
-        health_env = {**os.environ, "FST_PORT": base.rsplit(":", 1)[1], "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+        path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+        health_env = {**os.environ, "FST_PORT": base.rsplit(":", 1)[1], "PATH": path}
         health = subprocess.run(config["healthcheck"], env=health_env, timeout=30)
         proc.send_signal(getattr(signal, config["stopsignal"]))
         output = proc.communicate(timeout=60)[0]
@@ -574,10 +578,22 @@ def test_container_smoke_wheel_with_only_the_serve_extra(
     entrypoint serves. Proves the serve extra is enough and that no torch is pulled."""
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(wheels)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("full_stack_transformer-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -595,8 +611,10 @@ def test_container_smoke_wheel_with_only_the_serve_extra(
     assert installed.returncode == 0, installed.stderr[-3000:]
     freeze = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
-        capture_output=True, text=True, check=True,
-    ).stdout.lower()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.lower()
     for heavy in ("torch", "transformers", "pytorch-lightning", "onnx=="):
         assert f"\n{heavy}" not in f"\n{freeze}", f"{heavy} in a serve-only install"
     assert "\nonnxruntime==" in f"\n{freeze}"
