@@ -20,6 +20,10 @@ VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml")"
 TAG="${1:-localhost/fst-serve:$VERSION}"
 BASE="${FST_BASE_IMAGE:-localhost/fst-python-base:3.11-bookworm}"
 MIRROR="${FST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# A CA bundle pip must trust inside the build (a TLS-intercepting proxy, as on the machine
+# this was written on): bind-mounted for the RUN steps with a pip.conf naming it, so it
+# never lands in a layer. Default: pip's own setting on this host, if any.
+CA_BUNDLE="${FST_BUILD_CA_BUNDLE:-${PIP_CERT:-}}"
 
 for tool in podman mmdebstrap git; do
     command -v "$tool" > /dev/null || { echo "build-image.sh: $tool is not installed" >&2; exit 2; }
@@ -45,9 +49,16 @@ echo "== context: git archive HEAD"
 mkdir "$work/context"
 git -C "$REPO" archive HEAD | tar -x -C "$work/context"
 
+mounts=()
+if [ -n "$CA_BUNDLE" ]; then
+    cp "$CA_BUNDLE" "$work/ca.crt"
+    printf '[global]\ncert = /run/fst-build/ca.crt\n' > "$work/pip.conf"
+    mounts=(--volume "$work/ca.crt:/run/fst-build/ca.crt:ro" --volume "$work/pip.conf:/etc/pip.conf:ro")
+fi
+
 echo "== podman build $TAG"
 start=$(date +%s)
-podman build --isolation=chroot --format docker \
+podman build --isolation=chroot --format docker "${mounts[@]}" \
     --build-arg "PYTHON_IMAGE=$BASE" \
     -f "$work/context/deploy/Containerfile" -t "$TAG" "$work/context"
 echo "== built $TAG in $(( $(date +%s) - start )) s"
