@@ -322,7 +322,7 @@ def test_resources_leave_room_above_the_measured_peak() -> None:
     limit = int(resources["limits"]["memory"][:-2]) * mib[resources["limits"]["memory"][-2:]]
     request = int(resources["requests"]["memory"][:-2]) * mib[resources["requests"]["memory"][-2:]]
     assert request * 1.048576 >= fp32["idle_rss_mb"]
-    assert limit * 1.048576 > fp32["peak_mb_16xlong"]
+    assert limit * 1.048576 >= 1.2 * fp32["peak_mb_16xlong"]
     assert "cpu" not in resources["limits"]
 
 
