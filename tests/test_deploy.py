@@ -509,14 +509,16 @@ def test_training_job_script_trains_two_nodes_on_the_cpu(tmp_path: Path) -> None
 @contextlib.contextmanager
 def entrypoint_process(bin_dir: Path, bundle: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """The image's exact ENTRYPOINT + CMD with its ENV, `bin_dir` standing for /opt/fst/bin;
-    only the bundle path, and the address (127.0.0.1 and a free port, not 0.0.0.0:9228)
-    differ. Yields (process, base URL); kills the process if it is still running."""
+    only the bundle path, the address (127.0.0.1 and a free port, not 0.0.0.0:9228) and
+    the thread count (1, as the Deployment's FST_THREADS would on a 1-CPU request: the test
+    machine is shared) differ. Yields (process, base URL); kills the process if it is
+    still running."""
     config = image_config(DEPLOY / "Containerfile")
     env = {k: v.replace("/opt/fst/bin", str(bin_dir)) for k, v in config["env"].items()}
     env["PATH"] = env["PATH"].replace("$PATH", os.environ["PATH"])
     port = free_port()
     env.update(FST_BUNDLE=str(bundle), FST_HOST="127.0.0.1", FST_PORT=str(port))
-    env.update(FST_THREADS="1", FST_HUGE_PAGES="false")
+    env.update(FST_THREADS="1")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FST_", "VIRTUAL_ENV"))}
     command = config["entrypoint"] + config["cmd"]
     folders = map(Path, env["PATH"].split(os.pathsep))
