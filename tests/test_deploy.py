@@ -198,6 +198,14 @@ def test_the_cpu_image_installs_only_the_serve_extra() -> None:
     assert "FROM ${PYTHON_IMAGE}" in text and "ARG PYTHON_IMAGE=python:3.11-slim" in text
 
 
+@pytest.mark.parametrize("script", sorted(DEPLOY.glob("*.sh")), ids=lambda p: p.name)
+def test_deploy_scripts_parse(script: Path) -> None:
+    """build-image.sh and chroot-smoke.sh need root and podman; here only bash's parse."""
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert os.access(script, os.X_OK)
+
+
 # ---- the serving manifests ------------------------------------------------------------------
 
 
