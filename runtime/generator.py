@@ -30,7 +30,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fst.core.bundle import BundleError, BundleManifest, check_bundle
+from fst.core.contract import GraphContract
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
@@ -38,6 +41,7 @@ from fst.runtime.decode_batch import DecodeBatch, Row
 from fst.runtime.kv_cache import make_stepper
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest, Prompt
+from fst.runtime.scoring import prefill_logits
 from fst.runtime.session import create_session
 from fst.runtime.stepper import ModelCallHook, Stepper
 
@@ -68,6 +72,20 @@ class Generator:
         self.limits = BatchLimits(self.max_positions, self.eos_token_id, stop_ids)
         self._prompts = PromptEncoder(tokenizer, self.max_positions)
         self._stepper = make_stepper(session, manifest)
+        self._session = session
+        self._contract = GraphContract.from_manifest(manifest)
+
+    @property
+    def scores_prompts(self) -> bool:
+        """Whether requests may ask for prompt logprobs: the graph returns every position's
+        logits (`fst-export --logits all`) on the CPU layouts `prefill_logits` drives."""
+        return self._contract.logits == "all" and self._contract.kv_layout != "shared_right"
+
+    def prompt_logits(self, ids: list[int]) -> np.ndarray:
+        """The logits of every position of one prompt [S, V]: one prefill of its own, so
+        the decode graph keeps computing the last position only."""
+        batch = np.asarray([ids], dtype=np.int64)
+        return prefill_logits(self._session, self._contract, batch, np.ones_like(batch))[0]
 
     @property
     def stepper(self) -> Stepper:
@@ -169,7 +187,8 @@ class Generator:
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch to add requests to and step: the runtime's per-token loop."""
-        return DecodeBatch(self._stepper, self.tokenizer, self.limits)
+        scorer = self.prompt_logits if self.scores_prompts else None
+        return DecodeBatch(self._stepper, self.tokenizer, self.limits, scorer)
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]

@@ -190,3 +190,14 @@ def tiny_document_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     output = tmp_path_factory.mktemp("tiny_document_bundle") / "bundle"
     export_bundle(output, ckpt=tiny_checkpoint, progress=False)
     return output
+
+
+@pytest.fixture(scope="session")
+def tiny_scoring_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    """tiny_plain_bundle exported with --logits all: every position's logits, so prompts
+    can be scored (prompt logprobs, `echo` with `logprobs`)."""
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_scoring_bundle") / "bundle"
+    export_bundle(output, model_path=str(tiny_hf_model_dir), logits="all", progress=False)
+    return output
