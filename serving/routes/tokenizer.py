@@ -1,0 +1,108 @@
+"""`/tokenize`, `/detokenize`, `/tokenizer_info`: the served model's tokenizer, remotely.
+
+Evaluation harnesses tokenize requests themselves and send token ids (lm-eval's
+`tokenizer_backend=remote` reads these three endpoints, as vLLM serves them), so their
+token counts, context windows and log-likelihood spans are the model's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from fst.serving.dependencies import StateDep, require_api_key
+from fst.serving.errors import APIError
+from fst.serving.generation import refuse_unencodable_text
+
+router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
+
+
+class TokenizeRequest(BaseModel):
+    prompt: str = Field(description="Text to tokenize.")
+    add_special_tokens: bool = Field(
+        True,
+        description="true: the ids /v1/completions feeds the model for this prompt (the "
+        "model's BOS or document tokens included); false: the text's own tokens only.",
+    )
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(BaseModel):
+    tokens: list[int] = Field(description="Token ids; special tokens are kept in the text.")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    eos_token: str | None
+    bos_token: str | None = None
+    pad_token: str | None = None
+    chat_template: str | None = None
+    model_max_length: int
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, summary="Text to token ids")
+async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeResponse:
+    refuse_unencodable_text(payload)
+    generator, _ = state.require_ready()
+    tokenizer = _tokenizer(generator)
+    if payload.add_special_tokens:
+        encode = generator.encode_prompt
+    else:
+        encode = tokenizer.encode_text
+    try:
+        ids = await asyncio.to_thread(encode, payload.prompt)
+    except ValueError as exc:
+        raise APIError(400, f"prompt: {exc}", param="prompt") from None
+    return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=generator.max_positions)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids to text")
+async def detokenize(payload: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
+    generator, _ = state.require_ready()
+    tokenizer = _tokenizer(generator)
+    bad = [t for t in payload.tokens if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise APIError(
+            400,
+            f"tokens: {bad[0]} is not in the vocabulary [0, {tokenizer.vocab_size})",
+            param="tokens",
+        )
+    text = tokenizer.decode(payload.tokens, skip_special_tokens=False)
+    return DetokenizeResponse(prompt=text)
+
+
+@router.get("/tokenizer_info", response_model=TokenizerInfo, summary="The tokenizer's tokens")
+async def tokenizer_info(state: StateDep) -> TokenizerInfo:
+    generator, _ = state.require_ready()
+    tokenizer = _tokenizer(generator)
+    bos = tokenizer.bos_token_id
+    chat = getattr(generator, "chat", None)
+
+    def text(token: int) -> str:
+        return tokenizer.decode([token], skip_special_tokens=False)
+
+    return TokenizerInfo(
+        eos_token=tokenizer.eos_token,
+        bos_token=text(bos) if bos is not None else None,
+        pad_token=text(tokenizer.pad_token_id),
+        chat_template=chat.template if chat is not None else None,
+        model_max_length=generator.max_positions,
+    )
+
+
+def _tokenizer(generator: Any) -> Any:
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is None:
+        raise APIError(501, "this server's generator exposes no tokenizer")
+    return tokenizer
