@@ -56,10 +56,7 @@ async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeRespons
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
     tokenizer = _tokenizer(generator)
-    if payload.add_special_tokens:
-        encode = generator.encode_prompt
-    else:
-        encode = tokenizer.encode_text
+    encode = generator.encode_prompt if payload.add_special_tokens else tokenizer.encode_text
     try:
         ids = await asyncio.to_thread(encode, payload.prompt)
     except ValueError as exc:
