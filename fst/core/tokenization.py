@@ -20,6 +20,7 @@ tokenized as text and cannot inject control tokens. Torch-free.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -276,6 +277,24 @@ class DocumentTokenizer:
     def encode_text(self, text: str) -> list[int]:
         """Plain tokenization: no control tokens, no EOS."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_text_with_special_tokens(self, text: str) -> list[int]:
+        """As a Hugging Face tokenizer encodes: a special token written in the text becomes
+        its id. For clients that tokenize for themselves (lm-eval's remote tokenizer finds
+        the EOS id by encoding its text); prompts never go this way."""
+        specials = {
+            t.content: i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special
+        }
+        if not specials:
+            return self.encode_text(text)
+        pattern = "(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")"
+        ids: list[int] = []
+        for i, part in enumerate(re.split(pattern, text)):
+            if i % 2:
+                ids.append(specials[part])
+            elif part:
+                ids.extend(self.encode_text(part))
+        return ids
 
     def encode_for_train(self, doc: Document, rng: random.Random | None = None) -> list[Encoding]:
         """One document → one or more training sequences (see the module docstring)."""

@@ -24,8 +24,10 @@ class TokenizeRequest(BaseModel):
     prompt: str = Field(description="Text to tokenize.")
     add_special_tokens: bool = Field(
         True,
-        description="true: the ids /v1/completions feeds the model for this prompt (the "
-        "model's BOS or document tokens included); false: the text's own tokens only.",
+        description="true: the ids /v1/completions feeds the model for this text prompt "
+        "(the model's BOS or document tokens added; special tokens written in the text stay "
+        "text); false: the text's own tokens, special tokens written in it as their ids (as "
+        "a Hugging Face tokenizer encodes, and as lm-eval expects).",
     )
 
 
@@ -56,7 +58,10 @@ async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeRespons
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
     tokenizer = _tokenizer(generator)
-    encode = generator.encode_prompt if payload.add_special_tokens else tokenizer.encode_text
+    if payload.add_special_tokens:
+        encode = generator.encode_prompt
+    else:
+        encode = tokenizer.encode_text_with_special_tokens
     try:
         ids = await asyncio.to_thread(encode, payload.prompt)
     except ValueError as exc:
