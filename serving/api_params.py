@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 from fst.core.generation_params import ORIGINAL_API_DEFAULTS, GenerationParams
-from fst.serving.generation import make_params
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class ApiParams:
             if value is not None:
                 values[ours] = value
         values.update(fixed)
+        # Imported here: the Telegram bot uses this module's `to_body` without the server.
+        from fst.serving.generation import make_params
+
         return make_params(self.names, **values)
 
     def to_body(self, params: GenerationParams) -> dict[str, Any]:
