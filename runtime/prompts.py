@@ -46,7 +46,7 @@ class PromptEncoder:
         """Prompt ids as the model saw documents in training; ValueError on a bad prompt.
 
         Token ids are taken as they are (evaluation harnesses tokenize themselves)."""
-        if _is_token_ids(prompt):
+        if is_token_ids(prompt):
             return self._check_ids(prompt)
         document = self._as_document(prompt)
         texts = [document] if isinstance(document, str) else [document.body, document.meta or ""]
@@ -97,7 +97,8 @@ class PromptEncoder:
         return prompt
 
 
-def _is_token_ids(prompt: Any) -> bool:
+def is_token_ids(prompt: Any) -> bool:
+    """A list (or tuple) of ints: a prompt already tokenized."""
     return isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt)
 
 

@@ -91,3 +91,12 @@ def test_token_id_prompts_are_checked_against_the_vocabulary(tiny_plain_bundle: 
     assert generator.encode_prompt(IDS) == IDS
     with pytest.raises(ValueError, match="not in the vocabulary"):
         generator.encode_prompt([1, 10**6])
+
+
+def test_generate_takes_one_token_id_prompt(tiny_plain_bundle: Path) -> None:
+    generator = Generator.from_bundle(tiny_plain_bundle, threads=1)
+    (by_ids,) = generator.generate(IDS, max_new_tokens=3, temperature=0.0)
+    (by_text,) = generator.generate(
+        generator.tokenizer.decode(IDS), max_new_tokens=3, temperature=0
+    )
+    assert by_ids.token_ids == by_text.token_ids and by_ids.prompt_tokens == len(IDS)
