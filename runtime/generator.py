@@ -10,8 +10,10 @@ Public API (the server, the bot, the CLI and the benchmarks code against it)::
     gen.encode_prompt(prompt) -> list[int]; gen.encode_request(request) -> list[int]
 
 A prompt is a string, an `fst.core.documents.Document`, a mapping {"body": ..., "meta": ...}
-or a list of token ids (taken as they are); documents are encoded as in training (meta
-only for bundles trained with the document format). `generate` returns completions prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
+or a `ChatPrompt` (a conversation rendered by `fst.runtime.chat.render_chat`) or a list of
+token ids (taken as they are); documents are encoded as in training (meta only for bundles
+trained with the document format). `generate` returns completions prompt-major: [p0 s0,
+p0 s1, ..., p1 s0, ...].
 
 `run` decodes every sequence of every request in one batch: the prompts are prefilled once
 each (left-padded), their KV cache rows are repeated for `num_return_sequences`, then each
@@ -40,7 +42,7 @@ from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.decode_batch import DecodeBatch, Row
 from fst.runtime.kv_cache import make_stepper
 from fst.runtime.prompts import BatchLimits, PromptEncoder, is_token_ids
-from fst.runtime.requests import Completion, GenerationRequest, Prompt
+from fst.runtime.requests import ChatPrompt, Completion, GenerationRequest, Prompt
 from fst.runtime.scoring import prefill_logits
 from fst.runtime.session import create_session
 from fst.runtime.stepper import ModelCallHook, Stepper
@@ -146,7 +148,7 @@ class Generator:
         **overrides: Any,
     ) -> list[Completion]:
         """Completions of one or several prompts, prompt-major (all samples of prompt 0 first)."""
-        if isinstance(prompts, (str, Document, Mapping)) or is_token_ids(prompts):
+        if isinstance(prompts, (str, Document, Mapping, ChatPrompt)) or is_token_ids(prompts):
             prompts = [prompts]
         params = self._params(params, overrides)
         results = self.run([GenerationRequest(p, params) for p in prompts])

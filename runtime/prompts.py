@@ -15,7 +15,7 @@ from typing import Any
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
-from fst.runtime.requests import GenerationRequest, Prompt
+from fst.runtime.requests import ChatPrompt, GenerationRequest, Prompt
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class PromptEncoder:
         Token ids are taken as they are (evaluation harnesses tokenize themselves)."""
         if is_token_ids(prompt):
             return self._check_ids(prompt)
+        if isinstance(prompt, ChatPrompt):
+            _check_encodable(prompt.text)
+            return self.tokenizer.encode_markup(prompt.text)
         document = self._as_document(prompt)
         texts = [document] if isinstance(document, str) else [document.body, document.meta or ""]
         for text in texts:

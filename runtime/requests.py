@@ -11,9 +11,20 @@ from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 from fst.runtime.logprobs import TokenLogprob
 
-# A string, a Document, a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts), or
-# token ids, taken as they are (plain language models only).
-Prompt = Union[str, Document, Mapping[str, Any], Sequence[int]]
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation rendered by the model's chat template (fst.runtime.chat): tokenized as
+    `apply_chat_template(..., tokenize=True)` and vLLM's chat API do, its special-token
+    strings read as those tokens (a message's text too) and no BOS added, since the
+    template writes its own when the model wants one."""
+
+    text: str
+
+
+# A string, a Document, a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts), a
+# rendered conversation, or token ids (taken as they are).
+Prompt = Union[str, Document, Mapping[str, Any], ChatPrompt, Sequence[int]]
 
 
 @dataclass

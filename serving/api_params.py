@@ -54,30 +54,39 @@ class ApiParams:
         return {k: v for k, v in body.items() if v is not None}
 
 
-COMPLETIONS = ApiParams(
-    names={
-        "max_new_tokens": "max_tokens",
-        "min_new_tokens": "min_tokens",
-        "num_return_sequences": "n",
-        "temperature": "temperature",
-        "top_k": "top_k",
-        "top_p": "top_p",
-        "repetition_penalty": "repetition_penalty",
-        "stop": "stop",
-        "seed": "seed",
-        "ignore_eos": "ignore_eos",
-    },
-    # OpenAI's defaults; the extras (top_k, repetition_penalty, ...) off.
-    defaults={
-        "max_new_tokens": 16,
-        "min_new_tokens": 0,
-        "num_return_sequences": 1,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "repetition_penalty": 1.0,
-        "ignore_eos": False,
-    },
+_OPENAI_NAMES = {
+    "max_new_tokens": "max_tokens",
+    "min_new_tokens": "min_tokens",
+    "num_return_sequences": "n",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "stop": "stop",
+    "seed": "seed",
+    "ignore_eos": "ignore_eos",
+}
+# OpenAI's defaults; the extras (top_k, repetition_penalty, ...) off.
+_OPENAI_DEFAULTS = {
+    "max_new_tokens": 16,
+    "min_new_tokens": 0,
+    "num_return_sequences": 1,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "ignore_eos": False,
+}
+COMPLETIONS = ApiParams(names=_OPENAI_NAMES, defaults=_OPENAI_DEFAULTS)
+# /v1/chat/completions: the same fields; its route fixes max_new_tokens itself (from
+# max_completion_tokens, max_tokens or the context left), so no default here.
+CHAT = ApiParams(
+    names=_OPENAI_NAMES,
+    defaults={k: v for k, v in _OPENAI_DEFAULTS.items() if k != "max_new_tokens"},
 )
 
 _ORIGINAL_NAMES = {

@@ -278,7 +278,8 @@ def test_completions_stream_holds_back_stop_strings() -> None:
         ({"logprobs": -1}, "logprobs"),
         ({"echo": True, "logprobs": 1}, "echo"),  # a bundle without every position's logits
         ({"suffix": "x"}, "suffix"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
         ({"best_of": 3}, "best_of"),
         ({"meta": "title"}, "meta"),
         ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),

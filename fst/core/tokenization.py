@@ -20,7 +20,6 @@ tokenized as text and cannot inject control tokens. Torch-free.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,6 +142,7 @@ class DocumentTokenizer:
             self.end_of_meta_id = tokenizer.token_to_id(END_OF_META)
         added = tokenizer.get_added_tokens_decoder()
         self._vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(added) + 1)
+        self._markup_tokenizer: tokenizers.Tokenizer | None = None  # see encode_markup
 
     # ---- construction -------------------------------------------------------------------
 
@@ -278,23 +278,15 @@ class DocumentTokenizer:
         """Plain tokenization: no control tokens, no EOS."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_text_with_special_tokens(self, text: str) -> list[int]:
-        """As a Hugging Face tokenizer encodes: a special token written in the text becomes
-        its id. For clients that tokenize for themselves (lm-eval's remote tokenizer finds
-        the EOS id by encoding its text); prompts never go this way."""
-        specials = {
-            t.content: i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special
-        }
-        if not specials:
-            return self.encode_text(text)
-        pattern = "(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")"
-        ids: list[int] = []
-        for i, part in enumerate(re.split(pattern, text)):
-            if i % 2:
-                ids.append(specials[part])
-            elif part:
-                ids.extend(self.encode_text(part))
-        return ids
+    def encode_markup(self, text: str) -> list[int]:
+        """Text written by a chat template: special-token strings in it (`<|im_end|>`) are
+        those tokens, as `apply_chat_template(..., tokenize=True)` encodes them; no BOS or
+        EOS is added. (`encode_text` reads them as plain characters.)"""
+        if self._markup_tokenizer is None:  # a copy: the shared one's flag stays as it is
+            markup = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
+            markup.encode_special_tokens = False
+            self._markup_tokenizer = markup
+        return self._markup_tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_for_train(self, doc: Document, rng: random.Random | None = None) -> list[Encoding]:
         """One document → one or more training sequences (see the module docstring)."""

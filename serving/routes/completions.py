@@ -96,7 +96,8 @@ def _sse(body: dict[str, Any]) -> str:
 
 
 def _card(state: ServingState) -> ModelCard:
-    return ModelCard(id=state.model_name, created=state.created)
+    context = state.generator.max_positions if state.generator is not None else None
+    return ModelCard(id=state.model_name, created=state.created, max_model_len=context)
 
 
 @router.get("/models", response_model=ModelList, summary="List the served model")
@@ -228,8 +229,6 @@ def _refuse_unsupported(payload: CompletionRequest) -> None:
     refusals = {
         "suffix": payload.suffix is not None,
         "best_of": payload.best_of is not None and payload.best_of != _or(payload.n, 1),
-        "presence_penalty": bool(payload.presence_penalty),
-        "frequency_penalty": bool(payload.frequency_penalty),
         "logit_bias": bool(payload.logit_bias),
     }
     for param, refused in refusals.items():

@@ -1,5 +1,8 @@
 """`/tokenize`, `/detokenize`, `/tokenizer_info`: the served model's tokenizer, remotely.
 
+`/tokenize` takes a text `prompt` or a conversation (`messages`, as vLLM's does: the
+Telegram bot counts a conversation's tokens with it).
+
 Evaluation harnesses tokenize requests themselves and send token ids (lm-eval's
 `tokenizer_backend=remote` reads these three endpoints, as vLLM serves them), so their
 token counts, context windows and log-likelihood spans are the model's own.
@@ -11,30 +14,48 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fst.serving.chat_schemas import ChatMessage
 from fst.serving.dependencies import StateDep, require_api_key
 from fst.serving.errors import APIError
 from fst.serving.generation import refuse_unencodable_text
+from fst.serving.routes.chat import tokenize_conversation
+from fst.serving.routes.completions import _check_model
 
 router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
 
 
 class TokenizeRequest(BaseModel):
-    prompt: str = Field(description="Text to tokenize.")
+    """vLLM's /tokenize: a text `prompt`, or a conversation (`messages`, rendered as a chat
+    request renders it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = Field(None, description="Text to tokenize.")
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, description="A conversation, with the assistant's turn opened."
+    )
     add_special_tokens: bool = Field(
         True,
-        description="true: the ids /v1/completions feeds the model for this text prompt "
-        "(the model's BOS or document tokens added; special tokens written in the text stay "
-        "text); false: the text's own tokens, special tokens written in it as their ids (as "
-        "a Hugging Face tokenizer encodes, and as lm-eval expects).",
+        description="For `prompt`: true: the ids /v1/completions feeds the model for this "
+        "text (the model's BOS or document tokens added; special tokens written in the text "
+        "stay text); false: the text's own tokens, special tokens written in it as their ids "
+        "(as a Hugging Face tokenizer encodes, and as lm-eval expects).",
     )
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either `prompt` (text) or `messages` (a conversation)")
+        return self
 
 
 class TokenizeResponse(BaseModel):
+    count: int = Field(description="How many tokens.")
+    max_model_len: int = Field(description="The model's context, in tokens.")
     tokens: list[int]
-    count: int
-    max_model_len: int
 
 
 class DetokenizeRequest(BaseModel):
@@ -53,15 +74,16 @@ class TokenizerInfo(BaseModel):
     model_max_length: int
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, summary="Text to token ids")
+@router.post("/tokenize", response_model=TokenizeResponse, summary="Text or a conversation to ids")
 async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeResponse:
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
+    _check_model(payload.model, state.model_name)
+    if payload.messages is not None:
+        ids, context = await tokenize_conversation(payload.messages, state)
+        return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=context)
     tokenizer = _tokenizer(generator)
-    if payload.add_special_tokens:
-        encode = generator.encode_prompt
-    else:
-        encode = tokenizer.encode_text_with_special_tokens
+    encode = generator.encode_prompt if payload.add_special_tokens else tokenizer.encode_markup
     try:
         ids = await asyncio.to_thread(encode, payload.prompt)
     except ValueError as exc:
