@@ -19,8 +19,6 @@ from fst.runtime.sampling import SequenceSampler
 from fst.serving.metrics import ServingMetrics
 from fst.serving.scheduler import Scheduler
 
-pytestmark = pytest.mark.timeout(120)
-
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=8, ignore_eos=True)
 SAMPLED = GenerationParams(temperature=1.3, top_k=0, max_new_tokens=8, seed=3, ignore_eos=True)
 BAD_SAMPLING_SEED = 666  # a row with this seed raises in its sampler

@@ -17,8 +17,6 @@ from fst.core.generation_params import MAX_TEMPERATURE, MIN_REPETITION_PENALTY
 from fst.serving.app import create_app
 from fst.serving.settings import ServingSettings
 
-pytestmark = pytest.mark.timeout(60)
-
 EXTREME = [
     ("temperature", 1e-300),  # 0 in float32: logits / 0
     ("temperature", 1e-45),  # subnormal in float32
