@@ -156,3 +156,19 @@ def test_a_symlink_loop_is_refused_before_any_work(tmp_path) -> None:
     loop.symlink_to(loop)
     with pytest.raises(bundle_writer.OutputExistsError, match="loops"):
         bundle_writer.check_output(loop, force=True)
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EFBIG"])
+def test_no_room_for_the_bundle_is_one_line(tmp_path, monkeypatch, capsys, code) -> None:
+    import errno
+
+    from fst.export import cli, exporter
+
+    def no_room(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(exporter, "export_bundle", no_room)
+    output = tmp_path / "bundle"
+    assert cli.main(["--model_path", str(tmp_path), "--output", str(output), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disk is full" in err and "unexpected" not in err
