@@ -18,7 +18,9 @@ what an operator or an unlucky day would do and records what it saw, one row per
 - killed export: SIGKILL mid-export, then the next export leaves no staging folder;
 - killed training: SIGKILL mid-training: workers gone at once, checkpoint loadable, resume;
 - faulty Bot API: the bot, against a fake Bot API answering 5xx / HTML / dropped
-  connections and the real fst-serve, still delivers every reply.
+  connections and the real fst-serve, still delivers every reply;
+- extreme parameters, poisoned batch, mass cancellation, bundle swapped while serving,
+  symlinked outputs, disk full (RLIMIT_FSIZE), huge document: see reliability_probes.py.
 
 Writes benchmarks/results/reliability.{json,md} (the long soak: reliability-soak.{json,md,png}).
 Exit status 0 when every probe passed, 1 otherwise. Figures were taken on a shared 2-core
@@ -49,6 +51,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import reliability_probes as probes  # noqa: E402
 from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT  # noqa: E402
 from reliability_harness import (  # noqa: E402
     PROMPT,
@@ -563,8 +566,22 @@ def run_probes(args: argparse.Namespace, hf: Path, bundle: Path, work: Path) -> 
             bad_http(report, server)
         with probe(report, "faulty Bot API"):
             faulty_bot(report, server, work, messages=6 if quick else 12)
+        with probe(report, "extreme parameters"):
+            probes.extreme_parameters(report, server)
+        with probe(report, "poisoned batch"):
+            probes.poisoned_batch(report, server)
+        with probe(report, "mass cancellation"):
+            probes.mass_cancellation(report, server, streams=12 if quick else 16)
     finally:
         server.stop()
+    with probe(report, "bundle swapped"):
+        probes.bundle_swapped(report, bundle, work)
+    with probe(report, "symlinked output"):
+        probes.symlinked_outputs(report, hf, work, quick)
+    with probe(report, "disk full"):
+        probes.disk_full(report, hf, work)
+    with probe(report, "huge document"):
+        probes.huge_document(report, work, megabytes=5 if quick else 20, train_args=TINY_TRAIN)
     with probe(report, "signals"):
         sigterm_with_live_streams(report, bundle, streams=4 if quick else 8)
     with probe(report, "corrupt bundle"):
