@@ -1,8 +1,8 @@
 """Reliability: a bounded chaos run of fst-serve, fst-generate, fst-export, fst-train and
 fst-telegram, on 127.0.0.1 only.
 
-    python benchmarks/reliability.py                     # every probe, <= 10 min on 2 cores
-    python benchmarks/reliability.py --quick             # <= 2 min: smaller, no kill probes
+    python benchmarks/reliability.py                     # every probe, ~15 min on 2 cores
+    python benchmarks/reliability.py --quick             # ~3 min: smaller, no kill probes
     python benchmarks/reliability.py --soak-minutes 30   # the long soak alone, with a PNG
 
 A tiny GPT-2 is built from its config (random weights, nothing downloaded) and exported once
@@ -616,7 +616,7 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="<= 2 min: smaller, no kill probes")
+    parser.add_argument("--quick", action="store_true", help="~3 min: smaller, no kill probes")
     parser.add_argument(
         "--soak-minutes", type=float, default=None, help="only the long soak, this long"
     )
