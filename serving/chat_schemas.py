@@ -4,7 +4,8 @@ Same field names, defaults and shapes as OpenAI's chat completions API, so its P
 parses our answers. Messages are text: a string, or a list of text parts, which are joined
 with newlines before the chat template sees them (as vLLM does for string templates).
 `top_k`, `repetition_penalty`, `min_tokens` and `ignore_eos` are extras, as in
-/v1/completions. Unknown fields are ignored (as OpenAI-style servers do).
+/v1/completions. Unknown fields are ignored (as OpenAI-style servers do). Types are strict,
+as OpenAI's: `"max_tokens": "4"`, `true` for a number or `"yes"` for a boolean is a 400.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fst.core.generation_params import (
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+)
 from fst.serving.openai_schemas import StreamOptions, Usage
 
 
@@ -59,6 +66,7 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -89,7 +97,11 @@ class ChatCompletionRequest(BaseModel):
         None, ge=1, description="Deprecated name of max_completion_tokens (used if that is unset)."
     )
     temperature: float | None = Field(
-        1.0, ge=0.0, description="Sampling temperature; 0 means greedy."
+        1.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"Sampling temperature: 0 means greedy, otherwise in "
+        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
     )
     top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int | None = Field(1, ge=1, description="Choices to generate.")
@@ -118,7 +130,10 @@ class ChatCompletionRequest(BaseModel):
     # Extras beyond OpenAI's API.
     top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
     repetition_penalty: float | None = Field(
-        1.0, gt=0.0, description="Extra: penalty for repeated tokens (CTRL-style); 1 is off."
+        1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
     )
     min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
     ignore_eos: bool | None = Field(
