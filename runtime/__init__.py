@@ -4,6 +4,7 @@ Imports only numpy, onnxruntime, tokenizers and fst's torch-free modules.
 """
 
 from fst.core.generation_params import GenerationParams
+from fst.runtime.constraints import Constraint, ConstraintError
 from fst.runtime.decode_batch import DecodeBatch, Row, StepEvent
 from fst.runtime.generator import Generator
 from fst.runtime.prompts import BatchLimits
@@ -12,6 +13,8 @@ from fst.runtime.requests import Completion, GenerationRequest, Prompt
 __all__ = [
     "BatchLimits",
     "Completion",
+    "Constraint",
+    "ConstraintError",
     "DecodeBatch",
     "GenerationParams",
     "GenerationRequest",

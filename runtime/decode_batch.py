@@ -18,6 +18,11 @@ generator and repetition history), detokenises incrementally, applies stop strin
 the length limit, and returns the text that became final plus the rows that ended. A
 sample therefore depends on its prompt, params and seed only, never on its neighbours.
 
+A request with a `constraint` (structured output) gets one grammar matcher per row,
+compiled once for the request when it is added: the sampler masks what the grammar does not
+allow, and the row ends with "stop" once the text is complete, or with "grammar_dead_end"
+if the grammar ever allows no token (its neighbours go on).
+
 The model runs lazily: `step` first feeds the previous step's tokens (dropping finished
 rows once a quarter of the batch has finished, as copying the cache costs about as much as
 a few decode steps of those rows), then samples. So the text of a step is returned as soon
@@ -33,6 +38,7 @@ import numpy as np
 
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
+from fst.runtime.constraints import Constraint, GrammarMasks
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
@@ -50,7 +56,8 @@ class Row:
     Read-only for callers: `request`, `tag` (whatever the caller passed to `add`), `index`
     (which of the request's samples), `prompt_tokens`, `token_ids` (generated so far, the
     EOS included when one ended it), `text` (final text so far, cut before a stop string)
-    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled").
+    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled" |
+    "grammar_dead_end").
     """
 
     __slots__ = ("request", "tag", "index", "prompt_tokens", "token_ids", "finish_reason")
@@ -100,13 +107,20 @@ class Row:
         self.token_ids.append(token)
         self._sampler.observe(token)
         piece = self._stream.push(token)
-        if self._stream.stopped or (token in self._eos and not params.ignore_eos):
+        grammar = self._sampler.grammar
+        complete = grammar is not None and grammar.stopped  # the constrained text is done
+        if self._stream.stopped or (token in self._eos and not params.ignore_eos) or complete:
             self.finish_reason = "stop"
         elif len(self.token_ids) >= params.max_new_tokens:
             self.finish_reason = "length"
         if self.finish_reason is not None:
             piece += self._stream.finish()
         return piece
+
+    def _dead_end(self) -> str:
+        """The grammar allows no next token: end this row (and only it)."""
+        self.finish_reason = "grammar_dead_end"
+        return self._stream.finish()
 
     def _cancel(self) -> None:
         self.finish_reason = "cancelled"
@@ -143,6 +157,7 @@ class DecodeBatch:
         self._pad_id = tokenizer.pad_token_id
         self._end_ids = limits.end_token_ids
         self._vocab_size = stepper.vocab_size
+        self._grammar_masks: GrammarMasks | None = None  # built by the first constraint
         self._rows: list[Row] = []  # the sequence in each row of the cache
         self._cache: Any = None  # the stepper's cache
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
@@ -207,19 +222,37 @@ class DecodeBatch:
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
         if not isinstance(getattr(request, "params", None), GenerationParams):
             raise ValueError(f"request {i}: params must be GenerationParams")
+        constraint = getattr(request, "constraint", None)
+        if constraint is not None and not isinstance(constraint, Constraint):
+            raise ValueError(f"request {i}: constraint must be a Constraint or None")
         return self._encode_request(request)
+
+    def _grammars(self, request: GenerationRequest) -> list[Any]:
+        """One matcher per sample of a constrained request (None each otherwise)."""
+        n = request.params.num_return_sequences
+        constraint = getattr(request, "constraint", None)
+        if constraint is None:
+            return [None] * n
+        if self._grammar_masks is None:
+            self._grammar_masks = GrammarMasks(
+                self._tokenizer.to_json(), self._vocab_size, self._end_ids
+            )
+        return self._grammar_masks.rows(constraint, n)
 
     def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:
         params = request.params
         seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
         eos = list(self._end_ids)
+        grammars = self._grammars(request)
         return [
             Row(
                 request,
                 tag,
                 k,
                 ids,
-                SequenceSampler(params, ids, eos, sequence_rng(seed, k), self._vocab_size),
+                SequenceSampler(
+                    params, ids, eos, sequence_rng(seed, k), self._vocab_size, grammars[k]
+                ),
                 TextStream(self._tokenizer.decode, params.stop),
                 frozenset(self._end_ids),
             )
@@ -245,7 +278,11 @@ class DecodeBatch:
         for i, row in enumerate(self._rows):
             if row.finish_reason is not None:
                 continue
-            tokens[i] = token = row._sampler.choose(self._logits[i], len(row.token_ids))
+            token = row._sampler.choose(self._logits[i], len(row.token_ids))
+            if token is None:
+                events.append(StepEvent(row, row._dead_end(), True))
+                continue
+            tokens[i] = token
             piece = row._advance(token)
             if row.finish_reason is None:
                 live += 1

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
+from fst.runtime.constraints import Constraint
 
 # A string, a Document, or a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts).
 Prompt = Union[str, Document, Mapping[str, Any]]
@@ -18,6 +19,7 @@ Prompt = Union[str, Document, Mapping[str, Any]]
 class GenerationRequest:
     prompt: Prompt
     params: GenerationParams
+    constraint: Constraint | None = None  # structured output: what the text must match
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Completion:
     prompt: Prompt
     text: str
     token_ids: list[int]  # generated ids only
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
+    # "stop" (EOS, a stop string, or the constraint's text complete) | "length" | "cancelled"
+    # | "grammar_dead_end" (the constraint allowed no next token)
+    finish_reason: str
     prompt_tokens: int
     index: int  # which of this prompt's samples
