@@ -15,7 +15,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from fst.core.generation_params import GenerationParams
-from fst.runtime import GenerationRequest
+from fst.runtime import Constraint, GenerationRequest
 from fst.serving.errors import APIError
 from fst.serving.jobs import (
     GenerationTimeoutError,
@@ -122,9 +122,14 @@ async def check_fits_context(
             )
 
 
-def submit(state: ServingState, prompts: Sequence[Any], params: GenerationParams) -> Job:
+def submit(
+    state: ServingState,
+    prompts: Sequence[Any],
+    params: GenerationParams,
+    constraint: Constraint | None = None,
+) -> Job:
     _, scheduler = state.require_ready()
-    requests = [GenerationRequest(prompt=p, params=params) for p in prompts]
+    requests = [GenerationRequest(p, params, constraint) for p in prompts]
     try:
         return scheduler.submit(requests, timeout_s=state.settings.request_timeout_s)
     except QueueFullError as exc:

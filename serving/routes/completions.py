@@ -42,6 +42,7 @@ from fst.serving.openai_schemas import (
     Usage,
 )
 from fst.serving.state import ServingState
+from fst.serving.structured import request_constraint
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,12 @@ _NAMES = {
     "num_return_sequences": "n",
     "min_new_tokens": "min_tokens",
 }
-_FINISH = {"stop": "stop", "length": "length"}
+_FINISH = {"stop": "stop", "length": "length", "grammar_dead_end": "grammar_dead_end"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "A parameter out of range or unsupported, or a prompt beyond the context",
+        400: "A parameter out of range or unsupported, a prompt beyond the context, or a "
+        "schema, regex or grammar that does not compile",
         401: "Missing or wrong API key (when the server has one)",
         404: "Unknown model",
         429: "Queue full; retry after the Retry-After header's seconds",
@@ -119,11 +121,14 @@ async def get_model(model_id: str, state: StateDep) -> ModelCard:
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 async def create_completion(payload: CompletionRequest, request: Request, state: StateDep) -> Any:
-    """Continue one prompt or several; `stream: true` for server-sent events."""
+    """Continue one prompt or several; `stream: true` for server-sent events.
+
+    `response_format` (or `guided_regex` / `guided_grammar`) constrains every choice."""
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
     _check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)
+    constraint = await request_constraint(payload)
     texts = [payload.prompt] if isinstance(payload.prompt, str) else list(payload.prompt)
     n = _or(payload.n, 1)
     max_tokens = _or(payload.max_tokens, 16)
@@ -147,7 +152,7 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
     prompts = [make_prompt(text, payload.meta, generator) for text in texts]
     await check_fits_context(generator, prompts, max_tokens, "max_tokens")
     logger.debug("completion prompts=%r", [t[:200] for t in texts])
-    job = submit(state, prompts, params)
+    job = submit(state, prompts, params, constraint)
     head = _Head(
         id=f"cmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
