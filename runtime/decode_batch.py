@@ -234,9 +234,7 @@ class DecodeBatch:
         if constraint is None:
             return [None] * n
         if self._grammar_masks is None:
-            self._grammar_masks = GrammarMasks(
-                self._tokenizer.to_json(), self._vocab_size, self._end_ids
-            )
+            self._grammar_masks = GrammarMasks(self._tokenizer, self._vocab_size, self._end_ids)
         return self._grammar_masks.rows(constraint, n)
 
     def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:

@@ -260,3 +260,27 @@ def test_text_response_format_is_no_constraint(client: TestClient) -> None:
         "/v1/completions", json={**body, "response_format": {"type": "text"}}
     ).json()["choices"]
     assert plain == text
+
+
+def test_the_mask_is_llguidance_bitmask_with_eos_exactly_when_accepting(
+    generator: Generator,
+) -> None:
+    """RowGrammar.mask against the bitmask llguidance computes itself, step by step."""
+    from fst.runtime.constraints import GrammarMasks
+
+    tokenizer = generator.tokenizer
+    vocab = generator.stepper.vocab_size
+    eos = tokenizer.eos_token_id
+    masks = GrammarMasks(tokenizer, vocab, [eos])
+    (grammar,) = masks.rows(Constraint.regex(r"ab?"), 1)
+    reference = grammar._matcher.deep_copy()
+    for text in ["a", "b"]:
+        row = np.zeros(vocab, dtype=np.float32)
+        assert grammar.mask(row)
+        bits = np.frombuffer(reference.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, count=vocab, bitorder="little").astype(bool)
+        allowed[eos] = reference.is_accepting()
+        np.testing.assert_array_equal(row > -np.inf, allowed)
+        (token,) = tokenizer.encode_text(text)
+        assert grammar.consume(token) and reference.consume_token(token)
+    assert reference.is_accepting() and grammar.stopped
