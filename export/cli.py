@@ -43,7 +43,9 @@ class ExportArgs:
     model_path: str | None = option(
         None,
         group=_SOURCE,
-        help="Hugging Face model folder or hub name (plain LM, no document special tokens)",
+        help="Hugging Face model folder or hub name, or a GGUF file (or a folder holding one; "
+        "weights dequantized to fp32) of a supported family (plain LM, no document special "
+        "tokens)",
     )
     output: Path = option(group=_SOURCE, help="bundle folder to create")
     optimize: bool = option(
@@ -159,10 +161,14 @@ def _run(args: ExportArgs) -> int:
         )
         return 1
     parity = manifest.parity
+    origin = (
+        f" (weights dequantized from {manifest.source_format})" if manifest.source_format else ""
+    )
+    chat = f", chat template from {manifest.chat.template_source}" if manifest.chat else ""
     print(
-        f"{args.output}: {manifest.graph.variant} bundle, logits={manifest.graph.logits}, "
+        f"{args.output}: {manifest.graph.variant} bundle{origin}, logits={manifest.graph.logits}, "
         f"parity max |diff| {parity.max_abs_diff:.3g}, top-1 agreement "
-        f"{parity.top1_agreement:.3f}"
+        f"{parity.top1_agreement:.3f}{chat}"
     )
     return 0
 

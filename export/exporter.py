@@ -427,4 +427,7 @@ def _manifest(
         files=digests,
         sizes=file_sizes(folder, list(digests)),
         parity=parity,
+        generation_defaults=source.generation_defaults,
+        chat=source.chat,
+        source_format=source.source_format,
     )

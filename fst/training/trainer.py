@@ -54,6 +54,7 @@ from fst.training.lightning_module import (
     library_versions,
 )
 from fst.training.model import PRESETS, ModelError, build_model, check_model_path
+from fst.training.quiet import quiet_lightning
 from fst.training.sequence_ul import SequenceULConfig, SequenceULDocumentLM
 
 logger = logging.getLogger("fst.train")
@@ -263,6 +264,7 @@ def trainer_devices(args: TrainArgs) -> dict:
 
 
 def _trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
+    quiet_lightning()
     return pl.Trainer(
         **trainer_devices(args),
         strategy=args.strategy,
@@ -310,7 +312,9 @@ class SaveLast(pl.Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         self._saved_step = trainer.global_step
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank zero writes
+        trainer.save_checkpoint(
+            tmp, weights_only=False
+        )  # full state (resume); every rank calls it; rank zero writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier()
@@ -330,7 +334,7 @@ class SaveOnException(pl.Callback):
         if trainer.global_step == 0:
             return  # nothing trained yet (e.g. a setup error): nothing worth resuming
         try:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
         except Exception:  # never hide the original error behind this one
             logger.warning("Could not save %s", self.path, exc_info=True)
             return
