@@ -284,3 +284,38 @@ def test_the_mask_is_llguidance_bitmask_with_eos_exactly_when_accepting(
         (token,) = tokenizer.encode_text(text)
         assert grammar.consume(token) and reference.consume_token(token)
     assert reference.is_accepting() and grammar.stopped
+
+
+# ---- the real model (slow) ----------------------------------------------------------------
+
+CAPITAL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "capital": {"type": "string", "maxLength": 40},
+        "population": {"type": "integer", "minimum": 0},
+    },
+    "required": ["capital", "population"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_smollm2_answers_a_schema_with_a_valid_object_naming_paris(smollm2_bundle) -> None:
+    from test_real_model import chat_token_ids
+
+    bundle = smollm2_bundle("fp32")
+    generator = Generator.from_bundle(bundle)
+    question = "Give me a JSON object with the capital and population of France."
+    prompt = chat_token_ids(bundle, [{"role": "user", "content": question}])
+    batch = generator.new_batch()
+    batch._encode_request = lambda request: list(request.prompt)  # token-id prompt
+    params = GenerationParams(max_new_tokens=60, temperature=0.0)
+    (rows,) = batch.add([GenerationRequest(prompt, params, Constraint.json_schema(CAPITAL_SCHEMA))])
+    while batch.num_live:
+        batch.step()
+    completion = rows[0].completion()
+    assert completion.finish_reason == "stop", completion
+    answer = json.loads(completion.text)
+    jsonschema.validate(answer, CAPITAL_SCHEMA)
+    assert "Paris" in answer["capital"], answer
