@@ -1,5 +1,5 @@
-"""fst-export: a training checkpoint or a Hugging Face model (GPT-2, Llama, Qwen2/3, Mistral)
-→ a verified ONNX bundle.
+"""fst-export: a training checkpoint or a Hugging Face model (GPT-2, Llama, Qwen2/3, Mistral;
+a folder, a hub name or a GGUF file) → a verified ONNX bundle.
 
 Exit codes: 0 written, 2 bad input or failed verification (one line on stderr, no bundle
 left behind), 1 unexpected error. Details and tracebacks go to the log file.
@@ -25,7 +25,8 @@ from fst.core.cli_settings import fail, option, parse_settings
 PROG = "fst-export"
 DESCRIPTION = (
     "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2, Llama, Qwen2, Qwen3 "
-    "or Mistral model (--model_path) to an ONNX bundle with KV cache: model.onnx, "
+    "or Mistral model (--model_path: a folder, a hub name or a llama.cpp GGUF file) to an ONNX "
+    "bundle with KV cache: model.onnx, "
     "tokenizer.json and fst_bundle.json. The bundle is checked against PyTorch before it is "
     "written."
 )

@@ -8,7 +8,6 @@ defaults (fst.export.chat_info). Every failure is a `SourceError` with a one-lin
 
 from __future__ import annotations
 
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,17 +143,15 @@ def _from_gguf(model_path: str) -> ExportSource:
         check_supported(config)
     except UnsupportedModelError as e:
         raise SourceError(f"{model_path}: {e}") from e
-    with tempfile.TemporaryDirectory(prefix="fst-gguf-") as folder:
+    with loaded.as_folder() as folder:
         try:
-            loaded.tokenizer.save_pretrained(folder)
-            model.generation_config.save_pretrained(folder)
             tokenizer = DocumentTokenizer.from_pretrained(
                 folder, document_format=False, max_body_len=int(config.max_position_embeddings)
             )
         except Exception as e:
             raise SourceError(f"{model_path}: cannot load the tokenizer ({_first_line(e)})") from e
-        chat = read_chat_info(Path(folder), _vocabulary(tokenizer), template_source="the GGUF file")
-        defaults = read_generation_defaults(Path(folder))
+        chat = read_chat_info(folder, _vocabulary(tokenizer), template_source="the GGUF file")
+        defaults = read_generation_defaults(folder)
     _check(model, tokenizer, model_path)
     return ExportSource(
         model=model,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,21 @@ class GGUFModel:
     def source_format(self) -> str:
         """What the manifest records: 'GGUF Q4_1'."""
         return f"GGUF {self.weight_type}"
+
+    def as_folder(self) -> contextlib.AbstractContextManager[Path]:
+        """A temporary Hugging Face folder of the tokenizer files (tokenizer.json,
+        tokenizer_config.json, the chat template) and generation_config.json, so that
+        the tokenizer and chat template are read as from any model folder."""
+        return _saved(self.tokenizer, self.model.generation_config)
+
+
+@contextlib.contextmanager
+def _saved(*parts: Any) -> Iterator[Path]:
+    """`save_pretrained` of each part into one temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="fst-gguf-") as folder:
+        for part in parts:
+            part.save_pretrained(folder)
+        yield Path(folder)
 
 
 def find_gguf(model_path: str | Path) -> Path | None:
@@ -89,8 +106,9 @@ def _weight_type(reader: Any) -> str:
     return matrices.most_common(1)[0][0] if matrices else "unknown"
 
 
-def load_gguf(model_path: str | Path) -> GGUFModel:
-    """The model (fp32, eval mode) and tokenizer of a GGUF file or a folder holding one."""
+def load_gguf(model_path: str | Path, overrides: dict[str, Any] | None = None) -> GGUFModel:
+    """The model (fp32, eval mode) and tokenizer of a GGUF file or a folder holding one;
+    `overrides` are config settings (fst-train's --model_overrides)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = find_gguf(model_path)
@@ -114,16 +132,34 @@ def load_gguf(model_path: str | Path) -> GGUFModel:
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
     except Exception as e:
         raise GGUFError(f"{path}: cannot load the weights ({_first_line(e)})") from e
-    model = _plain_copy(loaded, config)
+    model = _plain_copy(loaded, config, overrides or {}, path)
     log.info("%s: %s model, weights dequantized from %s", path, architecture, weight_type)
     return GGUFModel(model.eval(), tokenizer, weight_type, architecture, path)
 
 
-def _plain_copy(loaded: Any, config: Any) -> Any:
+def gguf_tokenizer(model_path: str | Path, **settings: Any) -> Any:
+    """The GGUF file's tokenizer as fst's `DocumentTokenizer` (fst-train's own tokenizer
+    for a GGUF model: the EOS and BOS it declares, as for a Hugging Face folder)."""
+    from transformers import AutoTokenizer
+
+    from fst.core.tokenization import DocumentTokenizer
+
+    path = find_gguf(model_path)
+    if path is None:
+        raise GGUFError(f"{model_path}: not a .gguf file or a folder holding one")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise GGUFError(f"{path}: cannot read the tokenizer ({_first_line(e)})") from e
+    with _saved(tokenizer) as folder:
+        return DocumentTokenizer.from_pretrained(folder, **settings)
+
+
+def _plain_copy(loaded: Any, config: Any, overrides: dict[str, Any], path: Path) -> Any:
     """The same weights in a model built from a config without `quantization_config`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    settings = loaded.config.to_dict()
+    settings = {**loaded.config.to_dict(), **overrides}
     settings.pop("quantization_config", None)
     model_type = settings.pop("model_type", config.model_type)
     plain = AutoConfig.for_model(model_type, **settings)
@@ -133,7 +169,8 @@ def _plain_copy(loaded: Any, config: Any) -> Any:
     missing = [k for k in missing if not (plain.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise GGUFError(
-            f"weights do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{path}: weights do not match the config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
         )
     model.tie_weights()
     model.generation_config = loaded.generation_config

@@ -48,6 +48,7 @@ from fst.training.experiment import (
     experiment_logging,
     open_experiment,
 )
+from fst.training.gguf_import import find_gguf, gguf_tokenizer
 from fst.training.lightning_module import (
     DocumentLM,
     SampleWriter,
@@ -483,8 +484,10 @@ def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> Documen
         logger.info("Training a byte-level BPE (vocab %d) on %s", args.bpe_vocab_size, train_file)
         return DocumentTokenizer.train_bpe([train_file], vocab_size=args.bpe_vocab_size, **settings)
     try:
+        if source == args.model_path and find_gguf(source) is not None:
+            return gguf_tokenizer(source, **settings)
         return DocumentTokenizer.from_pretrained(source, **settings)
-    except ValueError as e:
+    except ValueError as e:  # GGUFError too
         raise ArgsError(f"tokenizer: {e}") from e
 
 
