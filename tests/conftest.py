@@ -280,3 +280,56 @@ def smollm2_bundle(tmp_path_factory, smollm2_gguf):
         return made[variant]
 
     return get
+
+
+# ---- chat (a ChatML model: fst.runtime.chat, /v1/chat/completions, fst-chat) ------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml_model_dir(tmp_path_factory, gpt2_bpe_dir) -> Path:
+    """A Hugging Face folder of a tiny random GPT-2 whose tokenizer has ChatML's special
+    tokens (`<|im_start|>`, `<|im_end|>`) and whose tokenizer_config.json has a ChatML
+    chat_template, as an instruct model from the hub. Session-scoped: treat as read-only."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from fst.core.chat_template import CHATML_TEMPLATE
+
+    folder = tmp_path_factory.mktemp("tiny_chatml_model")
+    tokenizer = GPT2TokenizerFast(
+        vocab=str(gpt2_bpe_dir / "vocab.json"), merges=str(gpt2_bpe_dir / "merges.txt")
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(1)
+    config = GPT2Config(**TINY_GPT2_CONFIG, vocab_size=len(tokenizer))
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml_bundle(tmp_path_factory, tiny_chatml_model_dir) -> Path:
+    """tiny_chatml_model_dir exported (fp32) with a chat section in its manifest: the
+    template, and `<|im_end|>` and EOS as the tokens that end a turn. Written here when
+    the exporter does not fill it from tokenizer_config.json."""
+    import tokenizers
+
+    from fst.core.bundle import ChatInfo, check_bundle
+    from fst.core.chat_template import CHATML_TEMPLATE
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_chatml_bundle") / "bundle"
+    manifest = export_bundle(output, model_path=str(tiny_chatml_model_dir), progress=False)
+    if manifest.chat is None:
+        raw = tokenizers.Tokenizer.from_file(str(output / manifest.tokenizer.file))
+        stop = [raw.token_to_id("<|im_end|>"), manifest.tokenizer.eos_token_id]
+        chat = ChatInfo(
+            template=CHATML_TEMPLATE,
+            template_source="tokenizer_config.json",
+            special_tokens={"eos_token": "<|endoftext|>"},
+            stop_token_ids=[t for t in stop if t is not None],
+        )
+        manifest.model_copy(update={"chat": chat}).save(output)
+    assert check_bundle(output).chat is not None
+    return output

@@ -142,6 +142,7 @@ class DocumentTokenizer:
             self.end_of_meta_id = tokenizer.token_to_id(END_OF_META)
         added = tokenizer.get_added_tokens_decoder()
         self._vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(added) + 1)
+        self._markup_tokenizer: tokenizers.Tokenizer | None = None  # see encode_markup
 
     # ---- construction -------------------------------------------------------------------
 
@@ -276,6 +277,16 @@ class DocumentTokenizer:
     def encode_text(self, text: str) -> list[int]:
         """Plain tokenization: no control tokens, no EOS."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_markup(self, text: str) -> list[int]:
+        """Text written by a chat template: special-token strings in it (`<|im_end|>`) are
+        those tokens, as `apply_chat_template(..., tokenize=True)` encodes them; no BOS or
+        EOS is added. (`encode_text` reads them as plain characters.)"""
+        if self._markup_tokenizer is None:  # a copy: the shared one's flag stays as it is
+            markup = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
+            markup.encode_special_tokens = False
+            self._markup_tokenizer = markup
+        return self._markup_tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_for_train(self, doc: Document, rng: random.Random | None = None) -> list[Encoding]:
         """One document → one or more training sequences (see the module docstring)."""
