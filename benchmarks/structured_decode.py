@@ -7,8 +7,11 @@ without a constraint (A) and with `Constraint.json_schema(SCHEMA)` (B), at batch
 batch 8 (one request, n = 8), with the default sampling settings. A step's time is one
 `DecodeBatch.step()` (the model's decode of the previous tokens + sampling every row, the
 mask and matcher included for B), counted only while every row is still decoding, so
-rows that finish early never flatter a side. Also reported: `add` (prefill + the
-request's grammar compile for B). The one-off per-model set-up of the grammar engine is
+rows that finish early never flatter a side. The step is also split (the runtime's
+`on_model_call` hook) into the model's run and the rest, sampling: on a shared machine
+the model's time swings with other jobs, while the sampling difference per row is the
+constraint's own cost. Also reported: `add` (prefill + the request's grammar compile
+for B). The one-off per-model set-up of the grammar engine is
 done before timing and reported alone.
 
 Results: benchmarks/results/structured-output-decode.{md,json}.
@@ -34,18 +37,23 @@ PROMPT = "Return the record of one person as JSON:"
 
 
 def one_run(generator: Generator, constraint: Constraint | None, n: int, tokens: int, seed: int):
+    """(add seconds, [(step seconds, the model's seconds in it)] while all n rows decode)."""
     params = GenerationParams(max_new_tokens=tokens, num_return_sequences=n, seed=seed)
     batch = generator.new_batch()
+    model: list[float] = []
+    generator.on_model_call = lambda kind, size, start, end: model.append(end - start)
     t0 = time.perf_counter()
     batch.add([GenerationRequest(PROMPT, params, constraint)])
     add_s = time.perf_counter() - t0
     steps = []
     while batch.num_live:
         full = batch.num_live == n
+        model.clear()
         t0 = time.perf_counter()
         batch.step()
         if full:
-            steps.append(time.perf_counter() - t0)
+            steps.append((time.perf_counter() - t0, sum(model)))
+    generator.on_model_call = None
     return add_s, steps
 
 
@@ -63,19 +71,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sides = [("A", None), ("B", constraint)]
             for name, side in sides if r % 2 == 0 else sides[::-1]:
                 add_s, steps = one_run(generator, side, n, args.tokens, seed=r)
-                cell = data.setdefault(f"{name}{n}", {"add": [], "step": []})
+                cell = data.setdefault(f"{name}{n}", {"add": [], "step": [], "sample": []})
                 cell["add"].append(add_s)
-                cell["step"] += steps
+                cell["step"] += [step for step, _ in steps[1:]]  # the first has no model run
+                cell["sample"] += [step - run for step, run in steps[1:]]
     rows = []
     for n in args.batch:
         a, b = data[f"A{n}"], data[f"B{n}"]
         step_a, step_b = statistics.median(a["step"]), statistics.median(b["step"])
+        sample_a, sample_b = statistics.median(a["sample"]), statistics.median(b["sample"])
         rows.append(
             {
                 "batch": n,
                 "step_ms_free": step_a * 1e3,
                 "step_ms_constrained": step_b * 1e3,
                 "slowdown_pct": (step_b / step_a - 1) * 100,
+                "sample_ms_free": sample_a * 1e3,
+                "sample_ms_constrained": sample_b * 1e3,
+                "constraint_us_per_row": (sample_b - sample_a) / n * 1e6,
                 "steps_counted": [len(a["step"]), len(b["step"])],
                 "add_ms_free": statistics.median(a["add"]) * 1e3,
                 "add_ms_constrained": statistics.median(b["add"]) * 1e3,
@@ -114,16 +127,22 @@ def markdown(report: dict[str, Any]) -> str:
         "`DecodeBatch.step()` while every row decodes (median); add = prefill (+ B's "
         "grammar compile).",
         "",
-        "| batch | step ms A | step ms B | slowdown | steps (A, B) | add ms A | add ms B |",
-        "|---:|---:|---:|---:|---|---:|---:|",
+        "| batch | step ms A | step ms B | slowdown | sampling ms A | sampling ms B "
+        "| constraint µs/row | steps (A, B) | add ms A | add ms B |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['batch']} | {fmt(r['step_ms_free'], 2)} | {fmt(r['step_ms_constrained'], 2)} "
-            f"| {r['slowdown_pct']:+.1f}% | {r['steps_counted']} | {fmt(r['add_ms_free'], 1)} "
+            f"| {r['slowdown_pct']:+.1f}% | {fmt(r['sample_ms_free'], 3)} "
+            f"| {fmt(r['sample_ms_constrained'], 3)} | {fmt(r['constraint_us_per_row'], 0)} "
+            f"| {r['steps_counted']} | {fmt(r['add_ms_free'], 1)} "
             f"| {fmt(r['add_ms_constrained'], 1)} |"
         )
     lines += [
+        "",
+        "sampling = step − the model's run: the sampler, detokenising and stop checks of "
+        "every row; constraint µs/row = (sampling B − sampling A) / batch.",
         "",
         f"One-off per model (first constrained request): {report['engine_setup_ms']:.0f} ms "
         "(llguidance's tokenizer trie).",
