@@ -161,3 +161,43 @@ def test_tool_choice_and_response_format_together_are_a_400(client: TestClient) 
               "response_format": {"type": "json_object"}},
     )  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+
+
+# ---- the real model (slow) ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_smollm2_calls_the_weather_tool_for_paris(smollm2_bundle) -> None:
+    """SmolLM2's template ignores tools: the generic prompt describes them, and the named
+    function's constraint makes the call parse; the model fills in the city."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    settings = ServingSettings(bundle=smollm2_bundle("fp32"), model_name="smollm2")
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 600
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        api = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client)
+        answer = api.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "What is the weather like in Paris?"}],
+            tools=[weather], tool_choice="required", temperature=0, max_completion_tokens=60,
+        )  # fmt: skip
+    (choice,) = answer.choices
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert "Paris" in json.loads(call.function.arguments)["city"], call
