@@ -3,7 +3,7 @@
 A `Constraint` is what a request asks for, compiled into an llguidance grammar and checked
 once, at the edge (a bad schema is a one-line `ConstraintError` before anything runs). It
 does not depend on the model. `GrammarMasks` binds constraints to one model's tokenizer
-(built once per tokenizer: ~0.5 s) and makes the per-row `RowGrammar`: the first row of a
+(built once per tokenizer: ~1-2 s on a busy 2-core machine) and makes the per-row `RowGrammar`: the first row of a
 request compiles the grammar (~1-5 ms), its other samples copy that matcher.
 
 Per token, `RowGrammar.mask(row)` sets every token the grammar does not allow next to -inf
