@@ -14,8 +14,9 @@ and Qwen among them)::
 - Output: `parse_tool_calls` turns the text into OpenAI's `tool_calls` (id, type,
   function.name, function.arguments as a JSON string); `ToolStream` holds back streamed
   text from the moment a call may begin, so streamed and whole answers agree.
-- History: assistant messages with `tool_calls` and `role: "tool"` results are written
-  back in the same format for templates that know nothing of tools.
+- History: `role: "tool"` results go to the template as they are (as transformers passes
+  them); an assistant message's `tool_calls` is written back as the call text above for
+  templates that know nothing of tools (it would vanish from the prompt otherwise).
 """
 
 from __future__ import annotations
@@ -33,14 +34,11 @@ from fst.serving.errors import APIError
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
-RESPONSE_OPEN = "<tool_response>"
-RESPONSE_CLOSE = "</tool_response>"
 TOOL_PROMPT = (
     "You may call functions to answer. The functions, as JSON schemas:\n<tools>\n{tools}\n"
     "</tools>\nTo call one or more of them, answer with only: "
     f'{CALL_OPEN}[{{"name": "function name", "arguments": {{...}}}}]{CALL_CLOSE}\n'
-    f"Function results come back in {RESPONSE_OPEN}...{RESPONSE_CLOSE}. If no function "
-    "is needed, answer normally."
+    "If no function is needed, answer normally."
 )
 
 
@@ -179,7 +177,7 @@ def tool_messages(
     messages: Sequence[Mapping[str, Any]], plan: ToolPlan, template_source: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The conversation and `tools` to render: as given to a template that handles tools;
-    otherwise tool calls and results as text and the tools in the system message."""
+    otherwise earlier calls as text and the tools in the system message."""
     tools = [t.model_dump(exclude_none=True) for t in plan.tools] or None
     if template_reads_tools(template_source):
         return [dict(m) for m in messages], tools
@@ -196,8 +194,6 @@ def tool_messages(
 
 def _as_text(message: Mapping[str, Any]) -> dict[str, Any]:
     role, content = message["role"], message.get("content") or ""
-    if role == "tool":
-        return {"role": "user", "content": f"{RESPONSE_OPEN}\n{content}\n{RESPONSE_CLOSE}"}
     calls = message.get("tool_calls")
     if role == "assistant" and calls:
         listed = [

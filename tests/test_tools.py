@@ -170,10 +170,7 @@ def test_a_template_without_tools_gets_them_in_the_system_message() -> None:
         "role": "assistant",
         "content": '<tool_call>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]</tool_call>',
     }
-    assert rendered[3] == {
-        "role": "user",
-        "content": '<tool_response>\n{"temp": 3}\n</tool_response>',
-    }
+    assert rendered[3] == {"role": "tool", "content": '{"temp": 3}'}  # as given
     reads_tools = "{% if tools %}{{ tools | tojson }}{% endif %}" + CHATML_TEMPLATE
     same, passed = tool_messages(messages, plan, reads_tools)
     assert same == messages and [t["function"]["name"] for t in passed] == ["get_weather", "add"]
