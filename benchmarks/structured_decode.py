@@ -43,7 +43,7 @@ def one_run(generator: Generator, constraint: Constraint | None, n: int, tokens:
     model: list[float] = []
     generator.on_model_call = lambda kind, size, start, end: model.append(end - start)
     t0 = time.perf_counter()
-    batch.add([GenerationRequest(PROMPT, params, constraint)])
+    batch.add([GenerationRequest(PROMPT, params, constraint=constraint)])
     add_s = time.perf_counter() - t0
     steps = []
     while batch.num_live:

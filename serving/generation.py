@@ -15,7 +15,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from fst.core.generation_params import GenerationParams
-from fst.runtime import Constraint, GenerationRequest
+from fst.runtime import GenerationRequest
 from fst.serving.errors import APIError
 from fst.serving.jobs import (
     GenerationTimeoutError,
@@ -123,13 +123,12 @@ async def check_fits_context(
 
 
 def submit(
-    state: ServingState,
-    prompts: Sequence[Any],
-    params: GenerationParams,
-    constraint: Constraint | None = None,
+    state: ServingState, prompts: Sequence[Any], params: GenerationParams, **options: Any
 ) -> Job:
+    """Queue one generation request per prompt; `options` are GenerationRequest's others
+    (`logprobs`, `prompt_logprobs`, `constraint`)."""
     _, scheduler = state.require_ready()
-    requests = [GenerationRequest(p, params, constraint) for p in prompts]
+    requests = [GenerationRequest(prompt=p, params=params, **options) for p in prompts]
     try:
         return scheduler.submit(requests, timeout_s=state.settings.request_timeout_s)
     except QueueFullError as exc:

@@ -58,9 +58,7 @@ def test_every_path_and_link_exists(page: Path) -> None:
         for path in sorted(named_paths(text))
         if not path.startswith(MADE_BY_COMMANDS) and not (REPO / path).exists()
     ]
-    missing += [
-        link for link in sorted(links(text)) if link and not (page.parent / link).exists()
-    ]
+    missing += [link for link in sorted(links(text)) if link and not (page.parent / link).exists()]
     assert not missing, f"{page.name} names what does not exist: {missing}"
 
 

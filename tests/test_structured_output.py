@@ -63,7 +63,7 @@ def test_fifty_seeded_samples_all_validate_against_the_schema(generator: Generat
         GenerationRequest(
             "A user record:",
             GenerationParams(max_new_tokens=120, num_return_sequences=10, seed=seed, **SAMPLING),
-            constraint,
+            constraint=constraint,
         )
         for seed in range(5)
     ]
@@ -84,7 +84,9 @@ def test_greedy_json_object_and_penalised_sampling_still_parse(generator: Genera
                          repetition_penalty=1.3, min_new_tokens=2),
     ]  # fmt: skip
     for p in params:
-        for c in generator.run([GenerationRequest("x", p, Constraint.json_schema(schema))])[0]:
+        for c in generator.run(
+            [GenerationRequest("x", p, constraint=Constraint.json_schema(schema))]
+        )[0]:
             assert c.finish_reason == "stop"
             jsonschema.validate(json.loads(c.text), schema)
 
@@ -98,7 +100,7 @@ def test_regex_and_grammars_constrain_every_sample(generator: Generator) -> None
     ]  # fmt: skip
     for constraint, pattern in cases:
         params = GenerationParams(max_new_tokens=20, num_return_sequences=8, seed=1, **SAMPLING)
-        for c in generator.run([GenerationRequest("Answer:", params, constraint)])[0]:
+        for c in generator.run([GenerationRequest("Answer:", params, constraint=constraint)])[0]:
             assert c.finish_reason == "stop", (pattern, c)
             assert re.fullmatch(pattern, c.text), (pattern, c.text)
 
@@ -109,7 +111,9 @@ def test_constrained_and_free_rows_share_a_batch_without_changing_each_other(
     free = GenerationRequest("Hello", GenerationParams(max_new_tokens=8, seed=4, **SAMPLING))
     (alone,) = generator.run([free])[0]
     constrained = GenerationRequest(
-        "Hello", GenerationParams(max_new_tokens=30, seed=4, **SAMPLING), Constraint.regex("ok")
+        "Hello",
+        GenerationParams(max_new_tokens=30, seed=4, **SAMPLING),
+        constraint=Constraint.regex("ok"),
     )
     mixed = generator.run([constrained, free])
     assert mixed[0][0].text == "ok"
@@ -128,7 +132,9 @@ def test_a_dead_end_ends_that_row_only(generator: Generator, monkeypatch) -> Non
 
     monkeypatch.setattr(RowGrammar, "mask", mask)
     params = GenerationParams(max_new_tokens=20, num_return_sequences=2, seed=0, **SAMPLING)
-    dead, alive = generator.run([GenerationRequest("x", params, Constraint.regex("[ab]{5}"))])[0]
+    dead, alive = generator.run(
+        [GenerationRequest("x", params, constraint=Constraint.regex("[ab]{5}"))]
+    )[0]
     assert dead.finish_reason == "grammar_dead_end" and len(dead.token_ids) == 1
     assert alive.finish_reason == "stop" and re.fullmatch("[ab]{5}", alive.text)
 
@@ -311,7 +317,9 @@ def test_smollm2_answers_a_schema_with_a_valid_object_naming_paris(smollm2_bundl
     batch = generator.new_batch()
     batch._encode_request = lambda request: list(request.prompt)  # token-id prompt
     params = GenerationParams(max_new_tokens=60, temperature=0.0)
-    (rows,) = batch.add([GenerationRequest(prompt, params, Constraint.json_schema(CAPITAL_SCHEMA))])
+    (rows,) = batch.add(
+        [GenerationRequest(prompt, params, constraint=Constraint.json_schema(CAPITAL_SCHEMA))]
+    )
     while batch.num_live:
         batch.step()
     completion = rows[0].completion()

@@ -101,7 +101,7 @@ def test_constrained_calls_always_parse_and_validate(generator: Generator, named
     plan = plan_tools(TOOLS, choice, parallel=False)  # a random model would add calls forever
     params = GenerationParams(max_new_tokens=110, num_return_sequences=12, seed=3,
                               temperature=1.0, top_k=0)  # fmt: skip
-    (completions,) = generator.run([GenerationRequest("Call:", params, plan.constraint)])
+    (completions,) = generator.run([GenerationRequest("Call:", params, constraint=plan.constraint)])
     for c in completions:
         assert c.finish_reason == "stop", c
         content, calls = parse_tool_calls(c.text)
