@@ -33,6 +33,7 @@ import numpy as np
 
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
+from fst.runtime.prefix_cache import PrefixCache, PrefixHit
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
@@ -54,7 +55,7 @@ class Row:
     """
 
     __slots__ = ("request", "tag", "index", "prompt_tokens", "token_ids", "finish_reason")
-    __slots__ += ("_sampler", "_stream", "_eos")
+    __slots__ += ("cached_tokens", "_prompt_ids", "_sampler", "_stream", "_eos")
 
     def __init__(
         self,
@@ -70,6 +71,8 @@ class Row:
         self.tag = tag
         self.index = index
         self.prompt_tokens = len(prompt_ids)
+        self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
+        self._prompt_ids = prompt_ids
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
         self._sampler = sampler
@@ -92,6 +95,7 @@ class Row:
             finish_reason=self.finish_reason or "cancelled",
             prompt_tokens=self.prompt_tokens,
             index=self.index,
+            cached_tokens=self.cached_tokens,
         )
 
     def _advance(self, token: int) -> str:
@@ -107,6 +111,11 @@ class Row:
         if self.finish_reason is not None:
             piece += self._stream.finish()
         return piece
+
+    def _fed_ids(self) -> list[int]:
+        """The tokens in this row's KV cache: the prompt and every generated token but the
+        last (sampled, not yet fed)."""
+        return self._prompt_ids + self.token_ids[:-1]
 
     def _cancel(self) -> None:
         self.finish_reason = "cancelled"
@@ -136,8 +145,16 @@ class DecodeBatch:
     bundle's).
     """
 
-    def __init__(self, stepper: Stepper, tokenizer: DocumentTokenizer, limits: BatchLimits) -> None:
+    def __init__(
+        self,
+        stepper: Stepper,
+        tokenizer: DocumentTokenizer,
+        limits: BatchLimits,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self._stepper = stepper
+        # Prefix caching needs a stepper that prefills after a known past (CausalLMStepper).
+        self._prefix_cache = prefix_cache if hasattr(stepper, "prefill_after") else None
         self._tokenizer = tokenizer
         self._encode_request = PromptEncoder(tokenizer, limits.max_positions).encode_request
         self._pad_id = tokenizer.pad_token_id
@@ -188,6 +205,11 @@ class DecodeBatch:
         ]
         self._feed_pending()
         reserve = max(r.params.max_new_tokens for r in requests)
+        if self._prefix_cache is not None:
+            hits = [self._prefix_cache.lookup(ids) for ids in prompt_ids]
+            if any(hits):
+                self._add_with_hits(per_request, prompt_ids, hits, reserve)
+                return per_request
         logits, cache = self._stepper.prefill(prompt_ids, self._pad_id, reserve=reserve)
         source = np.array([i for i, rows in enumerate(per_request) for _ in rows])
         new_rows = [row for rows in per_request for row in rows]
@@ -203,6 +225,61 @@ class DecodeBatch:
             self._rows, self._cache, self._logits = new_rows, cache, logits
         self._num_live = len(self._rows)  # finished rows left with the merge
         return per_request
+
+    def _add_with_hits(
+        self,
+        per_request: list[list[Row]],
+        prompt_ids: list[list[int]],
+        hits: list[PrefixHit | None],
+        reserve: int,
+    ) -> None:
+        """`add` when some prompts start with a cached prefix: each of those prefills only
+        the rest of its prompt on top of the cached KV; the others prefill together."""
+        stepper: Any = self._stepper
+        misses = [i for i, hit in enumerate(hits) if hit is None]
+        if misses:
+            miss_prompts = [prompt_ids[i] for i in misses]
+            miss_logits, miss_cache = stepper.prefill(miss_prompts, self._pad_id, reserve=reserve)
+        parts: list[tuple[Any, list[int]]] = []  # (cache, its rows), in the new rows' order
+        logits = []
+        for i, (rows, hit) in enumerate(zip(per_request, hits, strict=True)):
+            if hit is None:
+                cache, first = miss_cache, misses.index(i)
+            else:
+                rest = prompt_ids[i][hit.length :]
+                part_logits, cache = stepper.prefill_after(hit.past, rest, reserve=reserve)
+                first = 0
+                for row in rows:
+                    row.cached_tokens = hit.length
+            chosen = [first] * len(rows)
+            logits.append((part_logits if hit is not None else miss_logits)[chosen])
+            if parts and parts[-1][0] is cache:  # neighbours from one prefill: one part
+                parts[-1][1].extend(chosen)
+            else:
+                parts.append((cache, chosen))
+        new_rows = [row for rows in per_request for row in rows]
+        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
+        if live:
+            assert self._cache is not None and self._logits is not None
+            parts.insert(0, (self._cache, live))
+            logits.insert(0, self._logits[live])
+        if len(parts) == 1 and parts[0][1] == list(range(parts[0][0].batch_size)):
+            cache = parts[0][0]  # one prompt alone: its cache as it is
+        else:
+            cache = stepper.combine(parts)
+        self._rows = [self._rows[i] for i in live] + new_rows
+        self._cache, self._logits = cache, np.concatenate(logits)
+        self._num_live = len(self._rows)
+
+    def _remember(self, index: int, row: Row) -> None:
+        """Keep the KV of a row that ends (its prompt and generated tokens) for prompts
+        that start the same way (a conversation's next turn)."""
+        if self._prefix_cache is None or row.index != 0 or self._cache is None:
+            return
+        ids = row._fed_ids()
+        stepper: Any = self._stepper
+        cache = self._cache
+        self._prefix_cache.store(ids, lambda: stepper.row_past(cache, index, len(ids)))
 
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
         if not isinstance(getattr(request, "params", None), GenerationParams):
@@ -253,6 +330,7 @@ class DecodeBatch:
                     events.append(StepEvent(row, piece, False))
             else:
                 events.append(StepEvent(row, piece, True))
+                self._remember(i, row)
         self._num_live = live
         if live:
             self._pending = tokens
@@ -296,6 +374,7 @@ class DecodeBatch:
             targets = target
         for row in targets:
             if row.finish_reason is None and row in self._rows:  # live and ours
+                self._remember(self._rows.index(row), row)
                 row._cancel()
                 self._cancelled.append(row)
                 self._num_live -= 1

@@ -36,6 +36,7 @@ from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.decode_batch import DecodeBatch, Row
 from fst.runtime.kv_cache import make_stepper
+from fst.runtime.prefix_cache import PrefixCache
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest, Prompt
 from fst.runtime.session import create_session
@@ -55,6 +56,7 @@ class Generator:
         tokenizer: DocumentTokenizer,
         session: Any,
         provider: str,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         self.manifest = manifest
         self.tokenizer = tokenizer
@@ -68,6 +70,11 @@ class Generator:
         self.limits = BatchLimits(self.max_positions, self.eos_token_id, stop_ids)
         self._prompts = PromptEncoder(tokenizer, self.max_positions)
         self._stepper = make_stepper(session, manifest)
+        # Prompts that start like an earlier sequence reuse its KV (prefix_cache.py); only
+        # steppers that can prefill after a known past take part (not the GPU layout's).
+        self.prefix_cache: PrefixCache | None = None
+        if prefix_cache_bytes > 0 and hasattr(self._stepper, "prefill_after"):
+            self.prefix_cache = PrefixCache(prefix_cache_bytes)
 
     @property
     def stepper(self) -> Stepper:
@@ -92,13 +99,16 @@ class Generator:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         verify: bool = False,
+        prefix_cache_bytes: int = 0,
         **session_kwargs: Any,
     ) -> Generator:
         """Load a bundle folder written by `fst-export`.
 
         A missing, empty or truncated file raises `fst.core.bundle.BundleError` naming it (sizes
         are always checked); `verify=True` also compares every file's sha256 with the
-        manifest's (about a second per GB). `session_kwargs` go to `create_session`
+        manifest's (about a second per GB). `prefix_cache_bytes` > 0 keeps the KV of
+        finished sequences, up to that many bytes, for prompts that start the same way (a
+        chat's next turn; see prefix_cache.py). `session_kwargs` go to `create_session`
         (e.g. `huge_pages=True`: the session's weights into 2 MiB pages; off by default).
         """
         path = Path(path)
@@ -107,7 +117,7 @@ class Generator:
         session, provider = create_session(
             path / manifest.graph.file, providers=providers, threads=threads, **session_kwargs
         )
-        return cls(manifest, tokenizer, session, provider)
+        return cls(manifest, tokenizer, session, provider, prefix_cache_bytes)
 
     # ---- prompts ------------------------------------------------------------------------
 
@@ -169,7 +179,7 @@ class Generator:
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch to add requests to and step: the runtime's per-token loop."""
-        return DecodeBatch(self._stepper, self.tokenizer, self.limits)
+        return DecodeBatch(self._stepper, self.tokenizer, self.limits, self.prefix_cache)
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]

@@ -211,6 +211,29 @@ class CausalLMStepper(RowSelection):
         cache.next_positions = cache.next_positions + 1
         return logits
 
+    def prefill_after(
+        self, past: Sequence[np.ndarray], ids: Sequence[int], reserve: int = DEFAULT_RESERVE
+    ) -> tuple[np.ndarray, KVCache]:
+        """Prefix caching: one prompt whose first tokens' KV is `past` (per layer [1, H, m, D],
+        a `row_past`), fed only its remaining `ids`; returns the last position's logits [1, V]
+        and a one-row cache, as `prefill` of the whole prompt would."""
+        start, count = past[0].shape[2], len(ids)
+        mask = np.ones((1, start + count), dtype=np.int64)
+        positions = np.arange(start, start + count, dtype=np.int64).reshape(1, count)
+        tokens = np.asarray(ids, dtype=np.int64).reshape(1, count)
+        return self.layout.prefill_after(list(past), _inputs(tokens, mask, positions), reserve)
+
+    def row_past(self, cache: KVCache, row: int, length: int) -> list[np.ndarray]:
+        """A copy of the KV of row `row`'s first `length` real positions (per layer
+        [1, H, length, D]): what `prefill_after` takes back."""
+        start = int(np.argmax(cache.attention_mask[row]))  # left padding ends here
+        if not cache.attention_mask[row, start : start + length].all():
+            raise ValueError(f"row_past: row {row} has fewer than {length} positions")
+        return [
+            self.io.to_numpy(value)[row : row + 1, :, start : start + length].copy()
+            for value in cache.presents
+        ]
+
     def run(
         self,
         kind: str,
@@ -288,6 +311,17 @@ class ConcatLayout:
         logits, presents = stepper.run("prefill", arrays, {})
         return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
 
+    def prefill_after(
+        self, past: list[np.ndarray], arrays: dict[str, np.ndarray], reserve: int
+    ) -> tuple[np.ndarray, KVCache]:
+        stepper, mask = self.stepper, arrays[ONNX_ATTENTION_MASK]
+        known = [np.ascontiguousarray(p) for p in past]  # referenced until the run returns
+        values = [stepper.io.from_numpy(k) for k in known]
+        logits, presents = stepper.run(
+            "prefill", arrays, dict(zip(stepper.past_names, values, strict=True))
+        )
+        return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
+
     def decode(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
         pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
         logits, cache.presents = self.stepper.run("decode", arrays, pasts)
@@ -309,6 +343,19 @@ class SharedLayout:
     def prefill(self, arrays: dict[str, np.ndarray], reserve: int) -> tuple[np.ndarray, KVCache]:
         mask = arrays[ONNX_ATTENTION_MASK]
         buffers = self._buffers(mask.shape[0], self.capacity(mask.shape[1], reserve))
+        cache = KVCache([self.stepper.io.from_numpy(b) for b in buffers], mask, mask.sum(axis=1))
+        cache.keep_alive = buffers
+        pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
+        logits, _ = self.stepper.run("prefill", arrays, pasts, into=cache.presents)
+        return logits, cache
+
+    def prefill_after(
+        self, past: list[np.ndarray], arrays: dict[str, np.ndarray], reserve: int
+    ) -> tuple[np.ndarray, KVCache]:
+        mask = arrays[ONNX_ATTENTION_MASK]
+        buffers = self._buffers(1, self.capacity(mask.shape[1], reserve))
+        for buffer, known in zip(buffers, past, strict=True):
+            buffer[:, :, : known.shape[2]] = known
         cache = KVCache([self.stepper.io.from_numpy(b) for b in buffers], mask, mask.sum(axis=1))
         cache.keep_alive = buffers
         pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))

@@ -28,3 +28,6 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
     prompt_tokens: int
     index: int  # which of this prompt's samples
+    # Prompt tokens whose KV came from the prefix cache (not prefilled): OpenAI's
+    # usage.prompt_tokens_details.cached_tokens.
+    cached_tokens: int = 0

@@ -176,6 +176,9 @@ class Scheduler:
         for per_prompt in completions:
             if per_prompt:
                 self.metrics.prompt_tokens.inc(per_prompt[0].prompt_tokens)
+                cached = getattr(per_prompt[0], "cached_tokens", 0)
+                self.metrics.prefix_cache.labels(result="hit" if cached else "miss").inc()
+                self.metrics.cached_tokens.inc(cached)
             self.metrics.generated_tokens.inc(sum(len(c.token_ids) for c in per_prompt))
         job.deliver("done", completions)
 

@@ -56,6 +56,12 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(
         16, ge=1, le=256, description="most sequences decoded together in one batch"
     )
+    prefix_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="memory for the prefix cache: a prompt that starts like an earlier "
+        "sequence (a chat's next turn) reuses its KV instead of recomputing it; 0 turns it off",
+    )
     batching: Literal["continuous", "request"] = Field(
         "continuous",
         description="'continuous': requests join the running batch at the next token; "

@@ -98,6 +98,7 @@ class ServingState:
             providers=self.settings.providers,
             threads=self.settings.threads,
             huge_pages=self.settings.huge_pages,
+            prefix_cache_bytes=self.settings.prefix_cache_mb << 20,
         )
 
     def _warm_up(self, generator: ServedGenerator) -> None:
