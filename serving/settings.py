@@ -54,7 +54,24 @@ class ServingSettings(BaseSettings):
         "decode about a tenth faster, measured here)",
     )
     max_batch_size: int = Field(
-        16, ge=1, le=256, description="most sequences decoded together in one batch"
+        64,
+        ge=1,
+        le=256,
+        description="most sequences decoded together in one batch (a hard cap: the batch is "
+        "also sized by kv_cache_mb and max_step_ms)",
+    )
+    max_step_ms: float = Field(
+        250.0,
+        ge=0,
+        description="admit sequences while the decode step, predicted from the measured ones, "
+        "stays under this (the time between two tokens of every stream); 0: no limit",
+    )
+    kv_cache_mb: int | None = Field(
+        None,
+        ge=1,
+        description="memory the decode batch's KV cache may take (rows x the longest row's "
+        "prompt + max_tokens); beyond it requests wait",
+        json_schema_extra=cli_extra(shown_default="a quarter of the memory available at start"),
     )
     prefix_cache_mb: int = Field(
         256,
