@@ -34,6 +34,7 @@ import numpy as np
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.prefix_cache import PrefixCache, PrefixHit
+from fst.runtime.prompt_lookup import propose
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
@@ -151,8 +152,12 @@ class DecodeBatch:
         tokenizer: DocumentTokenizer,
         limits: BatchLimits,
         prefix_cache: PrefixCache | None = None,
+        speculative_tokens: int = 0,
     ) -> None:
         self._stepper = stepper
+        # Prompt-lookup drafts of up to this many tokens for a lone greedy row, checked in
+        # one run; needs a graph with every position's logits (see _speculative_step).
+        self._draft = speculative_tokens if getattr(stepper, "all_logits", False) else 0
         # Prefix caching needs a stepper that prefills after a known past (CausalLMStepper).
         self._prefix_cache = prefix_cache if hasattr(stepper, "prefill_after") else None
         self._tokenizer = tokenizer
@@ -313,6 +318,12 @@ class DecodeBatch:
         events: list[StepEvent] = []
         if self._cancelled:
             events, self._cancelled = [StepEvent(r, "", True) for r in self._cancelled], []
+        if self._draft and self._pending is not None and self._num_live == 1:
+            row = next(r for r in self._rows if r.finish_reason is None)
+            if row.request.params.greedy:
+                done = self._speculative_step(row)
+                if done is not None:
+                    return events + done
         self._feed_pending()
         if not self._rows:
             return events
@@ -337,6 +348,41 @@ class DecodeBatch:
         else:
             self._clear()
         return events
+
+    def _speculative_step(self, row: Row) -> list[StepEvent] | None:
+        """Prompt lookup decoding for one greedy row: feed the pending token and a draft of
+        what followed its context's last n-gram earlier, in one run; keep the tokens the
+        model itself picks (the sampler, from each position's logits) while they agree with
+        the draft, and drop the rest from the cache. The text is exactly plain greedy's.
+        None when there is no draft (the caller takes the plain step)."""
+        context = np.asarray(row._prompt_ids + row.token_ids, dtype=np.int64)
+        room = row.request.params.max_new_tokens - len(row.token_ids)
+        draft = propose(context, min(self._draft, room - 1)) if room > 1 else []
+        if not draft:
+            return None
+        stepper: Any = self._stepper
+        if len(self._rows) > 1:  # finished rows leave first: the draft needs one row
+            live = [i for i, r in enumerate(self._rows) if r is row]
+            self._cache = stepper.select(self._cache, live)
+            self._rows = [row]
+        start = self._cache.past_length
+        logits = stepper.extend(self._cache, [int(self._pending[0])] + draft)
+        pieces, kept = [], 0
+        for position in range(len(draft) + 1):
+            token = row._sampler.choose(logits[position], len(row.token_ids))
+            pieces.append(row._advance(token))
+            kept = position + 1  # the fed tokens up to here are in the cache
+            if row.finish_reason is not None or position == len(draft) or token != draft[position]:
+                break
+        stepper.truncate(self._cache, start + kept)
+        self._pending = np.array([token], dtype=np.int64)
+        piece = "".join(pieces)
+        if row.finish_reason is None:
+            return [StepEvent(row, piece, False)] if piece else []
+        self._remember(0, row)
+        self._num_live = 0
+        self._clear()
+        return [StepEvent(row, piece, True)]
 
     def _feed_pending(self) -> None:
         """Run the model on the tokens sampled last step, so every row has fresh logits."""

@@ -57,8 +57,11 @@ class Generator:
         session: Any,
         provider: str,
         prefix_cache_bytes: int = 0,
+        speculative_tokens: int = 0,
     ) -> None:
         self.manifest = manifest
+        # Prompt lookup drafts for lone greedy rows ("all"-logits graphs only; 0: off).
+        self.speculative_tokens = speculative_tokens
         self.tokenizer = tokenizer
         self.provider = provider
         self.max_positions = manifest.architecture.max_positions
@@ -100,6 +103,7 @@ class Generator:
         threads: int | None = None,
         verify: bool = False,
         prefix_cache_bytes: int = 0,
+        speculative_tokens: int = 0,
         **session_kwargs: Any,
     ) -> Generator:
         """Load a bundle folder written by `fst-export`.
@@ -108,7 +112,10 @@ class Generator:
         are always checked); `verify=True` also compares every file's sha256 with the
         manifest's (about a second per GB). `prefix_cache_bytes` > 0 keeps the KV of
         finished sequences, up to that many bytes, for prompts that start the same way (a
-        chat's next turn; see prefix_cache.py). `session_kwargs` go to `create_session`
+        chat's next turn; see prefix_cache.py). `speculative_tokens` > 0 drafts up to that
+        many tokens by prompt lookup for a greedy request decoding alone and checks them in
+        one run (bundles exported with --logits all; the text is plain greedy's; see
+        decode_batch.py). `session_kwargs` go to `create_session`
         (e.g. `huge_pages=True`: the session's weights into 2 MiB pages; off by default).
         """
         path = Path(path)
@@ -117,7 +124,7 @@ class Generator:
         session, provider = create_session(
             path / manifest.graph.file, providers=providers, threads=threads, **session_kwargs
         )
-        return cls(manifest, tokenizer, session, provider, prefix_cache_bytes)
+        return cls(manifest, tokenizer, session, provider, prefix_cache_bytes, speculative_tokens)
 
     # ---- prompts ------------------------------------------------------------------------
 
@@ -179,7 +186,9 @@ class Generator:
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch to add requests to and step: the runtime's per-token loop."""
-        return DecodeBatch(self._stepper, self.tokenizer, self.limits, self.prefix_cache)
+        return DecodeBatch(
+            self._stepper, self.tokenizer, self.limits, self.prefix_cache, self.speculative_tokens
+        )
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]

@@ -79,6 +79,14 @@ class ServingSettings(BaseSettings):
         description="memory for the prefix cache: a prompt that starts like an earlier "
         "sequence (a chat's next turn) reuses its KV instead of recomputing it; 0 turns it off",
     )
+    speculative_tokens: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="prompt lookup decoding: a greedy request decoding alone drafts up to this "
+        "many tokens from its context and checks them in one model run (same text; needs a "
+        "bundle exported with --logits all); 0: off",
+    )
     batching: Literal["continuous", "request"] = Field(
         "continuous",
         description="'continuous': requests join the running batch at the next token; "

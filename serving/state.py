@@ -114,6 +114,7 @@ class ServingState:
             threads=self.settings.threads,
             huge_pages=self.settings.huge_pages,
             prefix_cache_bytes=self.settings.prefix_cache_mb << 20,
+            speculative_tokens=self.settings.speculative_tokens,
         )
 
     def _warm_up(self, generator: ServedGenerator) -> None:

@@ -547,7 +547,7 @@ def test_huge_pages_and_prefix_cache_settings_reach_the_generator(
     ServingState(
         ServingSettings(bundle="/b", prefix_cache_mb=3), ServingMetrics()
     )._load_generator()
-    common = {"providers": None, "threads": None, "huge_pages": False}
+    common = {"providers": None, "threads": None, "huge_pages": False, "speculative_tokens": 0}
     assert seen == [
         {**common, "prefix_cache_bytes": 0},
         {**common, "prefix_cache_bytes": 3 << 20},
