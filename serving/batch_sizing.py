@@ -11,7 +11,9 @@ queue for a whole generation. `BatchSizer` instead admits sequences while
   stream of the batch sees): step time is fitted as `a + c * rows` to recent steps
   (exponentially forgotten); before two batch sizes have been seen, the one observation
   is extrapolated through the origin (pessimistic), so the batch grows step by step and
-  the fit corrects itself.
+  the fit corrects itself. The step time never limits the batch below `MIN_SEQUENCES`
+  (the former fixed size): on a machine too slow for the target even at batch 1, fewer
+  rows would only cut throughput (measured: a loaded host fell to batch 1, 2 tokens/s).
 
 `max_sequences` (the settings' max_batch_size) stays a hard cap.
 """
@@ -23,6 +25,8 @@ from typing import Any
 
 # Weight of the past in the step-time fit, per observation (about the last 50 steps).
 FORGET = 0.98
+# The step-time limit never goes below this many rows (the batch size that was fixed before).
+MIN_SEQUENCES = 16
 
 
 class BatchSizer:
@@ -71,13 +75,14 @@ class BatchSizer:
         return 0.0, mean_t / mean_b  # one size: through the origin (pessimistic)
 
     def step_limit(self) -> int:
-        """Most rows whose predicted step fits `max_step_s` (the hard cap before any step)."""
+        """Most rows whose predicted step fits `max_step_s`, at least MIN_SEQUENCES (the hard
+        cap before any step)."""
         model = self.step_model()
         if self.max_step_s is None or model is None:
             return self.max_sequences
         intercept, slope = model
         rows = int((self.max_step_s - intercept) / slope + 1e-6)  # not 39.9999 for 40
-        return max(1, min(self.max_sequences, rows))
+        return min(self.max_sequences, max(MIN_SEQUENCES, rows))
 
     # ---- memory ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from serving_fakes import FakeGenerator
 
 from fst.core.generation_params import GenerationParams
 from fst.runtime import GenerationRequest
-from fst.serving.batch_sizing import BatchSizer, kv_bytes_per_token
+from fst.serving.batch_sizing import MIN_SEQUENCES, BatchSizer, kv_bytes_per_token
 from fst.serving.metrics import ServingMetrics
 from fst.serving.scheduler import Scheduler
 
@@ -31,18 +31,25 @@ def test_the_cap_holds_until_a_step_is_measured() -> None:
 
 def test_one_batch_size_seen_extrapolates_through_the_origin() -> None:
     sizer = BatchSizer(256, max_step_s=0.1)
-    sizer.observe_step(4, 0.02)  # 5 ms a row, assumed all per-row cost (pessimistic)
-    assert sizer.step_model() == pytest.approx((0.0, 0.005))
-    assert sizer.step_limit() == 20
+    sizer.observe_step(4, 0.004)  # 1 ms a row, assumed all per-row cost (pessimistic)
+    assert sizer.step_model() == pytest.approx((0.0, 0.001))
+    assert sizer.step_limit() == 100
+
+
+def test_the_step_time_never_limits_below_the_former_fixed_size() -> None:
+    sizer = BatchSizer(64, max_step_s=0.1)
+    sizer.observe_step(1, 0.3)  # a loaded machine: slower than the target at batch 1
+    assert sizer.step_limit() == MIN_SEQUENCES == 16
+    assert BatchSizer(8, max_step_s=0.1).step_limit() == 8  # a smaller hard cap wins
 
 
 def test_two_sizes_fit_a_fixed_and_a_per_row_cost() -> None:
     sizer = BatchSizer(256, max_step_s=0.1)
     for rows in (1, 8, 16, 8, 1):
-        sizer.observe_step(rows, 0.02 + 0.002 * rows)  # 20 ms fixed + 2 ms a row
+        sizer.observe_step(rows, 0.02 + 0.001 * rows)  # 20 ms fixed + 1 ms a row
     intercept, slope = sizer.step_model()
-    assert intercept == pytest.approx(0.02) and slope == pytest.approx(0.002)
-    assert sizer.step_limit() == 40  # (100 - 20) / 2
+    assert intercept == pytest.approx(0.02) and slope == pytest.approx(0.001)
+    assert sizer.step_limit() == 80  # (100 - 20) / 1
     assert BatchSizer(32, max_step_s=0.1).step_limit() == 32  # the cap still holds
 
 
