@@ -8,9 +8,11 @@ prompt, the model's answer of `--answer-tokens` tokens, and a new user message o
 `--user-tokens` tokens from the corpus), so the prompt grows by about 100 tokens a turn.
 TTFT is measured in-process on the runtime's own loop (`DecodeBatch.add` + the first
 `step`: the prefill and the first sampled token), which is what the server's TTFT adds its
-HTTP and queueing costs to. Both arms run on one Generator (one ONNX Runtime session): the
-cache is switched on and off between conversations, alternating which goes first, each
-conversation on a different corpus passage (so conversations never share a prefix).
+HTTP and queueing costs to. Both arms run on one Generator (one ONNX Runtime session): at
+every turn the same prompt is timed without and with the cache back to back (the order
+alternating by turn; on a shared machine the load moves between minutes, not between
+two calls), then the answer is generated with the cache on; each conversation uses a
+different corpus passage (so conversations never share a prefix).
 Reported per turn: the median TTFT of each arm and their ratio; the goal is turn N with
 the cache <= 1.3x turn 1. Writes benchmarks/results/prefix_cache_chat.{json,md}.
 """
@@ -50,29 +52,48 @@ def corpus_tokens(generator: Generator, corpus: Path, count: int, each: int) -> 
     raise SystemExit(f"{corpus}: fewer than {count * each} tokens")
 
 
+def first_token_s(generator: Generator, request: GenerationRequest, cache: PrefixCache | None):
+    """TTFT of `request` (add + first step) with `cache` on or off; returns it and the batch."""
+    generator.prefix_cache = cache
+    batch = generator.new_batch()
+    start = time.perf_counter()
+    (rows,) = batch.add([request])
+    batch.step()
+    return time.perf_counter() - start, batch, rows[0]
+
+
 def conversation(
-    generator: Generator, source: list[int], args: argparse.Namespace
+    generator: Generator, cache: PrefixCache, source: list[int], args: argparse.Namespace
 ) -> list[dict[str, float]]:
-    """One chat: per turn, TTFT (s), prompt tokens and cached tokens."""
+    """One chat: per turn, TTFT without and with the cache, measured back to back (the
+    order alternating by turn), then the answer generated with the cache on (so it is
+    stored for the next turn, as a server does)."""
     decode = generator.tokenizer.decode
     params = GenerationParams(temperature=0.0, max_new_tokens=args.answer_tokens, ignore_eos=True)
+    cache.clear()
     history, offset, turns = "", 0, []
-    for _ in range(args.turns):
+    for turn in range(args.turns):
         first = args.first_tokens if not history else args.user_tokens
         history += decode(source[offset : offset + first])
         offset += first
-        batch = generator.new_batch()
-        start = time.perf_counter()
-        (rows,) = batch.add([GenerationRequest(history, params)])
-        batch.step()
-        ttft = time.perf_counter() - start
-        while batch.num_live:
-            batch.step()
-        row = rows[0]
+        request = GenerationRequest(history, params)
+        times = {}
+        for arm in ("without", "with") if turn % 2 == 0 else ("with", "without"):
+            ttft, batch, row = first_token_s(generator, request, cache if arm == "with" else None)
+            times[arm] = ttft
+            if arm == "with":
+                kept_batch, kept_row = batch, row
+        while kept_batch.num_live:  # the answer, stored in the cache when the row ends
+            kept_batch.step()
         turns.append(
-            {"ttft_s": ttft, "prompt_tokens": row.prompt_tokens, "cached_tokens": row.cached_tokens}
+            {
+                "without_s": times["without"],
+                "with_s": times["with"],
+                "prompt_tokens": kept_row.prompt_tokens,
+                "cached_tokens": kept_row.cached_tokens,
+            }
         )
-        history += row.text
+        history += kept_row.text
     return turns
 
 
@@ -86,8 +107,9 @@ def render_markdown(report: dict) -> str:
         f"ONNX Runtime threads. {s['turns']} turns; turn 1 has a {s['first_tokens']}-token "
         f"prompt, each later turn adds the {s['answer_tokens']}-token greedy answer and a "
         f"{s['user_tokens']}-token user message. TTFT = `DecodeBatch.add` + first `step` "
-        f"(in-process), median of {s['conversations']} conversations per arm, the arms "
-        "alternating on one session.",
+        f"(in-process), median of {s['conversations']} conversations; at every turn the "
+        "same prompt is timed without and with the cache back to back (order alternating "
+        "by turn) on one session, then the answer is generated with the cache on.",
         "",
         "| turn | prompt tokens | cached tokens | TTFT without cache (ms) | TTFT with cache (ms) "
         "| with / without |",
@@ -121,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first-tokens", type=int, default=60)
     parser.add_argument("--user-tokens", type=int, default=70)
     parser.add_argument("--answer-tokens", type=int, default=30)
-    parser.add_argument("--conversations", type=int, default=3, help="per arm")
+    parser.add_argument("--conversations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -136,32 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     generator = Generator.from_bundle(bundle, threads=args.threads, huge_pages=True)
     cache = PrefixCache(1 << 30)
     each = args.first_tokens + (args.turns - 1) * args.user_tokens
-    sources = corpus_tokens(generator, args.corpus, 2 * args.conversations + 1, each)
+    sources = corpus_tokens(generator, args.corpus, args.conversations + 1, each)
     load_before = common.load_average()
-    generator.prefix_cache = None
-    conversation(generator, sources.pop(), args)  # warm-up: first-run costs out of the figures
-    arms: dict[str, list[list[dict]]] = {"with": [], "without": []}
+    warm = argparse.Namespace(**{**vars(args), "turns": 2})
+    conversation(generator, cache, sources.pop(), warm)  # first-run costs out of the figures
+    runs = []
     for i in range(args.conversations):
-        order = ["with", "without"] if i % 2 == 0 else ["without", "with"]
-        for arm in order:
-            generator.prefix_cache = cache if arm == "with" else None
-            cache.clear()
-            arms[arm].append(conversation(generator, sources.pop(), args))
-            log.info(
-                "conversation %d %s cache: %s",
-                i,
-                arm,
-                [round(t["ttft_s"] * 1000) for t in arms[arm][-1]],
-            )
+        runs.append(conversation(generator, cache, sources.pop(), args))
+        log.info(
+            "conversation %d TTFT ms without / with: %s", i,
+            [(round(t["without_s"] * 1000), round(t["with_s"] * 1000)) for t in runs[-1]],
+        )  # fmt: skip
     turns = []
     for t in range(args.turns):
-        with_ms = common.median(c[t]["ttft_s"] * 1000 for c in arms["with"])
-        without_ms = common.median(c[t]["ttft_s"] * 1000 for c in arms["without"])
+        with_ms = common.median(c[t]["with_s"] * 1000 for c in runs)
+        without_ms = common.median(c[t]["without_s"] * 1000 for c in runs)
         turns.append(
             {
                 "turn": t + 1,
-                "prompt_tokens": int(common.median(c[t]["prompt_tokens"] for c in arms["with"])),
-                "cached_tokens": int(common.median(c[t]["cached_tokens"] for c in arms["with"])),
+                "prompt_tokens": int(common.median(c[t]["prompt_tokens"] for c in runs)),
+                "cached_tokens": int(common.median(c[t]["cached_tokens"] for c in runs)),
                 "with_ms": with_ms,
                 "without_ms": without_ms,
                 "with_over_without": with_ms / without_ms,
@@ -180,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "without_cache": turns[-1]["without_ms"] / turns[0]["without_ms"],
             "met": with_ratio <= GOAL,
         },
-        "raw": arms,
+        "raw": runs,
         "load_before": load_before,
         "load_after": common.load_average(),
         "machine": common.machine_description(),
