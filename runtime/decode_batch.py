@@ -22,10 +22,17 @@ The model runs lazily: `step` first feeds the previous step's tokens (dropping f
 rows once a quarter of the batch has finished, as copying the cache costs about as much as
 a few decode steps of those rows), then samples. So the text of a step is returned as soon
 as it is sampled, and an `add` between steps joins a batch whose logits are up to date.
+
+Two optional speed-ups leave every token unchanged: with a `PrefixCache` (prefix_cache.py)
+a prompt that starts like a sequence seen before prefills only its new tokens on top of
+that sequence's stored KV, and a row stores its KV when it ends or is cancelled; with
+`speculative_tokens`, a greedy row decoding alone drafts tokens by prompt lookup
+(prompt_lookup.py) and checks them in one run of a graph with every position's logits.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -40,6 +47,8 @@ from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
 from fst.runtime.stepper import Stepper
 from fst.runtime.streaming import TextStream
+
+log = logging.getLogger(__name__)
 
 # Drop finished rows from the batch once this fraction of it has finished (copying the
 # cache once costs about as much as a few decode steps of the finished rows).
@@ -284,7 +293,10 @@ class DecodeBatch:
         ids = row._fed_ids()
         stepper: Any = self._stepper
         cache = self._cache
-        self._prefix_cache.store(ids, lambda: stepper.row_past(cache, index, len(ids)))
+        try:
+            self._prefix_cache.store(ids, lambda: stepper.row_past(cache, index, len(ids)))
+        except Exception:  # a cache is an optimisation: never fail the batch for it
+            log.warning("prefix cache: could not store a finished row", exc_info=True)
 
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
         if not isinstance(getattr(request, "params", None), GenerationParams):
