@@ -61,10 +61,11 @@ class ServingSettings(BaseSettings):
         "also sized by kv_cache_mb and max_step_ms)",
     )
     max_step_ms: float = Field(
-        250.0,
+        0.0,
         ge=0,
-        description="admit sequences while the decode step, predicted from the measured ones, "
-        "stays under this (the time between two tokens of every stream); 0: no limit",
+        description="admit more than 16 sequences only while the decode step, predicted from "
+        "the measured ones, stays under this (the time between two tokens of every stream); "
+        "0: no limit (the batch is then sized by kv_cache_mb and max_batch_size)",
     )
     kv_cache_mb: int | None = Field(
         None,
