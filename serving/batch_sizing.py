@@ -125,7 +125,14 @@ class MemoryGate:
 
     def __init__(self, sizer: BatchSizer, running: Iterable[Any]) -> None:
         self.sizer = sizer
-        self.tokens = [sizer.request_tokens(request)[0] for request in running]
+        self._running = running  # requests of the running rows, counted on first use
+        self._tokens: list[int] | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        if self._tokens is None:  # most steps take no job: nothing to count then
+            self._tokens = [self.sizer.request_tokens(r)[0] for r in self._running]
+        return self._tokens
 
     def _job_tokens(self, job: Any) -> list[int]:
         return [n for request in job.requests for n in self.sizer.request_tokens(request)]
@@ -134,7 +141,7 @@ class MemoryGate:
         return self.sizer.fits(self.tokens, self._job_tokens(job))
 
     def add(self, job: Any) -> None:
-        self.tokens += self._job_tokens(job)
+        self.tokens.extend(self._job_tokens(job))
 
 
 def kv_bytes_per_token(generator: Any) -> int | None:

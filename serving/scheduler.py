@@ -201,7 +201,7 @@ class Scheduler:
             if joins or engine.idle:
                 live = engine.live_rows
                 free = min(self.sizer.step_limit(), self.max_batch_size) - len(live)
-                memory = MemoryGate(self.sizer, [row.request for row in live])
+                memory = MemoryGate(self.sizer, (row.request for row in live))
                 jobs = self._take(free, idle=engine.idle, memory=memory)
                 if jobs is None:
                     return
