@@ -54,14 +54,21 @@ def export(gguf: Path, variant: str, folder: Path) -> dict[str, Any]:
     """fst-export in a child (unless an earlier run finished it: `export.json` beside the
     bundle records its wall time); the bundle's size, parity and the export's wall time."""
     record = folder.parent / "export.json"
-    if not (record.is_file() and (folder / "fst_bundle.json").is_file()):
+    if not record.is_file():
         started = time.perf_counter()
-        subprocess.run(_export_command(gguf, variant, folder), check=True)
-        seconds = time.perf_counter() - started
-        common.write_atomic(record, json.dumps({"export_seconds": round(seconds, 1)}))
+        done = subprocess.run(
+            _export_command(gguf, variant, folder), capture_output=True, text=True
+        )
+        result: dict[str, Any] = {"export_seconds": round(time.perf_counter() - started, 1)}
+        if done.returncode != 0:  # the parity gate refused the bundle: a row that says why
+            result["failed"] = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        common.write_atomic(record, json.dumps(result))
+    result = json.loads(record.read_text())
+    if "failed" in result:
+        return result
     manifest = json.loads((folder / "fst_bundle.json").read_text())
     return {
-        **json.loads(record.read_text()),
+        **result,
         "bundle_bytes": sum(manifest["sizes"].values()),
         "parity": manifest["parity"],
         "graph": {k: manifest["graph"].get(k) for k in ("variant", "kv_layout", "int8_weights")},
@@ -138,10 +145,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"{variant}: export", flush=True)
         rows[variant] = export(gguf, variant, folder)
+        if "failed" in rows[variant]:
+            print(f"{variant}: {rows[variant]['failed']}", flush=True)
+            continue
         print(f"{variant}: fst-eval --bundle", flush=True)
         rows[variant].update(evaluate_bundle(folder, variant))
     print("PyTorch reference", flush=True)
-    bundle = args.cache / args.variants[0] / "bundle"
+    bundle = args.cache / next(v for v in args.variants if "failed" not in rows[v]) / "bundle"
     reference = torch_reference(gguf, bundle, args.cache / "pytorch.json")
     return {
         "schema_version": SCHEMA_VERSION,
@@ -185,6 +195,11 @@ def render(report: dict[str, Any]) -> str:
     ]
     for variant in sorted(report["bundles"], key=VARIANTS.index):
         row = report["bundles"][variant]
+        if "failed" in row:
+            lines.append(
+                f"| fst {variant} | – | – | – | – | – | – | – | {row['export_seconds']:.0f} |"
+            )
+            continue
         tok = row["token_level"]
         delta = 100 * (tok["perplexity"] / ref["perplexity"] - 1)
         parity = row["parity"]
@@ -194,6 +209,9 @@ def render(report: dict[str, Any]) -> str:
             f"{parity['top1_agreement']:.3f} | {row['greedy']['seq_rep_4']:.3f} | "
             f"{row['export_seconds']:.0f} |"
         )
+    failed = {v: r["failed"] for v, r in report["bundles"].items() if "failed" in r}
+    for variant, message in failed.items():
+        lines += ["", f"{variant}: no bundle — `{message}`"]
     int4 = report["bundles"].get("int4", {}).get("int4")
     if int4:
         lines += ["", f"int4 scheme chosen by the exporter: {json.dumps(int4)}."]

@@ -15,6 +15,7 @@ from conftest import REAL_MODEL_TIMEOUT
 from fst.core.bundle import check_bundle
 from fst.core.chat_template import ChatTemplate
 from fst.core.generation_params import GenerationParams
+from fst.export.exporter import ExportError
 from fst.runtime import GenerationRequest, Generator
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(REAL_MODEL_TIMEOUT)]
@@ -118,7 +119,15 @@ def test_fp32_greedy_tokens_equal_transformers_generate(smollm2_bundle, referenc
         assert actual == expected, generator.tokenizer.decode(actual)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])
+# Dynamic int8 (per-tensor uint8 activations quantised at run time) loses SmolLM2: the
+# export's parity gate refuses the bundle (top-1 agreement 0.57, max |diff| 17.8 at logit
+# scale 41; per-channel weights measured no better). Strict: this fails once int8 passes.
+INT8_REFUSED = pytest.mark.xfail(
+    strict=True, raises=ExportError, reason="dynamic int8 fails the parity gate on SmolLM2"
+)
+
+
+@pytest.mark.parametrize("variant", ["fp32", pytest.param("int8", marks=INT8_REFUSED), "int4"])
 def test_capital_of_france(smollm2_bundle, variant):
     bundle = smollm2_bundle(variant)
     generator = Generator.from_bundle(bundle)
