@@ -212,6 +212,9 @@ def render(report: dict[str, Any]) -> str:
     failed = {v: r["failed"] for v, r in report["bundles"].items() if "failed" in r}
     for variant, message in failed.items():
         lines += ["", f"{variant}: no bundle — `{message}`"]
+    notes = {v: r["note"] for v, r in report["bundles"].items() if "note" in r}
+    for variant, note in notes.items():
+        lines += ["", f"{variant} export s: {note}."]
     int4 = report["bundles"].get("int4", {}).get("int4")
     if int4:
         lines += ["", f"int4 scheme chosen by the exporter: {json.dumps(int4)}."]
