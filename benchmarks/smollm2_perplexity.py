@@ -14,6 +14,8 @@ perplexity comes from the same function (`token_level_metrics`) over the same to
 documents and batches. Held-out text: data/documents/nietzsche/valid.documents (plain
 text, each document scored from its first token). Exports and evaluations run in child
 processes; their wall times are on a shared machine and only indicative.
+Work already done in the cache folder (a bundle with its export.json, an eval JSON) is
+reused, so an interrupted run picks up where it stopped; delete the folder for a fresh one.
 Writes benchmarks/results/smollm2-135m-perplexity-by-format.{json,md}.
 """
 
@@ -49,19 +51,24 @@ SCHEMA_VERSION = 1
 
 
 def export(gguf: Path, variant: str, folder: Path) -> dict[str, Any]:
-    """fst-export in a child; the bundle's size, parity and the export's wall time."""
-    command = [
-        sys.executable, "-m", "fst.export.cli", "--model_path", str(gguf), "--output",
-        str(folder), "--optimize", "--logits", "all", "--force", "--quiet",
-        "--log_file", str(folder.parent / f"{variant}.export.log"),
-        *(["--quantize", variant] if variant != "fp32" else []),
-    ]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - started
+    """fst-export in a child (unless an earlier run finished it: `export.json` beside the
+    bundle records its wall time); the bundle's size, parity and the export's wall time."""
+    record = folder.parent / "export.json"
+    if not record.is_file():
+        started = time.perf_counter()
+        done = subprocess.run(
+            _export_command(gguf, variant, folder), capture_output=True, text=True
+        )
+        result: dict[str, Any] = {"export_seconds": round(time.perf_counter() - started, 1)}
+        if done.returncode != 0:  # the parity gate refused the bundle: a row that says why
+            result["failed"] = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        common.write_atomic(record, json.dumps(result))
+    result = json.loads(record.read_text())
+    if "failed" in result:
+        return result
     manifest = json.loads((folder / "fst_bundle.json").read_text())
     return {
-        "export_seconds": round(seconds, 1),
+        **result,
         "bundle_bytes": sum(manifest["sizes"].values()),
         "parity": manifest["parity"],
         "graph": {k: manifest["graph"].get(k) for k in ("variant", "kv_layout", "int8_weights")},
@@ -70,33 +77,48 @@ def export(gguf: Path, variant: str, folder: Path) -> dict[str, Any]:
     }
 
 
+def _export_command(gguf: Path, variant: str, folder: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "fst.export.cli", "--model_path", str(gguf), "--output",
+        str(folder), "--optimize", "--logits", "all", "--force", "--quiet",
+        "--log_file", str(folder.parent / f"{variant}.export.log"),
+        *(["--quantize", variant] if variant != "fp32" else []),
+    ]  # fmt: skip
+
+
 def evaluate_bundle(folder: Path, variant: str) -> dict[str, Any]:
-    """fst-eval --bundle in a child: its token-level metrics and greedy seq-rep-4."""
+    """fst-eval --bundle in a child (unless an earlier run wrote its JSON): its token-level
+    metrics, greedy seq-rep-4 and its own wall time."""
     out = folder.parent / "eval"
+    result = out / f"{variant}.eval.json"
     command = [
         sys.executable, "-m", "fst.cli.evaluate", "--bundle", str(folder), "--documents",
         str(DOCUMENTS), "--output_dir", str(out), "--name", variant, "--decodings", "greedy",
         "--max_prefixes", str(MAX_PREFIXES), "--batch_size", str(BATCH_SIZE),
     ]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    row = json.loads((out / f"{variant}.eval.json").read_text())
+    if not result.is_file():
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    row = json.loads(result.read_text())
     return {
-        "eval_seconds": round(time.perf_counter() - started, 1),
+        "eval_seconds": row["seconds"],
         "token_level": row["token_level"],
         "greedy": row["sequence_level"]["greedy"],
     }
 
 
-def torch_reference(gguf: Path, bundle: Path) -> dict[str, Any]:
-    """PyTorch's token-level metrics of the dequantized GGUF model (runs in a child)."""
-    command = [sys.executable, __file__, "--torch_child", str(gguf), str(bundle)]
-    started = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return {
-        "eval_seconds": round(time.perf_counter() - started, 1),
-        "token_level": json.loads(done.stdout.strip().splitlines()[-1]),
-    }
+def torch_reference(gguf: Path, bundle: Path, record: Path) -> dict[str, Any]:
+    """PyTorch's token-level metrics of the dequantized GGUF model (runs in a child; kept
+    in `record` for a later run)."""
+    if not record.is_file():
+        command = [sys.executable, __file__, "--torch_child", str(gguf), str(bundle)]
+        started = time.perf_counter()
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        result = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "token_level": json.loads(done.stdout.strip().splitlines()[-1]),
+        }
+        common.write_atomic(record, json.dumps(result))
+    return json.loads(record.read_text())
 
 
 def _torch_child(gguf: Path, bundle: Path) -> None:
@@ -123,10 +145,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"{variant}: export", flush=True)
         rows[variant] = export(gguf, variant, folder)
+        if "failed" in rows[variant]:
+            print(f"{variant}: {rows[variant]['failed']}", flush=True)
+            continue
         print(f"{variant}: fst-eval --bundle", flush=True)
         rows[variant].update(evaluate_bundle(folder, variant))
     print("PyTorch reference", flush=True)
-    reference = torch_reference(gguf, args.cache / args.variants[0] / "bundle")
+    bundle = args.cache / next(v for v in args.variants if "failed" not in rows[v]) / "bundle"
+    reference = torch_reference(gguf, bundle, args.cache / "pytorch.json")
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "python benchmarks/smollm2_perplexity.py " + " ".join(sys.argv[1:]),
@@ -167,16 +193,28 @@ def render(report: dict[str, Any]) -> str:
         f"| PyTorch fp32 (from GGUF) | {report['model']['gguf_bytes'] / 1e6:.1f} (GGUF) | "
         f"{ref['perplexity']:.3f} | – | {ref['acc']:.4f} | – | – | – | – |",
     ]
-    for variant, row in report["bundles"].items():
+    for variant in sorted(report["bundles"], key=VARIANTS.index):
+        row = report["bundles"][variant]
+        if "failed" in row:
+            lines.append(
+                f"| fst {variant} | – | – | – | – | – | – | – | {row['export_seconds']:.0f} |"
+            )
+            continue
         tok = row["token_level"]
         delta = 100 * (tok["perplexity"] / ref["perplexity"] - 1)
         parity = row["parity"]
         lines.append(
             f"| fst {variant} | {row['bundle_bytes'] / 1e6:.1f} | {tok['perplexity']:.3f} | "
             f"{delta:+.2f}% | {tok['acc']:.4f} | {parity['max_abs_diff']:.3g} | "
-            f"{parity['top1_agreement']:.3f} | {row['greedy']['seq-rep-4']:.3f} | "
+            f"{parity['top1_agreement']:.3f} | {row['greedy']['seq_rep_4']:.3f} | "
             f"{row['export_seconds']:.0f} |"
         )
+    failed = {v: r["failed"] for v, r in report["bundles"].items() if "failed" in r}
+    for variant, message in failed.items():
+        lines += ["", f"{variant}: no bundle — `{message}`"]
+    notes = {v: r["note"] for v, r in report["bundles"].items() if "note" in r}
+    for variant, note in notes.items():
+        lines += ["", f"{variant} export s: {note}."]
     int4 = report["bundles"].get("int4", {}).get("int4")
     if int4:
         lines += ["", f"int4 scheme chosen by the exporter: {json.dumps(int4)}."]
@@ -197,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--render", action="store_true", help="rewrite the tables from the JSON")
     args = parser.parse_args(argv)
-    report = json.loads((args.out / f"{NAME}.json").read_text()) if args.render else run(args)
+    if args.render:
+        report = json.loads((args.out / f"{NAME}.json").read_text())
+    else:
+        report = run(args)
+        common.write_atomic(args.out / f"{NAME}.json", json.dumps(report, indent=2) + "\n")
     common.write_report(args.out, NAME, report, render(report))
     print(render(report))
     return 0

@@ -15,6 +15,7 @@ from conftest import REAL_MODEL_TIMEOUT
 from fst.core.bundle import check_bundle
 from fst.core.chat_template import ChatTemplate
 from fst.core.generation_params import GenerationParams
+from fst.export.exporter import ExportError
 from fst.runtime import GenerationRequest, Generator
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(REAL_MODEL_TIMEOUT)]
@@ -118,7 +119,19 @@ def test_fp32_greedy_tokens_equal_transformers_generate(smollm2_bundle, referenc
         assert actual == expected, generator.tokenizer.decode(actual)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])
+# The export's parity gate (top-1 agreement >= 0.8 against PyTorch on its two prompts)
+# refuses SmolLM2's int8 and int4 bundles: int8 (QInt8 12.6 / QUInt8 17.8 max |diff| at
+# logit scale 41, top-1 0.57), int4 (every rung of its ladder, best top-1 0.52). Strict:
+# these fail as soon as the exporter writes such a bundle, and then must answer "Paris".
+REFUSED = pytest.mark.xfail(
+    strict=True, raises=ExportError, reason="SmolLM2 fails the int8/int4 parity gate"
+)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["fp32", pytest.param("int8", marks=REFUSED), pytest.param("int4", marks=REFUSED)],
+)
 def test_capital_of_france(smollm2_bundle, variant):
     bundle = smollm2_bundle(variant)
     generator = Generator.from_bundle(bundle)
