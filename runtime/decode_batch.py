@@ -22,6 +22,11 @@ The model runs lazily: `step` first feeds the previous step's tokens (dropping f
 rows once a quarter of the batch has finished, as copying the cache costs about as much as
 a few decode steps of those rows), then samples. So the text of a step is returned as soon
 as it is sampled, and an `add` between steps joins a batch whose logits are up to date.
+
+Failures end the rows they belong to, never their neighbours: a row whose sampling raises
+finishes with finish_reason "error" (`row.error` holds the exception). When the model run
+of a step fails, each live row is run alone once: the rows that fail alone end with
+"error", the others go on together (a failure no row reproduces alone is raised).
 """
 
 from __future__ import annotations
@@ -57,13 +62,15 @@ class Row:
     Read-only for callers: `request`, `tag` (whatever the caller passed to `add`), `index`
     (which of the request's samples), `prompt_tokens`, `token_ids` (generated so far, the
     EOS included when one ended it), `text` (final text so far, cut before a stop string)
-    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled");
-    `logprobs` (one per generated token) and `prompt_logprobs` (one per prompt token) are
-    lists only when the request asked for them, else None.
+    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled" |
+    "error", with the exception in `error`); `logprobs` (one per generated token) and
+    `prompt_logprobs` (one per prompt token) are lists only when the request asked for
+    them, else None.
     """
 
     __slots__ = ("request", "tag", "index", "prompt_tokens", "token_ids", "finish_reason")
-    __slots__ += ("logprobs", "prompt_ids", "prompt_logprobs", "_sampler", "_stream", "_eos")
+    __slots__ += ("error", "logprobs", "prompt_ids", "prompt_logprobs")
+    __slots__ += ("_sampler", "_stream", "_eos")
 
     def __init__(
         self,
@@ -81,6 +88,7 @@ class Row:
         self.prompt_tokens = len(prompt_ids)
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
+        self.error: BaseException | None = None
         self.logprobs: list[TokenLogprob] | None = None if request.logprobs is None else []
         self.prompt_ids = prompt_ids
         self.prompt_logprobs: list[TokenLogprob | None] | None = None
@@ -137,6 +145,9 @@ class Row:
         self.finish_reason = "cancelled"
         self._stream.finish()  # the text keeps what was generated; nothing more is streamed
 
+    def _fail(self, error: BaseException) -> None:
+        self.finish_reason, self.error = "error", error
+
     def __repr__(self) -> str:
         state = f"tokens={len(self.token_ids)}, finish_reason={self.finish_reason!r}"
         return f"Row(tag={self.tag!r}, index={self.index}, {state})"
@@ -180,7 +191,7 @@ class DecodeBatch:
         self._cache: Any = None  # the stepper's cache
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
         self._pending: np.ndarray | None = None  # [rows] tokens sampled, not yet fed
-        self._cancelled: list[Row] = []  # cancelled since the last step, to report
+        self._cancelled: list[Row] = []  # cancelled or failed since the last step, to report
         self._num_live = 0  # rows of `_rows` still decoding
 
     @property
@@ -285,12 +296,13 @@ class DecodeBatch:
     def step(self) -> list[StepEvent]:
         """One token for every live row; returns the rows that got final text or ended.
 
-        Rows cancelled since the last step are reported first (finished, no piece).
+        Rows cancelled since the last step (or failed in its model run) are reported first
+        (finished, no piece).
         """
         events: list[StepEvent] = []
+        self._feed_pending()
         if self._cancelled:
             events, self._cancelled = [StepEvent(r, "", True) for r in self._cancelled], []
-        self._feed_pending()
         if not self._rows:
             return events
         assert self._logits is not None
@@ -299,8 +311,13 @@ class DecodeBatch:
         for i, row in enumerate(self._rows):
             if row.finish_reason is not None:
                 continue
-            tokens[i] = token = row._choose(self._logits[i])
-            piece = row._advance(token)
+            try:
+                tokens[i] = token = row._choose(self._logits[i])
+                piece = row._advance(token)
+            except Exception as exc:  # this row's sampling or text: it ends, nobody else
+                row._fail(exc)
+                events.append(StepEvent(row, "", True))
+                continue
             if row.finish_reason is None:
                 live += 1
                 if piece:
@@ -327,8 +344,37 @@ class DecodeBatch:
             self._cache = self._stepper.select(self._cache, live)
             self._rows, self._pending = [self._rows[i] for i in live], self._pending[live]
         # If the model fails, the batch is left as it was (the cache advances on success).
-        self._logits = self._stepper.decode(self._cache, self._pending)
+        try:
+            self._logits = self._stepper.decode(self._cache, self._pending)
+        except Exception:
+            if self._num_live < 2 or not self._fail_rows_that_fail_alone():
+                raise
+            if not self._num_live:
+                self._clear()
+                return
+            self._logits = self._stepper.decode(self._cache, self._pending)
         self._pending = None
+
+    def _fail_rows_that_fail_alone(self) -> bool:
+        """After a failed model run: run each live row alone (results discarded); the rows
+        that fail end with "error" and leave the batch. False when none failed alone."""
+        assert self._cache is not None and self._pending is not None
+        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
+        ok = []
+        for i in live:
+            try:
+                self._stepper.decode(self._stepper.select(self._cache, [i]), self._pending[[i]])
+                ok.append(i)
+            except Exception as exc:
+                self._rows[i]._fail(exc)
+                self._cancelled.append(self._rows[i])
+        if len(ok) == len(live):
+            return False
+        self._num_live = len(ok)
+        if ok:
+            self._cache = self._stepper.select(self._cache, ok)
+            self._rows, self._pending = [self._rows[i] for i in ok], self._pending[ok]
+        return True
 
     def _clear(self) -> None:
         self._rows, self._cache, self._logits, self._pending = [], None, None, None

@@ -175,7 +175,8 @@ class Generator:
 
         `on_piece(request_idx, seq_idx, text)` gets text as it becomes final (never a stop
         string, never half a character). `is_cancelled(request_idx)` is polled every step;
-        a cancelled request's sequences stop with finish_reason "cancelled".
+        a cancelled request's sequences stop with finish_reason "cancelled". A row that
+        fails (its sampling or its model run alone) raises its error here.
         """
         batch = self.new_batch()
         rows = batch.add(requests)  # row.tag is the request's index
@@ -183,6 +184,8 @@ class Generator:
             if is_cancelled is not None:
                 _cancel_requests(batch, rows, is_cancelled)
             for row, piece, _ in batch.step():
+                if row.error is not None:
+                    raise row.error
                 if on_piece is not None and piece:
                     on_piece(row.tag, row.index, piece)
         return [[row.completion() for row in per_request] for per_request in rows]
@@ -204,6 +207,8 @@ def _pieces(batch: DecodeBatch, request: GenerationRequest) -> Iterator[str]:
     batch.add([request])
     while batch.num_live:
         for event in batch.step():
+            if event.row.error is not None:
+                raise event.row.error
             if event.piece:
                 yield event.piece
 

@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from fst import __version__
 from fst.serving.errors import install_error_handlers
+from fst.serving.head import HeadAsGet
 from fst.serving.metrics import MetricsMiddleware, ServingMetrics
 from fst.serving.routes import chat, completions, ops, original, tokenizer
 from fst.serving.settings import ServingSettings
@@ -40,7 +42,8 @@ def create_app(settings: ServingSettings, generator: Any | None = None) -> FastA
         finally:
             await state.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package: they render offline.
+    app = FastAPIOffline(
         title="Full Stack Transformer",
         version=__version__,
         description=DESCRIPTION,
@@ -49,6 +52,7 @@ def create_app(settings: ServingSettings, generator: Any | None = None) -> FastA
     )
     app.state.serving = state
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HeadAsGet)  # outermost: the metrics count a HEAD as its GET
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(original.router)

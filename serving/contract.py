@@ -24,6 +24,7 @@ class StepRow(Protocol):
     tag: Any
     index: int
     finish_reason: str | None
+    error: BaseException | None  # why the row ended when finish_reason is "error"
 
     def completion(self) -> Any: ...
 

@@ -3,7 +3,8 @@
 Same field names, defaults and shapes as OpenAI's legacy completions API, so its Python
 client parses our answers. `top_k`, `repetition_penalty`, `min_tokens`, `ignore_eos` and
 `meta` are extras, as in other open servers. Unknown fields are ignored (as OpenAI-style
-servers do), so tools that send more than we use keep working.
+servers do), so tools that send more than we use keep working. Types are strict, as
+OpenAI's: `"max_tokens": "4"`, `true` for a number or `"yes"` for a boolean is a 400.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fst.core.generation_params import (
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+)
 
 
 class StreamOptions(BaseModel):
@@ -22,6 +30,7 @@ class StreamOptions(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -53,7 +62,11 @@ class CompletionRequest(BaseModel):
         description="Most tokens to generate per choice; 0 (with `echo`) scores the prompt only.",
     )
     temperature: float | None = Field(
-        1.0, ge=0.0, description="Sampling temperature; 0 means greedy."
+        1.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"Sampling temperature: 0 means greedy, otherwise in "
+        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
     )
     top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int | None = Field(1, ge=1, description="Choices to generate for each prompt.")
@@ -89,7 +102,10 @@ class CompletionRequest(BaseModel):
     # Extras beyond OpenAI's API.
     top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
     repetition_penalty: float | None = Field(
-        1.0, gt=0.0, description="Extra: penalty for repeated tokens (CTRL-style); 1 is off."
+        1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
     )
     min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
     ignore_eos: bool | None = Field(False, description="Extra: do not stop at end-of-text.")

@@ -27,8 +27,6 @@ from fst.serving.app import create_app
 from fst.serving.cli import main as serve_main
 from fst.serving.settings import ServingSettings
 
-pytestmark = pytest.mark.timeout(60)
-
 
 def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout

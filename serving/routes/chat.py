@@ -48,6 +48,7 @@ from fst.serving.generation import (
 from fst.serving.jobs import Job
 from fst.serving.openai_schemas import ErrorResponse, Usage
 from fst.serving.routes.completions import _check_model
+from fst.serving.state import ServingState
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ async def _max_tokens(
     generator: ServedGenerator,
     prompt: ChatPrompt,
     length: int,
-    state: Any,
+    state: ServingState,
 ) -> tuple[str, int]:
     """The API's name for the token limit and its value: the one asked for (checked against
     the server's limit and the context), else what the context has left, up to the limit."""

@@ -217,9 +217,10 @@ def _or(value: Any, default: Any) -> Any:
 
 def _check_model(model: str | None, served: str) -> None:
     if model is not None and model != served:
+        shown = model if len(model) <= 100 else f"{model[:100]}…"  # never echo 64 KB back
         raise APIError(
             404,
-            f"model: the model '{model}' does not exist; this server serves '{served}'",
+            f"model: the model '{shown}' does not exist; this server serves '{served}'",
             param="model",
             code="model_not_found",
         )
