@@ -177,3 +177,17 @@ def test_openai_client_parses_logprobs_and_echo(base: str) -> None:
     assert len(choice.logprobs.tokens) == len(choice.logprobs.text_offset)
     assert all(len(top) in (5, 6) for top in choice.logprobs.top_logprobs[1:])
     assert "".join(choice.logprobs.tokens) == choice.text
+
+
+def test_tokenizer_info_declares_the_hf_tokenizers_special_tokens(
+    tiny_chatml_bundle: Path, tiny_chatml_model_dir: Path
+) -> None:
+    """lm-eval's remote tokenizer starts rolling windows with the declared BOS, as its hf
+    backend does: a chat model's BOS that its prompts never get added is still declared."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tiny_chatml_model_dir)
+    with _serve(tiny_chatml_bundle) as url:
+        info = httpx.get(f"{url}/tokenizer_info", timeout=10).json()
+    assert (info["bos_token"], info["eos_token"]) == (hf.bos_token, hf.eos_token)
+    assert info["chat_template"]

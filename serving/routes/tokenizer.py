@@ -108,18 +108,23 @@ async def detokenize(payload: DetokenizeRequest, state: StateDep) -> DetokenizeR
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, summary="The tokenizer's tokens")
 async def tokenizer_info(state: StateDep) -> TokenizerInfo:
+    """The special tokens as the model's Hugging Face tokenizer declares them (lm-eval starts
+    each rolling window with the BOS, else the EOS): a BOS the model never gets added (a
+    chat model's, whose template writes it) is still its declared BOS."""
     generator, _ = state.require_ready()
     tokenizer = _tokenizer(generator)
-    bos = tokenizer.bos_token_id
     chat = getattr(generator, "chat", None)
+    declared = chat.special_tokens if chat is not None else {}
 
-    def text(token: int) -> str:
+    def text(token: int | None, name: str) -> str | None:
+        if token is None:
+            return declared.get(name)
         return tokenizer.decode([token], skip_special_tokens=False)
 
     return TokenizerInfo(
         eos_token=tokenizer.eos_token,
-        bos_token=text(bos) if bos is not None else None,
-        pad_token=text(tokenizer.pad_token_id),
+        bos_token=text(tokenizer.bos_token_id, "bos_token"),
+        pad_token=declared.get("pad_token") or text(tokenizer.pad_token_id, "pad_token"),
         chat_template=chat.template if chat is not None else None,
         model_max_length=generator.max_positions,
     )
