@@ -423,6 +423,7 @@ def _manifest(
             epoch=source.epoch,
             args=source.training_args,
         ),
+        chat=source.chat,
         versions=bundle_writer.library_versions(),
         files=digests,
         sizes=file_sizes(folder, list(digests)),

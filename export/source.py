@@ -13,6 +13,8 @@ from typing import Any
 
 from transformers import PretrainedConfig, PreTrainedModel
 
+from fst.core.bundle import ChatInfo
+from fst.core.chat_format import ChatFormat, chat_info
 from fst.core.tokenization import DocumentTokenizer
 from fst.export.wrapper import UnsupportedModelError, check_supported
 
@@ -31,6 +33,7 @@ class ExportSource:
     global_step: int | None = None
     epoch: int | None = None
     training_args: dict[str, Any] = field(default_factory=dict)
+    chat: ChatInfo | None = None  # the manifest's chat section (None: not a chat model)
     config: PretrainedConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +65,10 @@ def _from_checkpoint(path: Path) -> ExportSource:
         raise SourceError(f"{path}: broken fst checkpoint ({_first_line(e)})") from e
     _check(loaded.model, loaded.tokenizer, path)
     info = loaded.info
+    try:
+        chat = checkpoint_chat_info(info, loaded.tokenizer)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SourceError(f"{path}: broken chat format in the checkpoint ({_first_line(e)})") from e
     return ExportSource(
         model=loaded.model.eval(),
         tokenizer=loaded.tokenizer,
@@ -69,7 +76,15 @@ def _from_checkpoint(path: Path) -> ExportSource:
         global_step=info.get("global_step"),
         epoch=info.get("epoch"),
         training_args=dict(info.get("training_args") or {}),
+        chat=chat,
     )
+
+
+def checkpoint_chat_info(info: dict[str, Any], tokenizer: DocumentTokenizer) -> ChatInfo | None:
+    """manifest.chat of a checkpoint trained on dialogs (its fst payload's "chat")."""
+    if not info.get("chat"):
+        return None
+    return chat_info(ChatFormat.from_payload(info["chat"]), tokenizer)
 
 
 def _from_hf(name_or_path: str) -> ExportSource:

@@ -20,6 +20,7 @@ tokenized as text and cannot inject control tokens. Torch-free.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -204,6 +205,15 @@ class DocumentTokenizer:
         **settings,
     ) -> DocumentTokenizer:
         """Train a byte-level BPE on the bodies and metas of documents files."""
+        return cls.train_bpe_from_texts(
+            _document_texts(files), vocab_size, min_frequency, **settings
+        )
+
+    @classmethod
+    def train_bpe_from_texts(
+        cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, **settings
+    ) -> DocumentTokenizer:
+        """Train a byte-level BPE on texts (dialog messages, say)."""
         options = TokenizerSettings(**settings)
         specials = [options.eos_token]
         if options.document_format:
@@ -217,7 +227,7 @@ class DocumentTokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tokenizer.train_from_iterator(_document_texts(files), trainer=trainer)
+        tokenizer.train_from_iterator(texts, trainer=trainer)
         return cls(tokenizer, **asdict(options))
 
     @classmethod
@@ -265,6 +275,46 @@ class DocumentTokenizer:
     @property
     def eos_token(self) -> str:
         return self._settings.eos_token
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[str]:
+        """Add `tokens` as special tokens where missing (a chat format's markers); returns
+        those that were not special yet. The model's embeddings must then grow to `vocab_size`."""
+        added = {t.content for t in self._tokenizer.get_added_tokens_decoder().values()}
+        missing = [t for t in dict.fromkeys(tokens) if t not in added]
+        if missing:
+            self._tokenizer.add_special_tokens(missing)
+            decoder = self._tokenizer.get_added_tokens_decoder()
+            self._vocab_size = max(
+                self._tokenizer.get_vocab_size(with_added_tokens=True), max(decoder) + 1
+            )
+        return missing
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one token string (None when the vocabulary lacks it)."""
+        return self._tokenizer.token_to_id(token)
+
+    def special_token_strings(self) -> list[str]:
+        """The added special tokens (EOS, chat markers, document control tokens)."""
+        decoder = self._tokenizer.get_added_tokens_decoder()
+        return [t.content for t in decoder.values() if t.special]
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Ids of text a chat template rendered: a special token written in it is that
+        token (as `apply_chat_template(tokenize=True)` reads it), the rest is plain text.
+        Message contents must not contain special tokens: callers refuse them."""
+        specials = sorted(self.special_token_strings(), key=len, reverse=True)
+        if not specials:
+            return self.encode_text(text)
+        ids: list[int] = []
+        position = 0
+        for match in re.finditer("|".join(re.escape(t) for t in specials), text):
+            if match.start() > position:
+                ids += self.encode_text(text[position : match.start()])
+            ids.append(self._tokenizer.token_to_id(match.group()))
+            position = match.end()
+        if position < len(text):
+            ids += self.encode_text(text[position:])
+        return ids
 
     def num_added_tokens(self, base_vocab_size: int) -> int:
         """How many embedding rows a model with `base_vocab_size` rows lacks (ids from
