@@ -153,3 +153,17 @@ def test_chat_encoder_of_a_checkpoint_reproduces_training_labels(dialog_checkpoi
         if label != LOSS_IGNORE
     ]
     assert loaded.tokenizer.decode(learnt, skip_special_tokens=False) == "Hello there.<|im_end|>"
+
+
+def test_a_model_folder_with_a_broken_chat_template_is_a_model_error(tmp_path):
+    from fst.training.dialog_data import chat_format_for
+    from fst.training.model import ModelError
+
+    config = {"chat_template": "{% for m in messages %}", "eos_token": "<|im_end|>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ModelError, match="unusable chat template: the chat template does not compile"
+    ):
+        chat_format_for(str(tmp_path), None, "<|endoftext|>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    assert chat_format_for(str(tmp_path), None, "<|endoftext|>").template == CHATML_TEMPLATE

@@ -20,6 +20,7 @@ from fst.core.constants import LOSS_IGNORE
 from fst.core.dialogs import Conversation, DialogError, Message
 from fst.core.tokenization import DocumentTokenizer, Encoding
 from fst.training.data import DocumentDataModule, EncodingDataset
+from fst.training.model import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,12 @@ def chat_format_for(model_path: str, info: dict[str, Any] | None, eos_token: str
     if info is not None and info.get(CHAT_KEY):
         return ChatFormat.from_payload(info[CHAT_KEY])
     if info is None and Path(model_path).is_dir():
-        own = chat_format_from_folder(model_path)
+        try:
+            own = chat_format_from_folder(model_path)
+            if own is not None:
+                own.renderer()  # compiles the template: a broken one fails here, once
+        except ValueError as e:  # bad JSON, a template that does not compile
+            raise ModelError(f"--model_path {model_path}: unusable chat template: {e}") from e
         if own is not None:
             return own
     return default_chat_format(eos_token)
