@@ -41,6 +41,8 @@ from engines import SAMPLING, Timing
 
 # engine name -> (how the GGUF is made, file name)
 VARIANTS = {"llama-f32": "f32", "llama-q8_0": "q8_0", "llama-q4_0": "q4_0"}
+# The model's own GGUF file as distributed (a model built from one: `--gguf`).
+VARIANTS["llama-q4_1"] = "q4_1"
 CONVERT_TIMEOUT_S = 1800
 
 
@@ -68,9 +70,16 @@ def find_converter(src: Path | None) -> Path:
     return script
 
 
-def convert(hf: Path, out_dir: Path, engines: list[str], src: Path | None) -> dict[str, Path]:
-    """GGUFs for the wanted llama-* engines, made once per HF folder (cached by name)."""
+def convert(
+    hf: Path, out_dir: Path, engines: list[str], src: Path | None, original: Path | None = None
+) -> dict[str, Path]:
+    """GGUFs for the wanted llama-* engines, made once per HF folder (cached by name).
+    `original`: the GGUF file the model came from, run as is by llama-q4_1."""
     wanted = [e for e in engines if e in VARIANTS]
+    if "llama-q4_1" in wanted:
+        wanted.remove("llama-q4_1")
+        if original is not None:  # only models made from a GGUF file have one
+            return {"llama-q4_1": Path(original), **convert(hf, out_dir, wanted, src)}
     if not wanted:
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)

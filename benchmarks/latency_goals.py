@@ -14,10 +14,21 @@ from latency_spec import TARGETS, Workload
 # Weight precision of each engine: its floor (bytes per weight) and its peers.
 PRECISION = {"hf": "fp32", "fst-fp32": "fp32", "ct2-fp32": "fp32", "llama-f32": "fp32"}
 PRECISION |= {"fst-int8": "int8", "ct2-int8": "int8", "llama-q8_0": "int8"}
-PRECISION |= {"fst-int4": "int4", "llama-q4_0": "int4"}
+PRECISION |= {"fst-int4": "int4", "llama-q4_0": "int4", "llama-q4_1": "int4"}
 BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "int4": 0.5}
 CT2_PEER = {"fst-fp32": "ct2-fp32", "fst-int8": "ct2-int8"}
-LLAMA_PEER = {"fst-fp32": "llama-f32", "fst-int8": "llama-q8_0", "fst-int4": "llama-q4_0"}
+# llama.cpp at the same weight format: the first of these the run measured (a model made
+# from a Q4_1 GGUF file has its own file as int4 peer when no Q4_0 was made).
+LLAMA_PEERS = {
+    "fst-fp32": ("llama-f32",),
+    "fst-int8": ("llama-q8_0",),
+    "fst-int4": ("llama-q4_0", "llama-q4_1"),
+}
+
+
+def llama_peer(med: dict, ours: str) -> str:
+    peers = LLAMA_PEERS[ours]
+    return next((p for p in peers if p in med), peers[0])
 
 
 def summarize_model(art: Artifacts, raw: dict, floors: dict, w: Workload) -> dict:
@@ -88,7 +99,7 @@ def ratios(med: dict, floor_ms: dict, w: Workload) -> dict[str, dict[str, float 
     out = {}
     for engine in med:
         precision = PRECISION[engine]
-        ct2, llama = f"ct2-{precision}", LLAMA_PEER[f"fst-{precision}"]
+        ct2, llama = f"ct2-{precision}", llama_peer(med, f"fst-{precision}")
         row = {
             "decode_vs_hf": common.ratio(_get(med, engine, key), _get(med, "hf", key)),
             "decode_vs_ct2": common.ratio(_get(med, engine, key), _get(med, ct2, key)),
@@ -137,7 +148,7 @@ def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
     ):
         peer = floor_ms.get(theirs) if theirs in BYTES_PER_WEIGHT else _get(med, theirs, key)
         add(goal, common.ratio(_get(med, ours, key), peer), TARGETS[target])
-    # Issue 16: llama.cpp at the same weight format.
+    # llama.cpp at the same weight format.
     for n in (w.past_lengths[0], w.past_lengths[-1]):
         k = f"past_{n}.decode_ms"
         add(
@@ -146,7 +157,7 @@ def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
             TARGETS["fp32_past_vs_llama"],
         )
     for ours in ("fst-fp32", "fst-int8", "fst-int4"):
-        peer = LLAMA_PEER[ours]
+        peer = llama_peer(med, ours)
         add(
             f"{ours} decode / {peer}",
             common.ratio(_get(med, ours, key), _get(med, peer, key)),

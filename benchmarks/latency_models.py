@@ -33,6 +33,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "distilgpt2": {"n_layer": 6},
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},
     "smollm2-135m": {"preset": "smollm2-135m"},
+    # The real SmolLM2-135M-Instruct from its GGUF file (--gguf), dequantized to fp32: every
+    # engine runs its trained weights; llama.cpp also runs the GGUF file itself (llama-q4_1).
+    "smollm2-135m-instruct": {"gguf": True},
 }
 # SmolLM2's vocabulary size: its random-weight stand-in gets GPT-2's BPE cut to this many
 # tokens (the first 49152 ids and the merges that make them; nothing is downloaded).
@@ -52,8 +55,11 @@ class Artifacts:
     bundles: dict[str, Any] = field(default_factory=dict)  # engine -> manifest summary
 
 
-def build_hf_folder(name: str, cache: Path, bpe_dir: Path) -> Path:
-    """A random-weight GPT-2 saved as a Hugging Face folder with the GPT-2 tokenizer."""
+def build_hf_folder(name: str, cache: Path, bpe_dir: Path, gguf: Path | None = None) -> Path:
+    """A random-weight GPT-2 (or Llama preset) saved as a Hugging Face folder, or the GGUF
+    file's model dequantized to fp32 for the models that name one."""
+    if MODELS[name].get("gguf"):
+        return gguf_hf_folder(name, cache, gguf)
     folder = cache / name / "hf"
     stamp = {"config": MODELS[name], "seed": 0, "tokenizer": 2}
     marker = folder / "fst_bench.json"
@@ -82,6 +88,26 @@ def build_hf_folder(name: str, cache: Path, bpe_dir: Path) -> Path:
         )
         tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
+    marker.write_text(json.dumps(stamp))
+    return folder
+
+
+def gguf_hf_folder(name: str, cache: Path, gguf: Path | None) -> Path:
+    """The GGUF file's model and tokenizer as a Hugging Face folder (fst.training.gguf_import),
+    so CTranslate2, llama.cpp's converter and Hugging Face read the same fp32 weights."""
+    if gguf is None or not Path(gguf).is_file():
+        raise ValueError(f"--models {name} needs --gguf FILE (got {gguf})")
+    folder = cache / name / "hf"
+    stamp = {"gguf": str(Path(gguf).resolve()), "bytes": Path(gguf).stat().st_size}
+    marker = folder / "fst_bench.json"
+    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+        return folder
+    from fst.training.gguf_import import load_gguf
+
+    log.info("dequantizing %s to a Hugging Face folder", gguf)
+    loaded = load_gguf(Path(gguf))
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
     marker.write_text(json.dumps(stamp))
     return folder
 
@@ -212,14 +238,20 @@ def convert_ct2(hf: Path, name: str, cache: Path, engines: list[str]) -> dict[st
 
 def prepare(name: str, args: argparse.Namespace) -> Artifacts:
     cache = args.cache_dir
-    hf = build_hf_folder(name, cache, args.bpe_dir)
+    hf = build_hf_folder(name, cache, args.bpe_dir, args.gguf)
     total, read, dims = count_params(hf)
     art = Artifacts(name=name, config=MODELS[name], params=total, weight_params=read, dims=dims)
     art.paths["hf"] = str(hf)
     for engine, folder in {
         **export_bundles(hf, name, cache, args),
         **convert_ct2(hf, name, cache, args.engines),
-        **engines_llamacpp.convert(hf, cache / name / "gguf", args.engines, args.llamacpp_src),
+        **engines_llamacpp.convert(
+            hf,
+            cache / name / "gguf",
+            args.engines,
+            args.llamacpp_src,
+            original=args.gguf if MODELS[name].get("gguf") else None,
+        ),  # fmt: skip
     }.items():
         art.paths[engine] = str(folder)
         art.bundles[engine] = bundle_summary(engine, folder)

@@ -25,6 +25,7 @@ LABELS = {
     "llama-f32": "llama.cpp f32 GGUF",
     "llama-q8_0": "llama.cpp Q8_0 GGUF",
     "llama-q4_0": "llama.cpp Q4_0 GGUF",
+    "llama-q4_1": "llama.cpp, the model's own Q4_1 GGUF",
 }
 
 

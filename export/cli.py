@@ -1,5 +1,5 @@
-"""fst-export: a training checkpoint or a Hugging Face model (GPT-2, Llama, Qwen2/3, Mistral)
-→ a verified ONNX bundle.
+"""fst-export: a training checkpoint or a Hugging Face model (GPT-2, Llama, Qwen2/3, Mistral;
+a folder, a hub name or a GGUF file) → a verified ONNX bundle.
 
 Exit codes: 0 written, 2 bad input or failed verification (one line on stderr, no bundle
 left behind), 1 unexpected error. Details and tracebacks go to the log file.
@@ -25,7 +25,8 @@ from fst.core.cli_settings import fail, option, parse_settings
 PROG = "fst-export"
 DESCRIPTION = (
     "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2, Llama, Qwen2, Qwen3 "
-    "or Mistral model (--model_path) to an ONNX bundle with KV cache: model.onnx, "
+    "or Mistral model (--model_path: a folder, a hub name or a llama.cpp GGUF file) to an ONNX "
+    "bundle with KV cache: model.onnx, "
     "tokenizer.json and fst_bundle.json. The bundle is checked against PyTorch before it is "
     "written."
 )
@@ -43,7 +44,9 @@ class ExportArgs:
     model_path: str | None = option(
         None,
         group=_SOURCE,
-        help="Hugging Face model folder or hub name (plain LM, no document special tokens)",
+        help="Hugging Face model folder or hub name, or a GGUF file (or a folder holding one; "
+        "weights dequantized to fp32) of a supported family (plain LM, no document special "
+        "tokens)",
     )
     output: Path = option(group=_SOURCE, help="bundle folder to create")
     optimize: bool = option(
@@ -159,10 +162,14 @@ def _run(args: ExportArgs) -> int:
         )
         return 1
     parity = manifest.parity
+    origin = (
+        f" (weights dequantized from {manifest.source_format})" if manifest.source_format else ""
+    )
+    chat = f", chat template from {manifest.chat.template_source}" if manifest.chat else ""
     print(
-        f"{args.output}: {manifest.graph.variant} bundle, logits={manifest.graph.logits}, "
+        f"{args.output}: {manifest.graph.variant} bundle{origin}, logits={manifest.graph.logits}, "
         f"parity max |diff| {parity.max_abs_diff:.3g}, top-1 agreement "
-        f"{parity.top1_agreement:.3f}"
+        f"{parity.top1_agreement:.3f}{chat}"
     )
     return 0
 

@@ -423,9 +423,11 @@ def _manifest(
             epoch=source.epoch,
             args=source.training_args,
         ),
-        chat=source.chat,
         versions=bundle_writer.library_versions(),
         files=digests,
         sizes=file_sizes(folder, list(digests)),
         parity=parity,
+        generation_defaults=source.generation_defaults,
+        chat=source.chat,
+        source_format=source.source_format,
     )

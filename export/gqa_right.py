@@ -40,6 +40,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+from fst.export.ort_attention import attention_heads, emit_group_query_attention
 from fst.export.wrapper import CacheFlatteningWrapper, LogitsMode
 
 ORT_GQA_RIGHT = "fst_ort_gqa_right"  # the attention implementation name for transformers
@@ -50,8 +51,11 @@ class _RightPaddedGQA(torch.autograd.Function):
     the ONNX graph (no attention_bias: the CUDA kernel refuses it)."""
 
     @staticmethod
-    def forward(ctx, query, key, value, past_key, past_value, seqlens, total, scale, heads):
-        # query/key/value [B, H, S, D]: this step's tokens; past [B, H, C, D]; seqlens [B]
+    def forward(
+        ctx, query, key, value, past_key, past_value, seqlens, total, scale, heads, kv_heads
+    ):  # fmt: skip
+        # query [B, H, S, D], key/value [B, Hkv, S, D]: this step's tokens; past
+        # [B, Hkv, C, D]; each key/value head serves heads // kv_heads query heads; seqlens [B]
         # int32 = each row's total length - 1; total: int32 scalar T = the longest row.
         steps, capacity = query.shape[2], past_key.shape[2]
         lengths = seqlens.long() + 1  # [B], this step's tokens included
@@ -63,32 +67,21 @@ class _RightPaddedGQA(torch.autograd.Function):
         present_value = past_value.scatter(2, where, value)
         keys = torch.arange(capacity)
         visible = (keys <= index[:, :, None]) & (keys < lengths[:, None, None])  # [B, S, C]
-        scores = torch.matmul(query, present_key.transpose(-1, -2)) * scale
+        keys = present_key.repeat_interleave(heads // kv_heads, dim=1)
+        values = present_value.repeat_interleave(heads // kv_heads, dim=1)
+        scores = torch.matmul(query, keys.transpose(-1, -2)) * scale
         weights = torch.softmax(scores.masked_fill(~visible[:, None], float("-inf")), -1)
-        out = torch.matmul(weights, present_value).transpose(1, 2)  # [B, S, H, D]
+        out = torch.matmul(weights, values).transpose(1, 2)  # [B, S, H, D]
         return out, present_key, present_value
 
     @staticmethod
-    def symbolic(g, query, key, value, past_key, past_value, seqlens, total, scale, heads):
-        def const(value):
-            return g.op("Constant", value_t=torch.tensor(value))
-
-        def flat(x):  # [B, H, S, D] -> [B, S, H*D]
-            return g.op("Reshape", g.op("Transpose", x, perm_i=[0, 2, 1, 3]), const([0, 0, -1]))
-
-        q, k, v = flat(query), flat(key), flat(value)
-        out, present_key, present_value = g.op(
-            "com.microsoft::GroupQueryAttention",
-            q, k, v, past_key, past_value, seqlens, total,
-            num_heads_i=heads,
-            kv_num_heads_i=heads,
-            scale_f=scale,
-            outputs=3,
+    def symbolic(
+        g, query, key, value, past_key, past_value, seqlens, total, scale, heads, kv_heads
+    ):  # fmt: skip
+        return emit_group_query_attention(
+            g, query, key, value, past_key, past_value, seqlens, total,
+            heads=heads, kv_heads=kv_heads, scale=scale,
         )  # fmt: skip
-        out.setType(q.type())
-        present_key.setType(past_key.type())
-        present_value.setType(past_value.type())
-        return g.op("Reshape", out, const([0, 0, heads, -1])), present_key, present_value
 
 
 class RightPaddedKV:
@@ -124,9 +117,10 @@ def _attention(module, query, key, value, attention_mask, scaling=None, **kwargs
         raise RuntimeError(f"the {ORT_GQA_RIGHT} attention runs only inside right_padded_kv(...)")
     scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
     past_key, past_value = state.pasts[module.layer_idx]
+    heads, kv_heads = attention_heads(module)
     out, present_key, present_value = _RightPaddedGQA.apply(
         query, key, value, past_key, past_value, state.seqlens, state.total, scale,
-        module.num_heads,
+        heads, kv_heads,
     )  # fmt: skip
     state.presents[module.layer_idx] = (present_key, present_value)
     return out, None

@@ -75,7 +75,7 @@ class _MultiHeadAttention(torch.autograd.Function):
         return g.op("Reshape", out, shape)  # [B, S, H, D], what transformers expects back
 
 
-def _heads(module) -> tuple[int, int]:
+def attention_heads(module) -> tuple[int, int]:
     """(query heads, key/value heads) of an attention module (GPT-2's or the Llama family's)."""
     config = module.config
     heads = int(getattr(module, "num_heads", None) or config.num_attention_heads)
@@ -84,7 +84,7 @@ def _heads(module) -> tuple[int, int]:
 
 def _ort_mha_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
-    heads, kv_heads = _heads(module)
+    heads, kv_heads = attention_heads(module)
     if kv_heads != heads:  # MultiHeadAttention wants one key/value head per query head
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)
@@ -126,29 +126,46 @@ class _GroupQueryAttention(torch.autograd.Function):
         g, query, key, value, past_key, past_value, seqlens, total, bias, scale, heads, kv_heads,
         window,
     ):  # fmt: skip
-        from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
-
-        def const(value):
-            return g.op("Constant", value_t=torch.tensor(value))
-
-        def flat(x):  # [B, H, S, D] -> [B, S, H*D]
-            return g.op("Reshape", g.op("Transpose", x, perm_i=[0, 2, 1, 3]), const([0, 0, -1]))
-
-        q, k, v = flat(query), flat(key), flat(value)
-        none = _optional_input_placeholder_tensor(g)  # no rotary caches, no position_ids
-        out, present_key, present_value = g.op(
-            "com.microsoft::GroupQueryAttention",
-            q, k, v, past_key, past_value, seqlens, total, none, none, none, bias,
-            num_heads_i=heads,
-            kv_num_heads_i=kv_heads,
-            local_window_size_i=window if window > 0 else -1,
-            scale_f=scale,
-            outputs=3,
+        return emit_group_query_attention(
+            g, query, key, value, past_key, past_value, seqlens, total,
+            heads=heads, kv_heads=kv_heads, scale=scale, bias=bias, window=window,
         )  # fmt: skip
-        out.setType(q.type())
-        present_key.setType(past_key.type())
-        present_value.setType(past_value.type())
-        return g.op("Reshape", out, const([0, 0, heads, -1])), present_key, present_value
+
+
+def emit_group_query_attention(
+    g, query, key, value, past_key, past_value, seqlens, total, *,
+    heads: int, kv_heads: int, scale: float, bias=None, window: int = 0,
+):  # fmt: skip
+    """The one `com.microsoft.GroupQueryAttention` node of both buffer layouts: "shared"
+    (left padding as an additive `bias`, a sliding `window`) and "shared_right" (no bias:
+    the CUDA kernel refuses one; fst.export.gqa_right). query/key/value [B, H, S, D] in,
+    the attention [B, S, H, D] and both present buffers out."""
+    from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
+
+    def const(value):
+        return g.op("Constant", value_t=torch.tensor(value))
+
+    def flat(x):  # [B, H, S, D] -> [B, S, H*D]
+        return g.op("Reshape", g.op("Transpose", x, perm_i=[0, 2, 1, 3]), const([0, 0, -1]))
+
+    q = flat(query)
+    inputs = [q, flat(key), flat(value), past_key, past_value, seqlens, total]
+    if bias is not None:
+        none = _optional_input_placeholder_tensor(g)  # no rotary caches, no position_ids
+        inputs += [none, none, none, bias]
+    out, present_key, present_value = g.op(
+        "com.microsoft::GroupQueryAttention",
+        *inputs,
+        num_heads_i=heads,
+        kv_num_heads_i=kv_heads,
+        local_window_size_i=window if window > 0 else -1,
+        scale_f=scale,
+        outputs=3,
+    )
+    out.setType(q.type())  # the exporter cannot infer a contrib op's types
+    present_key.setType(past_key.type())
+    present_value.setType(past_value.type())
+    return g.op("Reshape", out, const([0, 0, heads, -1])), present_key, present_value
 
 
 class SharedKV:
@@ -192,7 +209,7 @@ def _ort_gqa_attention(module, query, key, value, attention_mask, scaling=None, 
         raise RuntimeError(f"the {ORT_GQA} attention runs only inside shared_kv(...)")
     scale = float(query.size(-1) ** -0.5 if scaling is None else scaling)
     past_key, past_value = state.pasts[module.layer_idx]
-    heads, kv_heads = _heads(module)
+    heads, kv_heads = attention_heads(module)
     window = int(kwargs.get("sliding_window") or 0)  # Mistral's, Qwen2's sliding layers
     out, present_key, present_value = _GroupQueryAttention.apply(
         query, key, value, past_key, past_value,

@@ -1,7 +1,9 @@
-"""What to export: an fst training checkpoint or a Hugging Face model folder / hub name.
+"""What to export: an fst training checkpoint, a Hugging Face model folder / hub name, or a
+GGUF file (llama.cpp's format; weights dequantized to fp32, see fst.training.gguf_import).
 
-Either way the result is a model in eval mode, its tokenizer and the provenance that goes
-into the manifest. Every failure is a `SourceError` with a one-line message.
+Either way the result is a model in eval mode, its tokenizer and what goes into the
+manifest besides the graph: provenance, the chat template and the model's sampling
+defaults (fst.export.chat_info). Every failure is a `SourceError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tokenizers
 from transformers import PretrainedConfig, PreTrainedModel
 
 from fst.core.bundle import ChatInfo
 from fst.core.chat_format import ChatFormat, chat_info
 from fst.core.tokenization import DocumentTokenizer
+from fst.export.chat_info import read_chat_info, read_generation_defaults
 from fst.export.wrapper import UnsupportedModelError, check_supported
 
 
@@ -33,7 +37,9 @@ class ExportSource:
     global_step: int | None = None
     epoch: int | None = None
     training_args: dict[str, Any] = field(default_factory=dict)
-    chat: ChatInfo | None = None  # the manifest's chat section (None: not a chat model)
+    chat: ChatInfo | None = None  # the model's chat template; None: not a chat model
+    generation_defaults: dict[str, Any] = field(default_factory=dict)  # GenerationParams names
+    source_format: str | None = None  # "GGUF Q4_1": the weights were dequantized from it
     config: PretrainedConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,12 +96,21 @@ def checkpoint_chat_info(info: dict[str, Any], tokenizer: DocumentTokenizer) -> 
 def _from_hf(name_or_path: str) -> ExportSource:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from fst.training.gguf_import import GGUFError, find_gguf
+
+    try:
+        if find_gguf(name_or_path) is not None:
+            return _from_gguf(name_or_path)
+    except GGUFError as e:
+        raise SourceError(str(e)) from e
     local = Path(name_or_path).expanduser()
     looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
     if looks_local and not local.exists():
         raise SourceError(f"{name_or_path}: no such model folder")
     if looks_local and not (local / "config.json").is_file():
-        raise SourceError(f"{name_or_path}: not a Hugging Face model folder (no config.json)")
+        raise SourceError(
+            f"{name_or_path}: not a Hugging Face model folder (no config.json) or a GGUF file"
+        )
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except Exception as e:
@@ -116,7 +131,54 @@ def _from_hf(name_or_path: str) -> ExportSource:
     except Exception as e:
         raise SourceError(f"{name_or_path}: cannot load the model ({_first_line(e)})") from e
     _check(model, tokenizer, name_or_path)
-    return ExportSource(model=model.eval(), tokenizer=tokenizer, source=name_or_path)
+    # Hub names: no chat section (their tokenizer_config.json is not fetched).
+    folder = local if looks_local else None
+    return ExportSource(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        source=name_or_path,
+        chat=read_chat_info(folder, _vocabulary(tokenizer)) if folder else None,
+        generation_defaults=read_generation_defaults(folder) if folder else {},
+    )
+
+
+def _from_gguf(model_path: str) -> ExportSource:
+    """A GGUF file: the dequantized model, and its tokenizer saved as a Hugging Face folder
+    so the tokenizer, chat template and special tokens are read as from any other folder."""
+    from fst.training.gguf_import import GGUFError, load_gguf
+
+    try:
+        loaded = load_gguf(model_path)
+    except GGUFError as e:
+        raise SourceError(str(e)) from e
+    model, config = loaded.model, loaded.model.config
+    try:
+        check_supported(config)
+    except UnsupportedModelError as e:
+        raise SourceError(f"{model_path}: {e}") from e
+    with loaded.as_folder() as folder:
+        try:
+            tokenizer = DocumentTokenizer.from_pretrained(
+                folder, document_format=False, max_body_len=int(config.max_position_embeddings)
+            )
+        except Exception as e:
+            raise SourceError(f"{model_path}: cannot load the tokenizer ({_first_line(e)})") from e
+        chat = read_chat_info(folder, _vocabulary(tokenizer), template_source="the GGUF file")
+        defaults = read_generation_defaults(folder)
+    _check(model, tokenizer, model_path)
+    return ExportSource(
+        model=model,
+        tokenizer=tokenizer,
+        source=str(loaded.path),
+        chat=chat,
+        generation_defaults=defaults,
+        source_format=loaded.source_format,
+    )
+
+
+def _vocabulary(tokenizer: DocumentTokenizer) -> tokenizers.Tokenizer:
+    """The token → id map of `tokenizer` (its special tokens included)."""
+    return tokenizers.Tokenizer.from_str(tokenizer.to_json())
 
 
 def _check(model: PreTrainedModel, tokenizer: DocumentTokenizer, where: Path | str) -> None:

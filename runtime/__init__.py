@@ -7,10 +7,11 @@ from fst.core.generation_params import GenerationParams
 from fst.runtime.decode_batch import DecodeBatch, Row, StepEvent
 from fst.runtime.generator import Generator
 from fst.runtime.prompts import BatchLimits
-from fst.runtime.requests import Completion, GenerationRequest, Prompt
+from fst.runtime.requests import ChatPrompt, Completion, GenerationRequest, Prompt
 
 __all__ = [
     "BatchLimits",
+    "ChatPrompt",
     "Completion",
     "DecodeBatch",
     "GenerationParams",

@@ -9,7 +9,8 @@ Public API (the server, the bot, the CLI and the benchmarks code against it)::
     gen.new_batch() -> DecodeBatch        # step-level API, see decode_batch.py
     gen.encode_prompt(prompt) -> list[int]; gen.encode_request(request) -> list[int]
 
-A prompt is a string, an `fst.core.documents.Document` or a mapping {"body": ..., "meta": ...};
+A prompt is a string, an `fst.core.documents.Document`, a mapping {"body": ..., "meta": ...}
+or a `ChatPrompt` (a conversation rendered by `fst.runtime.chat.render_chat`);
 documents are encoded as in training (meta only for bundles trained with the document
 format). `generate` returns completions prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
 
@@ -37,7 +38,7 @@ from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.decode_batch import DecodeBatch, Row
 from fst.runtime.kv_cache import make_stepper
 from fst.runtime.prompts import BatchLimits, PromptEncoder
-from fst.runtime.requests import Completion, GenerationRequest, Prompt
+from fst.runtime.requests import ChatPrompt, Completion, GenerationRequest, Prompt
 from fst.runtime.session import create_session
 from fst.runtime.stepper import ModelCallHook, Stepper
 
@@ -128,7 +129,7 @@ class Generator:
         **overrides: Any,
     ) -> list[Completion]:
         """Completions of one or several prompts, prompt-major (all samples of prompt 0 first)."""
-        if isinstance(prompts, (str, Document, Mapping)):
+        if isinstance(prompts, (str, Document, Mapping, ChatPrompt)):
             prompts = [prompts]
         params = self._params(params, overrides)
         results = self.run([GenerationRequest(p, params) for p in prompts])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
-from fst.runtime.requests import GenerationRequest, Prompt
+from fst.runtime.requests import ChatPrompt, GenerationRequest, Prompt
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class PromptEncoder:
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Prompt ids as the model saw documents in training; ValueError on a bad prompt."""
+        if isinstance(prompt, ChatPrompt):
+            _check_encodable(prompt.text)
+            return self.tokenizer.encode_markup(prompt.text)
         document = self._as_document(prompt)
         texts = [document] if isinstance(document, str) else [document.body, document.meta or ""]
         for text in texts:

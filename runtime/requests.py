@@ -10,8 +10,20 @@ from typing import Any, Union
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 
-# A string, a Document, or a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts).
-Prompt = Union[str, Document, Mapping[str, Any]]
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation rendered by the model's chat template (fst.runtime.chat): tokenized as
+    `apply_chat_template(..., tokenize=True)` and vLLM's chat API do, its special-token
+    strings read as those tokens (a message's text too) and no BOS added, since the
+    template writes its own when the model wants one."""
+
+    text: str
+
+
+# A string, a Document, a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts) or a
+# rendered conversation.
+Prompt = Union[str, Document, Mapping[str, Any], ChatPrompt]
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The per-token sampler: Hugging Face's logits processors and a seeded draw, for one sequence.
 
 `SequenceSampler.choose(row, num_new)` picks the next token from one step's float32 logits
-as `generate` would: repetition penalty → min_new_tokens (EOS masked) → greedy argmax, or
+as `generate` would: repetition penalty → OpenAI's presence / frequency penalties →
+min_new_tokens (EOS masked) → greedy argmax, or
 temperature → top-k → top-p → one uniform number from the sequence's own generator. As in
 TGI's sampler, a processor is built only when its setting is not the default, so the
 default settings cost nothing per token.
@@ -61,17 +62,26 @@ class SequenceSampler:
             if params.repetition_penalty != 1.0
             else None
         )
-        self.processors: list[RepetitionPenalty | SuppressEos] = []
+        self.counts = (
+            CountPenalty(params.presence_penalty, params.frequency_penalty)
+            if params.presence_penalty or params.frequency_penalty
+            else None
+        )
+        self.processors: list[RepetitionPenalty | CountPenalty | SuppressEos] = []
         if self.penalty is not None:
             self.processors.append(self.penalty)
+        if self.counts is not None:
+            self.processors.append(self.counts)
         if params.min_new_tokens > 0 and eos_token_ids:
             self.processors.append(SuppressEos(eos_token_ids, params.min_new_tokens))
         self.chooser: Greedy | Sample = Greedy() if params.greedy else Sample(params, rng)
 
     def observe(self, token: int) -> None:
-        """Record a generated token (the repetition penalty needs it)."""
+        """Record a generated token (the penalties need it)."""
         if self.penalty is not None:
             self.penalty.see(token)
+        if self.counts is not None:
+            self.counts.see(token)
 
     def choose(self, row: np.ndarray, num_new: int) -> int:
         """The next token given this step's float32 logits `row` [V] and tokens made so far."""
@@ -113,6 +123,26 @@ class RepetitionPenalty:
                 view[i] = s
             except OverflowError:  # beyond float32: float32 arithmetic gives an infinity
                 view[i] = math.copysign(math.inf, s)
+
+
+class CountPenalty:
+    """OpenAI's presence and frequency penalties, over the tokens generated so far (not the
+    prompt, as OpenAI and vLLM define them): `logit[t] -= frequency * count[t] + presence`
+    for every token `t` already generated `count[t] > 0` times."""
+
+    def __init__(self, presence: float, frequency: float) -> None:
+        self.presence = np.float32(presence)
+        self.frequency = np.float32(frequency)
+        self.counts: dict[int, int] = {}
+
+    def see(self, token: int) -> None:
+        self.counts[token] = self.counts.get(token, 0) + 1
+
+    def __call__(self, row: np.ndarray, num_new: int) -> None:
+        """In float32, frequency then presence, as vLLM's two tensor subtractions."""
+        for token, count in self.counts.items():
+            if 0 <= token < row.size:
+                row[token] = row[token] - self.frequency * np.float32(count) - self.presence
 
 
 class SuppressEos:

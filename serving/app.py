@@ -11,14 +11,16 @@ from fastapi import FastAPI
 from fst import __version__
 from fst.serving.errors import install_error_handlers
 from fst.serving.metrics import MetricsMiddleware, ServingMetrics
-from fst.serving.routes import completions, ops, original
+from fst.serving.routes import chat, completions, ops, original
 from fst.serving.settings import ServingSettings
 from fst.serving.state import ServingState
 
 DESCRIPTION = """Text generation from an fst bundle (ONNX Runtime, no torch).
 
 * `POST /generated_texts/`: the original project's API.
-* `POST /v1/completions`, `GET /v1/models`: OpenAI-compatible (works with the `openai` client).
+* `POST /v1/completions`, `POST /v1/chat/completions` (models with a chat template),
+  `GET /v1/models`: OpenAI-compatible (works with the `openai` client).
+* `POST /tokenize`: a conversation's prompt tokens and the model's context (as vLLM's).
 * `/health`, `/ready`, `/version`, `/metrics`: operations.
 """
 
@@ -50,4 +52,6 @@ def create_app(settings: ServingSettings, generator: Any | None = None) -> FastA
     app.include_router(ops.router)
     app.include_router(original.router)
     app.include_router(completions.router)
+    app.include_router(chat.router)
+    app.include_router(chat.tokenize_router)
     return app

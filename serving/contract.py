@@ -2,9 +2,9 @@
 
 `fst.runtime.Generator` satisfies it; so does tests/serving_fakes.py's fake. The server
 never reaches past it: the scheduler decodes through `new_batch()` (the runtime's
-`DecodeBatch`, with either batching mode), the routes check prompts with `encode_prompt`
-and `max_positions`, the lifespan warms up with `generate` and, where the generator has one, sets its
-`on_model_call` hook (metrics); /version and the logs read `manifest` and `provider`.
+`DecodeBatch`, with either batching mode), the routes render conversations with `chat`
+and check prompts with `encode_prompt` and `max_positions`, the lifespan warms up with
+`generate` and, where the generator has one, sets its `on_model_call` hook (metrics); /version and the logs read `manifest` and `provider`.
 (serving/protocol.py is another kind of protocol: uvicorn's HTTP one.)
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from fst.core.bundle import BundleManifest
+from fst.core.bundle import BundleManifest, ChatInfo
 
 
 class StepRow(Protocol):
@@ -59,6 +59,7 @@ class ServedGenerator(Protocol):
     manifest: BundleManifest
     provider: str
     max_positions: int
+    chat: ChatInfo | None  # the chat template (/v1/chat/completions); None: not a chat model
 
     def encode_prompt(self, prompt: Any) -> list[int]:
         """Prompt ids; ValueError for a prompt the model cannot take."""

@@ -65,8 +65,12 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(None, description="Not supported: must be null.")
     suffix: str | None = Field(None, description="Not supported: must be null.")
     best_of: int | None = Field(None, description="Not supported beyond best_of = n.")
-    presence_penalty: float | None = Field(0.0, description="Not supported: must be 0.")
-    frequency_penalty: float | None = Field(0.0, description="Not supported: must be 0.")
+    presence_penalty: float | None = Field(
+        0.0, description="In [-2, 2]: subtracted once from every token already generated."
+    )
+    frequency_penalty: float | None = Field(
+        0.0, description="In [-2, 2]: subtracted per occurrence of a token already generated."
+    )
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
     # Extras beyond OpenAI's API.
     top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
@@ -122,6 +126,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "fst"
+    max_model_len: int | None = Field(
+        None, description="Extra (as vLLM's): the model's context in tokens; null while loading."
+    )
 
 
 class ModelList(BaseModel):

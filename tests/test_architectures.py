@@ -256,6 +256,22 @@ def test_optimized_export_fuses_rmsnorm_and_grouped_query_attention_with_windows
     assert greedy_ids(bundle) == [hf_greedy(folder, p) for p in ids]
 
 
+def test_right_padded_gpu_layout_keeps_the_grouped_query_heads(tmp_path):
+    """kv_layout shared_right (the CUDA layout, run here on the CPU kernel) emits the same
+    GroupQueryAttention as "shared": 2 key/value heads for 4 query heads, not 4."""
+    folder = make_model_folder(tmp_path / "hf", "llama")
+    bundle = tmp_path / "right"
+    manifest = export_bundle(
+        bundle, model_path=str(folder), optimize=True, kv_layout="shared_right", progress=False
+    )
+    assert manifest.graph.kv_layout == "shared_right" and manifest.parity.passed
+    assert attention_heads(bundle, "GroupQueryAttention") == (4, 2)
+    ids = [
+        Generator.from_bundle(bundle, threads=1).tokenizer.encode_for_inference(p) for p in PROMPTS
+    ]
+    assert greedy_ids(bundle) == [hf_greedy(folder, p) for p in ids]
+
+
 @SLOW
 def test_int8_export_of_a_grouped_query_model(tmp_path):
     folder = make_model_folder(tmp_path / "hf", "qwen3")

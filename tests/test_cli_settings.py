@@ -148,6 +148,12 @@ CLIS = {
         ["--bundle", "b", "hi", "--max-new-tokens", "0"],
         "fst-generate: error: --max_new_tokens must be in [1",
     ),
+    "fst-chat": (
+        "fst.runtime.chat_cli",
+        ["--bundle", "--system", "--max_new_tokens", "--presence_penalty", "--no_huge_pages"],
+        ["--bundle", "b", "--presence-penalty", "3"],
+        "fst-chat: error: --presence_penalty must be in [-2.0, 2.0]",
+    ),
     "fst-serve": (
         "fst.serving.cli",
         ["--bundle", "--port", "--max_batch_size", "--no_huge_pages", "--limit_concurrency"],
@@ -186,7 +192,9 @@ def test_a_bad_value_exits_2_with_one_line(prog: str, capsys, monkeypatch) -> No
     assert captured.err.count("\n") == 1 and captured.out == ""
 
 
-@pytest.mark.parametrize("prog", ["fst-generate", "fst-serve", "fst-telegram", "fst-eval"])
+@pytest.mark.parametrize(
+    "prog", ["fst-generate", "fst-chat", "fst-serve", "fst-telegram", "fst-eval"]
+)
 def test_help_does_not_import_torch(prog: str) -> None:
     code = (
         f"import sys; from {CLIS[prog][0]} import build_parser; build_parser().format_help(); "

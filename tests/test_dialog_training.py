@@ -75,7 +75,7 @@ def test_exported_dialog_model_has_manifest_chat_and_the_runtime_answers_greedil
     messages = [{"role": "user", "content": 'What does the Python reference say about "for"?'}]
     text = ChatTemplate(chat.template, chat.special_tokens).render(messages)
     assert text.endswith("<|im_start|>assistant\n")
-    prompt = generator.tokenizer.encode_rendered(text)
+    prompt = generator.tokenizer.encode_markup(text)
     assert prompt[0] == tokenizer.token_id("<|im_start|>")
 
     steps = 8
@@ -155,15 +155,17 @@ def test_chat_encoder_of_a_checkpoint_reproduces_training_labels(dialog_checkpoi
     assert loaded.tokenizer.decode(learnt, skip_special_tokens=False) == "Hello there.<|im_end|>"
 
 
-def test_a_model_folder_with_a_broken_chat_template_is_a_model_error(tmp_path):
+def test_chat_format_of_a_run_is_the_model_folders_own_else_chatml(tmp_path, gpt2_bpe_dir):
+    from fst.core.tokenization import DocumentTokenizer
     from fst.training.dialog_data import chat_format_for
-    from fst.training.model import ModelError
 
-    config = {"chat_template": "{% for m in messages %}", "eos_token": "<|im_end|>"}
+    tokenizer = DocumentTokenizer.gpt2(document_format=False)
+    assert chat_format_for(str(gpt2_bpe_dir), None, tokenizer).template == CHATML_TEMPLATE
+    template = "{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}"
+    config = {"chat_template": template, "eos_token": "<|endoftext|>"}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        ModelError, match="unusable chat template: the chat template does not compile"
-    ):
-        chat_format_for(str(tmp_path), None, "<|endoftext|>")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
-    assert chat_format_for(str(tmp_path), None, "<|endoftext|>").template == CHATML_TEMPLATE
+    own = chat_format_for(str(tmp_path), None, tokenizer)
+    assert own.template == template and own.template_source == "tokenizer_config.json"
+    assert own.end_of_turn == ("<|endoftext|>",) and own.markers == ()
+    # A checkpoint trained on documents (no "chat" in its payload) gets ChatML.
+    assert chat_format_for("x.ckpt", {"format_version": 1}, tokenizer).template == CHATML_TEMPLATE

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fst.core.bundle import ChatInfo
 from fst.core.chat_encoding import ChatEncoder
 from fst.core.chat_format import (
     ChatFormat,
-    chat_format_from_folder,
+    chat_format_from_info,
     chat_info,
     default_chat_format,
 )
@@ -220,14 +221,19 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
 # ---- chat format: model folder, checkpoint payload, manifest ------------------------------
 
 
-def test_chat_format_of_a_model_folder_and_its_manifest_section(tmp_path, gpt2_bpe_dir):
-    config = {"chat_template": SMOLLM2_TEMPLATE, "eos_token": "<|im_end|>", "bos_token": None}
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    chat = chat_format_from_folder(tmp_path)
-    assert chat.template == SMOLLM2_TEMPLATE and chat.end_of_turn == ("<|im_end|>",)
-    assert chat.special_tokens == {"eos_token": "<|im_end|>"} and chat.markers == ()
-    assert ChatFormat.from_payload(json.loads(json.dumps(chat.to_payload()))) == chat
+def test_chat_format_of_a_model_chat_section_and_back_to_the_manifest():
     tokenizer, _ = chatml_tokenizer()
+    end = tokenizer.token_id("<|im_end|>")
+    own = ChatInfo(
+        template=SMOLLM2_TEMPLATE,
+        template_source="tokenizer_config.json",
+        special_tokens={"eos_token": "<|im_end|>"},
+        stop_token_ids=[end],
+    )
+    chat = chat_format_from_info(own, tokenizer)
+    assert chat.template == SMOLLM2_TEMPLATE and chat.end_of_turn == ("<|im_end|>",)
+    assert chat.markers == ()
+    assert ChatFormat.from_payload(json.loads(json.dumps(chat.to_payload()))) == chat
     info = chat_info(chat, tokenizer)
-    assert info.stop_token_ids == [tokenizer.token_id("<|im_end|>"), tokenizer.eos_token_id]
-    assert chat_format_from_folder(gpt2_bpe_dir) is None  # no template: ChatML is used
+    assert info.stop_token_ids == [end, tokenizer.eos_token_id]
+    assert info.template == own.template and info.special_tokens == own.special_tokens

@@ -49,8 +49,9 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
         .read(next(n for n in names if n.endswith("entry_points.txt")))
         .decode()
     )
-    for script in ("fst-train", "fst-export", "fst-generate", "fst-serve", "fst-telegram"):
+    for script in ("fst-train", "fst-export", "fst-generate", "fst-chat", "fst-serve"):
         assert script in entry_points
+    assert "fst-telegram" in entry_points
 
     # Importing from the unpacked wheel (not the editable checkout) finds every mapped package.
     unpacked = tmp_path / "unpacked"

@@ -19,6 +19,7 @@ from transformers.generation.logits_process import (
 from fst.core.generation_params import GenerationParams
 from fst.runtime import sampling
 from fst.runtime.sampling import (
+    CountPenalty,
     Greedy,
     RepetitionPenalty,
     Sample,
@@ -207,6 +208,11 @@ def test_a_processor_is_built_only_when_its_setting_is_not_the_default() -> None
     )
     full = SequenceSampler(params, [1, 2], [0], sequence_rng(0, 0), 9)
     assert [type(p) for p in full.processors] == [RepetitionPenalty, SuppressEos]
+    counted = SequenceSampler(
+        GenerationParams(presence_penalty=0.5), [1, 2], [0], sequence_rng(0, 0), 9
+    )
+    assert [type(p) for p in counted.processors] == [CountPenalty]
+    assert plain.counts is None and full.counts is None
     assert (full.chooser.temperature, full.chooser.top_k, full.chooser.top_p) == (0.5, 3, 0.9)
     no_eos = SequenceSampler(GenerationParams(min_new_tokens=2), [], [], sequence_rng(0, 0), 9)
     assert no_eos.processors == []  # nothing to mask without an EOS token
@@ -238,6 +244,41 @@ def test_repetition_penalty_counts_prompt_and_generated_tokens_once() -> None:
     row = np.array([4.0, 3.0, -1.0], dtype=np.float32)
     sampler.choose(row, 1)
     np.testing.assert_array_equal(row, [2.0, 1.5, -1.0])
+
+
+def test_presence_and_frequency_penalties_follow_openai_over_generated_tokens() -> None:
+    # OpenAI: mu[j] -= c[j] * frequency + (c[j] > 0) * presence, c counting generated tokens.
+    params = GenerationParams(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.25)
+    sampler = SequenceSampler(params, [3, 3, 3], [], sequence_rng(0, 0), 5)
+    logits = np.array([1.0, 2.0, 0.5, 4.0, -1.0], dtype=np.float32)
+    row = logits.copy()
+    assert sampler.choose(row, 0) == 3  # the prompt's tokens are not penalised
+    np.testing.assert_array_equal(row, logits)
+    for token in (1, 1, 1, 4):  # 1 three times, 4 once
+        sampler.observe(token)
+    row = logits.copy()
+    sampler.choose(row, 4)
+    expected = [1.0, 2.0 - 3 * 0.25 - 0.5, 0.5, 4.0, -1.0 - 0.25 - 0.5]
+    np.testing.assert_allclose(row, np.array(expected, dtype=np.float32), rtol=0, atol=1e-6)
+    # Negative values reward repetition; only generated tokens move.
+    encourage = SequenceSampler(
+        GenerationParams(temperature=0.0, presence_penalty=-2.0, frequency_penalty=-1.0),
+        [],
+        [],
+        sequence_rng(0, 0),
+        5,
+    )
+    encourage.observe(0)
+    encourage.observe(0)
+    assert encourage.choose(logits.copy(), 2) == 0  # 1 + 2 + 2 = 5 > 4
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "frequency_penalty"])
+def test_presence_and_frequency_penalties_are_validated_to_openais_range(name: str) -> None:
+    GenerationParams(**{name: -2.0})
+    GenerationParams(**{name: 2.0})
+    with pytest.raises(ValueError, match=f"{name} must be in"):
+        GenerationParams(**{name: 2.5})
 
 
 def sample_many(

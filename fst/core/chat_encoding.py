@@ -90,7 +90,7 @@ class ChatEncoder:
         labels: list[int] = []
         last_prompt_start = 0
         for span in spans:
-            piece = self.tokenizer.encode_rendered(text[span.start : span.end])
+            piece = self.tokenizer.encode_markup(text[span.start : span.end])
             if not span.assistant:
                 last_prompt_start = len(ids)
             ids += piece
@@ -107,7 +107,7 @@ class ChatEncoder:
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         """Ids of the conversation followed by the generation prompt (inference)."""
         self._check_contents(conversation)
-        return self.tokenizer.encode_rendered(self.render(conversation, add_generation_prompt=True))
+        return self.tokenizer.encode_markup(self.render(conversation, add_generation_prompt=True))
 
     def _end_of_turn(self, turn: str, start: int) -> int:
         """End of the assistant turn starting at `start`: just after its last end-of-turn

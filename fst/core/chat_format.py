@@ -3,24 +3,23 @@
 `ChatFormat` is the template source, the special tokens it reads (`bos_token`,
 `eos_token`), and the token strings that end an assistant turn. It comes from
 
-- a Hugging Face model folder (`chat_format_from_folder`: tokenizer_config.json's
-  `chat_template`, else chat_template.jinja), or
+- a model's own chat section (`chat_format_from_info` of what
+  `fst.export.chat_info.read_chat_info` reads from a Hugging Face folder or a GGUF file,
+  the reader fst-export uses), or
 - fst's default for a model without one (`default_chat_format`: ChatML, whose markers
   `<|im_start|>` / `<|im_end|>` fst-train adds to the tokenizer),
 
 travels in a checkpoint's `fst` payload as `to_payload()` (plain data), and becomes the
 bundle's `manifest.chat` through `chat_info(format, tokenizer)`, which resolves the token
-strings to ids. fst-export calls `chat_info` for every source that has a format, so
-fst-chat, the server and the bot read one `ChatInfo` whatever the model came from.
+strings to ids. fst-export calls `chat_info` for a checkpoint that has a format, so fst-chat, the server
+and the bot read one `ChatInfo` whatever the model came from.
 Torch-free.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fst.core.bundle import ChatInfo
@@ -33,11 +32,6 @@ from fst.core.chat_template import (
 from fst.core.tokenization import DocumentTokenizer
 
 DEFAULT_SOURCE = "fst's default (ChatML)"
-# Tokens that end an assistant turn in common templates; those a template writes are its
-# end-of-turn tokens (with the tokenizer's EOS).
-KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-# tokenizer_config.json keys a template may read as variables.
-_TEMPLATE_VARIABLES = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
 @dataclass(frozen=True)
@@ -85,38 +79,16 @@ def default_chat_format(eos_token: str | None = None) -> ChatFormat:
     )
 
 
-def chat_format_from_folder(folder: str | Path) -> ChatFormat | None:
-    """The chat format a Hugging Face model folder declares; None when it has no template."""
-    folder = Path(folder)
-    config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    template, source = config.get("chat_template"), "tokenizer_config.json"
-    if isinstance(template, list):  # named templates: transformers uses "default"
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    jinja = folder / "chat_template.jinja"
-    if not template and jinja.is_file():
-        template, source = jinja.read_text(encoding="utf-8"), "chat_template.jinja"
-    if not isinstance(template, str) or not template:
-        return None
-    special = {}
-    for key in _TEMPLATE_VARIABLES:
-        value = config.get(key)
-        value = value.get("content") if isinstance(value, dict) else value
-        if isinstance(value, str) and value:
-            special[key] = value
-    return chat_format_from_template(template, source, special)
-
-
-def chat_format_from_template(
-    template: str, source: str, special_tokens: Mapping[str, str]
-) -> ChatFormat:
-    """A model's own template (from a folder or a GGUF file's metadata): its end-of-turn
-    tokens are the known ones it writes, then its EOS."""
-    written = [t for t in KNOWN_END_OF_TURN if t in template]
-    eos = special_tokens.get("eos_token")
-    end_of_turn = tuple(dict.fromkeys([*written, *([eos] if eos else [])]))
-    return ChatFormat(template, source, dict(special_tokens), end_of_turn)
+def chat_format_from_info(info: ChatInfo, tokenizer: DocumentTokenizer) -> ChatFormat:
+    """A model's own chat section (`fst.export.chat_info.read_chat_info` of its folder or
+    GGUF file) as a ChatFormat: its stop ids become the end-of-turn token strings."""
+    end_of_turn = [tokenizer.id_to_token(i) for i in info.stop_token_ids]
+    return ChatFormat(
+        template=info.template,
+        template_source=info.template_source,
+        special_tokens=dict(info.special_tokens),
+        end_of_turn=tuple(t for t in end_of_turn if t),
+    )
 
 
 def chat_info(chat: ChatFormat, tokenizer: DocumentTokenizer) -> ChatInfo:

@@ -17,8 +17,8 @@ MAX_STOP_SEQUENCES = 8
 class GenerationParams:
     """How to continue a prompt.
 
-    temperature 0 means greedy; top_k 0, top_p 1 and repetition_penalty 1 switch those
-    filters off. Each sequence samples from its own generator seeded from `seed` (and its
+    temperature 0 means greedy; top_k 0, top_p 1, repetition_penalty 1 and the OpenAI-style
+    presence_penalty / frequency_penalty 0 switch those filters off. Each sequence samples from its own generator seeded from `seed` (and its
     index), so a sample never depends on what else shares the batch.
     """
 
@@ -29,6 +29,8 @@ class GenerationParams:
     top_k: int = 50
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
     ignore_eos: bool = False
@@ -50,6 +52,8 @@ class GenerationParams:
         _check_int("top_k", self.top_k, low=0)
         _check_number("top_p", self.top_p, low=0.0, high=1.0, low_inclusive=False)
         _check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_inclusive=False)
+        _check_number("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
+        _check_number("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise ValueError(
                 f"stop: at most {MAX_STOP_SEQUENCES} stop strings, got {len(self.stop)}"
@@ -78,8 +82,8 @@ class GenerationParams:
 
         The one translation (training samples, fst-eval, sequence-level UL use it). Greedy
         passes no sampling settings (HF warns about unused ones); sampling passes all three
-        filters, since HF's own defaults (top_k 50) are not ours. `stop`, `seed` and
-        `ignore_eos` have no GenerationConfig field (HF fills a missing EOS from the model's
+        filters, since HF's own defaults (top_k 50) are not ours. `stop`, `seed`, `ignore_eos`
+        and the presence / frequency penalties have no GenerationConfig field (HF fills a missing EOS from the model's
         own config): callers that need them stop, seed or mask EOS themselves.
         """
         kwargs: dict[str, Any] = {

@@ -20,7 +20,6 @@ tokenized as text and cannot inject control tokens. Torch-free.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,6 +142,7 @@ class DocumentTokenizer:
             self.end_of_meta_id = tokenizer.token_to_id(END_OF_META)
         added = tokenizer.get_added_tokens_decoder()
         self._vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(added) + 1)
+        self._markup_tokenizer: tokenizers.Tokenizer | None = None  # see encode_markup
 
     # ---- construction -------------------------------------------------------------------
 
@@ -283,6 +283,7 @@ class DocumentTokenizer:
         missing = [t for t in dict.fromkeys(tokens) if t not in added]
         if missing:
             self._tokenizer.add_special_tokens(missing)
+            self._markup_tokenizer = None  # encode_markup's copy lacks them
             decoder = self._tokenizer.get_added_tokens_decoder()
             self._vocab_size = max(
                 self._tokenizer.get_vocab_size(with_added_tokens=True), max(decoder) + 1
@@ -293,28 +294,14 @@ class DocumentTokenizer:
         """The id of one token string (None when the vocabulary lacks it)."""
         return self._tokenizer.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str | None:
+        """The token string of one id (None when out of the vocabulary)."""
+        return self._tokenizer.id_to_token(int(token_id))
+
     def special_token_strings(self) -> list[str]:
         """The added special tokens (EOS, chat markers, document control tokens)."""
         decoder = self._tokenizer.get_added_tokens_decoder()
         return [t.content for t in decoder.values() if t.special]
-
-    def encode_rendered(self, text: str) -> list[int]:
-        """Ids of text a chat template rendered: a special token written in it is that
-        token (as `apply_chat_template(tokenize=True)` reads it), the rest is plain text.
-        Message contents must not contain special tokens: callers refuse them."""
-        specials = sorted(self.special_token_strings(), key=len, reverse=True)
-        if not specials:
-            return self.encode_text(text)
-        ids: list[int] = []
-        position = 0
-        for match in re.finditer("|".join(re.escape(t) for t in specials), text):
-            if match.start() > position:
-                ids += self.encode_text(text[position : match.start()])
-            ids.append(self._tokenizer.token_to_id(match.group()))
-            position = match.end()
-        if position < len(text):
-            ids += self.encode_text(text[position:])
-        return ids
 
     def num_added_tokens(self, base_vocab_size: int) -> int:
         """How many embedding rows a model with `base_vocab_size` rows lacks (ids from
@@ -326,6 +313,16 @@ class DocumentTokenizer:
     def encode_text(self, text: str) -> list[int]:
         """Plain tokenization: no control tokens, no EOS."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_markup(self, text: str) -> list[int]:
+        """Text written by a chat template: special-token strings in it (`<|im_end|>`) are
+        those tokens, as `apply_chat_template(..., tokenize=True)` encodes them; no BOS or
+        EOS is added. (`encode_text` reads them as plain characters.)"""
+        if self._markup_tokenizer is None:  # a copy: the shared one's flag stays as it is
+            markup = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
+            markup.encode_special_tokens = False
+            self._markup_tokenizer = markup
+        return self._markup_tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_for_train(self, doc: Document, rng: random.Random | None = None) -> list[Encoding]:
         """One document → one or more training sequences (see the module docstring)."""

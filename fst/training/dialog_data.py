@@ -1,7 +1,7 @@
 """fst-train on dialogs: the chat format of a run, encoded conversations, their DataModule.
 
-The chat format is the model's own template (a Hugging Face folder's tokenizer_config.json /
-chat_template.jinja, or a fine-tuned checkpoint's), else fst's default, ChatML, whose two
+The chat format is the model's own template (a Hugging Face folder's or GGUF file's, read by
+fst-export's reader `fst.export.chat_info.read_chat_info`, or a fine-tuned checkpoint's), else fst's default, ChatML, whose two
 markers are added to the tokenizer (the model's embeddings then grow, new rows at the mean
 of the old ones: `fst.training.model.resize_token_embeddings`). Conversations are encoded
 once by `fst.core.chat_encoding.ChatEncoder`: labels on the assistant turns only.
@@ -14,34 +14,48 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fst.core.bundle import ChatInfo
 from fst.core.chat_encoding import ChatEncoder
-from fst.core.chat_format import ChatFormat, chat_format_from_folder, default_chat_format
+from fst.core.chat_format import ChatFormat, chat_format_from_info, default_chat_format
 from fst.core.constants import LOSS_IGNORE
 from fst.core.dialogs import Conversation, DialogError, Message
 from fst.core.tokenization import DocumentTokenizer, Encoding
 from fst.training.data import DocumentDataModule, EncodingDataset
-from fst.training.model import ModelError
 
 logger = logging.getLogger(__name__)
 
 CHAT_KEY = "chat"  # the ChatFormat's place in the checkpoint's fst payload
 
 
-def chat_format_for(model_path: str, info: dict[str, Any] | None, eos_token: str) -> ChatFormat:
-    """The run's chat format: a checkpoint's (`info` is its fst payload), a model folder's
-    own template, else ChatML."""
+def chat_format_for(
+    model_path: str, info: dict[str, Any] | None, tokenizer: DocumentTokenizer
+) -> ChatFormat:
+    """The run's chat format: a checkpoint's (`info` is its fst payload), else the model's
+    own template (a Hugging Face folder or GGUF file, read as fst-export reads it), else
+    ChatML. A template that does not compile is ignored with a warning, as at export."""
     if info is not None and info.get(CHAT_KEY):
         return ChatFormat.from_payload(info[CHAT_KEY])
-    if info is None and Path(model_path).is_dir():
-        try:
-            own = chat_format_from_folder(model_path)
-            if own is not None:
-                own.renderer()  # compiles the template: a broken one fails here, once
-        except ValueError as e:  # bad JSON, a template that does not compile
-            raise ModelError(f"--model_path {model_path}: unusable chat template: {e}") from e
-        if own is not None:
-            return own
-    return default_chat_format(eos_token)
+    own = model_chat_info(model_path, tokenizer) if info is None else None
+    if own is not None:
+        return chat_format_from_info(own, tokenizer)
+    return default_chat_format(tokenizer.eos_token)
+
+
+def model_chat_info(model_path: str, tokenizer: DocumentTokenizer) -> ChatInfo | None:
+    """`read_chat_info` of a model folder, or of a GGUF file's tokenizer saved as one."""
+    import tokenizers
+
+    from fst.export.chat_info import read_chat_info
+    from fst.training.gguf_import import find_gguf, gguf_folder
+
+    vocabulary = tokenizers.Tokenizer.from_str(tokenizer.to_json())
+    gguf = find_gguf(model_path)
+    if gguf is not None:
+        with gguf_folder(gguf) as folder:
+            return read_chat_info(folder, vocabulary, template_source="the GGUF file")
+    if Path(model_path).is_dir():
+        return read_chat_info(Path(model_path), vocabulary)
+    return None
 
 
 def add_chat_tokens(tokenizer: DocumentTokenizer, chat: ChatFormat) -> None:

@@ -4,6 +4,7 @@
   * a preset name (`PRESETS`): a GPT-2 or Llama-shaped model built from scratch (random
     weights);
   * a local Hugging Face model folder: pretrained weights, any `AutoModelForCausalLM`;
+  * a GGUF file (or a folder holding one): weights dequantized to fp32 (`gguf_import`);
   * a Hugging Face hub name such as `gpt2`: downloaded by `transformers` (needs network).
 The token embeddings are then resized to the tokenizer's vocabulary; new rows (the
 document special tokens) start at the mean of the existing ones, as in the original project.
@@ -88,13 +89,13 @@ def build_model(
 
 def check_model_path(model_path: str) -> None:
     """Fail early, with a clear message, on a local path that is not a model folder."""
-    if model_path in PRESETS:
+    if model_path in PRESETS or _gguf(model_path) is not None:
         return
     looks_local = Path(model_path).exists() or model_path.startswith((".", "/", "~"))
     if looks_local and not (Path(model_path).expanduser() / "config.json").is_file():
         raise ModelError(
-            f"--model_path {model_path}: not a preset ({', '.join(PRESETS)}) and not a "
-            "Hugging Face model folder (no config.json)"
+            f"--model_path {model_path}: not a preset ({', '.join(PRESETS)}), a "
+            "Hugging Face model folder (no config.json) or a GGUF file"
         )
 
 
@@ -102,11 +103,27 @@ def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.
     """A pretrained causal LM from a local folder or the Hugging Face hub."""
     check_model_path(model_path)
     logger.info("Loading pretrained model from %s", model_path)
+    if _gguf(model_path) is not None:
+        from fst.training.gguf_import import GGUFError, load_gguf
+
+        try:
+            return load_gguf(model_path, overrides).model.train()
+        except GGUFError as e:
+            raise ModelError(f"--model_path {e}") from e
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(model_path, **overrides)
     except (OSError, ValueError) as e:
         raise ModelError(f"--model_path {model_path}: cannot load the model: {e}") from e
     return model.train()  # from_pretrained returns eval mode; Lightning keeps module modes
+
+
+def _gguf(model_path: str) -> Path | None:
+    from fst.training.gguf_import import GGUFError, find_gguf
+
+    try:
+        return find_gguf(model_path)
+    except GGUFError as e:
+        raise ModelError(f"--model_path {e}") from e
 
 
 def resize_token_embeddings(model: transformers.PreTrainedModel, vocab_size: int) -> None:

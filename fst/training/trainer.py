@@ -59,6 +59,7 @@ from fst.training.experiment import (
     experiment_logging,
     open_experiment,
 )
+from fst.training.gguf_import import find_gguf, gguf_tokenizer
 from fst.training.lightning_module import (
     DocumentLM,
     SampleWriter,
@@ -71,6 +72,7 @@ from fst.training.model import (
     check_model_path,
     resize_token_embeddings,
 )
+from fst.training.quiet import quiet_lightning
 from fst.training.sequence_ul import SequenceULConfig, SequenceULDocumentLM
 
 logger = logging.getLogger("fst.train")
@@ -291,6 +293,7 @@ def trainer_devices(args: TrainArgs) -> dict:
 
 
 def _trainer(args: TrainArgs, experiment: Experiment, callbacks: list) -> pl.Trainer:
+    quiet_lightning()
     return pl.Trainer(
         **trainer_devices(args),
         strategy=args.strategy,
@@ -338,7 +341,9 @@ class SaveLast(pl.Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         self._saved_step = trainer.global_step
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank zero writes
+        trainer.save_checkpoint(
+            tmp, weights_only=False
+        )  # full state (resume); every rank calls it; rank zero writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier()
@@ -358,7 +363,7 @@ class SaveOnException(pl.Callback):
         if trainer.global_step == 0:
             return  # nothing trained yet (e.g. a setup error): nothing worth resuming
         try:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
         except Exception:  # never hide the original error behind this one
             logger.warning("Could not save %s", self.path, exc_info=True)
             return
@@ -499,7 +504,7 @@ def tokenizer_and_model(
         model = None
     chat = None
     if corpus.dialogs:
-        chat = chat_format_for(args.model_path, info, tokenizer.eos_token)
+        chat = chat_format_for(args.model_path, info, tokenizer)
         add_chat_tokens(tokenizer, chat)
     if model is None:
         model = build_model(
@@ -563,8 +568,10 @@ def load_tokenizer(
             )
         return DocumentTokenizer.train_bpe([train_file], vocab_size=args.bpe_vocab_size, **settings)
     try:
+        if source == args.model_path and find_gguf(source) is not None:
+            return gguf_tokenizer(source, **settings)
         return DocumentTokenizer.from_pretrained(source, **settings)
-    except ValueError as e:
+    except ValueError as e:  # GGUFError too
         raise ArgsError(f"tokenizer: {e}") from e
 
 

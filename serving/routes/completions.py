@@ -96,7 +96,8 @@ def _sse(body: dict[str, Any]) -> str:
 
 
 def _card(state: ServingState) -> ModelCard:
-    return ModelCard(id=state.model_name, created=state.created)
+    context = state.generator.max_positions if state.generator is not None else None
+    return ModelCard(id=state.model_name, created=state.created, max_model_len=context)
 
 
 @router.get("/models", response_model=ModelList, summary="List the served model")
@@ -140,6 +141,8 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
         top_p=_or(payload.top_p, 1.0),
         top_k=_or(payload.top_k, 0),
         repetition_penalty=_or(payload.repetition_penalty, 1.0),
+        presence_penalty=_or(payload.presence_penalty, 0.0),
+        frequency_penalty=_or(payload.frequency_penalty, 0.0),
         stop=[payload.stop] if isinstance(payload.stop, str) else (payload.stop or []),
         seed=payload.seed,
         ignore_eos=bool(payload.ignore_eos),
@@ -189,8 +192,6 @@ def _refuse_unsupported(payload: CompletionRequest) -> None:
         "suffix": payload.suffix is not None,
         "logprobs": payload.logprobs is not None,
         "best_of": payload.best_of is not None and payload.best_of != _or(payload.n, 1),
-        "presence_penalty": bool(payload.presence_penalty),
-        "frequency_penalty": bool(payload.frequency_penalty),
         "logit_bias": bool(payload.logit_bias),
     }
     for param, refused in refusals.items():

@@ -180,6 +180,7 @@ class TelegramBot:
         commands += [
             BotCommand(command="meta", description="control code; alone: clear it"),
             BotCommand(command="settings", description="show this chat's settings"),
+            BotCommand(command="system", description="chat models: how to behave"),
             BotCommand(command="reset", description="back to the defaults"),
         ]
         try:

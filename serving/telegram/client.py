@@ -7,6 +7,9 @@ tests, benchmarks) speaks httpx, its `Timeout` separates connect from read, and
 The bot streams from the OpenAI-compatible `POST /v1/completions` (`stream: true`), so a
 reply can grow while the model writes. A server without that route (the original project's,
 answering 404) is served through `POST /generated_texts/` instead, in one piece.
+A chat model (one whose bundle has a chat template: `POST /tokenize` accepts a conversation)
+is talked to through `POST /v1/chat/completions`; `/tokenize` also tells how many tokens a
+conversation takes, so the bot can drop old turns before it outgrows the context.
 Every failure becomes a `GenerationError` whose `user_message` is safe to show in a chat.
 """
 
@@ -26,6 +29,8 @@ from fst.serving.telegram.chat_settings import ChatSettings
 log = logging.getLogger(__name__)
 
 COMPLETIONS_PATH = "/v1/completions"
+CHAT_PATH = "/v1/chat/completions"
+TOKENIZE_PATH = "/tokenize"
 ORIGINAL_PATH = "/generated_texts/"
 
 
@@ -73,9 +78,81 @@ class GenerationClient:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
         self._has_completions = True
+        self._chat: bool | None = None  # unknown until the server is asked
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def is_chat_model(self) -> bool:
+        """Whether the served model converses (it has a chat template); asked once."""
+        if self._chat is None:
+            count = await self.count_tokens([{"role": "user", "content": "Hi"}])
+            self._chat = count is not None
+        return self._chat
+
+    async def count_tokens(self, messages: list[dict[str, str]]) -> tuple[int, int] | None:
+        """The conversation's prompt tokens and the model's context (`POST /tokenize`);
+        None when the server cannot tell (no chat template, or no such route)."""
+        try:
+            response = await self._http.post(TOKENIZE_PATH, json={"messages": messages})
+            if response.status_code in (400, 404, 422):
+                return None
+            if response.status_code != 200:
+                raise _status_error(response)
+            body = response.json()
+            return int(body["count"]), int(body["max_model_len"])
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise GenerationError(FAILED, repr(e)) from e
+
+    async def stream_chat(
+        self, messages: list[dict[str, str]], settings: ChatSettings
+    ) -> AsyncIterator[str]:
+        """Yield the assistant's answer to `messages` piece by piece (raises GenerationError)."""
+        p = settings.params
+        body: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_k": p.top_k,
+            "top_p": p.top_p,
+            "repetition_penalty": p.repetition_penalty,
+            "n": 1,
+            "stream": True,
+        }
+        try:
+            async with self._http.stream("POST", CHAT_PATH, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _status_error(response)
+                async for chunk in self._events(response):
+                    choices = chunk["choices"]
+                    text = (choices[0]["delta"].get("content") or "") if choices else ""
+                    if text:
+                        yield text
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from e
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise GenerationError(FAILED, repr(e)) from e
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        """The JSON chunks of a server-sent-events answer, up to `[DONE]`, within the
+        client's timeout in all; an error event raises GenerationError."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        async for line in response.aiter_lines():
+            if asyncio.get_running_loop().time() > deadline:
+                raise GenerationError(TOO_SLOW, f"stream exceeded {self.timeout} s")
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, `event:` lines
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                return
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise GenerationError(FAILED, f"error event: {chunk['error']!r}")
+            yield chunk
+        raise GenerationError(FAILED, "stream ended without [DONE]")
 
     async def stream(self, prompt: str, settings: ChatSettings) -> AsyncIterator[str]:
         """Yield the continuation of `prompt` piece by piece (raises GenerationError)."""
@@ -97,13 +174,9 @@ class GenerationClient:
                     )
                     self._has_completions = False
             yield await self._generated_texts(prompt, settings)
-        except httpx.TimeoutException as e:
-            raise GenerationError(
-                UNREACHABLE if isinstance(e, httpx.ConnectTimeout) else TOO_SLOW, repr(e)
-            ) from e
-        except httpx.ConnectError as e:
-            raise GenerationError(UNREACHABLE, repr(e)) from e
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from e
+        except (ValueError, KeyError, IndexError, TypeError) as e:
             # Transport errors mid-stream and malformed answers alike.
             raise GenerationError(FAILED, repr(e)) from e
 
@@ -121,28 +194,16 @@ class GenerationClient:
         }
         if settings.meta is not None:
             body["meta"] = settings.meta
-        deadline = asyncio.get_running_loop().time() + self.timeout
         async with self._http.stream("POST", COMPLETIONS_PATH, json=body) as response:
             if response.status_code == 404:
                 raise _CompletionsMissing
             if response.status_code != 200:
                 await response.aread()
                 raise _status_error(response)
-            async for line in response.aiter_lines():
-                if asyncio.get_running_loop().time() > deadline:
-                    raise GenerationError(TOO_SLOW, f"stream exceeded {self.timeout} s")
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, `event:` lines
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise GenerationError(FAILED, f"error event: {chunk['error']!r}")
+            async for chunk in self._events(response):
                 text = chunk["choices"][0].get("text") or ""
                 if text:
                     yield text
-        raise GenerationError(FAILED, "stream ended without [DONE]")
 
     async def _generated_texts(self, prompt: str, settings: ChatSettings) -> str:
         p = settings.params
@@ -163,6 +224,15 @@ class GenerationClient:
         if not isinstance(texts, list) or not texts or not isinstance(texts[0], str):
             raise ValueError(f"unexpected answer: {str(texts)[:200]}")
         return texts[0]
+
+
+def _transport_error(error: httpx.HTTPError) -> GenerationError:
+    """A connection that failed, timed out or broke off mid-stream."""
+    if isinstance(error, httpx.ConnectTimeout | httpx.ConnectError):
+        return GenerationError(UNREACHABLE, repr(error))
+    if isinstance(error, httpx.TimeoutException):
+        return GenerationError(TOO_SLOW, repr(error))
+    return GenerationError(FAILED, repr(error))
 
 
 def _status_error(response: httpx.Response) -> GenerationError:

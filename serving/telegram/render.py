@@ -1,4 +1,5 @@
-"""The reply's HTML: the user's text in bold, then the continuation, within Telegram's limit.
+"""The reply's HTML: the user's text in bold, then the continuation, within Telegram's limit
+(a chat model's answer: the answer alone).
 
 Telegram refuses messages longer than 4096 characters after entity parsing, counted in UTF-16
 code units. We bound the HTML *source* instead (tags and `&lt;` escapes included), which is
@@ -45,7 +46,8 @@ def render_reply(
 
 
 def _bold(text: str) -> str:
-    return f"<b>{html.escape(text)}</b>"
+    """`<b>text</b>`; nothing for no text (a chat model's answer has no prompt before it)."""
+    return f"<b>{html.escape(text)}</b>" if text else ""
 
 
 def _bold_tail(prompt: str, budget: int) -> str:

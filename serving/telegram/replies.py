@@ -6,6 +6,7 @@ import asyncio
 import html
 import logging
 import secrets
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -76,17 +77,31 @@ async def continue_text(
 async def _generate(
     bot: Bot, ctx: BotContext, chat_id: int, user_id: int | None, prompt: str, key: str
 ) -> None:
-    ids = {"chat_id": chat_id, "user_id": user_id}
     settings = ctx.store.get(chat_id)
+    pieces = ctx.client.stream(prompt, settings)
+    await stream_reply(bot, ctx, chat_id, user_id, prompt, pieces, repeat_markup(key))
+
+
+async def stream_reply(
+    bot: Bot,
+    ctx: BotContext,
+    chat_id: int,
+    user_id: int | None,
+    prompt: str,
+    pieces: AsyncGenerator[str, None],
+    markup: InlineKeyboardMarkup,
+) -> str | None:
+    """Show `prompt` in bold (none for "") and the text of `pieces` as it arrives, in one
+    message that ends with `markup`; returns the text shown, None when generation failed."""
+    ids = {"chat_id": chat_id, "user_id": user_id}
     reply = StreamingReply(bot, chat_id, prompt, ctx.throttle)
-    markup = repeat_markup(key)
     started = asyncio.get_running_loop().time()
     await _typing(bot, chat_id)
 
     continuation, note, trimmed, error = "", "", False, None
     try:
-        async with aclosing(ctx.client.stream(prompt, settings)) as pieces:
-            async for piece in pieces:
+        async with aclosing(pieces) as stream:
+            async for piece in stream:
                 continuation += piece
                 if not await reply.update(continuation):
                     trimmed = True  # no room left in one message: stop generating
@@ -99,7 +114,7 @@ async def _generate(
             await with_retries(
                 chat_id, ctx.throttle, lambda: bot.send_message(chat_id, text, reply_markup=markup)
             )
-            return
+            return None
         note = f"\n\n<i>({html.escape(e.user_message)})</i>"
     if not continuation and not note:
         note = NOTHING_GENERATED
@@ -120,6 +135,7 @@ async def _generate(
         "reply text",
         extra={"event": "reply_text", **ids, "prompt": prompt, "continuation": continuation},
     )
+    return None if error is not None else continuation
 
 
 async def _typing(bot: Bot, chat_id: int) -> None:

@@ -1,0 +1,287 @@
+"""`POST /v1/chat/completions` (OpenAI-compatible) and vLLM's `POST /tokenize` for messages.
+
+The conversation is rendered by the bundle's chat template with the assistant's turn
+opened (`fst.runtime.chat`), tokenized as the template wrote it (its own BOS, if any; none
+added), and generated through the same scheduler as /v1/completions, so both share the
+continuous batch. Rows end at the model's end-of-turn tokens. A bundle without a chat
+template (a document model) answers 400. With `stream: true` the answer is OpenAI's
+`chat.completion.chunk` events: a `delta.role` chunk per choice, `delta.content` pieces,
+a chunk per choice with its `finish_reason`, optionally a usage chunk, and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from fst.core.chat_template import ChatTemplateError
+from fst.runtime.chat import NotAChatModel, render_chat
+from fst.runtime.requests import ChatPrompt
+from fst.serving.chat_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from fst.serving.contract import ServedGenerator
+from fst.serving.dependencies import StateDep, require_api_key
+from fst.serving.errors import APIError, openai_error
+from fst.serving.generation import (
+    check_fits_context,
+    check_limit,
+    job_error,
+    make_params,
+    refuse_unencodable_text,
+    submit,
+    wait_for_job,
+)
+from fst.serving.jobs import Job
+from fst.serving.openai_schemas import ErrorResponse, Usage
+from fst.serving.routes.completions import _check_model
+from fst.serving.state import ServingState
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/v1", tags=["OpenAI-compatible API"], dependencies=[Depends(require_api_key)]
+)
+tokenize_router = APIRouter(tags=["Tokens"], dependencies=[Depends(require_api_key)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "A parameter out of range or unsupported, a conversation the chat template "
+        "refuses or beyond the context, or a model without a chat template",
+        401: "Missing or wrong API key (when the server has one)",
+        404: "Unknown model",
+        429: "Queue full; retry after the Retry-After header's seconds",
+        503: "Model still loading, or the server is shutting down",
+        504: "Generation did not finish within the request timeout",
+    }.items()
+}
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    summary="Create a chat completion (OpenAI-compatible)",
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def create_chat_completion(
+    payload: ChatCompletionRequest, request: Request, state: StateDep
+) -> Any:
+    """Answer a conversation as its assistant; `stream: true` for server-sent events."""
+    refuse_unencodable_text(payload)
+    generator, _ = state.require_ready()
+    _check_model(payload.model, state.model_name)
+    _refuse_unsupported(payload)
+    prompt = _render(generator, payload.messages)
+    length = await _prompt_length(generator, prompt)
+    n = _or(payload.n, 1)
+    check_limit(n, state.settings.max_sequences_per_request, "n", "sequences")
+    param, max_tokens = await _max_tokens(payload, generator, prompt, length, state)
+    params = make_params(
+        {"max_new_tokens": param, "num_return_sequences": "n", "min_new_tokens": "min_tokens"},
+        max_new_tokens=max_tokens,
+        min_new_tokens=_or(payload.min_tokens, 0),
+        num_return_sequences=n,
+        temperature=_or(payload.temperature, 1.0),
+        top_p=_or(payload.top_p, 1.0),
+        top_k=_or(payload.top_k, 0),
+        repetition_penalty=_or(payload.repetition_penalty, 1.0),
+        presence_penalty=_or(payload.presence_penalty, 0.0),
+        frequency_penalty=_or(payload.frequency_penalty, 0.0),
+        stop=[payload.stop] if isinstance(payload.stop, str) else (payload.stop or []),
+        seed=payload.seed,
+        ignore_eos=bool(payload.ignore_eos),
+    )
+    logger.debug("chat prompt=%r", prompt.text[-400:])
+    job = submit(state, [prompt], params)
+    head = _Head(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n)
+    if payload.stream:
+        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(job, head, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    results = await wait_for_job(job, request)
+    choices, usage = _choices_and_usage(results)
+    return ChatCompletionResponse(
+        id=head.id, created=head.created, model=head.model, choices=choices, usage=usage
+    )
+
+
+@tokenize_router.post(
+    "/tokenize", response_model=TokenizeResponse, summary="Count a conversation's tokens"
+)
+async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeResponse:
+    """vLLM's /tokenize for `messages`: the prompt a chat request would use, so a client
+    (the Telegram bot) can drop old turns before the conversation outgrows the context."""
+    refuse_unencodable_text(payload)
+    generator, _ = state.require_ready()
+    _check_model(payload.model, state.model_name)
+    prompt = _render(generator, payload.messages)
+    tokens = await _encode(generator, prompt)
+    return TokenizeResponse(count=len(tokens), max_model_len=generator.max_positions, tokens=tokens)
+
+
+def _or(value: Any, default: Any) -> Any:
+    """OpenAI clients may send null for 'use the default'."""
+    return default if value is None else value
+
+
+def _refuse_unsupported(payload: ChatCompletionRequest) -> None:
+    response_type = (payload.response_format or {}).get("type", "text")
+    refusals = {
+        "logprobs": bool(payload.logprobs),
+        "top_logprobs": payload.top_logprobs is not None,
+        "logit_bias": bool(payload.logit_bias),
+        "tools": bool(payload.tools),
+        "response_format": response_type != "text",
+    }
+    for param, refused in refusals.items():
+        if refused:
+            raise APIError(400, f"{param}: not supported by this server; leave it out", param=param)
+
+
+def _render(generator: ServedGenerator, messages: list[ChatMessage]) -> ChatPrompt:
+    conversation = [{"role": m.role, "content": m.text()} for m in messages]
+    try:
+        return render_chat(generator.chat, conversation)
+    except NotAChatModel as exc:
+        raise APIError(400, f"model: {exc}", param="model", code="no_chat_template") from None
+    except ChatTemplateError as exc:
+        raise APIError(400, f"messages: {exc}", param="messages") from None
+
+
+async def _encode(generator: ServedGenerator, prompt: ChatPrompt) -> list[int]:
+    try:
+        return await asyncio.to_thread(generator.encode_prompt, prompt)
+    except ValueError as exc:
+        raise APIError(400, f"messages: {exc}", param="messages") from None
+
+
+async def _prompt_length(generator: ServedGenerator, prompt: ChatPrompt) -> int:
+    length = len(await _encode(generator, prompt))
+    if length == 0:
+        raise APIError(400, "messages: the conversation renders to no tokens", param="messages")
+    return length
+
+
+async def _max_tokens(
+    payload: ChatCompletionRequest,
+    generator: ServedGenerator,
+    prompt: ChatPrompt,
+    length: int,
+    state: ServingState,
+) -> tuple[str, int]:
+    """The API's name for the token limit and its value: the one asked for (checked against
+    the server's limit and the context), else what the context has left, up to the limit."""
+    limit = state.settings.max_new_tokens_limit
+    if payload.max_completion_tokens is not None or payload.max_tokens is None:
+        param, asked = "max_completion_tokens", payload.max_completion_tokens
+    else:
+        param, asked = "max_tokens", payload.max_tokens
+    if asked is None:
+        room = generator.max_positions - length
+        if room < 1:
+            raise APIError(
+                400,
+                f"messages: the conversation has {length} tokens and the model's context is "
+                f"{generator.max_positions} tokens: no room for an answer; shorten it",
+                param="messages",
+            )
+        return param, min(limit, room)
+    check_limit(asked, limit, param, "tokens")
+    await check_fits_context(generator, [prompt], asked, param)
+    return param, asked
+
+
+def _choices_and_usage(results: list[list[Any]]) -> tuple[list[ChatChoice], Usage]:
+    completions = results[0]
+    choices = [
+        ChatChoice(
+            index=c.index,
+            message=AssistantMessage(content=c.text),
+            finish_reason="length" if c.finish_reason == "length" else "stop",
+        )
+        for c in completions
+    ]
+    prompt_tokens = completions[0].prompt_tokens if completions else 0
+    completion_tokens = sum(len(c.token_ids) for c in completions)
+    usage = Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+    return choices, usage
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What every chunk of one chat completion repeats."""
+
+    id: str
+    created: int
+    model: str
+    n: int
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return _sse(body)
+
+
+def _sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _delta(index: int, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def _stream(job: Job, head: _Head, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        for s in range(head.n):
+            yield head.chunk([_delta(s, {"role": "assistant", "content": ""})])
+        async for _, s, piece in job.pieces():
+            yield head.chunk([_delta(s, {"content": piece})])
+        if job.cancel_reason is not None:
+            raise job_error(job)
+        assert job.result is not None
+        choices, usage = _choices_and_usage(job.result)
+        for choice in choices:
+            yield head.chunk([_delta(choice.index, {}, choice.finish_reason)])
+        if include_usage:
+            yield head.chunk([], usage=usage.model_dump())
+    except APIError as exc:
+        yield _sse(openai_error(exc.status, exc.message, exc.param, exc.code))
+    except Exception as exc:
+        error = job_error(job, exc)
+        if error.status == 500:
+            logger.exception("streamed chat generation failed")
+        yield _sse(openai_error(error.status, error.message))
+    finally:
+        if job.result is None:  # the client left (or the stream failed): stop generating
+            job.cancel("disconnect")
+    yield "data: [DONE]\n\n"

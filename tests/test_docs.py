@@ -1,0 +1,98 @@
+"""What README.md and docs/ point at exists: files, links, commands and their flags.
+
+A reader follows these by hand; a renamed file or flag must fail here, not on them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", REPO / "DEVELOPERS.md", *sorted((REPO / "docs").glob("*.md"))]
+# Top-level folders whose paths a page may name (`benchmarks/results/x.md`, `data/...`).
+ROOTS = ("benchmarks/", "data/", "deploy/", "docs/", "export/", "fst/", "runtime/", "serving/")
+ROOTS += ("tests/", ".ci/")
+# Paths a command creates (they are outputs in the text, not files of the repository).
+MADE_BY_COMMANDS = ("data/experiments", "data/bundles", "data/models")
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def code_spans(text: str) -> list[str]:
+    """Inline code and the lines of fenced blocks."""
+    fenced = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return inline + [line for block in fenced for line in block.splitlines()]
+
+
+def named_paths(text: str) -> set[str]:
+    paths = set()
+    for span in code_spans(text):
+        for token in re.split(r"[\s=\"'(),]+", span):
+            token = token.split("::")[0].rstrip(".:;")  # a pytest node id names its file
+            if token.startswith(ROOTS) and not any(c in token for c in "*{}<>$|"):
+                paths.add(token)
+    return paths
+
+
+def links(text: str) -> set[str]:
+    return {
+        target.split("#")[0]
+        for target in re.findall(r"\]\(([^)\s]+)\)", text)
+        if not target.startswith(("http://", "https://", "#", "mailto:"))
+    }
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_path_and_link_exists(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    missing = [
+        path
+        for path in sorted(named_paths(text))
+        if not path.startswith(MADE_BY_COMMANDS) and not (REPO / path).exists()
+    ]
+    missing += [link for link in sorted(links(text)) if link and not (page.parent / link).exists()]
+    assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+def commands_with_flags() -> dict[str, set[str]]:
+    """Each fst command the pages run, and the --flags given to it."""
+    used: dict[str, set[str]] = {}
+    for page in PAGES:
+        for span in code_spans(page.read_text(encoding="utf-8")):
+            for part in re.split(r"&&|\|\||;|\|", span):
+                words = part.split()
+                if words and words[0] in SCRIPTS:
+                    flags = {w.split("=")[0] for w in words[1:] if w.startswith("--")}
+                    used.setdefault(words[0], set()).update(flags)
+    return used
+
+
+@cache
+def help_text(command: str) -> str:
+    executable = shutil.which(command, path=str(Path(sys.executable).parent))
+    assert executable, f"{command}: not installed beside {sys.executable}"
+    result = subprocess.run(
+        [executable, "--help"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"{command} --help failed: {result.stderr[-500:]}"
+    return result.stdout
+
+
+def test_the_pages_run_fst_commands() -> None:
+    assert {"fst-train", "fst-export", "fst-serve"} <= set(commands_with_flags())
+
+
+@pytest.mark.parametrize("command", sorted(SCRIPTS))
+def test_every_flag_the_pages_use_is_in_the_commands_help(command: str) -> None:
+    flags = commands_with_flags().get(command, set())
+    text = help_text(command)
+    unknown = sorted(flag for flag in flags if flag not in text)
+    assert not unknown, f"{command} --help does not know {unknown}"
