@@ -1,8 +1,8 @@
 """Reliability: a bounded chaos run of fst-serve, fst-generate, fst-export, fst-train and
 fst-telegram, on 127.0.0.1 only.
 
-    python benchmarks/reliability.py                     # every probe, <= 10 min on 2 cores
-    python benchmarks/reliability.py --quick             # <= 2 min: smaller, no kill probes
+    python benchmarks/reliability.py                     # every probe, ~15 min on 2 cores
+    python benchmarks/reliability.py --quick             # ~3 min: smaller, no kill probes
     python benchmarks/reliability.py --soak-minutes 30   # the long soak alone, with a PNG
 
 A tiny GPT-2 is built from its config (random weights, nothing downloaded) and exported once
@@ -18,7 +18,9 @@ what an operator or an unlucky day would do and records what it saw, one row per
 - killed export: SIGKILL mid-export, then the next export leaves no staging folder;
 - killed training: SIGKILL mid-training: workers gone at once, checkpoint loadable, resume;
 - faulty Bot API: the bot, against a fake Bot API answering 5xx / HTML / dropped
-  connections and the real fst-serve, still delivers every reply.
+  connections and the real fst-serve, still delivers every reply;
+- extreme parameters, poisoned batch, mass cancellation, bundle swapped while serving,
+  symlinked outputs, disk full (RLIMIT_FSIZE), huge document: see reliability_probes.py.
 
 Writes benchmarks/results/reliability.{json,md} (the long soak: reliability-soak.{json,md,png}).
 Exit status 0 when every probe passed, 1 otherwise. Figures were taken on a shared 2-core
@@ -49,6 +51,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import reliability_probes as probes  # noqa: E402
 from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT  # noqa: E402
 from reliability_harness import (  # noqa: E402
     PROMPT,
@@ -563,8 +566,22 @@ def run_probes(args: argparse.Namespace, hf: Path, bundle: Path, work: Path) -> 
             bad_http(report, server)
         with probe(report, "faulty Bot API"):
             faulty_bot(report, server, work, messages=6 if quick else 12)
+        with probe(report, "extreme parameters"):
+            probes.extreme_parameters(report, server)
+        with probe(report, "poisoned batch"):
+            probes.poisoned_batch(report, server)
+        with probe(report, "mass cancellation"):
+            probes.mass_cancellation(report, server, streams=12 if quick else 16)
     finally:
         server.stop()
+    with probe(report, "bundle swapped"):
+        probes.bundle_swapped(report, bundle, work)
+    with probe(report, "symlinked output"):
+        probes.symlinked_outputs(report, hf, work, quick)
+    with probe(report, "disk full"):
+        probes.disk_full(report, hf, work)
+    with probe(report, "huge document"):
+        probes.huge_document(report, work, megabytes=5 if quick else 20, train_args=TINY_TRAIN)
     with probe(report, "signals"):
         sigterm_with_live_streams(report, bundle, streams=4 if quick else 8)
     with probe(report, "corrupt bundle"):
@@ -599,7 +616,7 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="<= 2 min: smaller, no kill probes")
+    parser.add_argument("--quick", action="store_true", help="~3 min: smaller, no kill probes")
     parser.add_argument(
         "--soak-minutes", type=float, default=None, help="only the long soak, this long"
     )

@@ -10,6 +10,11 @@ GPT-2 staging folder holds gigabytes. So each staging folder holds an owner file
 process start time, host), and every export first removes the staging folders of its
 output whose owner is no longer running on this host (an owner file older than an hour
 with no owner file at all, for folders of older fst versions).
+
+An output that is a symbolic link (`current -> bundles/v3`) is followed: the bundle is
+built beside the link's target and replaces the target's folder atomically, so the link
+keeps pointing at the new bundle; a dangling link's target is created. A link that loops
+is refused up front.
 """
 
 from __future__ import annotations
@@ -43,8 +48,20 @@ class OutputExistsError(FileExistsError):
     """The output folder exists and may not be replaced."""
 
 
+def resolve_output(output: Path) -> Path:
+    """The folder a bundle at `output` is written to: `output`, or where the symbolic links
+    in its path lead (see the module docstring)."""
+    target = Path(os.path.realpath(output))
+    if target.is_symlink():  # realpath stops at a loop
+        raise OutputExistsError(f"{output}: a symbolic link that loops; give a real folder")
+    if target != Path(os.path.abspath(output)):
+        log.info("%s is a symbolic link: writing the bundle to %s", output, target)
+    return target
+
+
 def check_output(output: Path, force: bool) -> None:
     """Fail early (before minutes of work) when `output` cannot be written."""
+    output = resolve_output(output)
     if not output.exists():
         parent = next((p for p in output.parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
@@ -63,6 +80,7 @@ def check_output(output: Path, force: bool) -> None:
 @contextmanager
 def staging_folder(output: Path, force: bool) -> Iterator[Path]:
     """A temporary folder beside `output` that becomes `output` if the block succeeds."""
+    output = resolve_output(output)
     check_output(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output)

@@ -8,6 +8,7 @@ left behind), 1 unexpected error. Details and tracebacks go to the log file.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -23,6 +24,8 @@ from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import fail, option, parse_settings
 
 PROG = "fst-export"
+# Writing the bundle failed for want of room: one line, not "unexpected error".
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 DESCRIPTION = (
     "Export an fst training checkpoint (--ckpt) or a Hugging Face GPT-2, Llama, Qwen2, Qwen3 "
     "or Mistral model (--model_path: a folder, a hub name or a llama.cpp GGUF file) to an ONNX "
@@ -154,6 +157,15 @@ def _run(args: ExportArgs) -> int:
         log.debug("export failed", exc_info=True)
         return fail(PROG, e)
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            log.debug("no room for the bundle", exc_info=True)
+            print(
+                f"fst-export: error: cannot write the bundle beside {args.output}: "
+                f"{e.strerror} (the disk is full or a file size limit is reached); "
+                "no bundle written",
+                file=sys.stderr,
+            )
+            return 1
         log.exception("unexpected error")
         print(
             f"fst-export: unexpected error: {type(e).__name__}: {_first_line(e)} "

@@ -18,6 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from fst.core.bundle import ChatInfo
 from fst.core.chat_format import ChatFormat, chat_info
+from fst.core.hub import hub_unreachable_reason, in_local_cache, offline_message
 from fst.core.tokenization import DocumentTokenizer
 from fst.export.chat_info import read_chat_info, read_generation_defaults
 from fst.export.wrapper import UnsupportedModelError, check_supported
@@ -111,8 +112,12 @@ def _from_hf(name_or_path: str) -> ExportSource:
         raise SourceError(
             f"{name_or_path}: not a Hugging Face model folder (no config.json) or a GGUF file"
         )
+    offline = not looks_local and hub_unreachable_reason() is not None
+    if offline and not in_local_cache(name_or_path):
+        where = "a local model folder (with config.json) or an fst checkpoint (--ckpt)"
+        raise SourceError(offline_message(name_or_path, hub_unreachable_reason(), where))
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=offline)
     except Exception as e:
         raise SourceError(f"{name_or_path}: cannot read the model config ({_first_line(e)})") from e
     try:
@@ -127,7 +132,7 @@ def _from_hf(name_or_path: str) -> ExportSource:
     except Exception as e:
         raise SourceError(f"{name_or_path}: cannot load the tokenizer ({_first_line(e)})") from e
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=offline)
     except Exception as e:
         raise SourceError(f"{name_or_path}: cannot load the model ({_first_line(e)})") from e
     _check(model, tokenizer, name_or_path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import comma_list, fail, option, parse_settings
@@ -92,15 +92,11 @@ class GenerateArgs:
             raise ValueError("--stream works with --num_return_sequences 1")
 
     def overrides(self) -> dict:
-        """The generation parameters given on the command line."""
-        names = ("max_new_tokens", "min_new_tokens", "num_return_sequences", "temperature")
-        names += ("top_k", "top_p", "repetition_penalty", "seed")
-        out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-        if self.stop:
-            out["stop"] = self.stop
-        if self.ignore_eos:
-            out["ignore_eos"] = True
-        return out
+        """The generation parameters given on the command line: each GenerationParams
+        field this class declares, unless left unset (None, no --stop, no --ignore_eos)."""
+        names = [f.name for f in fields(GenerationParams) if hasattr(self, f.name)]
+        given = {name: getattr(self, name) for name in names}
+        return {k: v for k, v in given.items() if v is not None and v != () and v is not False}
 
 
 def _check_text_arguments(args: GenerateArgs) -> None:

@@ -22,17 +22,29 @@ The model runs lazily: `step` first feeds the previous step's tokens (dropping f
 rows once a quarter of the batch has finished, as copying the cache costs about as much as
 a few decode steps of those rows), then samples. So the text of a step is returned as soon
 as it is sampled, and an `add` between steps joins a batch whose logits are up to date.
+
+Failures end the rows they belong to, never their neighbours: a row whose sampling raises
+finishes with finish_reason "error" (`row.error` holds the exception). When the model run
+of a step fails, each live row is run alone once: the rows that fail alone end with
+"error", the others go on together (a failure no row reproduces alone is raised).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
+from fst.runtime.logprobs import (
+    MAX_TOP_LOGPROBS,
+    TokenLogprob,
+    log_softmax,
+    prompt_logprobs,
+    token_logprob,
+)
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
@@ -50,10 +62,14 @@ class Row:
     Read-only for callers: `request`, `tag` (whatever the caller passed to `add`), `index`
     (which of the request's samples), `prompt_tokens`, `token_ids` (generated so far, the
     EOS included when one ended it), `text` (final text so far, cut before a stop string)
-    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled").
+    and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled" |
+    "error", with the exception in `error`); `logprobs` (one per generated token) and
+    `prompt_logprobs` (one per prompt token) are lists only when the request asked for
+    them, else None.
     """
 
     __slots__ = ("request", "tag", "index", "prompt_tokens", "token_ids", "finish_reason")
+    __slots__ += ("error", "logprobs", "prompt_ids", "prompt_logprobs")
     __slots__ += ("_sampler", "_stream", "_eos")
 
     def __init__(
@@ -72,6 +88,10 @@ class Row:
         self.prompt_tokens = len(prompt_ids)
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.logprobs: list[TokenLogprob] | None = None if request.logprobs is None else []
+        self.prompt_ids = prompt_ids
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self._sampler = sampler
         self._stream = stream
         self._eos = end_token_ids
@@ -92,7 +112,20 @@ class Row:
             finish_reason=self.finish_reason or "cancelled",
             prompt_tokens=self.prompt_tokens,
             index=self.index,
+            logprobs=self.logprobs,
+            prompt_token_ids=self.prompt_ids if self.prompt_logprobs is not None else None,
+            prompt_logprobs=self.prompt_logprobs,
         )
+
+    def _choose(self, logits: np.ndarray) -> int:
+        """Sample this step's token (the sampler edits `logits` in place, so a requested
+        logprob is taken from the raw logits first)."""
+        if self.logprobs is None:
+            return self._sampler.choose(logits, len(self.token_ids))
+        logprobs = log_softmax(logits)
+        token = self._sampler.choose(logits, len(self.token_ids))
+        self.logprobs.append(token_logprob(logprobs, token, self.request.logprobs or 0))
+        return token
 
     def _advance(self, token: int) -> str:
         """Record a sampled token; finish the row if it ends here; return the final text."""
@@ -111,6 +144,9 @@ class Row:
     def _cancel(self) -> None:
         self.finish_reason = "cancelled"
         self._stream.finish()  # the text keeps what was generated; nothing more is streamed
+
+    def _fail(self, error: BaseException) -> None:
+        self.finish_reason, self.error = "error", error
 
     def __repr__(self) -> str:
         state = f"tokens={len(self.token_ids)}, finish_reason={self.finish_reason!r}"
@@ -133,11 +169,19 @@ class DecodeBatch:
 
     `stepper` runs the model, `tokenizer` encodes prompts and decodes pieces, `limits` say
     how long a sequence may get and which token ends it (`Generator.new_batch` passes the
-    bundle's).
+    bundle's). `scorer(ids)` gives the logits of every position of one prompt [S, V], for
+    requests that ask for `prompt_logprobs`; None: such requests are refused.
     """
 
-    def __init__(self, stepper: Stepper, tokenizer: DocumentTokenizer, limits: BatchLimits) -> None:
+    def __init__(
+        self,
+        stepper: Stepper,
+        tokenizer: DocumentTokenizer,
+        limits: BatchLimits,
+        scorer: Callable[[list[int]], np.ndarray] | None = None,
+    ) -> None:
         self._stepper = stepper
+        self._scorer = scorer
         self._tokenizer = tokenizer
         self._encode_request = PromptEncoder(tokenizer, limits.max_positions).encode_request
         self._pad_id = tokenizer.pad_token_id
@@ -147,7 +191,7 @@ class DecodeBatch:
         self._cache: Any = None  # the stepper's cache
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
         self._pending: np.ndarray | None = None  # [rows] tokens sampled, not yet fed
-        self._cancelled: list[Row] = []  # cancelled since the last step, to report
+        self._cancelled: list[Row] = []  # cancelled or failed since the last step, to report
         self._num_live = 0  # rows of `_rows` still decoding
 
     @property
@@ -182,10 +226,14 @@ class DecodeBatch:
         prompt_ids = [self._encode(i, r) for i, r in enumerate(requests)]
         if not requests:
             return []
+        scores = [self._score(r, ids) for r, ids in zip(requests, prompt_ids, strict=True)]
         per_request = [
             self._new_rows(r, tag, ids)
             for r, tag, ids in zip(requests, tags, prompt_ids, strict=True)
         ]
+        for rows, score in zip(per_request, scores, strict=True):
+            for row in rows:
+                row.prompt_logprobs = score
         self._feed_pending()
         reserve = max(r.params.max_new_tokens for r in requests)
         logits, cache = self._stepper.prefill(prompt_ids, self._pad_id, reserve=reserve)
@@ -207,7 +255,24 @@ class DecodeBatch:
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
         if not isinstance(getattr(request, "params", None), GenerationParams):
             raise ValueError(f"request {i}: params must be GenerationParams")
+        for name in ("logprobs", "prompt_logprobs"):
+            top = getattr(request, name)
+            if top is not None and not (isinstance(top, int) and 0 <= top <= MAX_TOP_LOGPROBS):
+                raise ValueError(f"request {i}: {name} must be in [0, {MAX_TOP_LOGPROBS}] or None")
         return self._encode_request(request)
+
+    def _score(
+        self, request: GenerationRequest, ids: list[int]
+    ) -> list[TokenLogprob | None] | None:
+        """The prompt's logprobs when the request asks for them (one extra prefill)."""
+        if request.prompt_logprobs is None:
+            return None
+        if self._scorer is None:
+            raise ValueError(
+                "prompt logprobs need the logits of every position: re-export the bundle "
+                "with fst-export --logits all"
+            )
+        return prompt_logprobs(self._scorer(ids), ids, request.prompt_logprobs)
 
     def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:
         params = request.params
@@ -231,12 +296,13 @@ class DecodeBatch:
     def step(self) -> list[StepEvent]:
         """One token for every live row; returns the rows that got final text or ended.
 
-        Rows cancelled since the last step are reported first (finished, no piece).
+        Rows cancelled since the last step (or failed in its model run) are reported first
+        (finished, no piece).
         """
         events: list[StepEvent] = []
+        self._feed_pending()
         if self._cancelled:
             events, self._cancelled = [StepEvent(r, "", True) for r in self._cancelled], []
-        self._feed_pending()
         if not self._rows:
             return events
         assert self._logits is not None
@@ -245,8 +311,13 @@ class DecodeBatch:
         for i, row in enumerate(self._rows):
             if row.finish_reason is not None:
                 continue
-            tokens[i] = token = row._sampler.choose(self._logits[i], len(row.token_ids))
-            piece = row._advance(token)
+            try:
+                tokens[i] = token = row._choose(self._logits[i])
+                piece = row._advance(token)
+            except Exception as exc:  # this row's sampling or text: it ends, nobody else
+                row._fail(exc)
+                events.append(StepEvent(row, "", True))
+                continue
             if row.finish_reason is None:
                 live += 1
                 if piece:
@@ -273,8 +344,37 @@ class DecodeBatch:
             self._cache = self._stepper.select(self._cache, live)
             self._rows, self._pending = [self._rows[i] for i in live], self._pending[live]
         # If the model fails, the batch is left as it was (the cache advances on success).
-        self._logits = self._stepper.decode(self._cache, self._pending)
+        try:
+            self._logits = self._stepper.decode(self._cache, self._pending)
+        except Exception:
+            if self._num_live < 2 or not self._fail_rows_that_fail_alone():
+                raise
+            if not self._num_live:
+                self._clear()
+                return
+            self._logits = self._stepper.decode(self._cache, self._pending)
         self._pending = None
+
+    def _fail_rows_that_fail_alone(self) -> bool:
+        """After a failed model run: run each live row alone (results discarded); the rows
+        that fail end with "error" and leave the batch. False when none failed alone."""
+        assert self._cache is not None and self._pending is not None
+        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
+        ok = []
+        for i in live:
+            try:
+                self._stepper.decode(self._stepper.select(self._cache, [i]), self._pending[[i]])
+                ok.append(i)
+            except Exception as exc:
+                self._rows[i]._fail(exc)
+                self._cancelled.append(self._rows[i])
+        if len(ok) == len(live):
+            return False
+        self._num_live = len(ok)
+        if ok:
+            self._cache = self._stepper.select(self._cache, ok)
+            self._rows, self._pending = [self._rows[i] for i in ok], self._pending[ok]
+        return True
 
     def _clear(self) -> None:
         self._rows, self._cache, self._logits, self._pending = [], None, None, None

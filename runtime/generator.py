@@ -10,9 +10,10 @@ Public API (the server, the bot, the CLI and the benchmarks code against it)::
     gen.encode_prompt(prompt) -> list[int]; gen.encode_request(request) -> list[int]
 
 A prompt is a string, an `fst.core.documents.Document`, a mapping {"body": ..., "meta": ...}
-or a `ChatPrompt` (a conversation rendered by `fst.runtime.chat.render_chat`);
-documents are encoded as in training (meta only for bundles trained with the document
-format). `generate` returns completions prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
+or a `ChatPrompt` (a conversation rendered by `fst.runtime.chat.render_chat`) or a list of
+token ids (taken as they are); documents are encoded as in training (meta only for bundles
+trained with the document format). `generate` returns completions prompt-major: [p0 s0,
+p0 s1, ..., p1 s0, ...].
 
 `run` decodes every sequence of every request in one batch: the prompts are prefilled once
 each (left-padded), their KV cache rows are repeated for `num_return_sequences`, then each
@@ -31,14 +32,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fst.core.bundle import BundleError, BundleManifest, check_bundle
+from fst.core.contract import GraphContract
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.decode_batch import DecodeBatch, Row
 from fst.runtime.kv_cache import make_stepper
-from fst.runtime.prompts import BatchLimits, PromptEncoder
+from fst.runtime.prompts import BatchLimits, PromptEncoder, is_token_ids
 from fst.runtime.requests import ChatPrompt, Completion, GenerationRequest, Prompt
+from fst.runtime.scoring import prefill_logits
 from fst.runtime.session import create_session
 from fst.runtime.stepper import ModelCallHook, Stepper
 
@@ -69,6 +74,20 @@ class Generator:
         self.limits = BatchLimits(self.max_positions, self.eos_token_id, stop_ids)
         self._prompts = PromptEncoder(tokenizer, self.max_positions)
         self._stepper = make_stepper(session, manifest)
+        self._session = session
+        self._contract = GraphContract.from_manifest(manifest)
+
+    @property
+    def scores_prompts(self) -> bool:
+        """Whether requests may ask for prompt logprobs: the graph returns every position's
+        logits (`fst-export --logits all`) on the CPU layouts `prefill_logits` drives."""
+        return self._contract.logits == "all" and self._contract.kv_layout != "shared_right"
+
+    def prompt_logits(self, ids: list[int]) -> np.ndarray:
+        """The logits of every position of one prompt [S, V]: one prefill of its own, so
+        the decode graph keeps computing the last position only."""
+        batch = np.asarray([ids], dtype=np.int64)
+        return prefill_logits(self._session, self._contract, batch, np.ones_like(batch))[0]
 
     @property
     def stepper(self) -> Stepper:
@@ -129,7 +148,7 @@ class Generator:
         **overrides: Any,
     ) -> list[Completion]:
         """Completions of one or several prompts, prompt-major (all samples of prompt 0 first)."""
-        if isinstance(prompts, (str, Document, Mapping, ChatPrompt)):
+        if isinstance(prompts, (str, Document, Mapping, ChatPrompt)) or is_token_ids(prompts):
             prompts = [prompts]
         params = self._params(params, overrides)
         results = self.run([GenerationRequest(p, params) for p in prompts])
@@ -156,7 +175,8 @@ class Generator:
 
         `on_piece(request_idx, seq_idx, text)` gets text as it becomes final (never a stop
         string, never half a character). `is_cancelled(request_idx)` is polled every step;
-        a cancelled request's sequences stop with finish_reason "cancelled".
+        a cancelled request's sequences stop with finish_reason "cancelled". A row that
+        fails (its sampling or its model run alone) raises its error here.
         """
         batch = self.new_batch()
         rows = batch.add(requests)  # row.tag is the request's index
@@ -164,13 +184,16 @@ class Generator:
             if is_cancelled is not None:
                 _cancel_requests(batch, rows, is_cancelled)
             for row, piece, _ in batch.step():
+                if row.error is not None:
+                    raise row.error
                 if on_piece is not None and piece:
                     on_piece(row.tag, row.index, piece)
         return [[row.completion() for row in per_request] for per_request in rows]
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch to add requests to and step: the runtime's per-token loop."""
-        return DecodeBatch(self._stepper, self.tokenizer, self.limits)
+        scorer = self.prompt_logits if self.scores_prompts else None
+        return DecodeBatch(self._stepper, self.tokenizer, self.limits, scorer)
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]
@@ -184,6 +207,8 @@ def _pieces(batch: DecodeBatch, request: GenerationRequest) -> Iterator[str]:
     batch.add([request])
     while batch.num_live:
         for event in batch.step():
+            if event.row.error is not None:
+                raise event.row.error
             if event.piece:
                 yield event.piece
 

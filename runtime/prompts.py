@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
@@ -42,7 +43,11 @@ class PromptEncoder:
         self.max_positions = max_positions
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Prompt ids as the model saw documents in training; ValueError on a bad prompt."""
+        """Prompt ids as the model saw documents in training; ValueError on a bad prompt.
+
+        Token ids are taken as they are (evaluation harnesses tokenize themselves)."""
+        if is_token_ids(prompt):
+            return self._check_ids(prompt)
         if isinstance(prompt, ChatPrompt):
             _check_encodable(prompt.text)
             return self.tokenizer.encode_markup(prompt.text)
@@ -64,6 +69,13 @@ class PromptEncoder:
             )
         return ids
 
+    def _check_ids(self, ids: Any) -> list[int]:
+        vocab = self.tokenizer.vocab_size
+        bad = next((t for t in ids if isinstance(t, bool) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad!r} is not in the vocabulary [0, {vocab})")
+        return [int(t) for t in ids]
+
     def _as_document(self, prompt: Prompt) -> Document | str:
         if isinstance(prompt, str):
             return prompt
@@ -75,7 +87,9 @@ class PromptEncoder:
                 )
             prompt = Document(prompt["body"], prompt.get("meta"))
         if not isinstance(prompt, Document):
-            raise ValueError(f"a prompt is a string or a document, got {type(prompt).__name__}")
+            raise ValueError(
+                f"a prompt is a string, a document or token ids, got {type(prompt).__name__}"
+            )
         if not isinstance(prompt.body, str) or not isinstance(prompt.meta, (str, type(None))):
             raise ValueError("a document's body must be a string and its meta a string or null")
         if prompt.meta and not self.tokenizer.document_format:
@@ -84,6 +98,11 @@ class PromptEncoder:
                 "a prompt cannot have a meta"
             )
         return prompt
+
+
+def is_token_ids(prompt: Any) -> bool:
+    """A list (or tuple) of ints: a prompt already tokenized."""
+    return isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt)
 
 
 def _check_encodable(text: str) -> None:

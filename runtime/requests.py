@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
+from fst.runtime.logprobs import TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -21,15 +22,24 @@ class ChatPrompt:
     text: str
 
 
-# A string, a Document, a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts) or a
-# rendered conversation.
-Prompt = Union[str, Document, Mapping[str, Any], ChatPrompt]
+# A string, a Document, a mapping {"body": ..., "meta": ...} (see fst.runtime.prompts), a
+# rendered conversation, or token ids (taken as they are).
+Prompt = Union[str, Document, Mapping[str, Any], ChatPrompt, Sequence[int]]
 
 
 @dataclass
 class GenerationRequest:
+    """A prompt, how to continue it, and which log-probabilities to report.
+
+    `logprobs`: for each generated token its logprob and the `logprobs` most likely
+    tokens; `prompt_logprobs`: the same for every prompt token (needs a bundle exported
+    with `--logits all`). None: not reported (nothing is computed).
+    """
+
     prompt: Prompt
     params: GenerationParams
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
 
 @dataclass
@@ -40,3 +50,6 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
     prompt_tokens: int
     index: int  # which of this prompt's samples
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids, when asked
+    prompt_token_ids: list[int] | None = None  # with prompt_logprobs
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # first is None (no context)

@@ -17,6 +17,10 @@ tests/hf_oracle.py (the same rules over the whole vocabulary). Ties: HF's top-p 
 `torch.sort`, which is not stable, so which of several tokens with exactly equal scores is
 dropped at the top-p boundary is arbitrary there; here the lower token id is dropped first
 (the number kept is the same).
+
+Scores that cannot be sampled from (a NaN, or a temperature so small that a scaled score
+overflows to infinity, which is greedy's limit anyway) fall back to greedy for that row,
+over the scores with NaN taken as -inf: a row never draws from NaN weights.
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ class RepetitionPenalty:
 
     def __init__(self, penalty: float, prompt_ids: Sequence[int], vocab_size: int) -> None:
         self.penalty = float(np.float32(penalty))
+        if not (0.0 < self.penalty < math.inf):  # GenerationParams refuses these already
+            raise ValueError(f"repetition_penalty {penalty} is 0 or infinite in float32")
         self._seen_mask = np.zeros(vocab_size, dtype=bool)
         self._seen: list[int] = []  # distinct, in order of first sight
         for token in prompt_ids:
@@ -167,7 +173,7 @@ class Greedy:
     """The first highest score (HF's argmax)."""
 
     def choose(self, row: np.ndarray) -> int:
-        return int(row.argmax())
+        return _argmax(row)
 
 
 class Sample:
@@ -183,14 +189,26 @@ class Sample:
         self._all_ids: np.ndarray | None = None
 
     def choose(self, row: np.ndarray) -> int:
-        ids, vals = self.candidates(row)
-        weights = np.exp(vals - vals.max())  # float32 (as torch's softmax; float64 is slower)
-        return int(ids[_draw(weights, self.rng.random())])
+        u = self.rng.random()  # drawn whatever happens, so the sequence's stream stays aligned
+        try:
+            ids, vals = self.candidates(row)
+        except _NotSampleable:
+            return _argmax(row)
+        top = vals.max()
+        if not math.isfinite(top):
+            return _argmax(row)
+        weights = np.exp(vals - top)  # float32 (as torch's softmax; float64 is slower)
+        return int(ids[_draw(weights, u)])
 
     def candidates(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ids (ascending) and temperature-scaled logits of the tokens that may be drawn."""
+        """Ids (ascending) and temperature-scaled logits of the tokens that may be drawn.
+
+        Raises `_NotSampleable` when the scaled scores hold a NaN or +inf, or none is finite.
+        """
         if self.top_k:
             ids = self._top_k(row)
+            if not ids.size:  # NaN scores compare with nothing
+                raise _NotSampleable
             vals = row[ids]
         else:
             ids = None
@@ -198,7 +216,10 @@ class Sample:
         if self.temperature is not None:
             vals = vals / self.temperature
         if self.top_p is not None:
-            kept = _top_p(vals, self.top_p, self.top_k != 0)
+            top = vals.max()
+            if not math.isfinite(top):
+                raise _NotSampleable
+            kept = _top_p(vals, self.top_p, self.top_k != 0, top)
             return (kept if ids is None else ids[kept]), vals[kept]
         if ids is None:
             if self._all_ids is None or self._all_ids.size != row.size:
@@ -249,6 +270,8 @@ def _top_k_ids(
             maxima = row[: blocks * block].reshape(blocks, block).max(axis=1)
             bound = np.partition(maxima, blocks - k)[blocks - k]
             cand = np.flatnonzero(row >= bound)
+            if cand.size < k:  # a NaN bound: let the partition see the whole row
+                cand = np.arange(n)
     scores = row[cand]
     size = scores.size
     m = min(4 * k, size)
@@ -256,8 +279,21 @@ def _top_k_ids(
     return cand[scores >= kth], float(mth)
 
 
-def _top_p(vals: np.ndarray, p: float, few: bool) -> np.ndarray:
-    """Positions (ascending) of `vals` (logits, -inf = filtered) that top-p `p` keeps.
+class _NotSampleable(ArithmeticError):
+    """The scores hold no finite maximum: the row is decoded greedily instead."""
+
+
+def _argmax(row: np.ndarray) -> int:
+    """The first highest score, a NaN counting as -inf (numpy's argmax stops at a NaN)."""
+    i = int(row.argmax())
+    if row[i] == row[i]:
+        return i
+    return int(np.where(np.isnan(row), NEG_INF, row).argmax())
+
+
+def _top_p(vals: np.ndarray, p: float, few: bool, top: float | None = None) -> np.ndarray:
+    """Positions (ascending) of `vals` (logits, -inf = filtered) that top-p `p` keeps;
+    `top` is their (finite) maximum when the caller has it.
 
     `few`: `vals` are already a short candidate list (top-k's), cut directly. Otherwise
     candidate sets of growing size are tried: a partition finds the m-th largest score and
@@ -266,7 +302,7 @@ def _top_p(vals: np.ndarray, p: float, few: bool) -> np.ndarray:
     Tokens whose probability underflows to 0 are always removed by HF's rule, so the last
     try looks at the others only.
     """
-    top = np.float32(vals.max())
+    top = np.float32(vals.max() if top is None else top)
     removes = np.float32(1.0 - p)  # HF: removed when the mass from it down is <= 1 - p
     if few:
         return _cut_nucleus(vals, None, top, removes)
@@ -369,7 +405,9 @@ def _draw_few(weights: list[float], u: float) -> int:
 
 
 def _last_positive(weights: np.ndarray, i: int) -> int:
-    """Guard against rounding at the very end of the CDF: fall back to a token with weight."""
+    """Guard against rounding at the very end of the CDF: fall back to a token with weight
+    (the heaviest one when none comes before `i`)."""
     if i < weights.size and weights[i] > 0:
         return i
-    return int(np.flatnonzero(weights[: min(i, weights.size)] > 0)[-1])
+    before = np.flatnonzero(weights[: min(i, weights.size)] > 0)
+    return int(before[-1]) if before.size else _argmax(weights)

@@ -1,4 +1,4 @@
-"""OpenAI-compatible request and response models for /v1/chat/completions and /tokenize.
+"""OpenAI-compatible request and response models for /v1/chat/completions.
 
 Same field names, defaults and shapes as OpenAI's chat completions API, so its Python client
 parses our answers. Messages are text: a string, or a list of text parts, which are joined
@@ -148,20 +148,3 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
-
-
-class TokenizeRequest(BaseModel):
-    """vLLM's /tokenize for a conversation: how many tokens its prompt takes."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    messages: list[ChatMessage] = Field(
-        min_length=1, description="Rendered with the assistant's turn opened, as a chat request."
-    )
-
-
-class TokenizeResponse(BaseModel):
-    count: int = Field(description="Tokens of the rendered conversation.")
-    max_model_len: int = Field(description="The model's context, in tokens.")
-    tokens: list[int]

@@ -5,6 +5,8 @@ never reaches past it: the scheduler decodes through `new_batch()` (the runtime'
 `DecodeBatch`, with either batching mode), the routes render conversations with `chat`
 and check prompts with `encode_prompt` and `max_positions`, the lifespan warms up with
 `generate` and, where the generator has one, sets its `on_model_call` hook (metrics); /version and the logs read `manifest` and `provider`.
+Optional, read with getattr: `tokenizer` (/tokenize, /detokenize, /tokenizer_info and the
+logprobs' token texts) and `scores_prompts` (whether `echo` with `logprobs` can be served).
 (serving/protocol.py is another kind of protocol: uvicorn's HTTP one.)
 """
 
@@ -22,6 +24,7 @@ class StepRow(Protocol):
     tag: Any
     index: int
     finish_reason: str | None
+    error: BaseException | None  # why the row ended when finish_reason is "error"
 
     def completion(self) -> Any: ...
 

@@ -122,9 +122,13 @@ async def check_fits_context(
             )
 
 
-def submit(state: ServingState, prompts: Sequence[Any], params: GenerationParams) -> Job:
+def submit(
+    state: ServingState, prompts: Sequence[Any], params: GenerationParams, **options: Any
+) -> Job:
+    """Queue one generation request per prompt; `options` are GenerationRequest's others
+    (`logprobs`, `prompt_logprobs`)."""
     _, scheduler = state.require_ready()
-    requests = [GenerationRequest(prompt=p, params=params) for p in prompts]
+    requests = [GenerationRequest(prompt=p, params=params, **options) for p in prompts]
     try:
         return scheduler.submit(requests, timeout_s=state.settings.request_timeout_s)
     except QueueFullError as exc:

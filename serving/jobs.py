@@ -52,6 +52,7 @@ class Job:
         self.cancel_reason: CancelReason | None = None
         self.result: list[list[Any]] | None = None
         self.rows: list[Any] = []  # continuous batching: this job's rows in the batch
+        self.error: BaseException | None = None  # set (worker) when one of its rows failed
         self._loop = loop
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 

@@ -3,7 +3,8 @@
 Same field names, defaults and shapes as OpenAI's legacy completions API, so its Python
 client parses our answers. `top_k`, `repetition_penalty`, `min_tokens`, `ignore_eos` and
 `meta` are extras, as in other open servers. Unknown fields are ignored (as OpenAI-style
-servers do), so tools that send more than we use keep working.
+servers do), so tools that send more than we use keep working. Types are strict, as
+OpenAI's: `"max_tokens": "4"`, `true` for a number or `"yes"` for a boolean is a 400.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fst.core.generation_params import (
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+)
 
 
 class StreamOptions(BaseModel):
@@ -22,6 +30,7 @@ class StreamOptions(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -42,13 +51,22 @@ class CompletionRequest(BaseModel):
     model: str | None = Field(
         None, description="The served model id (see GET /v1/models); optional."
     )
-    prompt: str | list[str] = Field(
-        description="A prompt, or a list of prompts answered together (token-id prompts are "
-        "not supported). For a document-format model, the prompt is the document body."
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A prompt, a list of prompts answered together, token ids (a list of "
+        "integers, taken as they are) or a list of token-id prompts. For a document-format "
+        "model, a text prompt is the document body."
     )
-    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate per choice.")
+    max_tokens: int | None = Field(
+        16,
+        ge=0,
+        description="Most tokens to generate per choice; 0 (with `echo`) scores the prompt only.",
+    )
     temperature: float | None = Field(
-        1.0, ge=0.0, description="Sampling temperature; 0 means greedy."
+        1.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"Sampling temperature: 0 means greedy, otherwise in "
+        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
     )
     top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int | None = Field(1, ge=1, description="Choices to generate for each prompt.")
@@ -62,7 +80,16 @@ class CompletionRequest(BaseModel):
     )
     echo: bool | None = Field(False, description="Put the prompt before the generated text.")
     user: str | None = Field(None, description="End-user id (accepted, not stored).")
-    logprobs: int | None = Field(None, description="Not supported: must be null.")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="Return the log-probability of each token and of the `logprobs` most "
+        "likely tokens at its position (with `echo`, the prompt's tokens too; the first has "
+        "null). The model's own log-probabilities: log-softmax of the raw logits, before "
+        "temperature, top-k, top-p and penalties. Prompt tokens need a bundle exported with "
+        "`fst-export --logits all`.",
+    )
     suffix: str | None = Field(None, description="Not supported: must be null.")
     best_of: int | None = Field(None, description="Not supported beyond best_of = n.")
     presence_penalty: float | None = Field(
@@ -75,7 +102,10 @@ class CompletionRequest(BaseModel):
     # Extras beyond OpenAI's API.
     top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
     repetition_penalty: float | None = Field(
-        1.0, gt=0.0, description="Extra: penalty for repeated tokens (CTRL-style); 1 is off."
+        1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
     )
     min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
     ignore_eos: bool | None = Field(False, description="Extra: do not stop at end-of-text.")
@@ -85,20 +115,47 @@ class CompletionRequest(BaseModel):
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _text_prompts_only(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+    def _one_prompt_shape(cls, value: Any) -> Any:
+        if isinstance(value, str) or (isinstance(value, list) and value and _one_kind(value)):
             return value
         raise ValueError(
-            "must be a string or a non-empty list of strings (token-id prompts are not supported)"
+            "must be a string, a non-empty list of strings, a list of token ids or a "
+            "non-empty list of token-id lists"
         )
+
+
+def _one_kind(prompts: list[Any]) -> bool:
+    """All strings, all token ids, or all lists of token ids (no mixing, no bools)."""
+
+    def is_ids(value: Any) -> bool:
+        return isinstance(value, list) and all(_is_id(t) for t in value)
+
+    return (
+        all(isinstance(p, str) for p in prompts)
+        or all(_is_id(p) for p in prompts)
+        or all(is_ids(p) for p in prompts)
+    )
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs object: one entry per token of the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="null for the first prompt token")
+    top_logprobs: list[dict[str, float] | None] = Field(
+        description="the most likely tokens at each position and the chosen one"
+    )
+    text_offset: list[int] = Field(description="where each token starts in `text`")
 
 
 class CompletionChoice(BaseModel):
     text: str
     index: int = Field(description="prompt index × n + choice index")
-    logprobs: None = Field(None, description="Always null: log-probabilities are not returned.")
+    logprobs: CompletionLogprobs | None = Field(None, description="With `logprobs` only.")
     finish_reason: Literal["stop", "length"] | None = Field(
         description="'stop': end of text or a stop string; 'length': max_tokens reached; "
         "null in stream chunks before the last."

@@ -13,6 +13,11 @@ the two ways to batch (`mode`) differ only in when it admits jobs:
   decoding step and leaves it as soon as it finishes, so nobody waits for a whole batch.
 - "request" (request level): the waiting jobs (after up to `batch_wait_s` for company)
   start together; jobs that arrive meanwhile wait until the whole batch has finished.
+
+A failure ends only the job it belongs to: a row whose sampling (or whose model run alone)
+fails gives its job the error and cancels the job's other rows; the batch goes on. Only a
+step that fails for no row in particular fails every job of the batch. The gauges are set
+from the engine after every step, failed or not, so they read 0 when it is idle.
 """
 
 from __future__ import annotations
@@ -166,7 +171,7 @@ class Scheduler:
     def _should_stop(self, job: Job) -> bool:
         if self._abort:
             job.cancel("shutdown")
-        return job.should_stop()
+        return job.should_stop() or job.error is not None
 
     def _finish(self, job: Job, completions: list[list[Any]]) -> None:
         if job.first_piece_at is not None:
@@ -198,15 +203,16 @@ class Scheduler:
                 self._observe_batch(engine)
             try:
                 ended = engine.step(self._should_stop)
+                # Several rows of one job may end in the same step: finish each job once.
+                for job in {id(owner(row)): owner(row) for row in ended}.values():
+                    self._job_rows_ended(job)
             except Exception as exc:
                 logger.exception("decoding step failed")
                 for job in {id(owner(row)): owner(row) for row in engine.live_rows}.values():
                     job.deliver("error", exc)
                 engine.reset()
+                self.metrics.running_sequences.set(0)
                 continue
-            # Several rows of one job may end in the same step: finish each job once.
-            for job in {id(owner(row)): owner(row) for row in ended}.values():
-                self._job_rows_ended(job)
             if engine.idle:
                 self.metrics.running_sequences.set(0)
 
@@ -231,8 +237,15 @@ class Scheduler:
             job.rows = [row for row in rows if owner(row) is job]
 
     def _job_rows_ended(self, job: Job) -> None:
-        """Some of the job's rows ended: once all have, deliver its completions."""
-        if any(r.finish_reason is None for r in job.rows):
+        """Some of the job's rows ended: once all have, deliver its completions; at the
+        first row that failed, deliver its error (its other rows stop at the next step)."""
+        if job.error is None:
+            job.error = next((r.error for r in job.rows if r.error is not None), None)
+            if job.error is not None:
+                logger.error("a generation failed", exc_info=job.error)
+                job.deliver("error", job.error)
+                return
+        if job.error is not None or any(r.finish_reason is None for r in job.rows):
             return
         self._service_s = max(time.monotonic() - (job.started_at or job.enqueued_at), 0.001)
         completions: list[list[Any]] = [[] for _ in job.requests]

@@ -10,15 +10,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fst.core.generation_params import ORIGINAL_API_DEFAULTS
+from fst.core.generation_params import (
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+    ORIGINAL_API_DEFAULTS,
+)
 
 _D = ORIGINAL_API_DEFAULTS
 
 
 class GeneratedTextsRequest(BaseModel):
-    """The original project's request, same fields and defaults (its clients keep working)."""
+    """The original project's request, same fields and defaults (its clients keep working).
+
+    Types are strict: a number sent as a string, or a boolean for a number, is a 400.
+    """
 
     model_config = ConfigDict(
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -32,7 +42,7 @@ class GeneratedTextsRequest(BaseModel):
                     "num_return_sequences": 2,
                 }
             ]
-        }
+        },
     )
 
     body: str = Field(description="The text to continue (the document body).")
@@ -50,7 +60,9 @@ class GeneratedTextsRequest(BaseModel):
     temperature: float = Field(
         _D["temperature"],
         ge=0.0,
-        description="Sampling temperature; 0 means greedy (the original API required > 0).",
+        le=MAX_TEMPERATURE,
+        description=f"Sampling temperature: 0 means greedy (the original API required > 0), "
+        f"otherwise in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
     )
     top_k: int = Field(
         _D["top_k"], ge=0, description="Sample among the k most likely tokens; 0 turns it off."
@@ -64,7 +76,8 @@ class GeneratedTextsRequest(BaseModel):
     )
     repetition_penalty: float = Field(
         _D["repetition_penalty"],
-        gt=0.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
         description="Penalty for tokens already present (CTRL-style); 1 turns it off.",
     )
     num_return_sequences: int = Field(

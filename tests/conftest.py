@@ -332,4 +332,14 @@ def tiny_chatml_bundle(tmp_path_factory, tiny_chatml_model_dir) -> Path:
         )
         manifest.model_copy(update={"chat": chat}).save(output)
     assert check_bundle(output).chat is not None
+
+
+@pytest.fixture(scope="session")
+def tiny_scoring_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    """tiny_plain_bundle exported with --logits all: every position's logits, so prompts
+    can be scored (prompt logprobs, `echo` with `logprobs`)."""
+    from fst.export.exporter import export_bundle
+
+    output = tmp_path_factory.mktemp("tiny_scoring_bundle") / "bundle"
+    export_bundle(output, model_path=str(tiny_hf_model_dir), logits="all", progress=False)
     return output

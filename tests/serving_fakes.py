@@ -166,6 +166,7 @@ class FakeRow:
 
     def __init__(self, request: Any, tag: Any, index: int, seq: _Seq) -> None:
         self.request, self.tag, self.index, self.seq = request, tag, index, seq
+        self.error: BaseException | None = None
 
     @property
     def finish_reason(self) -> str | None:

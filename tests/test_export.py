@@ -612,7 +612,9 @@ def test_option_errors():
 
 def test_cli_help_runs_as_a_console_script():
     fst_export = Path(sys.executable).parent / "fst-export"
-    result = subprocess.run([str(fst_export), "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(fst_export), "--help"], capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0
     for option in ("--ckpt", "--model_path", "--output", "--optimize", "--quantize", "--fp16",
                    "--opset", "--force", "--logits", "--kv_layout"):  # fmt: skip

@@ -117,3 +117,58 @@ def test_sigterm_and_ctrl_c_remove_the_staging_folder_at_once(tmp_path, sig) -> 
     proc.send_signal(sig)
     proc.wait(10)
     assert _leftovers(output) == []
+
+
+def _stage(output: Path, content: bytes, force: bool = False) -> None:
+    with staging_folder(output, force=force) as tmp:
+        (tmp / "fst_bundle.json").write_text("{}")
+        (tmp / "model.onnx").write_bytes(content)
+
+
+def test_a_dangling_symlink_output_gets_the_bundle_at_its_target(tmp_path) -> None:
+    target = tmp_path / "bundles" / "v3"
+    (tmp_path / "bundles").mkdir()
+    link = tmp_path / "current"
+    link.symlink_to(target)
+    _stage(link, b"new")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert (link / "model.onnx").read_bytes() == b"new"
+    assert sorted(p.name for p in target.iterdir()) == ["fst_bundle.json", "model.onnx"]
+    assert _leftovers(link) == ["bundles"] and _leftovers(target) == []
+
+
+def test_force_through_a_symlink_replaces_the_targets_bundle_and_keeps_the_link(tmp_path) -> None:
+    target = tmp_path / "v2"
+    _stage(target, b"old")
+    link = tmp_path / "current"
+    link.symlink_to(target)
+    with pytest.raises(bundle_writer.OutputExistsError, match="--force"):
+        _stage(link, b"new")
+    _stage(link, b"new", force=True)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert (target / "model.onnx").read_bytes() == b"new"
+    assert sorted(p.name for p in target.iterdir()) == ["fst_bundle.json", "model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v2"]
+
+
+def test_a_symlink_loop_is_refused_before_any_work(tmp_path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(bundle_writer.OutputExistsError, match="loops"):
+        bundle_writer.check_output(loop, force=True)
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EFBIG"])
+def test_no_room_for_the_bundle_is_one_line(tmp_path, monkeypatch, capsys, code) -> None:
+    import errno
+
+    from fst.export import cli, exporter
+
+    def no_room(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(exporter, "export_bundle", no_room)
+    output = tmp_path / "bundle"
+    assert cli.main(["--model_path", str(tmp_path), "--output", str(output), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disk is full" in err and "unexpected" not in err

@@ -271,8 +271,8 @@ def test_validation_errors(plain_generator) -> None:
         plain_generator.generate({"body": "A", "meta": "title"}, GREEDY)
     with pytest.raises(ValueError, match="body"):
         plain_generator.generate({"text": "A"}, GREEDY)
-    with pytest.raises(ValueError, match="string or a document"):
-        plain_generator.generate([42], GREEDY)
+    with pytest.raises(ValueError, match="a string, a document or token ids"):
+        plain_generator.generate([4.2], GREEDY)
 
 
 def test_plain_bundle_accepts_documents_without_meta(plain_generator) -> None:

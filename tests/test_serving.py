@@ -27,8 +27,6 @@ from fst.serving.app import create_app
 from fst.serving.cli import main as serve_main
 from fst.serving.settings import ServingSettings
 
-pytestmark = pytest.mark.timeout(60)
-
 
 def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -267,12 +265,16 @@ def test_completions_stream_holds_back_stop_strings() -> None:
         ({"n": 17}, "n"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 513}, "max_tokens"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [[1], "a"]}, "prompt"),
+        ({"prompt": [True]}, "prompt"),
         ({"prompt": []}, "prompt"),
         ({"stop": ["a"] * 9}, "stop"),
         ({"stop": [""]}, "stop"),
         ({"seed": -1}, "seed"),
-        ({"logprobs": 1}, "logprobs"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": -1}, "logprobs"),
+        ({"echo": True, "logprobs": 1}, "echo"),  # a bundle without every position's logits
         ({"suffix": "x"}, "suffix"),
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -3}, "frequency_penalty"),

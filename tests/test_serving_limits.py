@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from serving_fakes import FakeGenerator, running_server
 
 from fst.serving.app import create_app
 from fst.serving.settings import ServingSettings
-
-pytestmark = pytest.mark.timeout(60)
 
 
 def wait_until(condition: Any, timeout: float = 10.0) -> None:

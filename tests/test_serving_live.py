@@ -28,8 +28,6 @@ from serving_fakes import FakeGenerator, fake_token, running_server
 from fst.serving.app import create_app
 from fst.serving.settings import ServingSettings
 
-pytestmark = pytest.mark.timeout(60)
-
 
 def expected_text(prompt: str, seq_index: int, tokens: int) -> str:
     ids = list(prompt.encode())

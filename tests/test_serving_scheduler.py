@@ -17,8 +17,6 @@ from fst.serving.jobs import GenerationTimeoutError, QueueFullError, SchedulerCl
 from fst.serving.metrics import ServingMetrics
 from fst.serving.scheduler import Scheduler
 
-pytestmark = pytest.mark.timeout(30)
-
 
 def request(prompt: str, n: int = 1, tokens: int = 3) -> GenerationRequest:
     return GenerationRequest(

@@ -373,7 +373,7 @@ def test_bad_input_found_during_setup_exits_2(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert err.startswith("fst-train: error: ") and message in err, err
     assert err.count("\n") == 1
-    assert "Traceback" in (tmp_path / "experiments" / "docs_v0" / "logs" / "debug.log").read_text()
+    assert list((tmp_path / "experiments").iterdir()) == []  # no empty experiment left behind
 
 
 def test_malformed_documents_exit_2_with_file_and_line(tmp_path):
@@ -388,8 +388,28 @@ def test_malformed_documents_exit_2_with_file_and_line(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"fst-train: error: {bad}:2: invalid JSON")
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    debug_log = (tmp_path / "experiments" / "docs_v0" / "logs" / "debug.log").read_text()
-    assert "Traceback" in debug_log and "DocumentError" in debug_log
+    assert list((tmp_path / "experiments").iterdir()) == []  # no empty experiment left behind
+
+
+def test_a_lone_surrogate_and_a_file_as_experiments_root_exit_2_with_one_line(tmp_path, capsys):
+    train, valid = write_tiny_documents(tmp_path / "docs")
+    bad = tmp_path / "docs" / "surrogate.documents"
+    bad.write_text('{"body": "fine"}\n{"body":"ab\\ud800cd"}\n')
+    root = tmp_path / "experiments"
+    common = [f"--valid_file={valid}", "--num_workers=0", "--bpe_vocab_size=300"]
+    assert main([f"--train_file={bad}", f"--experiments_root={root}", *common]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"fst-train: error: {bad}:2: 'body' holds a lone UTF-16 surrogate (\\ud800 "
+        "at character 3); it is not text: remove it or pair it\n"
+    )
+    assert list(root.iterdir()) == []
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main([f"--train_file={train}", f"--experiments_root={a_file}", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fst-train: error: --experiments_root {a_file}: cannot create")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.skipif(

@@ -130,7 +130,22 @@ def _parse_line(text: str, path: Path, line_no: int) -> tuple[Document, set[str]
         raise DocumentError(f"{where}'body' is empty")
     if meta is not None and not isinstance(meta, str):
         raise DocumentError(f"{where}'meta' must be a string or null, got {_json_type(meta)}")
+    for name, value in (("body", body), ("meta", meta)):
+        _check_encodable(value, f"{where}'{name}'")
     return Document(body=body, meta=meta), set(record) - KNOWN_KEYS
+
+
+def _check_encodable(value: str | None, what: str) -> None:
+    """JSON's "\ud800" escapes decode to lone surrogates, which no tokenizer can encode."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DocumentError(
+            f"{what} holds a lone UTF-16 surrogate (\\u{ord(value[e.start]):04x} at character "
+            f"{e.start + 1}); it is not text: remove it or pair it"
+        ) from None
 
 
 def _json_type(value: object) -> str:

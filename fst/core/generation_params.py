@@ -11,6 +11,12 @@ from typing import Any
 # Hard limits a caller can rely on (the server may set lower ones).
 MAX_NUM_RETURN_SEQUENCES = 64
 MAX_STOP_SEQUENCES = 8
+# Ranges the sampler computes in float32 without overflow to NaN: temperature is 0 (greedy)
+# or in [MIN_TEMPERATURE, MAX_TEMPERATURE]; a float32 0, subnormal or infinity is refused.
+MIN_TEMPERATURE = 1e-4
+MAX_TEMPERATURE = 1e4
+MIN_REPETITION_PENALTY = 1e-4
+MAX_REPETITION_PENALTY = 1e4
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,18 @@ class GenerationParams:
                 f"({self.max_new_tokens})"
             )
         _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_NUM_RETURN_SEQUENCES)
-        _check_number("temperature", self.temperature, low=0.0)
+        if self.temperature != 0:
+            _check_number(
+                "temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE, zero=True
+            )
         _check_int("top_k", self.top_k, low=0)
         _check_number("top_p", self.top_p, low=0.0, high=1.0, low_inclusive=False)
-        _check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_inclusive=False)
+        _check_number(
+            "repetition_penalty",
+            self.repetition_penalty,
+            MIN_REPETITION_PENALTY,
+            MAX_REPETITION_PENALTY,
+        )
         _check_number("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
         _check_number("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
         if len(self.stop) > MAX_STOP_SEQUENCES:
@@ -132,15 +146,19 @@ def _check_number(
     low: float | None = None,
     high: float | None = None,
     low_inclusive: bool = True,
+    zero: bool = False,
 ) -> None:
+    """`zero`: 0 is also accepted (and said so in the message)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise ValueError(f"{name} must be a number, got {value!r}")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and value > high
     if too_low or too_high:
         bracket = "[" if low_inclusive else "("
+        either = "0 or " if zero else ""
         raise ValueError(
-            f"{name} must be in {bracket}{low}, {high if high is not None else '∞'}], got {value}"
+            f"{name} must be {either}in {bracket}{low}, {high if high is not None else '∞'}], "
+            f"got {value}"
         )
 
 

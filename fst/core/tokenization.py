@@ -14,7 +14,8 @@ body that precedes it, and a last chunk of a single token (nothing left to learn
 
 Text and control tokens are encoded separately and their ids concatenated, and the wrapped
 tokenizer has `encode_special_tokens` on: a body that literally contains "<|endoftext|>" is
-tokenized as text and cannot inject control tokens. Torch-free.
+tokenized as text and cannot inject control tokens. A corpus is encoded in bounded batches
+into flat int32 arrays (`encode_corpus`, fst/core/token_corpus.py). Torch-free.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -31,10 +33,16 @@ from fst.core.constants import (
     BUNDLE_TOKENIZER,
     END_OF_META,
     GPT2_EOS,
-    LOSS_IGNORE,
     START_OF_DOCUMENT,
 )
 from fst.core.documents import Document, iter_documents, write_text_atomic
+from fst.core.token_corpus import (
+    CorpusBuilder,
+    TokenCorpus,
+    batches_of,
+    encode_pieces,
+    split_text,
+)
 
 # GPT-2's byte-level BPE (OpenAI, MIT licence: assets/gpt2_bpe/LICENSE), shipped as package
 # data so that every GPT-2 model works offline: 1.3 MB, small enough for the base install.
@@ -331,28 +339,50 @@ class DocumentTokenizer:
     def encode_documents(
         self, docs: Iterable[Document], rng: random.Random | None = None
     ) -> list[Encoding]:
-        """`encode_for_train` over many documents with batched tokenization (same result
-        and the same `rng` draws as calling it document by document)."""
-        docs = list(docs)
-        bodies = self._encode_batch([d.body for d in docs])
-        if not self.document_format:
-            eos, bos = self.eos_token_id, self._bos()
-            return [
-                enc
-                for ids in bodies
-                for enc in self._chunks(
-                    [], [*bos, *ids, eos], [LOSS_IGNORE] * len(bos) + [*ids, eos]
-                )
-            ]
-        keep = [self._keep_meta(d, rng) for d in docs]
-        metas = iter(self._encode_batch([d.meta for d, k in zip(docs, keep, strict=True) if k]))
-        encodings = []
-        for ids, kept in zip(bodies, keep, strict=True):
-            meta_ids = self._meta_part(next(metas)) if kept else []
-            seq = [self.start_of_document_id, *ids, self.eos_token_id]
-            labels = [LOSS_IGNORE, *ids, self.eos_token_id]
-            encodings.extend(self._chunks(meta_ids, seq, labels))
-        return encodings
+        """`encode_for_train` over many documents (same result and the same `rng` draws as
+        calling it document by document); a training corpus uses `encode_corpus`."""
+        return list(self.encode_corpus(list(docs), rng))
+
+    def encode_corpus(
+        self, docs: Sequence[Document], rng: random.Random | None = None
+    ) -> TokenCorpus:
+        """The training sequences of `docs` as flat int32 arrays, encoded a bounded batch of
+        text at a time: memory a small multiple of the token count, whatever a document's
+        length (see fst/core/token_corpus.py)."""
+        builder = CorpusBuilder()
+        eos = np.array([self.eos_token_id], dtype=np.int32)
+        no_meta = np.zeros(0, dtype=np.int32)
+        for group in batches_of(d.body for d in docs):
+            batch = [docs[i] for i in group]
+            bodies = encode_pieces(self._encode_batch, [d.body for d in batch])
+            if not self.document_format:
+                bos = np.array(self._bos(), dtype=np.int32)
+                for ids in bodies:
+                    self._add_chunks(builder, no_meta, np.concatenate((bos, ids, eos)), bos.size)
+            else:
+                keep = [self._keep_meta(d, rng) for d in batch]
+                kept = [d.meta for d, k in zip(batch, keep, strict=True) if k]
+                metas = iter(encode_pieces(self._encode_batch, kept))
+                start = np.array([self.start_of_document_id], dtype=np.int32)
+                for ids, k in zip(bodies, keep, strict=True):
+                    meta = self._meta_part(next(metas).tolist()) if k else []
+                    meta_ids = np.array(meta, dtype=np.int32)
+                    self._add_chunks(builder, meta_ids, np.concatenate((start, ids, eos)), 1)
+            builder.end_batch()
+        return builder.build()
+
+    def _add_chunks(
+        self, builder: CorpusBuilder, meta: np.ndarray, seq: np.ndarray, first_ignored: int
+    ) -> None:
+        """`seq` in chunks of `max_body_len`, each after `meta` (see the module docstring):
+        labels ignored on the meta and on the first `first_ignored` ids (1 on a later chunk)."""
+        size = self.max_body_len
+        for start in range(0, seq.size, size):
+            chunk = seq[start : start + size]
+            if start > 0 and chunk.size == 1:
+                break  # its only label would be ignored: nothing to learn
+            ignored = meta.size + (first_ignored if start == 0 else 1)
+            builder.add(np.concatenate((meta, chunk)) if meta.size else chunk, ignored)
 
     def encode_for_inference(self, prompt: Document | str) -> list[int]:
         """Prompt ids for generation: no EOS, the meta never dropped, the last
@@ -399,17 +429,6 @@ class DocumentTokenizer:
         # Left truncation, as the original: the end of the meta and [END_OF_META] survive.
         return [*meta_ids, self.end_of_meta_id][-self.max_meta_len :]
 
-    def _chunks(self, meta_ids: list[int], seq: list[int], labels: list[int]) -> Iterator[Encoding]:
-        size = self.max_body_len
-        meta_labels = [LOSS_IGNORE] * len(meta_ids)
-        for start in range(0, len(seq), size):
-            chunk_ids, chunk_labels = seq[start : start + size], labels[start : start + size]
-            if start > 0:
-                if len(chunk_ids) == 1:
-                    break  # its only label would be ignored: nothing to learn
-                chunk_labels[0] = LOSS_IGNORE
-            yield Encoding(token_ids=meta_ids + chunk_ids, labels=meta_labels + chunk_labels)
-
 
 def declared_special_tokens(folder: Path, tokenizer: tokenizers.Tokenizer) -> dict[str, str]:
     """The EOS (and BOS) a Hugging Face model folder declares, as DocumentTokenizer settings.
@@ -452,7 +471,7 @@ def _make_byte_level(tokenizer: tokenizers.Tokenizer) -> None:
 
 def _document_texts(files: Sequence[str | Path]) -> Iterator[str]:
     for path in files:
-        for doc in iter_documents(path):
-            yield doc.body
+        for doc in iter_documents(path):  # long texts in pieces: bounded trainer memory
+            yield from split_text(doc.body)
             if doc.meta:
-                yield doc.meta
+                yield from split_text(doc.meta)

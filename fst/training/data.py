@@ -1,7 +1,8 @@
 """Training data: encoded documents, length-bucketed batches padded per batch, DataModule.
 
-Documents are tokenized once in the main process (fast, batched `tokenizers` calls); the
-DataLoader workers only collate. With `0 < ignore_meta_prob < 1` the training set is
+Documents are tokenized once in the main process (batched `tokenizers` calls, a bounded
+batch at a time) into a `TokenCorpus` of flat int32 arrays; the DataLoader workers only
+collate. With `0 < ignore_meta_prob < 1` the training set is
 re-encoded at the start of every epoch with an RNG seeded by (seed, epoch), so each epoch
 drops a different, reproducible set of metas. Loaders are rebuilt every epoch
 (`RELOAD_EVERY_N_EPOCHS`, the Trainer must use it) and never use persistent workers, so
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fst.core.constants import LOSS_IGNORE
 from fst.core.documents import Document
+from fst.core.token_corpus import TokenCorpus
 from fst.core.tokenization import DocumentTokenizer, Encoding
 from fst.training.worker_init import WorkerInit
 
@@ -29,10 +31,10 @@ RELOAD_EVERY_N_EPOCHS = 1
 
 
 class EncodingDataset(Dataset):
-    """A list of `Encoding`s (token ids + labels)."""
+    """`Encoding`s (token ids + labels): a list, or a `TokenCorpus` (flat arrays)."""
 
-    def __init__(self, encodings: Sequence[Encoding]) -> None:
-        self.encodings = list(encodings)
+    def __init__(self, encodings: Sequence[Encoding] | TokenCorpus) -> None:
+        self.encodings = encodings if isinstance(encodings, TokenCorpus) else list(encodings)
 
     def __len__(self) -> int:
         return len(self.encodings)
@@ -42,6 +44,8 @@ class EncodingDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
+        if isinstance(self.encodings, TokenCorpus):
+            return self.encodings.lengths.tolist()
         return [len(e.token_ids) for e in self.encodings]
 
 
@@ -163,15 +167,16 @@ class DocumentDataModule(pl.LightningDataModule):
         """The training encodings of `epoch` (cached when they do not depend on it)."""
         key = epoch if self.redraws_meta else None
         if self._train_cache is None or self._train_cache[0] != key:
+            self._train_cache = None  # the last epoch's arrays go before the next are built
             rng = random.Random(f"{self.seed}-{epoch}") if self.redraws_meta else None
-            encodings = self.tokenizer.encode_documents(self.train_documents, rng)
+            encodings = self.tokenizer.encode_corpus(self.train_documents, rng)
             self._train_cache = (key, EncodingDataset(encodings))
         return self._train_cache[1]
 
     def valid_dataset(self) -> EncodingDataset:
         if self._valid is None:
             # No rng: validation keeps every meta, the same set every time.
-            self._valid = EncodingDataset(self.tokenizer.encode_documents(self.valid_documents))
+            self._valid = EncodingDataset(self.tokenizer.encode_corpus(self.valid_documents))
         return self._valid
 
     def train_dataloader(self) -> DataLoader:

@@ -5,7 +5,8 @@
     weights);
   * a local Hugging Face model folder: pretrained weights, any `AutoModelForCausalLM`;
   * a GGUF file (or a folder holding one): weights dequantized to fp32 (`gguf_import`);
-  * a Hugging Face hub name such as `gpt2`: downloaded by `transformers` (needs network).
+  * a Hugging Face hub name such as `gpt2`: downloaded by `transformers` (needs network,
+    or the model in the local cache; checked first, see fst.core.hub).
 The token embeddings are then resized to the tokenizer's vocabulary; new rows (the
 document special tokens) start at the mean of the existing ones, as in the original project.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 import transformers
+
+from fst.core.hub import hub_unreachable_reason, in_local_cache, offline_message
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +90,30 @@ def build_model(
     return model
 
 
-def check_model_path(model_path: str) -> None:
-    """Fail early, with a clear message, on a local path that is not a model folder."""
+def check_model_path(model_path: str) -> bool:
+    """Fail early, with a clear message, on a local path that is not a model folder, and
+    on a hub name when the hub cannot be reached and the model is not cached (see
+    fst.core.hub). Returns whether to load from the local cache only (offline)."""
     if model_path in PRESETS or _gguf(model_path) is not None:
-        return
+        return False
     looks_local = Path(model_path).exists() or model_path.startswith((".", "/", "~"))
     if looks_local and not (Path(model_path).expanduser() / "config.json").is_file():
         raise ModelError(
             f"--model_path {model_path}: not a preset ({', '.join(PRESETS)}), a "
             "Hugging Face model folder (no config.json) or a GGUF file"
         )
+    if looks_local:
+        return False
+    reason = hub_unreachable_reason()
+    if reason is not None and not in_local_cache(model_path):
+        alternatives = f"a local model folder (with config.json) or a preset: {', '.join(PRESETS)}"
+        raise ModelError(offline_message(f"--model_path {model_path}", reason, alternatives))
+    return reason is not None
 
 
 def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.PreTrainedModel:
     """A pretrained causal LM from a local folder or the Hugging Face hub."""
-    check_model_path(model_path)
+    offline = check_model_path(model_path)
     logger.info("Loading pretrained model from %s", model_path)
     if _gguf(model_path) is not None:
         from fst.training.gguf_import import GGUFError, load_gguf
@@ -111,7 +123,9 @@ def load_pretrained(model_path: str, overrides: dict[str, Any]) -> transformers.
         except GGUFError as e:
             raise ModelError(f"--model_path {e}") from e
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_path, **overrides)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_path, local_files_only=offline, **overrides
+        )
     except (OSError, ValueError) as e:
         raise ModelError(f"--model_path {model_path}: cannot load the model: {e}") from e
     return model.train()  # from_pretrained returns eval mode; Lightning keeps module modes

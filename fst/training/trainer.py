@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -99,22 +100,35 @@ class TrainResult:
 
 
 def run_training(args: TrainArgs) -> int:
-    """fst-train's body: 0 on success, 2 on bad input, 1 on any other failure."""
-    with shared_experiment(args) as experiment, experiment_logging(experiment.logs_dir):
-        try:
-            result = train(args, experiment)
-        except INPUT_ERRORS as e:
-            logger.debug("bad input", exc_info=True)
-            print(f"fst-train: error: {e}", file=sys.stderr)
-            return 2
-        except Exception as e:
-            logger.error("training failed", exc_info=True)
-            print(
-                f"fst-train: training failed: {type(e).__name__}: {e} "
-                f"(traceback in {experiment.logs_dir / 'debug.log'})",
-                file=sys.stderr,
-            )
-            return 1
+    """fst-train's body: 0 on success, 2 on bad input, 1 on any other failure.
+
+    Bad input leaves no experiment folder behind (nothing was trained in it); other
+    failures keep it for its debug log.
+    """
+    try:
+        with shared_experiment(args) as experiment:
+            with experiment_logging(experiment.logs_dir):
+                try:
+                    result = train(args, experiment)
+                except INPUT_ERRORS as e:
+                    logger.debug("bad input", exc_info=True)
+                    error = e
+                except Exception as e:
+                    logger.error("training failed", exc_info=True)
+                    print(
+                        f"fst-train: training failed: {type(e).__name__}: {e} "
+                        f"(traceback in {experiment.logs_dir / 'debug.log'})",
+                        file=sys.stderr,
+                    )
+                    return 1
+                else:
+                    error = None
+            if error is not None:
+                discard_untrained(experiment)
+                raise error
+    except INPUT_ERRORS as e:
+        print(f"fst-train: error: {e}", file=sys.stderr)
+        return 2
     if is_rank_zero():
         print(f"Experiment folder: {experiment.dir}")
         if result.best_checkpoint:
@@ -130,7 +144,13 @@ def shared_experiment(args: TrainArgs) -> Iterator[Experiment]:
             raise ArgsError(f"{EXPERIMENT_ENV} must name rank 0's experiment folder on this rank")
         yield open_experiment(os.environ[EXPERIMENT_ENV])
         return
-    experiment = resumed_experiment(args) or create_experiment(args.experiments_root, args.name)
+    try:
+        experiment = resumed_experiment(args) or create_experiment(args.experiments_root, args.name)
+    except OSError as e:  # e.g. --experiments_root names a file
+        raise ArgsError(
+            f"--experiments_root {args.experiments_root}: cannot create the experiment folder "
+            f"there ({e.strerror or e})"
+        ) from None
     # Ranks launched by Lightning inherit our environment; restored afterwards so a later
     # run in this process gets its own folder.
     previous = os.environ.get(EXPERIMENT_ENV)
@@ -142,6 +162,14 @@ def shared_experiment(args: TrainArgs) -> Iterator[Experiment]:
             del os.environ[EXPERIMENT_ENV]
         else:
             os.environ[EXPERIMENT_ENV] = previous
+
+
+def discard_untrained(experiment: Experiment) -> None:
+    """Remove an experiment folder no model was saved in (rank 0; a resumed experiment
+    always holds its checkpoint, so it stays)."""
+    models = experiment.models_dir
+    if is_rank_zero() and models.is_dir() and not any(models.iterdir()):
+        shutil.rmtree(experiment.dir, ignore_errors=True)
 
 
 def resumed_experiment(args: TrainArgs) -> Experiment | None:

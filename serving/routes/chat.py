@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions` (OpenAI-compatible) and vLLM's `POST /tokenize` for messages.
+"""`POST /v1/chat/completions` (OpenAI-compatible), and the conversations of `POST /tokenize`.
 
 The conversation is rendered by the bundle's chat template with the assistant's turn
 opened (`fst.runtime.chat`), tokenized as the template wrote it (its own BOS, if any; none
@@ -26,14 +26,13 @@ from fastapi.responses import StreamingResponse
 from fst.core.chat_template import ChatTemplateError
 from fst.runtime.chat import NotAChatModel, render_chat
 from fst.runtime.requests import ChatPrompt
+from fst.serving.api_params import CHAT
 from fst.serving.chat_schemas import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessage,
-    TokenizeRequest,
-    TokenizeResponse,
 )
 from fst.serving.contract import ServedGenerator
 from fst.serving.dependencies import StateDep, require_api_key
@@ -42,7 +41,6 @@ from fst.serving.generation import (
     check_fits_context,
     check_limit,
     job_error,
-    make_params,
     refuse_unencodable_text,
     submit,
     wait_for_job,
@@ -57,7 +55,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/v1", tags=["OpenAI-compatible API"], dependencies=[Depends(require_api_key)]
 )
-tokenize_router = APIRouter(tags=["Tokens"], dependencies=[Depends(require_api_key)])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -89,24 +86,11 @@ async def create_chat_completion(
     _refuse_unsupported(payload)
     prompt = _render(generator, payload.messages)
     length = await _prompt_length(generator, prompt)
-    n = _or(payload.n, 1)
+    _, max_tokens = await _max_tokens(payload, generator, prompt, length, state)
+    defaults = generator.manifest.generation_defaults
+    params = CHAT.to_params(payload, defaults, max_new_tokens=max_tokens)
+    n = params.num_return_sequences
     check_limit(n, state.settings.max_sequences_per_request, "n", "sequences")
-    param, max_tokens = await _max_tokens(payload, generator, prompt, length, state)
-    params = make_params(
-        {"max_new_tokens": param, "num_return_sequences": "n", "min_new_tokens": "min_tokens"},
-        max_new_tokens=max_tokens,
-        min_new_tokens=_or(payload.min_tokens, 0),
-        num_return_sequences=n,
-        temperature=_or(payload.temperature, 1.0),
-        top_p=_or(payload.top_p, 1.0),
-        top_k=_or(payload.top_k, 0),
-        repetition_penalty=_or(payload.repetition_penalty, 1.0),
-        presence_penalty=_or(payload.presence_penalty, 0.0),
-        frequency_penalty=_or(payload.frequency_penalty, 0.0),
-        stop=[payload.stop] if isinstance(payload.stop, str) else (payload.stop or []),
-        seed=payload.seed,
-        ignore_eos=bool(payload.ignore_eos),
-    )
     logger.debug("chat prompt=%r", prompt.text[-400:])
     job = submit(state, [prompt], params)
     head = _Head(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n)
@@ -124,23 +108,13 @@ async def create_chat_completion(
     )
 
 
-@tokenize_router.post(
-    "/tokenize", response_model=TokenizeResponse, summary="Count a conversation's tokens"
-)
-async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeResponse:
-    """vLLM's /tokenize for `messages`: the prompt a chat request would use, so a client
-    (the Telegram bot) can drop old turns before the conversation outgrows the context."""
-    refuse_unencodable_text(payload)
+async def tokenize_conversation(messages: list[ChatMessage], state: Any) -> tuple[list[int], int]:
+    """vLLM's /tokenize for `messages` (routes/tokenizer.py serves it): the prompt a chat
+    request would use, so a client (the Telegram bot) can drop old turns before the
+    conversation outgrows the context. Returns the ids and the model's context."""
     generator, _ = state.require_ready()
-    _check_model(payload.model, state.model_name)
-    prompt = _render(generator, payload.messages)
-    tokens = await _encode(generator, prompt)
-    return TokenizeResponse(count=len(tokens), max_model_len=generator.max_positions, tokens=tokens)
-
-
-def _or(value: Any, default: Any) -> Any:
-    """OpenAI clients may send null for 'use the default'."""
-    return default if value is None else value
+    prompt = _render(generator, messages)
+    return await _encode(generator, prompt), generator.max_positions
 
 
 def _refuse_unsupported(payload: ChatCompletionRequest) -> None:

@@ -12,20 +12,21 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from fst.runtime.logprobs import TokenLogprob
+from fst.serving.api_params import COMPLETIONS
 from fst.serving.dependencies import StateDep, require_api_key
 from fst.serving.errors import APIError, openai_error
 from fst.serving.generation import (
     check_fits_context,
     check_limit,
     job_error,
-    make_params,
     make_prompt,
     refuse_unencodable_text,
     submit,
@@ -34,6 +35,7 @@ from fst.serving.generation import (
 from fst.serving.jobs import Job
 from fst.serving.openai_schemas import (
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
@@ -49,11 +51,6 @@ router = APIRouter(
     prefix="/v1", tags=["OpenAI-compatible API"], dependencies=[Depends(require_api_key)]
 )
 
-_NAMES = {
-    "max_new_tokens": "max_tokens",
-    "num_return_sequences": "n",
-    "min_new_tokens": "min_tokens",
-}
 _FINISH = {"stop": "stop", "length": "length"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -76,7 +73,10 @@ class _Head:
     created: int
     model: str
     n: int
-    echo: list[str] | None
+    echo: list[str] | None  # the prompts' texts, with `echo`
+    echo_only: bool  # max_tokens 0: the choice is the prompt alone
+    logprobs: bool  # a logprobs object per choice
+    token_text: Callable[[int], str]
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {
@@ -125,38 +125,48 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
     generator, _ = state.require_ready()
     _check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)
-    texts = [payload.prompt] if isinstance(payload.prompt, str) else list(payload.prompt)
-    n = _or(payload.n, 1)
-    max_tokens = _or(payload.max_tokens, 16)
-    check_limit(max_tokens, state.settings.max_new_tokens_limit, "max_tokens", "tokens")
+    inputs = _prompt_list(payload.prompt)
+    echo_only = payload.max_tokens == 0
+    if echo_only and not payload.echo:
+        raise APIError(
+            400, "max_tokens: 0 needs echo: true (score the prompt only)", param="max_tokens"
+        )
+    fixed = {"max_new_tokens": 1} if echo_only else {}  # its one token is dropped
+    params = COMPLETIONS.to_params(payload, generator.manifest.generation_defaults, **fixed)
+    n = params.num_return_sequences
+    check_limit(params.max_new_tokens, state.settings.max_new_tokens_limit, "max_tokens", "tokens")
     check_limit(
-        n * len(texts), state.settings.max_sequences_per_request, "n", "sequences (n × prompts)"
+        n * len(inputs), state.settings.max_sequences_per_request, "n", "sequences (n × prompts)"
     )
-    params = make_params(
-        _NAMES,
-        max_new_tokens=max_tokens,
-        min_new_tokens=_or(payload.min_tokens, 0),
-        num_return_sequences=n,
-        temperature=_or(payload.temperature, 1.0),
-        top_p=_or(payload.top_p, 1.0),
-        top_k=_or(payload.top_k, 0),
-        repetition_penalty=_or(payload.repetition_penalty, 1.0),
-        presence_penalty=_or(payload.presence_penalty, 0.0),
-        frequency_penalty=_or(payload.frequency_penalty, 0.0),
-        stop=[payload.stop] if isinstance(payload.stop, str) else (payload.stop or []),
-        seed=payload.seed,
-        ignore_eos=bool(payload.ignore_eos),
+    score_prompts = bool(payload.echo) and payload.logprobs is not None
+    if score_prompts and not getattr(generator, "scores_prompts", False):
+        raise APIError(
+            400,
+            "echo: with logprobs, the prompt's log-probabilities need a bundle exported with "
+            "fst-export --logits all (this one returns the last position only); drop echo or "
+            "logprobs, or serve such a bundle",
+            param="echo",
+        )
+    prompts = [_prompt(p, payload.meta, generator) for p in inputs]
+    await check_fits_context(generator, prompts, params.max_new_tokens, "max_tokens")
+    logger.debug("completion prompts=%r", [str(p)[:200] for p in inputs])
+    job = submit(
+        state,
+        prompts,
+        params,
+        logprobs=payload.logprobs,
+        prompt_logprobs=payload.logprobs if score_prompts else None,
     )
-    prompts = [make_prompt(text, payload.meta, generator) for text in texts]
-    await check_fits_context(generator, prompts, max_tokens, "max_tokens")
-    logger.debug("completion prompts=%r", [t[:200] for t in texts])
-    job = submit(state, prompts, params)
+    tokenizer = getattr(generator, "tokenizer", None)
     head = _Head(
         id=f"cmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=state.model_name,
         n=n,
-        echo=texts if payload.echo else None,
+        echo=[_echo_text(p, tokenizer) for p in inputs] if payload.echo else None,
+        echo_only=echo_only,
+        logprobs=payload.logprobs is not None,
+        token_text=_token_text(tokenizer),
     )
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
@@ -172,6 +182,34 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
     )
 
 
+def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[Any]:
+    """One entry per prompt: a string or a list of token ids."""
+    if isinstance(prompt, str) or isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)
+
+
+def _prompt(value: str | list[int], meta: str | None, generator: Any) -> Any:
+    if isinstance(value, str):
+        return make_prompt(value, meta, generator)
+    if meta:
+        raise APIError(
+            400, "meta: token-id prompts take no meta (the ids are the prompt)", param="meta"
+        )
+    return value
+
+
+def _echo_text(value: str | list[int], tokenizer: Any) -> str:
+    return value if isinstance(value, str) else tokenizer.decode(value, skip_special_tokens=False)
+
+
+def _token_text(tokenizer: Any) -> Callable[[int], str]:
+    """A token's text as the logprobs object shows it (special tokens included)."""
+    if tokenizer is None:
+        return str
+    return lambda token: tokenizer.decode([token], skip_special_tokens=False)
+
+
 def _or(value: Any, default: Any) -> Any:
     """OpenAI clients may send null for 'use the default'."""
     return default if value is None else value
@@ -179,9 +217,10 @@ def _or(value: Any, default: Any) -> Any:
 
 def _check_model(model: str | None, served: str) -> None:
     if model is not None and model != served:
+        shown = model if len(model) <= 100 else f"{model[:100]}…"  # never echo 64 KB back
         raise APIError(
             404,
-            f"model: the model '{model}' does not exist; this server serves '{served}'",
+            f"model: the model '{shown}' does not exist; this server serves '{served}'",
             param="model",
             code="model_not_found",
         )
@@ -190,7 +229,6 @@ def _check_model(model: str | None, served: str) -> None:
 def _refuse_unsupported(payload: CompletionRequest) -> None:
     refusals = {
         "suffix": payload.suffix is not None,
-        "logprobs": payload.logprobs is not None,
         "best_of": payload.best_of is not None and payload.best_of != _or(payload.n, 1),
         "logit_bias": bool(payload.logit_bias),
     }
@@ -206,10 +244,15 @@ def _choices_and_usage(
     for p, completions in enumerate(results):
         prompt_tokens += completions[0].prompt_tokens if completions else 0
         for s, completion in enumerate(completions):
-            text = head.echo[p] + completion.text if head.echo else completion.text
-            finish = _FINISH.get(completion.finish_reason, "stop")
-            choices.append(CompletionChoice(text=text, index=p * head.n + s, finish_reason=finish))
-            completion_tokens += len(completion.token_ids)
+            echo = head.echo[p] if head.echo else ""
+            text = echo if head.echo_only else echo + completion.text
+            finish = "length" if head.echo_only else _FINISH.get(completion.finish_reason, "stop")
+            logprobs = _logprobs(head, completion) if head.logprobs else None
+            index = p * head.n + s
+            choices.append(
+                CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=finish)
+            )
+            completion_tokens += 0 if head.echo_only else len(completion.token_ids)
     usage = Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
@@ -218,23 +261,62 @@ def _choices_and_usage(
     return choices, usage
 
 
-def _choice(text: str, index: int, finish_reason: str | None) -> dict[str, Any]:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+def _logprobs(head: _Head, completion: Any) -> CompletionLogprobs:
+    """OpenAI's logprobs object of a choice: its echoed prompt's tokens, then the generated
+    ones; `text_offset` is where each starts in the choice's text."""
+    entries: list[tuple[int, TokenLogprob | None]] = []
+    if head.echo:
+        entries += zip(completion.prompt_token_ids, completion.prompt_logprobs, strict=True)
+    if not head.echo_only:
+        entries += zip(completion.token_ids, completion.logprobs, strict=True)
+    out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    offset = 0
+    for token, entry in entries:
+        text = head.token_text(token)
+        out.tokens.append(text)
+        out.text_offset.append(offset)
+        offset += len(text)
+        if entry is None:  # the first prompt token: nothing before it to predict it
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            continue
+        top = {head.token_text(t): lp for t, lp in entry.top}
+        top.setdefault(text, entry.logprob)  # the chosen token is always there (as vLLM)
+        out.token_logprobs.append(entry.logprob)
+        out.top_logprobs.append(top)
+    return out
+
+
+def _choice(
+    text: str, index: int, finish_reason: str | None, logprobs: CompletionLogprobs | None = None
+) -> dict[str, Any]:
+    return {
+        "text": text,
+        "index": index,
+        "logprobs": logprobs.model_dump() if logprobs is not None else None,
+        "finish_reason": finish_reason,
+    }
 
 
 async def _stream(job: Job, head: _Head, include_usage: bool) -> AsyncIterator[str]:
+    """Text chunks as they come. With logprobs, each choice's last chunk (the one with its
+    finish_reason) carries the logprobs object of its whole text, echo included: the
+    prompt's are known only once it is scored, and a piece of text is not always whole
+    tokens."""
     try:
-        for p, text in enumerate(head.echo or []):
-            for s in range(head.n):
-                yield head.chunk([_choice(text, p * head.n + s, None)])
+        if head.echo:
+            for p, text in enumerate(head.echo):
+                for s in range(head.n):
+                    yield head.chunk([_choice(text, p * head.n + s, None)])
         async for p, s, piece in job.pieces():
-            yield head.chunk([_choice(piece, p * head.n + s, None)])
+            if not head.echo_only:
+                yield head.chunk([_choice(piece, p * head.n + s, None)])
         if job.cancel_reason is not None:
             raise job_error(job)
         assert job.result is not None
         choices, usage = _choices_and_usage(head, job.result)
         for choice in choices:
-            yield head.chunk([_choice("", choice.index, choice.finish_reason)])
+            yield head.chunk([_choice("", choice.index, choice.finish_reason, choice.logprobs)])
         if include_usage:
             yield head.chunk([], usage=usage.model_dump())
     except APIError as exc:

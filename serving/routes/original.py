@@ -6,11 +6,11 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 
+from fst.serving.api_params import ORIGINAL
 from fst.serving.dependencies import StateDep, require_api_key
 from fst.serving.generation import (
     check_fits_context,
     check_limit,
-    make_params,
     make_prompt,
     refuse_unencodable_text,
     submit,
@@ -21,12 +21,6 @@ from fst.serving.schemas import GeneratedTextsRequest, GeneratedTextsResponse
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["original API"], dependencies=[Depends(require_api_key)])
-
-# Our GenerationParams field -> this API's field, for error messages.
-_NAMES = {
-    "max_new_tokens": "max_number_of_generated_tokens",
-    "num_return_sequences": "num_return_sequences",
-}
 
 _ERRORS = {
     400: {"description": "A parameter out of range, or a prompt beyond the model's context"},
@@ -52,26 +46,18 @@ async def generated_texts(
     refuse_unencodable_text(payload)
     settings = state.settings
     generator, _ = state.require_ready()
+    params = ORIGINAL.to_params(payload, generator.manifest.generation_defaults)
     check_limit(
-        payload.max_number_of_generated_tokens,
+        params.max_new_tokens,
         settings.max_new_tokens_limit,
         "max_number_of_generated_tokens",
         "tokens",
     )
     check_limit(
-        payload.num_return_sequences,
+        params.num_return_sequences,
         settings.max_sequences_per_request,
         "num_return_sequences",
         "sequences",
-    )
-    params = make_params(
-        _NAMES,
-        max_new_tokens=payload.max_number_of_generated_tokens,
-        num_return_sequences=payload.num_return_sequences,
-        temperature=payload.temperature,
-        top_k=payload.top_k,
-        top_p=payload.top_p,
-        repetition_penalty=payload.repetition_penalty,
     )
     prompt = make_prompt(payload.body, payload.meta, generator)
     await check_fits_context(

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from fst.serving.api_params import CHAT, COMPLETIONS, ORIGINAL
 from fst.serving.telegram.chat_settings import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -110,14 +111,9 @@ class GenerationClient:
         self, messages: list[dict[str, str]], settings: ChatSettings
     ) -> AsyncIterator[str]:
         """Yield the assistant's answer to `messages` piece by piece (raises GenerationError)."""
-        p = settings.params
         body: dict[str, Any] = {
+            **CHAT.to_body(settings.params),
             "messages": messages,
-            "max_tokens": p.max_new_tokens,
-            "temperature": p.temperature,
-            "top_k": p.top_k,
-            "top_p": p.top_p,
-            "repetition_penalty": p.repetition_penalty,
             "n": 1,
             "stream": True,
         }
@@ -181,14 +177,9 @@ class GenerationClient:
             raise GenerationError(FAILED, repr(e)) from e
 
     async def _stream_completions(self, prompt: str, settings: ChatSettings) -> AsyncIterator[str]:
-        p = settings.params
         body: dict[str, Any] = {
+            **COMPLETIONS.to_body(settings.params),
             "prompt": prompt,
-            "max_tokens": p.max_new_tokens,
-            "temperature": p.temperature,
-            "top_k": p.top_k,
-            "top_p": p.top_p,
-            "repetition_penalty": p.repetition_penalty,
             "n": 1,
             "stream": True,
         }
@@ -206,15 +197,10 @@ class GenerationClient:
                     yield text
 
     async def _generated_texts(self, prompt: str, settings: ChatSettings) -> str:
-        p = settings.params
         body = {
+            **ORIGINAL.to_body(settings.params),
             "body": prompt,
             "meta": settings.meta,
-            "max_number_of_generated_tokens": p.max_new_tokens,
-            "temperature": p.temperature,
-            "top_k": p.top_k,
-            "top_p": p.top_p,
-            "repetition_penalty": p.repetition_penalty,
             "num_return_sequences": 1,
         }
         response = await self._http.post(ORIGINAL_PATH, json=body)
