@@ -3,7 +3,7 @@ GGUF file (llama.cpp's format; weights dequantized to fp32, see fst.training.ggu
 
 Either way the result is a model in eval mode, its tokenizer and what goes into the
 manifest besides the graph: provenance, the chat template and the model's sampling
-defaults (fst.export.chat_info). Every failure is a `SourceError` with a one-line message.
+defaults (fst.core.chat_info). Every failure is a `SourceError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from fst.core.bundle import ChatInfo
 from fst.core.chat_format import ChatFormat, chat_info
+from fst.core.chat_info import read_chat_info, read_generation_defaults
 from fst.core.hub import hub_unreachable_reason, in_local_cache, offline_message
 from fst.core.tokenization import DocumentTokenizer
-from fst.export.chat_info import read_chat_info, read_generation_defaults
 from fst.export.wrapper import UnsupportedModelError, check_supported
 
 

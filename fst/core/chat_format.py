@@ -4,7 +4,7 @@
 `eos_token`), and the token strings that end an assistant turn. It comes from
 
 - a model's own chat section (`chat_format_from_info` of what
-  `fst.export.chat_info.read_chat_info` reads from a Hugging Face folder or a GGUF file,
+  `fst.core.chat_info.read_chat_info` reads from a Hugging Face folder or a GGUF file,
   the reader fst-export uses), or
 - fst's default for a model without one (`default_chat_format`: ChatML, whose markers
   `<|im_start|>` / `<|im_end|>` fst-train adds to the tokenizer),
@@ -80,7 +80,7 @@ def default_chat_format(eos_token: str | None = None) -> ChatFormat:
 
 
 def chat_format_from_info(info: ChatInfo, tokenizer: DocumentTokenizer) -> ChatFormat:
-    """A model's own chat section (`fst.export.chat_info.read_chat_info` of its folder or
+    """A model's own chat section (`fst.core.chat_info.read_chat_info` of its folder or
     GGUF file) as a ChatFormat: its stop ids become the end-of-turn token strings."""
     end_of_turn = [tokenizer.id_to_token(i) for i in info.stop_token_ids]
     return ChatFormat(

@@ -1,7 +1,7 @@
 """fst-train on dialogs: the chat format of a run, encoded conversations, their DataModule.
 
 The chat format is the model's own template (a Hugging Face folder's or GGUF file's, read by
-fst-export's reader `fst.export.chat_info.read_chat_info`, or a fine-tuned checkpoint's), else fst's default, ChatML, whose two
+fst-export's reader `fst.core.chat_info.read_chat_info`, or a fine-tuned checkpoint's), else fst's default, ChatML, whose two
 markers are added to the tokenizer (the model's embeddings then grow, new rows at the mean
 of the old ones: `fst.training.model.resize_token_embeddings`). Conversations are encoded
 once by `fst.core.chat_encoding.ChatEncoder`: labels on the assistant turns only.
@@ -45,7 +45,7 @@ def model_chat_info(model_path: str, tokenizer: DocumentTokenizer) -> ChatInfo |
     """`read_chat_info` of a model folder, or of a GGUF file's tokenizer saved as one."""
     import tokenizers
 
-    from fst.export.chat_info import read_chat_info
+    from fst.core.chat_info import read_chat_info
     from fst.training.gguf_import import find_gguf, gguf_folder
 
     vocabulary = tokenizers.Tokenizer.from_str(tokenizer.to_json())
