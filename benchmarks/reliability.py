@@ -1,7 +1,7 @@
 """Reliability: a bounded chaos run of fst-serve, fst-generate, fst-export, fst-train and
 fst-telegram, on 127.0.0.1 only.
 
-    python benchmarks/reliability.py                     # every probe, ~15 min on 2 cores
+    python benchmarks/reliability.py                     # every probe, ~7 min on 2 shared cores
     python benchmarks/reliability.py --quick             # ~3 min: smaller, no kill probes
     python benchmarks/reliability.py --soak-minutes 30   # the long soak alone, with a PNG
 

@@ -4,6 +4,7 @@ Imports only numpy, onnxruntime, tokenizers and fst's torch-free modules.
 """
 
 from fst.core.generation_params import GenerationParams
+from fst.runtime.constraints import Constraint, ConstraintError
 from fst.runtime.decode_batch import DecodeBatch, Row, StepEvent
 from fst.runtime.generator import Generator
 from fst.runtime.prompts import BatchLimits
@@ -13,6 +14,8 @@ __all__ = [
     "BatchLimits",
     "ChatPrompt",
     "Completion",
+    "Constraint",
+    "ConstraintError",
     "DecodeBatch",
     "GenerationParams",
     "GenerationRequest",

@@ -24,8 +24,13 @@ class NotAChatModel(ValueError):
     """The bundle has no chat section, so a conversation has no format to be written in."""
 
 
-def render_chat(chat: ChatInfo | None, messages: Sequence[Message]) -> ChatPrompt:
-    """The prompt of `messages` followed by the assistant's turn, as the template writes it.
+def render_chat(
+    chat: ChatInfo | None,
+    messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> ChatPrompt:
+    """The prompt of `messages` followed by the assistant's turn, as the template writes it
+    (`tools`, OpenAI's function definitions, passed to templates that read them).
 
     Raises NotAChatModel without a template, and `ChatTemplateError` (a ValueError, one
     line) when the template refuses the conversation (e.g. roles out of order).
@@ -33,7 +38,7 @@ def render_chat(chat: ChatInfo | None, messages: Sequence[Message]) -> ChatPromp
     if chat is None:
         raise NotAChatModel(NO_CHAT_TEMPLATE)
     template = ChatTemplate(chat.template, chat.special_tokens)
-    return ChatPrompt(template.render(messages, add_generation_prompt=True))
+    return ChatPrompt(template.render(messages, add_generation_prompt=True, tools=tools))
 
 
 def drop_oldest_turn(messages: Sequence[Message]) -> list[Message] | None:

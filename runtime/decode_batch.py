@@ -18,6 +18,11 @@ generator and repetition history), detokenises incrementally, applies stop strin
 the length limit, and returns the text that became final plus the rows that ended. A
 sample therefore depends on its prompt, params and seed only, never on its neighbours.
 
+A request with a `constraint` (structured output) gets one grammar matcher per row,
+compiled once for the request when it is added: the sampler masks what the grammar does not
+allow, and the row ends with "stop" once the text is complete, or with "grammar_dead_end"
+if the grammar ever allows no token (its neighbours go on).
+
 The model runs lazily: `step` first feeds the previous step's tokens (dropping finished
 rows once a quarter of the batch has finished, as copying the cache costs about as much as
 a few decode steps of those rows), then samples. So the text of a step is returned as soon
@@ -38,6 +43,7 @@ import numpy as np
 
 from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
+from fst.runtime.constraints import Constraint, GrammarMasks
 from fst.runtime.logprobs import (
     MAX_TOP_LOGPROBS,
     TokenLogprob,
@@ -63,9 +69,9 @@ class Row:
     (which of the request's samples), `prompt_tokens`, `token_ids` (generated so far, the
     EOS included when one ended it), `text` (final text so far, cut before a stop string)
     and `finish_reason` (None while decoding, then "stop" | "length" | "cancelled" |
-    "error", with the exception in `error`); `logprobs` (one per generated token) and
-    `prompt_logprobs` (one per prompt token) are lists only when the request asked for
-    them, else None.
+    "grammar_dead_end" | "error", with the exception in `error`); `logprobs` (one per
+    generated token) and `prompt_logprobs` (one per prompt token) are lists only when the
+    request asked for them, else None.
     """
 
     __slots__ = ("request", "tag", "index", "prompt_tokens", "token_ids", "finish_reason")
@@ -117,14 +123,15 @@ class Row:
             prompt_logprobs=self.prompt_logprobs,
         )
 
-    def _choose(self, logits: np.ndarray) -> int:
-        """Sample this step's token (the sampler edits `logits` in place, so a requested
-        logprob is taken from the raw logits first)."""
+    def _choose(self, logits: np.ndarray) -> int | None:
+        """Sample this step's token, None when a grammar allows none (the sampler edits
+        `logits` in place, so a requested logprob is taken from the raw logits first)."""
         if self.logprobs is None:
             return self._sampler.choose(logits, len(self.token_ids))
         logprobs = log_softmax(logits)
         token = self._sampler.choose(logits, len(self.token_ids))
-        self.logprobs.append(token_logprob(logprobs, token, self.request.logprobs or 0))
+        if token is not None:
+            self.logprobs.append(token_logprob(logprobs, token, self.request.logprobs or 0))
         return token
 
     def _advance(self, token: int) -> str:
@@ -133,13 +140,20 @@ class Row:
         self.token_ids.append(token)
         self._sampler.observe(token)
         piece = self._stream.push(token)
-        if self._stream.stopped or (token in self._eos and not params.ignore_eos):
+        grammar = self._sampler.grammar
+        complete = grammar is not None and grammar.stopped  # the constrained text is done
+        if self._stream.stopped or (token in self._eos and not params.ignore_eos) or complete:
             self.finish_reason = "stop"
         elif len(self.token_ids) >= params.max_new_tokens:
             self.finish_reason = "length"
         if self.finish_reason is not None:
             piece += self._stream.finish()
         return piece
+
+    def _dead_end(self) -> str:
+        """The grammar allows no next token: end this row (and only it)."""
+        self.finish_reason = "grammar_dead_end"
+        return self._stream.finish()
 
     def _cancel(self) -> None:
         self.finish_reason = "cancelled"
@@ -187,6 +201,7 @@ class DecodeBatch:
         self._pad_id = tokenizer.pad_token_id
         self._end_ids = limits.end_token_ids
         self._vocab_size = stepper.vocab_size
+        self._grammar_masks: GrammarMasks | None = None  # built by the first constraint
         self._rows: list[Row] = []  # the sequence in each row of the cache
         self._cache: Any = None  # the stepper's cache
         self._logits: np.ndarray | None = None  # [rows, V], ready to sample from
@@ -259,6 +274,9 @@ class DecodeBatch:
             top = getattr(request, name)
             if top is not None and not (isinstance(top, int) and 0 <= top <= MAX_TOP_LOGPROBS):
                 raise ValueError(f"request {i}: {name} must be in [0, {MAX_TOP_LOGPROBS}] or None")
+        constraint = getattr(request, "constraint", None)
+        if constraint is not None and not isinstance(constraint, Constraint):
+            raise ValueError(f"request {i}: constraint must be a Constraint or None")
         return self._encode_request(request)
 
     def _score(
@@ -274,17 +292,30 @@ class DecodeBatch:
             )
         return prompt_logprobs(self._scorer(ids), ids, request.prompt_logprobs)
 
+    def _grammars(self, request: GenerationRequest) -> list[Any]:
+        """One matcher per sample of a constrained request (None each otherwise)."""
+        n = request.params.num_return_sequences
+        constraint = getattr(request, "constraint", None)
+        if constraint is None:
+            return [None] * n
+        if self._grammar_masks is None:
+            self._grammar_masks = GrammarMasks(self._tokenizer, self._vocab_size, self._end_ids)
+        return self._grammar_masks.rows(constraint, n)
+
     def _new_rows(self, request: GenerationRequest, tag: Any, ids: list[int]) -> list[Row]:
         params = request.params
         seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
         eos = list(self._end_ids)
+        grammars = self._grammars(request)
         return [
             Row(
                 request,
                 tag,
                 k,
                 ids,
-                SequenceSampler(params, ids, eos, sequence_rng(seed, k), self._vocab_size),
+                SequenceSampler(
+                    params, ids, eos, sequence_rng(seed, k), self._vocab_size, grammars[k]
+                ),
                 TextStream(self._tokenizer.decode, params.stop),
                 frozenset(self._end_ids),
             )
@@ -312,7 +343,11 @@ class DecodeBatch:
             if row.finish_reason is not None:
                 continue
             try:
-                tokens[i] = token = row._choose(self._logits[i])
+                token = row._choose(self._logits[i])
+                if token is None:  # the grammar allows nothing: this row ends, nobody else
+                    events.append(StepEvent(row, row._dead_end(), True))
+                    continue
+                tokens[i] = token
                 piece = row._advance(token)
             except Exception as exc:  # this row's sampling or text: it ends, nobody else
                 row._fail(exc)

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 from fst.core.documents import Document
 from fst.core.generation_params import GenerationParams
+from fst.runtime.constraints import Constraint
 from fst.runtime.logprobs import TokenLogprob
 
 
@@ -40,6 +41,7 @@ class GenerationRequest:
     params: GenerationParams
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    constraint: Constraint | None = None  # structured output: what the text must match
 
 
 @dataclass
@@ -47,7 +49,9 @@ class Completion:
     prompt: Prompt
     text: str
     token_ids: list[int]  # generated ids only
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled"
+    # "stop" (EOS, a stop string, or the constraint's text complete) | "length" | "cancelled"
+    # | "grammar_dead_end" (the constraint allowed no next token)
+    finish_reason: str
     prompt_tokens: int
     index: int  # which of this prompt's samples
     logprobs: list[TokenLogprob] | None = None  # one per token_ids, when asked

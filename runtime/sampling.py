@@ -2,10 +2,10 @@
 
 `SequenceSampler.choose(row, num_new)` picks the next token from one step's float32 logits
 as `generate` would: repetition penalty → OpenAI's presence / frequency penalties →
-min_new_tokens (EOS masked) → greedy argmax, or
-temperature → top-k → top-p → one uniform number from the sequence's own generator. As in
-TGI's sampler, a processor is built only when its setting is not the default, so the
-default settings cost nothing per token.
+min_new_tokens (EOS masked) → the grammar's mask (structured output,
+runtime/constraints.py) → greedy argmax, or temperature → top-k → top-p → one uniform
+number from the sequence's own generator. As in TGI's sampler, a processor is built only
+when its setting is not the default, so the default settings cost nothing per token.
 
 It runs right after ONNX Runtime streamed the weights through every cache, so each distinct
 numpy routine it calls is fetched back into a cold cache. Hence plain-Python loops over the
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fst.core.generation_params import GenerationParams
+from fst.runtime.constraints import RowGrammar
 
 NEG_INF = np.float32(-np.inf)
 # Candidate-set sizes tried by top-p without top-k before falling back to the whole row.
@@ -50,6 +51,8 @@ class SequenceSampler:
     """Chooses the next tokens of one sequence: its params, its seen tokens, its own rng.
 
     `choose(row, num_new)` may modify `row` (the step's logits for this sequence) in place.
+    `grammar` (structured output) masks what it does not allow and follows the tokens
+    `observe` records; `choose` returns None when it allows no token at all (a dead end).
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class SequenceSampler:
         eos_token_ids: Sequence[int],
         rng: np.random.Generator,
         vocab_size: int,
+        grammar: RowGrammar | None = None,
     ) -> None:
         self.params = params
+        self.grammar = grammar
         self.penalty = (
             RepetitionPenalty(params.repetition_penalty, prompt_ids, vocab_size)
             if params.repetition_penalty != 1.0
@@ -81,16 +86,21 @@ class SequenceSampler:
         self.chooser: Greedy | Sample = Greedy() if params.greedy else Sample(params, rng)
 
     def observe(self, token: int) -> None:
-        """Record a generated token (the penalties need it)."""
+        """Record a generated token (the penalties and the grammar follow it)."""
         if self.penalty is not None:
             self.penalty.see(token)
         if self.counts is not None:
             self.counts.see(token)
+        if self.grammar is not None:
+            self.grammar.consume(token)
 
-    def choose(self, row: np.ndarray, num_new: int) -> int:
-        """The next token given this step's float32 logits `row` [V] and tokens made so far."""
+    def choose(self, row: np.ndarray, num_new: int) -> int | None:
+        """The next token given this step's float32 logits `row` [V] and tokens made so far
+        (None only with a grammar that allows no token)."""
         for processor in self.processors:
             processor(row, num_new)
+        if self.grammar is not None and not self.grammar.mask(row):
+            return None
         return self.chooser.choose(row)
 
 

@@ -4,16 +4,24 @@ Same field names, defaults and shapes as OpenAI's chat completions API, so its P
 parses our answers. Messages are text: a string, or a list of text parts, which are joined
 with newlines before the chat template sees them (as vLLM does for string templates).
 `top_k`, `repetition_penalty`, `min_tokens` and `ignore_eos` are extras, as in
-/v1/completions. Unknown fields are ignored (as OpenAI-style servers do).
+/v1/completions. Unknown fields are ignored (as OpenAI-style servers do). Types are strict,
+as OpenAI's: `"max_tokens": "4"`, `true` for a number or `"yes"` for a boolean is a 400.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
-from fst.serving.openai_schemas import StreamOptions, Usage
+from fst.core.generation_params import (
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+)
+from fst.serving.openai_schemas import StreamOptions, StructuredOutputFields, Usage
+from fst.serving.tools import ToolCall, ToolChoice, ToolDefinition
 
 
 class TextPart(BaseModel):
@@ -26,19 +34,23 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant"] = Field(
-        description="Who wrote it; tool messages are not supported."
+    role: Literal["system", "user", "assistant", "tool"] = Field(
+        description="Who wrote it; 'tool': a function's result, answering `tool_call_id`."
     )
-    content: str | list[TextPart] = Field(
-        description="The text, or a list of text parts (joined with newlines)."
+    content: str | list[TextPart] | None = Field(
+        None, description="The text, or a list of text parts (joined with newlines)."
     )
     name: str | None = Field(None, description="Accepted, not passed to the template.")
+    tool_calls: list[ToolCall] | None = Field(
+        None, description="An assistant's function calls (as a previous answer gave them)."
+    )
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
 
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, value: Any) -> Any:
         """One clear message instead of pydantic's one per member of the union."""
-        if isinstance(value, str):
+        if value is None or isinstance(value, str):
             return value
         if isinstance(value, list) and all(
             isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
@@ -51,14 +63,24 @@ class ChatMessage(BaseModel):
         )
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "\n".join(part.text for part in self.content)
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates (and transformers) take it."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
-class ChatCompletionRequest(BaseModel):
+
+class ChatCompletionRequest(StructuredOutputFields):
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -89,7 +111,11 @@ class ChatCompletionRequest(BaseModel):
         None, ge=1, description="Deprecated name of max_completion_tokens (used if that is unset)."
     )
     temperature: float | None = Field(
-        1.0, ge=0.0, description="Sampling temperature; 0 means greedy."
+        1.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"Sampling temperature: 0 means greedy, otherwise in "
+        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
     )
     top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int | None = Field(1, ge=1, description="Choices to generate.")
@@ -111,14 +137,25 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = Field(None, description="Not supported: must be false or null.")
     top_logprobs: int | None = Field(None, description="Not supported: must be null.")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
-    tools: list[Any] | None = Field(None, description="Not supported: must be null.")
-    response_format: dict[str, Any] | None = Field(
-        None, description="Only {'type': 'text'} is supported."
+    tools: list[ToolDefinition] | None = Field(
+        None, description="Functions the model may call (serving/tools.py)."
+    )
+    tool_choice: ToolChoice | None = Field(
+        None,
+        description="'none', 'auto' (default with tools), 'required', or "
+        "{'type': 'function', 'function': {'name': ...}}; the last two constrain the output "
+        "to calls whose arguments match the function's parameters.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        True, description="Allow several calls in one answer (false: at most one)."
     )
     # Extras beyond OpenAI's API.
     top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
     repetition_penalty: float | None = Field(
-        1.0, gt=0.0, description="Extra: penalty for repeated tokens (CTRL-style); 1 is off."
+        1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
     )
     min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
     ignore_eos: bool | None = Field(
@@ -128,15 +165,26 @@ class ChatCompletionRequest(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_only_when_made(self, handler: Any) -> dict[str, Any]:
+        """As OpenAI answers: `tool_calls` appears only on a message that makes calls."""
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: None = Field(None, description="Always null: log-probabilities are not returned.")
-    finish_reason: Literal["stop", "length"] = Field(
-        description="'stop': end of turn or a stop string; 'length': the token limit reached."
+    finish_reason: Literal["stop", "length", "tool_calls", "grammar_dead_end"] = Field(
+        description="'stop': end of turn, a stop string, or the structured output complete; "
+        "'length': the token limit reached; 'tool_calls': the answer calls functions; "
+        "'grammar_dead_end': the output constraint allowed no next token."
     )
 
 

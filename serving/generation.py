@@ -126,7 +126,7 @@ def submit(
     state: ServingState, prompts: Sequence[Any], params: GenerationParams, **options: Any
 ) -> Job:
     """Queue one generation request per prompt; `options` are GenerationRequest's others
-    (`logprobs`, `prompt_logprobs`)."""
+    (`logprobs`, `prompt_logprobs`, `constraint`)."""
     _, scheduler = state.require_ready()
     requests = [GenerationRequest(prompt=p, params=params, **options) for p in prompts]
     try:

@@ -2,9 +2,12 @@
 
 Same field names, defaults and shapes as OpenAI's legacy completions API, so its Python
 client parses our answers. `top_k`, `repetition_penalty`, `min_tokens`, `ignore_eos` and
-`meta` are extras, as in other open servers. Unknown fields are ignored (as OpenAI-style
-servers do), so tools that send more than we use keep working. Types are strict, as
-OpenAI's: `"max_tokens": "4"`, `true` for a number or `"yes"` for a boolean is a 400.
+`meta` are extras, as in other open servers; so are `response_format` (OpenAI's chat
+field, as vLLM takes it on completions), `guided_regex` and `guided_grammar` (vLLM's
+names) for structured output (serving/structured.py). Unknown fields are ignored (as
+OpenAI-style servers do), so tools that send more than we use keep working. Types are
+strict, as OpenAI's: `"max_tokens": "4"`, `true` for a number or `"yes"` for a boolean is
+a 400.
 """
 
 from __future__ import annotations
@@ -27,7 +30,50 @@ class StreamOptions(BaseModel):
     )
 
 
-class CompletionRequest(BaseModel):
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's `response_format.json_schema`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(description="A name for the schema (letters, digits, _ and -).")
+    description: str | None = Field(None, description="What the output is for.")
+    schema_: dict[str, Any] | bool = Field(
+        True, alias="schema", description="The JSON Schema the output must validate against."
+    )
+    strict: bool | None = Field(
+        None, description="Accepted for compatibility: the schema is always enforced."
+    )
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="'text': no constraint; 'json_object': any JSON object; 'json_schema': "
+        "JSON valid against `json_schema.schema`."
+    )
+    json_schema: JsonSchemaFormat | None = Field(
+        None, description="The schema, when type is 'json_schema'."
+    )
+
+
+class StructuredOutputFields(BaseModel):
+    """The structured-output fields both generation routes take (at most one per request)."""
+
+    response_format: ResponseFormat | None = Field(
+        None, description="Constrain the output to JSON (an object, or one matching a schema)."
+    )
+    guided_regex: str | None = Field(
+        None, description="Extra: the whole output matches this regular expression."
+    )
+    guided_grammar: str | None = Field(
+        None,
+        description="Extra: the output matches this grammar (Lark, with a `start` rule, or "
+        "GBNF, with a `root` rule).",
+    )
+
+
+class CompletionRequest(StructuredOutputFields):
     model_config = ConfigDict(
         extra="ignore",
         strict=True,
@@ -156,9 +202,10 @@ class CompletionChoice(BaseModel):
     text: str
     index: int = Field(description="prompt index × n + choice index")
     logprobs: CompletionLogprobs | None = Field(None, description="With `logprobs` only.")
-    finish_reason: Literal["stop", "length"] | None = Field(
-        description="'stop': end of text or a stop string; 'length': max_tokens reached; "
-        "null in stream chunks before the last."
+    finish_reason: Literal["stop", "length", "grammar_dead_end"] | None = Field(
+        description="'stop': end of text, a stop string, or the structured output complete; "
+        "'length': max_tokens reached; 'grammar_dead_end': the structured-output constraint "
+        "allowed no next token; null in stream chunks before the last."
     )
 
 

@@ -332,6 +332,7 @@ def tiny_chatml_bundle(tmp_path_factory, tiny_chatml_model_dir) -> Path:
         )
         manifest.model_copy(update={"chat": chat}).save(output)
     assert check_bundle(output).chat is not None
+    return output
 
 
 @pytest.fixture(scope="session")

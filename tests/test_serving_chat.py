@@ -180,7 +180,7 @@ def test_stream_sends_role_then_content_then_finish_then_usage() -> None:
     ("body", "param"),
     [
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages.0.content",
@@ -198,8 +198,12 @@ def test_stream_sends_role_then_content_then_finish_then_usage() -> None:
         ({"seed": -1}, "seed"),
         ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"1": 2}}, "logit_bias"),
-        ({"tools": [{"type": "function"}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"tool_choice": "required"}, "tool_choice"),
         ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),
         ({"messages": [{"role": "user", "content": "x" * 600}]}, "messages"),  # fills the context
     ],

@@ -1,6 +1,6 @@
 """Sampling values the server cannot compute with, and loosely typed fields, are refused
-naming the field, on /v1/completions (OpenAI-shaped 400) and the original API (422), and
-the schema states the accepted ranges."""
+naming the field, on /v1/completions and /v1/chat/completions (OpenAI-shaped 400) and the
+original API (422), and the schema states the accepted ranges."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_fakes import FakeGenerator
 
+from fst.core.bundle import ChatInfo
+from fst.core.chat_template import CHATML_TEMPLATE
 from fst.core.generation_params import MAX_TEMPERATURE, MIN_REPETITION_PENALTY
 from fst.serving.app import create_app
 from fst.serving.settings import ServingSettings
@@ -39,7 +41,8 @@ LOOSE = [
 
 @contextlib.contextmanager
 def serve() -> Iterator[TestClient]:
-    app = create_app(ServingSettings(), generator=FakeGenerator())
+    chat = ChatInfo(template=CHATML_TEMPLATE, template_source="test", stop_token_ids=[1])
+    app = create_app(ServingSettings(), generator=FakeGenerator(chat=chat))
     with TestClient(app) as client:
         deadline = time.monotonic() + 10
         while client.get("/ready").status_code != 200:
@@ -58,6 +61,18 @@ def client() -> Iterator[TestClient]:
 def test_completions_refuse_naming_the_field(client: TestClient, field: str, value: Any) -> None:
     body = {"prompt": "Hello", "max_tokens": 4, "min_tokens": 2, field: value}
     r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field
+    assert field in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), EXTREME + LOOSE)
+def test_chat_completions_refuse_naming_the_field(
+    client: TestClient, field: str, value: Any
+) -> None:
+    messages = [{"role": "user", "content": "Hello"}]
+    body = {"messages": messages, "max_tokens": 4, "min_tokens": 2, field: value}
+    r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == field
     assert field in r.json()["error"]["message"]

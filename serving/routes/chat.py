@@ -7,6 +7,11 @@ continuous batch. Rows end at the model's end-of-turn tokens. A bundle without a
 template (a document model) answers 400. With `stream: true` the answer is OpenAI's
 `chat.completion.chunk` events: a `delta.role` chunk per choice, `delta.content` pieces,
 a chunk per choice with its `finish_reason`, optionally a usage chunk, and `data: [DONE]`.
+
+Structured output (`response_format`, `guided_regex`, `guided_grammar`) and tool calling
+(`tools`, `tool_choice`: serving/tools.py) constrain and parse the answer: a choice that
+calls functions has `message.tool_calls` and `finish_reason: "tool_calls"`, streamed as
+`delta.tool_calls` once the answer is complete (text before the call streams as it comes).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from fst.serving.jobs import Job
 from fst.serving.openai_schemas import ErrorResponse, Usage
 from fst.serving.routes.completions import _check_model
 from fst.serving.state import ServingState
+from fst.serving.structured import request_constraint
+from fst.serving.tools import ToolPlan, ToolStream, parse_tool_calls, plan_tools, tool_messages
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +91,18 @@ async def create_chat_completion(
     generator, _ = state.require_ready()
     _check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)
-    prompt = _render(generator, payload.messages)
+    plan = plan_tools(payload.tools, payload.tool_choice, payload.parallel_tool_calls is not False)
+    constraint = await request_constraint(payload)
+    if plan.constraint is not None:
+        if constraint is not None:
+            raise APIError(
+                400,
+                "tool_choice: 'required' or a named function already constrains the answer; "
+                "leave out response_format / guided_regex / guided_grammar",
+                param="tool_choice",
+            )
+        constraint = plan.constraint
+    prompt = _render(generator, payload.messages, plan)
     length = await _prompt_length(generator, prompt)
     _, max_tokens = await _max_tokens(payload, generator, prompt, length, state)
     defaults = generator.manifest.generation_defaults
@@ -92,17 +110,17 @@ async def create_chat_completion(
     n = params.num_return_sequences
     check_limit(n, state.settings.max_sequences_per_request, "n", "sequences")
     logger.debug("chat prompt=%r", prompt.text[-400:])
-    job = submit(state, [prompt], params)
+    job = submit(state, [prompt], params, constraint=constraint)
     head = _Head(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n)
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
         return StreamingResponse(
-            _stream(job, head, include_usage),
+            _stream(job, head, include_usage, plan),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     results = await wait_for_job(job, request)
-    choices, usage = _choices_and_usage(results)
+    choices, usage = _choices_and_usage(results, plan)
     return ChatCompletionResponse(
         id=head.id, created=head.created, model=head.model, choices=choices, usage=usage
     )
@@ -118,23 +136,26 @@ async def tokenize_conversation(messages: list[ChatMessage], state: Any) -> tupl
 
 
 def _refuse_unsupported(payload: ChatCompletionRequest) -> None:
-    response_type = (payload.response_format or {}).get("type", "text")
     refusals = {
         "logprobs": bool(payload.logprobs),
         "top_logprobs": payload.top_logprobs is not None,
         "logit_bias": bool(payload.logit_bias),
-        "tools": bool(payload.tools),
-        "response_format": response_type != "text",
     }
     for param, refused in refusals.items():
         if refused:
             raise APIError(400, f"{param}: not supported by this server; leave it out", param=param)
 
 
-def _render(generator: ServedGenerator, messages: list[ChatMessage]) -> ChatPrompt:
-    conversation = [{"role": m.role, "content": m.text()} for m in messages]
+def _render(
+    generator: ServedGenerator, messages: list[ChatMessage], plan: ToolPlan | None = None
+) -> ChatPrompt:
+    conversation = [m.for_template() for m in messages]
+    tools = None
+    if generator.chat is not None:  # tools, tool calls and results as the template takes them
+        conversation, tools = tool_messages(conversation, plan or ToolPlan([], None),
+                                            generator.chat.template)  # fmt: skip
     try:
-        return render_chat(generator.chat, conversation)
+        return render_chat(generator.chat, conversation, tools)
     except NotAChatModel as exc:
         raise APIError(400, f"model: {exc}", param="model", code="no_chat_template") from None
     except ChatTemplateError as exc:
@@ -184,16 +205,9 @@ async def _max_tokens(
     return param, asked
 
 
-def _choices_and_usage(results: list[list[Any]]) -> tuple[list[ChatChoice], Usage]:
+def _choices_and_usage(results: list[list[Any]], plan: ToolPlan) -> tuple[list[ChatChoice], Usage]:
     completions = results[0]
-    choices = [
-        ChatChoice(
-            index=c.index,
-            message=AssistantMessage(content=c.text),
-            finish_reason="length" if c.finish_reason == "length" else "stop",
-        )
-        for c in completions
-    ]
+    choices = [_choice(c, plan) for c in completions]
     prompt_tokens = completions[0].prompt_tokens if completions else 0
     completion_tokens = sum(len(c.token_ids) for c in completions)
     usage = Usage(
@@ -202,6 +216,20 @@ def _choices_and_usage(results: list[list[Any]]) -> tuple[list[ChatChoice], Usag
         total_tokens=prompt_tokens + completion_tokens,
     )
     return choices, usage
+
+
+_FINISH = {"length": "length", "grammar_dead_end": "grammar_dead_end"}
+
+
+def _choice(completion: Any, plan: ToolPlan) -> ChatChoice:
+    finish = _FINISH.get(completion.finish_reason, "stop")
+    if plan.active:
+        content, calls = parse_tool_calls(completion.text)
+        if calls:
+            message = AssistantMessage(content=content, tool_calls=calls)
+            return ChatChoice(index=completion.index, message=message, finish_reason="tool_calls")
+    message = AssistantMessage(content=completion.text)
+    return ChatChoice(index=completion.index, message=message, finish_reason=finish)
 
 
 @dataclass(frozen=True)
@@ -230,21 +258,37 @@ def _sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def _delta(index: int, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+def _held_deltas(held: ToolStream, text: str) -> list[dict[str, Any]]:
+    """What a choice's ToolStream held back: the rest of its content, then its calls."""
+    rest, calls = held.finish(text)
+    deltas: list[dict[str, Any]] = [{"content": rest}] if rest else []
+    for i, call in enumerate(calls):
+        deltas.append({"tool_calls": [{"index": i, **call.model_dump()}]})
+    return deltas
+
+
+def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-async def _stream(job: Job, head: _Head, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(job: Job, head: _Head, include_usage: bool, plan: ToolPlan) -> AsyncIterator[str]:
+    held = [ToolStream() for _ in range(head.n)] if plan.active else None
     try:
         for s in range(head.n):
             yield head.chunk([_delta(s, {"role": "assistant", "content": ""})])
         async for _, s, piece in job.pieces():
-            yield head.chunk([_delta(s, {"content": piece})])
+            if held is not None:
+                piece = held[s].push(piece)
+            if piece:
+                yield head.chunk([_delta(s, {"content": piece})])
         if job.cancel_reason is not None:
             raise job_error(job)
         assert job.result is not None
-        choices, usage = _choices_and_usage(job.result)
-        for choice in choices:
+        choices, usage = _choices_and_usage(job.result, plan)
+        for choice, completion in zip(choices, job.result[0], strict=True):
+            if held is not None:
+                for delta in _held_deltas(held[choice.index], completion.text):
+                    yield head.chunk([_delta(choice.index, delta)])
             yield head.chunk([_delta(choice.index, {}, choice.finish_reason)])
         if include_usage:
             yield head.chunk([], usage=usage.model_dump())

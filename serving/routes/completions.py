@@ -44,6 +44,7 @@ from fst.serving.openai_schemas import (
     Usage,
 )
 from fst.serving.state import ServingState
+from fst.serving.structured import request_constraint
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,12 @@ router = APIRouter(
     prefix="/v1", tags=["OpenAI-compatible API"], dependencies=[Depends(require_api_key)]
 )
 
-_FINISH = {"stop": "stop", "length": "length"}
+_FINISH = {"stop": "stop", "length": "length", "grammar_dead_end": "grammar_dead_end"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "A parameter out of range or unsupported, or a prompt beyond the context",
+        400: "A parameter out of range or unsupported, a prompt beyond the context, or a "
+        "schema, regex or grammar that does not compile",
         401: "Missing or wrong API key (when the server has one)",
         404: "Unknown model",
         429: "Queue full; retry after the Retry-After header's seconds",
@@ -120,11 +122,14 @@ async def get_model(model_id: str, state: StateDep) -> ModelCard:
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 async def create_completion(payload: CompletionRequest, request: Request, state: StateDep) -> Any:
-    """Continue one prompt or several; `stream: true` for server-sent events."""
+    """Continue one prompt or several; `stream: true` for server-sent events.
+
+    `response_format` (or `guided_regex` / `guided_grammar`) constrains every choice."""
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
     _check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)
+    constraint = await request_constraint(payload)
     inputs = _prompt_list(payload.prompt)
     echo_only = payload.max_tokens == 0
     if echo_only and not payload.echo:
@@ -156,6 +161,7 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
         params,
         logprobs=payload.logprobs,
         prompt_logprobs=payload.logprobs if score_prompts else None,
+        constraint=constraint,
     )
     tokenizer = getattr(generator, "tokenizer", None)
     head = _Head(
