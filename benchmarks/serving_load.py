@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -91,13 +92,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, mode: str, args: argparse.Namespace) -> subprocess.Popen:
+def start_server(
+    bundle: Path, port: int, mode: str, args: argparse.Namespace, extra: Sequence[str] = ()
+) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "fst.serving.cli",
         "--bundle", str(bundle),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--max-batch-size", str(args.max_batch_size),
         "--batching", mode,
         "--queue-size", str(max(64, 2 * max(args.concurrency))),
         "--request-timeout-s", "600",
@@ -105,6 +107,9 @@ def start_server(bundle: Path, port: int, mode: str, args: argparse.Namespace) -
     ]  # fmt: skip
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.max_batch_size:
+        command += ["--max-batch-size", str(args.max_batch_size)]
+    command += list(extra)  # a variant's flags come last and win
     log.info("starting %s", " ".join(command))
     return subprocess.Popen(command)
 
@@ -239,19 +244,21 @@ def render_markdown(report: dict) -> str:
         f"Model: {s['model']} ({report['bundle']['num_layers']} layers, random weights), fp32 "
         f"bundle exported {'with' if s.get('optimize') else 'without'} --optimize, "
         f"{s['max_tokens']} generated tokens per request (ignore_eos, temperature 0.8), "
-        f"prompts of {s['prompt_chars']} characters; server max batch {s['max_batch_size']} "
-        "sequences; closed-loop clients. 'mean batch': sequences per decoding step "
+        f"prompts of {s['prompt_chars']} characters; server max batch "
+        f"{s['max_batch_size'] or 'its default'}; closed-loop clients. 'mean batch': sequences per decoding step "
         "(continuous) or per batch (request).",
     ]
     for mode, result in report["modes"].items():
         lines += [
             "",
-            f"## {mode} batching",
+            f"## {mode} batching" if mode in ("continuous", "request") else f"## {mode}",
             "",
             "| concurrency | requests | req/s | tokens/s | latency p50 / p95 / p99 (s) "
             "| TTFT p50 / p95 (s) | mean batch |",
             "|---:|---:|---:|---:|---|---|---:|",
         ]
+        if result.get("flags") is not None:
+            lines[-2:-2] = [f"fst-serve flags: `{' '.join(result['flags']) or '(defaults)'}`", ""]
         for level in result["levels"]:
             lat, ttft = level["latency_s"], level["ttft_s"]
             batch = level["mean_batch_sequences"]
@@ -300,15 +307,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-chars", type=int, default=160, help="about 35 GPT-2 tokens")
-    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--max-batch-size", type=int, default=None, help="fst-serve's (default: its own)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default="serving_load", help="output file stem")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=FLAGS",
+        help="compare fst-serve configurations instead of batching modes: each NAME gets "
+        "its own server (continuous batching, then FLAGS), all started at once and each "
+        "concurrency level run on each in turn (order alternating, the idle servers "
+        "paused with SIGSTOP); e.g. --variant 'cap16=--max_batch_size 16 --max_step_ms 0' "
+        "--variant auto=",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    try:
+        args.variants = dict(_split_variant(v) for v in args.variant)
+    except ValueError as e:
+        parser.error(f"--variant: {e}")
     if any(c < 1 for c in args.concurrency):
         parser.error("--concurrency: every level must be >= 1")
     return args
+
+
+def _split_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, flags = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected NAME=FLAGS, got {text!r}")
+    return name, flags.split()
+
+
+def run_variants(bundle: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Every variant's server up at once; each level runs on each variant in turn (order
+    alternating between levels), the others paused (SIGSTOP) so they take no CPU."""
+    servers, bases = {}, {}
+    results: dict[str, dict] = {}
+    load_before = common.load_average()
+    try:
+        for name, flags in args.variants.items():
+            port = free_port()
+            bases[name] = f"http://127.0.0.1:{port}"
+            servers[name] = start_server(bundle, port, "continuous", args, flags)
+        for name in servers:
+            wait_ready(bases[name], servers[name])
+            results[name] = {
+                "bundle": httpx.get(f"{bases[name]}/version", timeout=10).json()["bundle"],
+                "flags": args.variants[name],
+                "levels": [],
+            }
+            warm = make_prompts(args.corpus, 2, args.prompt_chars)
+            asyncio.run(run_level(bases[name], warm, 2, 4))
+            servers[name].send_signal(signal.SIGSTOP)
+        names = list(servers)
+        for i, c in enumerate(args.concurrency):
+            for name in names if i % 2 == 0 else names[::-1]:
+                servers[name].send_signal(signal.SIGCONT)
+                prompts = make_prompts(args.corpus, args.requests or 4 + 2 * c, args.prompt_chars)
+                before = batch_counters(bases[name])
+                raw = asyncio.run(run_level(bases[name], prompts, c, args.max_tokens))
+                after = batch_counters(bases[name])
+                level = summarize_level(c, raw, (after[0] - before[0], after[1] - before[1]))
+                servers[name].send_signal(signal.SIGSTOP)
+                log.info(
+                    "%s c=%d: %.1f tokens/s, TTFT p50 %.2fs, mean batch %.1f",
+                    name, c, level["tokens_per_s"], level["ttft_s"]["p50"],
+                    level["mean_batch_sequences"] or 0,
+                )  # fmt: skip
+                results[name]["levels"].append(level)
+    finally:
+        for server in servers.values():
+            server.send_signal(signal.SIGCONT)
+            stop_server(server)
+    for result in results.values():
+        low, high = result["levels"][0], result["levels"][-1]
+        result["throughput_ratio"] = {
+            "low": low["concurrency"],
+            "high": high["concurrency"],
+            "value": high["tokens_per_s"] / low["tokens_per_s"],
+        }
+        result["load_before"], result["load_after"] = load_before, common.load_average()
+    return results
 
 
 def run_mode(bundle: Path, mode: str, args: argparse.Namespace) -> dict:
@@ -360,7 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     bundle = prepare_bundle(args.model, args.cache, args.rebuild, args.optimize)
-    modes = {mode: run_mode(bundle, mode, args) for mode in args.batching}
+    if args.variants:
+        modes = run_variants(bundle, args)
+    else:
+        modes = {mode: run_mode(bundle, mode, args) for mode in args.batching}
     report = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -372,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "concurrency": args.concurrency,
             "optimize": args.optimize,
+            "variants": args.variants,
         },
         "bundle": next(iter(modes.values()))["bundle"],
         "modes": modes,

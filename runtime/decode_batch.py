@@ -32,10 +32,17 @@ Failures end the rows they belong to, never their neighbours: a row whose sampli
 finishes with finish_reason "error" (`row.error` holds the exception). When the model run
 of a step fails, each live row is run alone once: the rows that fail alone end with
 "error", the others go on together (a failure no row reproduces alone is raised).
+
+Two optional speed-ups leave every token unchanged: with a `PrefixCache` (prefix_cache.py)
+a prompt that starts like a sequence seen before prefills only its new tokens on top of
+that sequence's stored KV, and a row stores its KV when it ends or is cancelled; with
+`speculative_tokens`, a greedy row decoding alone drafts tokens by prompt lookup
+(prompt_lookup.py) and checks them in one run of a graph with every position's logits.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -51,11 +58,15 @@ from fst.runtime.logprobs import (
     prompt_logprobs,
     token_logprob,
 )
+from fst.runtime.prefix_cache import PrefixCache, PrefixHit
+from fst.runtime.prompt_lookup import propose
 from fst.runtime.prompts import BatchLimits, PromptEncoder
 from fst.runtime.requests import Completion, GenerationRequest
 from fst.runtime.sampling import SequenceSampler, sequence_rng
 from fst.runtime.stepper import Stepper
 from fst.runtime.streaming import TextStream
+
+log = logging.getLogger(__name__)
 
 # Drop finished rows from the batch once this fraction of it has finished (copying the
 # cache once costs about as much as a few decode steps of the finished rows).
@@ -75,7 +86,7 @@ class Row:
     """
 
     __slots__ = ("request", "tag", "index", "prompt_tokens", "token_ids", "finish_reason")
-    __slots__ += ("error", "logprobs", "prompt_ids", "prompt_logprobs")
+    __slots__ += ("error", "logprobs", "prompt_ids", "prompt_logprobs", "cached_tokens")
     __slots__ += ("_sampler", "_stream", "_eos")
 
     def __init__(
@@ -92,6 +103,7 @@ class Row:
         self.tag = tag
         self.index = index
         self.prompt_tokens = len(prompt_ids)
+        self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
@@ -121,6 +133,7 @@ class Row:
             logprobs=self.logprobs,
             prompt_token_ids=self.prompt_ids if self.prompt_logprobs is not None else None,
             prompt_logprobs=self.prompt_logprobs,
+            cached_tokens=self.cached_tokens,
         )
 
     def _choose(self, logits: np.ndarray) -> int | None:
@@ -154,6 +167,11 @@ class Row:
         """The grammar allows no next token: end this row (and only it)."""
         self.finish_reason = "grammar_dead_end"
         return self._stream.finish()
+
+    def _fed_ids(self) -> list[int]:
+        """The tokens in this row's KV cache: the prompt and every generated token but the
+        last (sampled, not yet fed)."""
+        return self.prompt_ids + self.token_ids[:-1]
 
     def _cancel(self) -> None:
         self.finish_reason = "cancelled"
@@ -193,9 +211,16 @@ class DecodeBatch:
         tokenizer: DocumentTokenizer,
         limits: BatchLimits,
         scorer: Callable[[list[int]], np.ndarray] | None = None,
+        prefix_cache: PrefixCache | None = None,
+        speculative_tokens: int = 0,
     ) -> None:
         self._stepper = stepper
         self._scorer = scorer
+        # Prompt-lookup drafts of up to this many tokens for a lone greedy row, checked in
+        # one run; needs a graph with every position's logits (see _speculative_step).
+        self._draft = speculative_tokens if getattr(stepper, "all_logits", False) else 0
+        # Prefix caching needs a stepper that prefills after a known past (CausalLMStepper).
+        self._prefix_cache = prefix_cache if hasattr(stepper, "prefill_after") else None
         self._tokenizer = tokenizer
         self._encode_request = PromptEncoder(tokenizer, limits.max_positions).encode_request
         self._pad_id = tokenizer.pad_token_id
@@ -251,6 +276,11 @@ class DecodeBatch:
                 row.prompt_logprobs = score
         self._feed_pending()
         reserve = max(r.params.max_new_tokens for r in requests)
+        if self._prefix_cache is not None:
+            hits = [self._prefix_cache.lookup(ids) for ids in prompt_ids]
+            if any(hits):
+                self._add_with_hits(per_request, prompt_ids, hits, reserve)
+                return per_request
         logits, cache = self._stepper.prefill(prompt_ids, self._pad_id, reserve=reserve)
         source = np.array([i for i, rows in enumerate(per_request) for _ in rows])
         new_rows = [row for rows in per_request for row in rows]
@@ -266,6 +296,64 @@ class DecodeBatch:
             self._rows, self._cache, self._logits = new_rows, cache, logits
         self._num_live = len(self._rows)  # finished rows left with the merge
         return per_request
+
+    def _add_with_hits(
+        self,
+        per_request: list[list[Row]],
+        prompt_ids: list[list[int]],
+        hits: list[PrefixHit | None],
+        reserve: int,
+    ) -> None:
+        """`add` when some prompts start with a cached prefix: each of those prefills only
+        the rest of its prompt on top of the cached KV; the others prefill together."""
+        stepper: Any = self._stepper
+        misses = [i for i, hit in enumerate(hits) if hit is None]
+        if misses:
+            miss_prompts = [prompt_ids[i] for i in misses]
+            miss_logits, miss_cache = stepper.prefill(miss_prompts, self._pad_id, reserve=reserve)
+        parts: list[tuple[Any, list[int]]] = []  # (cache, its rows), in the new rows' order
+        logits = []
+        for i, (rows, hit) in enumerate(zip(per_request, hits, strict=True)):
+            if hit is None:
+                cache, first = miss_cache, misses.index(i)
+            else:
+                rest = prompt_ids[i][hit.length :]
+                part_logits, cache = stepper.prefill_after(hit.past, rest, reserve=reserve)
+                first = 0
+                for row in rows:
+                    row.cached_tokens = hit.length
+            chosen = [first] * len(rows)
+            logits.append((part_logits if hit is not None else miss_logits)[chosen])
+            if parts and parts[-1][0] is cache:  # neighbours from one prefill: one part
+                parts[-1][1].extend(chosen)
+            else:
+                parts.append((cache, chosen))
+        new_rows = [row for rows in per_request for row in rows]
+        live = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
+        if live:
+            assert self._cache is not None and self._logits is not None
+            parts.insert(0, (self._cache, live))
+            logits.insert(0, self._logits[live])
+        if len(parts) == 1 and parts[0][1] == list(range(parts[0][0].batch_size)):
+            cache = parts[0][0]  # one prompt alone: its cache as it is
+        else:
+            cache = stepper.combine(parts)
+        self._rows = [self._rows[i] for i in live] + new_rows
+        self._cache, self._logits = cache, np.concatenate(logits)
+        self._num_live = len(self._rows)
+
+    def _remember(self, index: int, row: Row) -> None:
+        """Keep the KV of a row that ends (its prompt and generated tokens) for prompts
+        that start the same way (a conversation's next turn)."""
+        if self._prefix_cache is None or row.index != 0 or self._cache is None:
+            return
+        ids = row._fed_ids()
+        stepper: Any = self._stepper
+        cache = self._cache
+        try:
+            self._prefix_cache.store(ids, lambda: stepper.row_past(cache, index, len(ids)))
+        except Exception:  # a cache is an optimisation: never fail the batch for it
+            log.warning("prefix cache: could not store a finished row", exc_info=True)
 
     def _encode(self, i: int, request: GenerationRequest) -> list[int]:
         if not isinstance(getattr(request, "params", None), GenerationParams):
@@ -330,6 +418,14 @@ class DecodeBatch:
         Rows cancelled since the last step (or failed in its model run) are reported first
         (finished, no piece).
         """
+        # A lone greedy row may draft by prompt lookup: its pending token and the draft go
+        # in one run (it feeds the pending token itself, so this comes before the feed).
+        if self._draft and self._pending is not None and self._num_live == 1:
+            row = next(r for r in self._rows if r.finish_reason is None)
+            if row.request.params.greedy and not self._cancelled:
+                done = self._speculative_step(row)
+                if done is not None:
+                    return done
         events: list[StepEvent] = []
         self._feed_pending()
         if self._cancelled:
@@ -359,12 +455,48 @@ class DecodeBatch:
                     events.append(StepEvent(row, piece, False))
             else:
                 events.append(StepEvent(row, piece, True))
+                self._remember(i, row)
         self._num_live = live
         if live:
             self._pending = tokens
         else:
             self._clear()
         return events
+
+    def _speculative_step(self, row: Row) -> list[StepEvent] | None:
+        """Prompt lookup decoding for one greedy row: feed the pending token and a draft of
+        what followed its context's last n-gram earlier, in one run; keep the tokens the
+        model itself picks (the sampler, from each position's logits) while they agree with
+        the draft, and drop the rest from the cache. The text is exactly plain greedy's.
+        None when there is no draft (the caller takes the plain step)."""
+        context = np.asarray(row.prompt_ids + row.token_ids, dtype=np.int64)
+        room = row.request.params.max_new_tokens - len(row.token_ids)
+        draft = propose(context, min(self._draft, room - 1)) if room > 1 else []
+        if not draft:
+            return None
+        stepper: Any = self._stepper
+        if len(self._rows) > 1:  # finished rows leave first: the draft needs one row
+            live = [i for i, r in enumerate(self._rows) if r is row]
+            self._cache = stepper.select(self._cache, live)
+            self._rows = [row]
+        start = self._cache.past_length
+        logits = stepper.extend(self._cache, [int(self._pending[0])] + draft)
+        pieces, kept = [], 0
+        for position in range(len(draft) + 1):
+            token = row._sampler.choose(logits[position], len(row.token_ids))
+            pieces.append(row._advance(token))
+            kept = position + 1  # the fed tokens up to here are in the cache
+            if row.finish_reason is not None or position == len(draft) or token != draft[position]:
+                break
+        stepper.truncate(self._cache, start + kept)
+        self._pending = np.array([token], dtype=np.int64)
+        piece = "".join(pieces)
+        if row.finish_reason is None:
+            return [StepEvent(row, piece, False)] if piece else []
+        self._remember(0, row)
+        self._num_live = 0
+        self._clear()
+        return [StepEvent(row, piece, True)]
 
     def _feed_pending(self) -> None:
         """Run the model on the tokens sampled last step, so every row has fresh logits."""
@@ -431,6 +563,7 @@ class DecodeBatch:
             targets = target
         for row in targets:
             if row.finish_reason is None and row in self._rows:  # live and ours
+                self._remember(self._rows.index(row), row)
                 row._cancel()
                 self._cancelled.append(row)
                 self._num_live -= 1

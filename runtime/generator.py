@@ -41,6 +41,7 @@ from fst.core.generation_params import GenerationParams
 from fst.core.tokenization import DocumentTokenizer
 from fst.runtime.decode_batch import DecodeBatch, Row
 from fst.runtime.kv_cache import make_stepper
+from fst.runtime.prefix_cache import PrefixCache
 from fst.runtime.prompts import BatchLimits, PromptEncoder, is_token_ids
 from fst.runtime.requests import ChatPrompt, Completion, GenerationRequest, Prompt
 from fst.runtime.scoring import prefill_logits
@@ -61,8 +62,12 @@ class Generator:
         tokenizer: DocumentTokenizer,
         session: Any,
         provider: str,
+        prefix_cache_bytes: int = 0,
+        speculative_tokens: int = 0,
     ) -> None:
         self.manifest = manifest
+        # Prompt lookup drafts for lone greedy rows ("all"-logits graphs only; 0: off).
+        self.speculative_tokens = speculative_tokens
         self.tokenizer = tokenizer
         self.provider = provider
         self.max_positions = manifest.architecture.max_positions
@@ -76,6 +81,11 @@ class Generator:
         self._stepper = make_stepper(session, manifest)
         self._session = session
         self._contract = GraphContract.from_manifest(manifest)
+        # Prompts that start like an earlier sequence reuse its KV (prefix_cache.py); only
+        # steppers that can prefill after a known past take part (not the GPU layout's).
+        self.prefix_cache: PrefixCache | None = None
+        if prefix_cache_bytes > 0 and hasattr(self._stepper, "prefill_after"):
+            self.prefix_cache = PrefixCache(prefix_cache_bytes)
 
     @property
     def scores_prompts(self) -> bool:
@@ -112,13 +122,20 @@ class Generator:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         verify: bool = False,
+        prefix_cache_bytes: int = 0,
+        speculative_tokens: int = 0,
         **session_kwargs: Any,
     ) -> Generator:
         """Load a bundle folder written by `fst-export`.
 
         A missing, empty or truncated file raises `fst.core.bundle.BundleError` naming it (sizes
         are always checked); `verify=True` also compares every file's sha256 with the
-        manifest's (about a second per GB). `session_kwargs` go to `create_session`
+        manifest's (about a second per GB). `prefix_cache_bytes` > 0 keeps the KV of
+        finished sequences, up to that many bytes, for prompts that start the same way (a
+        chat's next turn; see prefix_cache.py). `speculative_tokens` > 0 drafts up to that
+        many tokens by prompt lookup for a greedy request decoding alone and checks them in
+        one run (bundles exported with --logits all; the text is plain greedy's; see
+        decode_batch.py). `session_kwargs` go to `create_session`
         (e.g. `huge_pages=True`: the session's weights into 2 MiB pages; off by default).
         """
         path = Path(path)
@@ -127,7 +144,7 @@ class Generator:
         session, provider = create_session(
             path / manifest.graph.file, providers=providers, threads=threads, **session_kwargs
         )
-        return cls(manifest, tokenizer, session, provider)
+        return cls(manifest, tokenizer, session, provider, prefix_cache_bytes, speculative_tokens)
 
     # ---- prompts ------------------------------------------------------------------------
 
@@ -192,8 +209,14 @@ class Generator:
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch to add requests to and step: the runtime's per-token loop."""
-        scorer = self.prompt_logits if self.scores_prompts else None
-        return DecodeBatch(self._stepper, self.tokenizer, self.limits, scorer)
+        return DecodeBatch(
+            self._stepper,
+            self.tokenizer,
+            self.limits,
+            scorer=self.prompt_logits if self.scores_prompts else None,
+            prefix_cache=self.prefix_cache,
+            speculative_tokens=self.speculative_tokens,
+        )
 
     def _params(
         self, params: GenerationParams | None, overrides: dict[str, Any]

@@ -139,6 +139,8 @@ class CausalLMStepper(RowSelection):
         self._check_graph()
         logits = next(o for o in session.get_outputs() if o.name == ONNX_LOGITS)
         self.vocab_size = contract.vocab_size
+        # Logits of every position ("all" graphs): what checking a draft needs.
+        self.all_logits = contract.logits == "all"
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
         shared = contract.kv_layout == "shared"
         gpu = session.get_providers()[0] in GPU_PROVIDERS
@@ -211,19 +213,74 @@ class CausalLMStepper(RowSelection):
         cache.next_positions = cache.next_positions + 1
         return logits
 
+    def prefill_after(
+        self, past: Sequence[np.ndarray], ids: Sequence[int], reserve: int = DEFAULT_RESERVE
+    ) -> tuple[np.ndarray, KVCache]:
+        """Prefix caching: one prompt whose first tokens' KV is `past` (per layer [1, H, m, D],
+        a `row_past`), fed only its remaining `ids`; returns the last position's logits [1, V]
+        and a one-row cache, as `prefill` of the whole prompt would."""
+        start, count = past[0].shape[2], len(ids)
+        mask = np.ones((1, start + count), dtype=np.int64)
+        positions = np.arange(start, start + count, dtype=np.int64).reshape(1, count)
+        tokens = np.asarray(ids, dtype=np.int64).reshape(1, count)
+        return self.layout.prefill_after(list(past), _inputs(tokens, mask, positions), reserve)
+
+    def extend(self, cache: KVCache, tokens: Sequence[int]) -> np.ndarray:
+        """Speculative decoding: feed several tokens to a one-row cache in one run; returns
+        the logits of each position [S, V] (needs an `all_logits` graph); advances `cache`."""
+        if not self.all_logits:
+            raise ValueError("extend needs a graph with the logits of every position")
+        count, start = len(tokens), cache.past_length
+        mask = np.ones((1, start + count), dtype=np.int64)
+        positions = cache.next_positions.reshape(1, 1) + np.arange(count, dtype=np.int64)
+        ids = np.asarray(tokens, dtype=np.int64).reshape(1, count)
+        logits = self.layout.extend(cache, _inputs(ids, mask, positions))
+        cache.attention_mask = mask
+        cache.next_positions = cache.next_positions + count
+        return logits
+
+    def truncate(self, cache: KVCache, length: int) -> None:
+        """Keep the first `length` positions of a cache (a rejected draft's are dropped)."""
+        drop = cache.past_length - length
+        if drop <= 0:
+            return
+        cache.attention_mask = cache.attention_mask[:, :length].copy()
+        cache.next_positions = cache.next_positions - drop
+        if not self.shared:  # "concat": the presents' length is the past length
+            kept = [
+                np.ascontiguousarray(self.io.to_numpy(p)[:, :, :length]) for p in cache.presents
+            ]
+            cache.presents = [self.io.from_numpy(k) for k in kept]
+            cache.keep_alive = kept
+        # "shared": the buffers keep their length; the mask says what is valid
+
+    def row_past(self, cache: KVCache, row: int, length: int) -> list[np.ndarray]:
+        """A copy of the KV of row `row`'s first `length` real positions (per layer
+        [1, H, length, D]): what `prefill_after` takes back."""
+        start = int(np.argmax(cache.attention_mask[row]))  # left padding ends here
+        if not cache.attention_mask[row, start : start + length].all():
+            raise ValueError(f"row_past: row {row} has fewer than {length} positions")
+        return [
+            self.io.to_numpy(value)[row : row + 1, :, start : start + length].copy()
+            for value in cache.presents
+        ]
+
     def run(
         self,
         kind: str,
         arrays: dict[str, np.ndarray],
         pasts: dict[str, Any],
         into: Sequence[Any] | None = None,
+        every_position: bool = False,
     ) -> tuple[np.ndarray, list[Any]]:
-        """One graph run on fresh bindings: the last position's logits [B, V] (float32) and
-        the presents (none when written `into` the caller's buffers)."""
+        """One graph run on fresh bindings: the last position's logits [B, V] (float32; with
+        `every_position`, row 0's logits [S, V]) and the presents (none when written `into`
+        the caller's buffers)."""
         hook = self.on_model_call
         start = time.perf_counter() if hook else 0.0
         outputs = self.io.run(arrays, pasts, into)
-        logits = self.io.to_numpy(outputs[0])[:, -1, :]  # [B, S or 1, V] -> last position
+        logits = self.io.to_numpy(outputs[0])  # [B, S or 1, V]
+        logits = logits[0] if every_position else logits[:, -1, :]
         logits = np.ascontiguousarray(logits, dtype=np.float32)
         if hook:
             hook(kind, arrays[ONNX_INPUT_IDS].shape[0], start, time.perf_counter())
@@ -288,10 +345,27 @@ class ConcatLayout:
         logits, presents = stepper.run("prefill", arrays, {})
         return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
 
+    def prefill_after(
+        self, past: list[np.ndarray], arrays: dict[str, np.ndarray], reserve: int
+    ) -> tuple[np.ndarray, KVCache]:
+        stepper, mask = self.stepper, arrays[ONNX_ATTENTION_MASK]
+        known = [np.ascontiguousarray(p) for p in past]  # referenced until the run returns
+        values = [stepper.io.from_numpy(k) for k in known]
+        logits, presents = stepper.run(
+            "prefill", arrays, dict(zip(stepper.past_names, values, strict=True))
+        )
+        return logits, KVCache(presents, mask, next_positions=mask.sum(axis=1))
+
     def decode(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
         pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
         logits, cache.presents = self.stepper.run("decode", arrays, pasts)
         cache.keep_alive = []  # the presents are ONNX Runtime's now: free a combine's arrays
+        return logits
+
+    def extend(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
+        logits, cache.presents = self.stepper.run("decode", arrays, pasts, every_position=True)
+        cache.keep_alive = []
         return logits
 
     @staticmethod
@@ -315,12 +389,37 @@ class SharedLayout:
         logits, _ = self.stepper.run("prefill", arrays, pasts, into=cache.presents)
         return logits, cache
 
+    def prefill_after(
+        self, past: list[np.ndarray], arrays: dict[str, np.ndarray], reserve: int
+    ) -> tuple[np.ndarray, KVCache]:
+        mask = arrays[ONNX_ATTENTION_MASK]
+        buffers = self._buffers(1, self.capacity(mask.shape[1], reserve))
+        for buffer, known in zip(buffers, past, strict=True):
+            buffer[:, :, : known.shape[2]] = known
+        cache = KVCache([self.stepper.io.from_numpy(b) for b in buffers], mask, mask.sum(axis=1))
+        cache.keep_alive = buffers
+        pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
+        logits, _ = self.stepper.run("prefill", arrays, pasts, into=cache.presents)
+        return logits, cache
+
     def decode(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """A step through the cache's own binding; the logits are the cache's buffer, valid
         until its next decode step (DecodeBatch samples before that)."""
         if cache.past_length + 1 > cache.capacity:
             self._grow(cache, cache.past_length + 1)
         return run_bound(self.stepper, cache, "decode", arrays)
+
+    def extend(self, cache: KVCache, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Several positions on fresh bindings (the cache's own binding has a one-position
+        logits buffer); written in place like a decode step."""
+        needed = arrays[ONNX_ATTENTION_MASK].shape[1]
+        if needed > cache.capacity:
+            self._grow(cache, needed)
+        pasts = dict(zip(self.stepper.past_names, cache.presents, strict=True))
+        logits, _ = self.stepper.run(
+            "decode", arrays, pasts, into=cache.presents, every_position=True
+        )
+        return logits
 
     def capacity(self, needed: int, reserve: int) -> int:
         return capacity_for(needed, reserve, self.stepper.max_positions)

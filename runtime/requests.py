@@ -57,3 +57,6 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None  # one per token_ids, when asked
     prompt_token_ids: list[int] | None = None  # with prompt_logprobs
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first is None (no context)
+    # Prompt tokens whose KV came from the prefix cache (not prefilled): OpenAI's
+    # usage.prompt_tokens_details.cached_tokens.
+    cached_tokens: int = 0

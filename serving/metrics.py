@@ -62,6 +62,17 @@ class ServingMetrics:
             "fst_generated_tokens", "tokens generated (all sequences)", registry=r
         )
         self.prompt_tokens = Counter("fst_prompt_tokens", "prompt tokens processed", registry=r)
+        self.prefix_cache = Counter(
+            "fst_prefix_cache_lookups",
+            "prompts by whether they reused a cached prefix's KV ('hit') or not ('miss')",
+            ["result"],
+            registry=r,
+        )
+        self.cached_tokens = Counter(
+            "fst_prefix_cache_cached_tokens",
+            "prompt tokens whose KV came from the prefix cache (not recomputed)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "fst_queue_depth", "generation requests waiting for a batch", registry=r
         )

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from fst.serving.batch_sizing import BatchSizer, MemoryGate
 from fst.serving.continuous import ContinuousEngine, owner
 from fst.serving.contract import ServedGenerator
 from fst.serving.jobs import (
@@ -59,9 +60,13 @@ class Scheduler:
         batch_wait_s: float,
         metrics: ServingMetrics,
         mode: BatchingMode = "request",
+        sizer: BatchSizer | None = None,
     ) -> None:
         self.generator = generator
         self.max_batch_size = max_batch_size
+        # How many sequences decode together: memory and measured step time, within
+        # max_batch_size (batch_sizing.py); a plain cap when none is given.
+        self.sizer = sizer or BatchSizer(max_batch_size)
         self.queue_size = queue_size
         self.batch_wait_s = batch_wait_s
         self.metrics = metrics
@@ -119,8 +124,9 @@ class Scheduler:
         return max(1, math.ceil(batches_ahead * self._service_s))
 
     # -- worker thread: the queue ----------------------------------------------------------
-    def _take(self, free: int, idle: bool) -> list[Job] | None:
-        """Jobs to start now, first come first served, within `free` sequences.
+    def _take(self, free: int, idle: bool, memory: MemoryGate | None = None) -> list[Job] | None:
+        """Jobs to start now, first come first served, within `free` sequences (and, when
+        given, the KV `memory`).
 
         When `idle` (nothing decoding), block until work comes and let the oldest job wait
         up to `batch_wait_s` for company; return None when the scheduler stops.
@@ -144,8 +150,12 @@ class Scheduler:
                     self._finish_unstarted(self._pending.popleft(), job.cancel_reason)
                     continue
                 # The first job of an idle worker always starts, even if larger than a batch.
-                if (jobs or not idle) and job.num_sequences > free:
+                if (jobs or not idle) and (
+                    job.num_sequences > free or (memory is not None and not memory.fits(job))
+                ):
                     break  # no job jumps the queue
+                if memory is not None:
+                    memory.add(job)
                 jobs.append(self._pending.popleft())
                 free -= job.num_sequences
             self.metrics.queue_depth.set(len(self._pending))
@@ -181,6 +191,9 @@ class Scheduler:
         for per_prompt in completions:
             if per_prompt:
                 self.metrics.prompt_tokens.inc(per_prompt[0].prompt_tokens)
+                cached = getattr(per_prompt[0], "cached_tokens", 0)
+                self.metrics.prefix_cache.labels(result="hit" if cached else "miss").inc()
+                self.metrics.cached_tokens.inc(cached)
             self.metrics.generated_tokens.inc(sum(len(c.token_ids) for c in per_prompt))
         job.deliver("done", completions)
 
@@ -189,12 +202,17 @@ class Scheduler:
         engine = ContinuousEngine(self.generator)
         joins = self.mode == "continuous"  # "request": admit only into an idle engine
         while True:
+            admitted = False
             if joins or engine.idle:
-                jobs = self._take(self.max_batch_size - len(engine.live_rows), idle=engine.idle)
+                live = engine.live_rows
+                free = min(self.sizer.step_limit(), self.max_batch_size) - len(live)
+                memory = MemoryGate(self.sizer, (row.request for row in live))
+                jobs = self._take(free, idle=engine.idle, memory=memory)
                 if jobs is None:
                     return
                 if jobs:
                     self._admit(engine, jobs)
+                    admitted = True
                     if not joins and not engine.idle:  # request level: one look per batch
                         self._observe_batch(engine)
             if engine.idle:
@@ -202,7 +220,10 @@ class Scheduler:
             if joins:  # token level: one look per step
                 self._observe_batch(engine)
             try:
+                rows, start = len(engine.live_rows), time.perf_counter()
                 ended = engine.step(self._should_stop)
+                if not admitted:  # an admission already ran this step's model call
+                    self.sizer.observe_step(rows, time.perf_counter() - start)
                 # Several rows of one job may end in the same step: finish each job once.
                 for job in {id(owner(row)): owner(row) for row in ended}.values():
                     self._job_rows_ended(job)

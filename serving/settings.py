@@ -54,7 +54,39 @@ class ServingSettings(BaseSettings):
         "decode about a tenth faster, measured here)",
     )
     max_batch_size: int = Field(
-        16, ge=1, le=256, description="most sequences decoded together in one batch"
+        64,
+        ge=1,
+        le=256,
+        description="most sequences decoded together in one batch (a hard cap: the batch is "
+        "also sized by kv_cache_mb and max_step_ms)",
+    )
+    max_step_ms: float = Field(
+        0.0,
+        ge=0,
+        description="admit more than 16 sequences only while the decode step, predicted from "
+        "the measured ones, stays under this (the time between two tokens of every stream); "
+        "0: no limit (the batch is then sized by kv_cache_mb and max_batch_size)",
+    )
+    kv_cache_mb: int | None = Field(
+        None,
+        ge=1,
+        description="memory the decode batch's KV cache may take (rows x the longest row's "
+        "prompt + max_tokens); beyond it requests wait",
+        json_schema_extra=cli_extra(shown_default="a quarter of the memory available at start"),
+    )
+    prefix_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="memory for the prefix cache: a prompt that starts like an earlier "
+        "sequence (a chat's next turn) reuses its KV instead of recomputing it; 0 turns it off",
+    )
+    speculative_tokens: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="prompt lookup decoding: a greedy request decoding alone drafts up to this "
+        "many tokens from its context and checks them in one model run (same text; needs a "
+        "bundle exported with --logits all); 0: off",
     )
     batching: Literal["continuous", "request"] = Field(
         "continuous",

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from fst.serving.batch_sizing import BatchSizer, available_memory_mb, kv_bytes_per_token
 from fst.serving.contract import ServedGenerator
 from fst.serving.errors import APIError
 from fst.serving.metrics import ServingMetrics
@@ -69,6 +70,7 @@ class ServingState:
                 batch_wait_s=self.settings.batch_wait_ms / 1000,
                 metrics=self.metrics,
                 mode=self.settings.batching,
+                sizer=self._batch_sizer(self.generator),
             )
             self.scheduler.start()
         except Exception as exc:
@@ -87,6 +89,19 @@ class ServingState:
             self.settings.queue_size,
         )
 
+    def _batch_sizer(self, generator: ServedGenerator) -> BatchSizer:
+        """Admission limits from the settings and the bundle's KV size per token."""
+        settings = self.settings
+        budget_mb = settings.kv_cache_mb or available_memory_mb() // 4
+        manifest = getattr(generator, "manifest", None)
+        return BatchSizer(
+            settings.max_batch_size,
+            max_step_s=settings.max_step_ms / 1000 or None,
+            kv_budget_bytes=budget_mb << 20 if budget_mb else None,
+            kv_bytes_per_token=kv_bytes_per_token(generator),
+            max_positions=manifest.architecture.max_positions if manifest else None,
+        )
+
     def _load_generator(self) -> ServedGenerator:
         from fst.runtime import Generator  # imported here so the app module stays light
 
@@ -98,6 +113,8 @@ class ServingState:
             providers=self.settings.providers,
             threads=self.settings.threads,
             huge_pages=self.settings.huge_pages,
+            prefix_cache_bytes=self.settings.prefix_cache_mb << 20,
+            speculative_tokens=self.settings.speculative_tokens,
         )
 
     def _warm_up(self, generator: ServedGenerator) -> None:

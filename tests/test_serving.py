@@ -160,7 +160,12 @@ def test_completions_choices_indices_and_usage(batching: str) -> None:
         for p in range(2)
         for s in range(2)
     ]
-    assert out["usage"] == {"prompt_tokens": 8, "completion_tokens": 24, "total_tokens": 32}
+    assert out["usage"] == {
+        "prompt_tokens": 8,
+        "completion_tokens": 24,
+        "total_tokens": 32,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     # Both prompts ran in one batch, with the OpenAI defaults mapped onto GenerationParams.
     assert fake.batches[-1] == 4
     assert fake.requests[-1].params == GenerationParams(
@@ -440,7 +445,12 @@ def test_metrics_count_a_request_with_n_samples_once() -> None:
     with serve() as client:
         r = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 10, "n": 8})
         values = metric_values(client.get("/metrics").text)
-    assert r.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 80, "total_tokens": 85}
+    assert r.json()["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 80,
+        "total_tokens": 85,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert values["fst_generated_tokens_total"] == 80
     assert values["fst_prompt_tokens_total"] == 5
     assert values["fst_time_to_first_token_seconds_count"] == 1
@@ -523,7 +533,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "k" not in repr(settings.api_key)
 
 
-def test_huge_pages_setting_reaches_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_huge_pages_and_prefix_cache_settings_reach_the_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from fst.runtime import Generator
     from fst.serving.metrics import ServingMetrics
     from fst.serving.state import ServingState
@@ -532,9 +544,17 @@ def test_huge_pages_setting_reaches_the_generator(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(Generator, "from_bundle", lambda *a, **kw: seen.append(kw))
     assert ServingSettings().huge_pages  # on by default
     monkeypatch.setenv("FST_HUGE_PAGES", "0")
+    monkeypatch.setenv("FST_PREFIX_CACHE_MB", "0")  # off
     settings = ServingSettings(bundle="/b")
     ServingState(settings, ServingMetrics())._load_generator()
-    assert seen == [{"providers": None, "threads": None, "huge_pages": False}]
+    ServingState(
+        ServingSettings(bundle="/b", prefix_cache_mb=3), ServingMetrics()
+    )._load_generator()
+    common = {"providers": None, "threads": None, "huge_pages": False, "speculative_tokens": 0}
+    assert seen == [
+        {**common, "prefix_cache_bytes": 0},
+        {**common, "prefix_cache_bytes": 3 << 20},
+    ]
 
 
 def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch) -> None:

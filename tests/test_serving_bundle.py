@@ -87,6 +87,7 @@ def test_completions_match_seeded_samples_and_token_counts(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 
@@ -383,3 +384,26 @@ def test_document_bundle_prompts_are_documents(tiny_document_bundle: Path) -> No
         reference.generate(bare, max_new_tokens=6, **greedy)[0].text
     )
     assert summary["document_format"] is True
+
+
+def test_a_follow_up_reports_cached_prompt_tokens_and_the_same_text(
+    client: TestClient, reference: Generator
+) -> None:
+    first = "In the beginning the river ran through the valley and the people of the town"
+    body = {"model": "tiny", "max_tokens": 6, "temperature": 0.0}
+    one = client.post("/v1/completions", json={**body, "prompt": first}).json()
+    follow = first + one["choices"][0]["text"] + " and later"
+    two = client.post("/v1/completions", json={**body, "prompt": follow}).json()
+    (expected,) = reference.generate(follow, max_new_tokens=6, **GREEDY_PLAIN)
+    assert two["choices"][0]["text"] == expected.text
+    cached = two["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert len(reference.encode_prompt(first)) <= cached < two["usage"]["prompt_tokens"]
+    metrics = client.get("/metrics").text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith("fst_prefix_cache")
+    }
+    assert values['fst_prefix_cache_lookups_total{result="hit"}'] >= 1
+    assert values['fst_prefix_cache_lookups_total{result="miss"}'] >= 1
+    assert values["fst_prefix_cache_cached_tokens_total"] >= cached

@@ -97,6 +97,7 @@ def test_chat_renders_the_template_and_answers_as_the_assistant() -> None:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": 10,
         "total_tokens": prompt_tokens + 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 

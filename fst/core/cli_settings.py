@@ -227,7 +227,7 @@ def _add_option(group: argparse._ArgumentGroup, f: _Field, help_text: str) -> No
         action = group.add_argument(
             f.flag, *hidden, dest=f.name, metavar=_metavar(f), default=argparse.SUPPRESS,
             action="append" if repeat else "store", help=help_text,
-            choices=typing.get_args(_base(f.annotation)) if literal else None,
+            choices=tuple(map(str, typing.get_args(_base(f.annotation)))) if literal else None,
         )  # fmt: skip
     action.hidden_aliases = tuple(hidden)
 
@@ -350,10 +350,12 @@ def _convert(f: _Field, raw: Any) -> Any:
 
 def _scalar(base: Any, text: str) -> Any:
     if typing.get_origin(base) is Literal:
-        choices = typing.get_args(base)
+        # Choices are matched as text (argparse, variables) and returned as declared, so an
+        # integer Literal such as --int4_block_size {16,32,...} yields an int.
+        choices = {str(c): c for c in typing.get_args(base)}
         if text not in choices:
-            raise ValueError(f"choose from {', '.join(map(str, choices))}; got {text!r}")
-        return text
+            raise ValueError(f"choose from {', '.join(choices)}; got {text!r}")
+        return choices[text]
     if base is int:
         try:
             return int(text)

@@ -51,7 +51,7 @@ from fst.serving.generation import (
     wait_for_job,
 )
 from fst.serving.jobs import Job
-from fst.serving.openai_schemas import ErrorResponse, Usage
+from fst.serving.openai_schemas import ErrorResponse, PromptTokensDetails, Usage
 from fst.serving.routes.completions import _check_model
 from fst.serving.state import ServingState
 from fst.serving.structured import request_constraint
@@ -210,10 +210,12 @@ def _choices_and_usage(results: list[list[Any]], plan: ToolPlan) -> tuple[list[C
     choices = [_choice(c, plan) for c in completions]
     prompt_tokens = completions[0].prompt_tokens if completions else 0
     completion_tokens = sum(len(c.token_ids) for c in completions)
+    cached = getattr(completions[0], "cached_tokens", 0) if completions else 0
     usage = Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
     return choices, usage
 

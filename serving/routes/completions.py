@@ -41,6 +41,7 @@ from fst.serving.openai_schemas import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 from fst.serving.state import ServingState
@@ -246,9 +247,10 @@ def _refuse_unsupported(payload: CompletionRequest) -> None:
 def _choices_and_usage(
     head: _Head, results: list[list[Any]]
 ) -> tuple[list[CompletionChoice], Usage]:
-    choices, prompt_tokens, completion_tokens = [], 0, 0
+    choices, prompt_tokens, completion_tokens, cached_tokens = [], 0, 0, 0
     for p, completions in enumerate(results):
         prompt_tokens += completions[0].prompt_tokens if completions else 0
+        cached_tokens += getattr(completions[0], "cached_tokens", 0) if completions else 0
         for s, completion in enumerate(completions):
             echo = head.echo[p] if head.echo else ""
             text = echo if head.echo_only else echo + completion.text
@@ -263,6 +265,7 @@ def _choices_and_usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
     return choices, usage
 
