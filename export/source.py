@@ -3,7 +3,7 @@ GGUF file (llama.cpp's format; weights dequantized to fp32, see fst.training.ggu
 
 Either way the result is a model in eval mode, its tokenizer and what goes into the
 manifest besides the graph: provenance, the chat template and the model's sampling
-defaults (fst.export.chat_info). Every failure is a `SourceError` with a one-line message.
+defaults (fst.core.chat_info). Every failure is a `SourceError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import tokenizers
 from transformers import PretrainedConfig, PreTrainedModel
 
 from fst.core.bundle import ChatInfo
+from fst.core.chat_format import ChatFormat, chat_info
+from fst.core.chat_info import read_chat_info, read_generation_defaults
 from fst.core.hub import hub_unreachable_reason, in_local_cache, offline_message
 from fst.core.tokenization import DocumentTokenizer
-from fst.export.chat_info import read_chat_info, read_generation_defaults
 from fst.export.wrapper import UnsupportedModelError, check_supported
 
 
@@ -71,6 +72,10 @@ def _from_checkpoint(path: Path) -> ExportSource:
         raise SourceError(f"{path}: broken fst checkpoint ({_first_line(e)})") from e
     _check(loaded.model, loaded.tokenizer, path)
     info = loaded.info
+    try:
+        chat = checkpoint_chat_info(info, loaded.tokenizer)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SourceError(f"{path}: broken chat format in the checkpoint ({_first_line(e)})") from e
     return ExportSource(
         model=loaded.model.eval(),
         tokenizer=loaded.tokenizer,
@@ -78,7 +83,15 @@ def _from_checkpoint(path: Path) -> ExportSource:
         global_step=info.get("global_step"),
         epoch=info.get("epoch"),
         training_args=dict(info.get("training_args") or {}),
+        chat=chat,
     )
+
+
+def checkpoint_chat_info(info: dict[str, Any], tokenizer: DocumentTokenizer) -> ChatInfo | None:
+    """manifest.chat of a checkpoint trained on dialogs (its fst payload's "chat")."""
+    if not info.get("chat"):
+        return None
+    return chat_info(ChatFormat.from_payload(info["chat"]), tokenizer)
 
 
 def _from_hf(name_or_path: str) -> ExportSource:

@@ -1,5 +1,5 @@
 """The manifest's chat section and sampling defaults, read from a Hugging Face model folder
-as transformers reads it (fst.export.chat_info), through fst-export to the runtime."""
+as transformers reads it (fst.core.chat_info), through fst-export to the runtime."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import tokenizers
 
 from fst.core.bundle import BundleManifest, ChatInfo
+from fst.core.chat_info import read_chat_info, read_generation_defaults
 from fst.core.chat_template import CHATML_TEMPLATE, ChatTemplate
-from fst.export.chat_info import read_chat_info, read_generation_defaults
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Each template is given to a transformers fast tokenizer built here (no hub), the tokenizer is
 saved as a model folder, and fst reads that folder as fst-export does
-(`fst.export.chat_info.read_chat_info`: template, special tokens) and renders with
+(`fst.core.chat_info.read_chat_info`: template, special tokens) and renders with
 `fst.core.chat_template.ChatTemplate`. Both strings must be equal, and where the template
 refuses a conversation (Mistral's strict alternation) both sides must refuse it.
 """
@@ -15,8 +15,8 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
+from fst.core.chat_info import read_chat_info
 from fst.core.chat_template import ChatTemplate, ChatTemplateError
-from fst.export.chat_info import read_chat_info
 
 # SmolLM2-135M-Instruct's template, verbatim from the GGUF file's tokenizer.chat_template
 # (HuggingFaceTB, Apache-2.0).

@@ -213,6 +213,15 @@ class DocumentTokenizer:
         **settings,
     ) -> DocumentTokenizer:
         """Train a byte-level BPE on the bodies and metas of documents files."""
+        return cls.train_bpe_from_texts(
+            _document_texts(files), vocab_size, min_frequency, **settings
+        )
+
+    @classmethod
+    def train_bpe_from_texts(
+        cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, **settings
+    ) -> DocumentTokenizer:
+        """Train a byte-level BPE on texts (dialog messages, say)."""
         options = TokenizerSettings(**settings)
         specials = [options.eos_token]
         if options.document_format:
@@ -226,7 +235,7 @@ class DocumentTokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tokenizer.train_from_iterator(_document_texts(files), trainer=trainer)
+        tokenizer.train_from_iterator(texts, trainer=trainer)
         return cls(tokenizer, **asdict(options))
 
     @classmethod
@@ -274,6 +283,33 @@ class DocumentTokenizer:
     @property
     def eos_token(self) -> str:
         return self._settings.eos_token
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[str]:
+        """Add `tokens` as special tokens where missing (a chat format's markers); returns
+        those that were not special yet. The model's embeddings must then grow to `vocab_size`."""
+        added = {t.content for t in self._tokenizer.get_added_tokens_decoder().values()}
+        missing = [t for t in dict.fromkeys(tokens) if t not in added]
+        if missing:
+            self._tokenizer.add_special_tokens(missing)
+            self._markup_tokenizer = None  # encode_markup's copy lacks them
+            decoder = self._tokenizer.get_added_tokens_decoder()
+            self._vocab_size = max(
+                self._tokenizer.get_vocab_size(with_added_tokens=True), max(decoder) + 1
+            )
+        return missing
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one token string (None when the vocabulary lacks it)."""
+        return self._tokenizer.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The token string of one id (None when out of the vocabulary)."""
+        return self._tokenizer.id_to_token(int(token_id))
+
+    def special_token_strings(self) -> list[str]:
+        """The added special tokens (EOS, chat markers, document control tokens)."""
+        decoder = self._tokenizer.get_added_tokens_decoder()
+        return [t.content for t in decoder.values() if t.special]
 
     def num_added_tokens(self, base_vocab_size: int) -> int:
         """How many embedding rows a model with `base_vocab_size` rows lacks (ids from

@@ -61,8 +61,8 @@ class TrainArgs:
     # fmt: off
     experiments_root: str = option("./data/experiments", metavar="PATH", group=_EXPERIMENT, help="root of the experiment folders")
     experiment_name: str | None = option(None, group=_EXPERIMENT, shown_default="the train file's folder name; 'demo' for the demo corpus", help="folder name prefix (<name>_v<N>)")
-    train_file: str | None = option(None, metavar="PATH", group=_DATA, help="JSON-lines training documents (none: the demo corpus, built in <experiments_root>/../documents/demo)")
-    valid_file: str | None = option(None, metavar="PATH", group=_DATA, help="JSON-lines validation documents")
+    train_file: str | None = option(None, metavar="PATH", group=_DATA, help="JSON-lines training data: documents {\"body\", \"meta\"} or dialogs {\"messages\": [...]} / {\"utterances\": [...], \"persona_0\", ...}, detected from the first line (docs/dialogs.md: loss on assistant turns only, --max_body_len is then the conversation length kept, cut from the left); none: the demo corpus, built in <experiments_root>/../documents/demo")
+    valid_file: str | None = option(None, metavar="PATH", group=_DATA, help="JSON-lines validation documents or dialogs (the train file's kind)")
     model_path: str = option("tiny", group=_MODEL_AND_TOKENIZER, help=f"preset ({', '.join(PRESET_NAMES)}), Hugging Face model folder, hub name (e.g. gpt2), or an fst-train .ckpt to fine-tune (its weights and vocabulary; a new optimizer, schedule and step count, unlike --resume_from)")
     model_overrides: dict[str, Any] = option(default_factory=dict, group=_MODEL_AND_TOKENIZER, parse=key_values, help="model config overrides, e.g. 'n_layer=4,n_embd=128'")
     tokenizer: str | None = option(None, group=_MODEL_AND_TOKENIZER, shown_default="'bpe' for presets, else the model's own", help="'bpe' (train a byte-level BPE on --train_file), a folder with tokenizer.json or vocab.json+merges.txt, a tokenizer.json, or a hub name")

@@ -137,21 +137,27 @@ def load_gguf(model_path: str | Path, overrides: dict[str, Any] | None = None) -
     return GGUFModel(model.eval(), tokenizer, weight_type, architecture, path)
 
 
+def gguf_folder(path: Path) -> contextlib.AbstractContextManager[Path]:
+    """A temporary Hugging Face folder of a GGUF file's tokenizer files (its chat template
+    included): what fst-train reads a GGUF model's chat template from."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise GGUFError(f"{path}: cannot read the tokenizer ({_first_line(e)})") from e
+    return _saved(tokenizer)
+
+
 def gguf_tokenizer(model_path: str | Path, **settings: Any) -> Any:
     """The GGUF file's tokenizer as fst's `DocumentTokenizer` (fst-train's own tokenizer
     for a GGUF model: the EOS and BOS it declares, as for a Hugging Face folder)."""
-    from transformers import AutoTokenizer
-
     from fst.core.tokenization import DocumentTokenizer
 
     path = find_gguf(model_path)
     if path is None:
         raise GGUFError(f"{model_path}: not a .gguf file or a folder holding one")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:
-        raise GGUFError(f"{path}: cannot read the tokenizer ({_first_line(e)})") from e
-    with _saved(tokenizer) as folder:
+    with gguf_folder(path) as folder:
         return DocumentTokenizer.from_pretrained(folder, **settings)
 
 

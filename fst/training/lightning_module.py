@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import transformers
 
+from fst.core.chat_format import ChatFormat
 from fst.core.constants import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KEY, LOSS_IGNORE
 from fst.core.documents import Document
 from fst.core.generation_params import TRAINING_SAMPLE_PARAMS, GenerationParams
@@ -49,8 +50,10 @@ class DocumentLM(pl.LightningModule):
         unlikelihood_alpha: float | None = None,
         unlikelihood_reduction: ULReduction = "token",
         training_args: dict[str, Any] | None = None,
+        chat: ChatFormat | None = None,
     ) -> None:
         super().__init__()
+        self.chat = chat  # dialogs: the chat format the checkpoint carries to export
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer_settings = optimizer
@@ -120,9 +123,10 @@ class DocumentLM(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = self.fst_info()
 
     def fst_info(self) -> dict[str, Any]:
-        """The plain-data checkpoint payload (DEVELOPERS.md, "Checkpoint")."""
+        """The plain-data checkpoint payload (DEVELOPERS.md, "Checkpoint"); a model trained
+        on dialogs adds "chat" (`ChatFormat.to_payload()`, fst-export's manifest.chat)."""
         config = self.model.config
-        return {
+        info = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "model_type": config.model_type,
             "model_config": config.to_dict(),
@@ -133,6 +137,9 @@ class DocumentLM(pl.LightningModule):
             "epoch": int(self.trainer.current_epoch) if self._trainer else 0,
             "versions": library_versions(),
         }
+        if self.chat is not None:
+            info["chat"] = self.chat.to_payload()
+        return info
 
 
 def library_versions() -> dict[str, str]:
@@ -150,7 +157,7 @@ class SampleWriter(pl.Callback):
     def __init__(
         self,
         out_file: str | Path,
-        prompt: Document,
+        prompt: Document | list[int],
         params: GenerationParams = TRAINING_SAMPLE_PARAMS,
     ) -> None:
         self.out_file = Path(out_file)
@@ -177,11 +184,12 @@ class SampleWriter(pl.Callback):
 def generate_samples(
     model: transformers.PreTrainedModel,
     tokenizer: DocumentTokenizer,
-    prompt: Document,
+    prompt: Document | list[int],
     params: GenerationParams,
 ) -> list[str]:
-    """Seeded Hugging Face sampling; the global RNG state of training is left untouched."""
-    prompt_ids = tokenizer.encode_for_inference(prompt)
+    """Seeded Hugging Face sampling; the global RNG state of training is left untouched.
+    `prompt` is a document or (dialogs) the ids of a rendered chat prompt."""
+    prompt_ids = prompt if isinstance(prompt, list) else tokenizer.encode_for_inference(prompt)
     device = next(model.parameters()).device
     max_positions = getattr(model.config, "n_positions", None) or getattr(
         model.config, "max_position_embeddings", len(prompt_ids) + params.max_new_tokens

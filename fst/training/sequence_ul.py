@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from fst.core.constants import LOSS_IGNORE
 from fst.core.generation_params import GenerationParams
 from fst.core.metrics import seq_rep_n
 from fst.training.config import ArgsError
@@ -50,6 +51,10 @@ class SequenceULConfig:
     max_prefixes: int = 16  # prompts per sequence-level update
     candidates: str = "ngram"  # CANDIDATE_SPANS
     seed: int = 0  # of the per-update coin
+    # Dialogs: prefixes end where an assistant turn starts (the labels say where), and a
+    # continuation is penalised only before its first `stop_token_ids` token (end of turn).
+    assistant_only: bool = False
+    stop_token_ids: tuple[int, ...] = ()
 
 
 def repeated_ngram_mask(tokens: torch.Tensor, n: int, span: str = "ngram") -> torch.Tensor:
@@ -95,6 +100,30 @@ def training_prefixes(
             if (k + 1) * prefix_len <= length and len(blocks) < max_prefixes:
                 blocks.append(input_ids[row, k * prefix_len : (k + 1) * prefix_len])
     return torch.stack(blocks) if blocks else None
+
+
+def assistant_prefixes(
+    input_ids: torch.Tensor, labels: torch.Tensor, prefix_len: int, max_prefixes: int
+) -> torch.Tensor | None:
+    """[N, prefix_len] the tokens just before each assistant turn (a labelled run after an
+    ignored token) that has `prefix_len` tokens before it, last turns first; None if none."""
+    learnt = (labels != LOSS_IGNORE).tolist()
+    starts = []
+    for row, flags in enumerate(learnt):
+        for t in range(prefix_len, len(flags)):
+            if flags[t] and not flags[t - 1]:
+                starts.append((row, t))
+    starts.sort(key=lambda rt: -rt[1])
+    blocks = [input_ids[row, t - prefix_len : t] for row, t in starts[:max_prefixes]]
+    return torch.stack(blocks) if blocks else None
+
+
+def before_stop(tokens: torch.Tensor, stop_token_ids: tuple[int, ...]) -> torch.Tensor:
+    """[N, L] bool: the tokens before the first stop token of each row."""
+    if not stop_token_ids:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    stops = torch.isin(tokens, torch.tensor(stop_token_ids, device=tokens.device))
+    return stops.long().cumsum(dim=1) == 0
 
 
 @torch.no_grad()
@@ -143,15 +172,23 @@ def sequence_step(
     config: SequenceULConfig,
     eos_token_id: int | None,
     pad_token_id: int | None,
+    labels: torch.Tensor | None = None,
 ) -> SequenceStep | None:
     """Prefixes → greedy continuations → the sequence-level loss (None: no prefix fits)."""
-    prefixes = training_prefixes(input_ids, attention_mask, config.prefix_len, config.max_prefixes)
+    if config.assistant_only:
+        prefixes = assistant_prefixes(input_ids, labels, config.prefix_len, config.max_prefixes)
+    else:
+        prefixes = training_prefixes(
+            input_ids, attention_mask, config.prefix_len, config.max_prefixes
+        )
     if prefixes is None:
         return None
     continuations = greedy_continuations(
         model, prefixes, config.continuation_len, eos_token_id, pad_token_id
     )
     mask = repeated_ngram_mask(continuations, config.ngram, config.candidates)
+    if config.assistant_only:
+        mask &= before_stop(continuations, config.stop_token_ids)
     sequences = torch.cat([prefixes, continuations], dim=1)  # [N, P + C]
     was_training = model.training
     model.eval()  # the logits the greedy tokens came from (the authors' code, too)
@@ -205,6 +242,7 @@ class SequenceULDocumentLM(DocumentLM):
             self.sequence,
             self.tokenizer.eos_token_id,
             self.tokenizer.pad_token_id,
+            labels=batch["labels"],
         )
         if step is None:  # no row as long as a prefix: a token-level update instead
             return super().training_step(batch, batch_idx)

@@ -31,7 +31,10 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from fst.core.chat_encoding import ChatEncoder
+from fst.core.chat_format import ChatFormat
 from fst.core.constants import BUNDLE_TOKENIZER, CHECKPOINT_KEY
+from fst.core.dialogs import DOCUMENTS, Conversation, detect_format, read_conversations
 from fst.core.documents import Document, DocumentError, read_documents
 from fst.core.tokenization import DocumentTokenizer
 from fst.training.checkpoint import (
@@ -43,6 +46,14 @@ from fst.training.checkpoint import (
 from fst.training.config import GPT2_TOKENIZER_CLASS, ArgsError, TrainArgs
 from fst.training.data import RELOAD_EVERY_N_EPOCHS, DocumentDataModule
 from fst.training.demo_corpus import build_demo_corpus
+from fst.training.dialog_data import (
+    DialogDataModule,
+    add_chat_tokens,
+    chat_format_for,
+    encode_conversations,
+    message_texts,
+    sample_prompt_ids,
+)
 from fst.training.experiment import (
     Experiment,
     create_experiment,
@@ -55,7 +66,13 @@ from fst.training.lightning_module import (
     SampleWriter,
     library_versions,
 )
-from fst.training.model import PRESETS, ModelError, build_model, check_model_path
+from fst.training.model import (
+    PRESETS,
+    ModelError,
+    build_model,
+    check_model_path,
+    resize_token_embeddings,
+)
 from fst.training.quiet import quiet_lightning
 from fst.training.sequence_ul import SequenceULConfig, SequenceULDocumentLM
 
@@ -200,11 +217,11 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
     logger.info("Experiment folder: %s", experiment.dir)
 
     train_file, valid_file = data_files(args)
-    train_docs, valid_docs = read_documents(train_file), read_documents(valid_file)
-    logger.info("Documents: %d train, %d valid", len(train_docs), len(valid_docs))
+    corpus = Corpus.read(train_file, valid_file)
+    logger.info("%s: %d train, %d valid", corpus.kind, len(corpus.train), len(corpus.valid))
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    tokenizer, model = tokenizer_and_model(args, train_file, experiment)
+    tokenizer, model, chat = tokenizer_and_model(args, train_file, experiment, corpus)
     logger.info(
         "Model: %s, %.2fM parameters, vocab %d",
         model.config.model_type,
@@ -216,25 +233,35 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         description["data"] = {
             "train_file": str(train_file),
             "valid_file": str(valid_file),
-            "train_documents": len(train_docs),
-            "valid_documents": len(valid_docs),
+            "format": corpus.kind,
+            f"train_{corpus.kind}": len(corpus.train),
+            f"valid_{corpus.kind}": len(corpus.valid),
         }
+        if chat is not None:
+            description["chat"] = {"template_source": chat.template_source}
         description["model_config"] = model.config.to_dict()
         description["tokenizer"] = {**tokenizer.settings(), "vocab_size": tokenizer.vocab_size}
         experiment.write_description(description)
 
-    data = DocumentDataModule(
-        tokenizer,
-        train_docs,
-        valid_docs,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        bucket_batches=args.bucket_batches,
-    )
+    loader_options = {
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "seed": args.seed,
+        "bucket_batches": args.bucket_batches,
+    }
+    if chat is None:
+        data = DocumentDataModule(tokenizer, corpus.train, corpus.valid, **loader_options)
+        prompt = sample_prompt(tokenizer, corpus.valid)
+    else:
+        encoder = ChatEncoder(tokenizer, chat, args.max_body_len)
+        train_set = encode_conversations(encoder, corpus.train)
+        valid_set = encode_conversations(encoder, corpus.valid)
+        data = DialogDataModule(tokenizer, train_set, valid_set, **loader_options)
+        prompt = sample_prompt_ids(encoder, corpus.valid)
     module_class, sequence = DocumentLM, {}
     if args.sequence_unlikelihood:
-        module_class, sequence = SequenceULDocumentLM, {"sequence": sequence_ul_config(args)}
+        config = sequence_ul_config(args, tokenizer, chat)
+        module_class, sequence = SequenceULDocumentLM, {"sequence": config}
     module = module_class(
         model,
         tokenizer,
@@ -242,6 +269,7 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         unlikelihood_alpha=args.unlikelihood_alpha,
         unlikelihood_reduction=args.unlikelihood_reduction,
         training_args=args.to_json_dict(),
+        chat=chat,
         **sequence,
     )
     checkpoints = ModelCheckpoint(
@@ -259,7 +287,7 @@ def _train(args: TrainArgs, experiment: Experiment) -> TrainResult:
         last_checkpoint,
         SaveOnException(experiment.models_dir / "interrupted.ckpt"),
         StopOnCtrlC(),
-        SampleWriter(experiment.samples_file, sample_prompt(tokenizer, valid_docs)),
+        SampleWriter(experiment.samples_file, prompt),
     ]
     trainer = build_trainer(args, experiment, callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=args.resume_from)
@@ -437,6 +465,31 @@ def data_files(args: TrainArgs) -> tuple[Path, Path]:
     return build_demo_corpus(demo_dir)
 
 
+@dataclass
+class Corpus:
+    """The training and validation data: documents or conversations (`fst.core.dialogs`:
+    the format is detected from each file's first line)."""
+
+    kind: str  # "documents" or "dialogs"
+    train: list[Document] | list[Conversation]
+    valid: list[Document] | list[Conversation]
+
+    @property
+    def dialogs(self) -> bool:
+        return self.kind == "dialogs"
+
+    @classmethod
+    def read(cls, train_file: Path, valid_file: Path) -> Corpus:
+        formats = {detect_format(train_file), detect_format(valid_file)}
+        if formats == {DOCUMENTS}:
+            return cls("documents", read_documents(train_file), read_documents(valid_file))
+        if DOCUMENTS in formats:
+            raise DocumentError(
+                f"{train_file} and {valid_file}: one holds documents, the other dialogs"
+            )
+        return cls("dialogs", read_conversations(train_file), read_conversations(valid_file))
+
+
 def document_settings(args: TrainArgs) -> dict:
     """DocumentTokenizer settings of this run."""
     if args.max_meta_len == 0:
@@ -449,45 +502,69 @@ def document_settings(args: TrainArgs) -> dict:
 
 
 def tokenizer_and_model(
-    args: TrainArgs, train_file: Path, experiment: Experiment
-) -> tuple[DocumentTokenizer, transformers.PreTrainedModel]:
-    """The tokenizer and the model, fresh or (with --resume_from) as in the checkpoint."""
-    settings = {"document_format": True, **document_settings(args)}
+    args: TrainArgs, train_file: Path, experiment: Experiment, corpus: Corpus
+) -> tuple[DocumentTokenizer, transformers.PreTrainedModel, ChatFormat | None]:
+    """The tokenizer, the model and (dialogs) the chat format: fresh, or as in the
+    checkpoint with --resume_from. Dialogs use the plain-LM tokenizer format (the chat
+    template is the format) and `--max_body_len` as the whole sequence's length."""
+    if corpus.dialogs:
+        settings = {"document_format": False, "max_body_len": args.max_body_len}
+    else:
+        settings = {"document_format": True, **document_settings(args)}
+    info = None
     if args.resume_from:
         info = read_checkpoint(args.resume_from)[CHECKPOINT_KEY]
         # The vocabulary must be the checkpoint's; the document settings are this run's.
         tokenizer = DocumentTokenizer.from_json(
             info["tokenizer_json"], **{**info["document"], **settings}
         )
-        return tokenizer, build_model_from_info(info)
-    if args.fine_tunes_checkpoint:
-        return checkpoint_tokenizer_and_model(args.model_path, settings)
-    check_model_path(args.model_path)
-    if is_rank_zero():
-        tokenizer = load_tokenizer(args, train_file, settings)
-    else:  # the other ranks use rank 0's tokenizer: a BPE trained twice might differ
-        tokenizer = DocumentTokenizer.from_pretrained(experiment.dir / BUNDLE_TOKENIZER, **settings)
-    model = build_model(
-        args.model_path, tokenizer.vocab_size, tokenizer.eos_token_id, args.model_overrides
-    )
-    return tokenizer, model
+        model = build_model_from_info(info)
+    elif args.fine_tunes_checkpoint:
+        tokenizer, model, info = checkpoint_tokenizer_and_model(args.model_path, settings)
+    else:
+        check_model_path(args.model_path)
+        if is_rank_zero():
+            tokenizer = load_tokenizer(args, train_file, settings, corpus)
+        else:  # the other ranks use rank 0's tokenizer: a BPE trained twice might differ
+            tokenizer = DocumentTokenizer.from_pretrained(
+                experiment.dir / BUNDLE_TOKENIZER, **settings
+            )
+        model = None
+    chat = None
+    if corpus.dialogs:
+        chat = chat_format_for(args.model_path, info, tokenizer)
+        add_chat_tokens(tokenizer, chat)
+    if model is None:
+        model = build_model(
+            args.model_path, tokenizer.vocab_size, tokenizer.eos_token_id, args.model_overrides
+        )
+    else:
+        resize_token_embeddings(model, tokenizer.vocab_size)
+    return tokenizer, model, chat
 
 
 def checkpoint_tokenizer_and_model(
     path: str, settings: dict
-) -> tuple[DocumentTokenizer, transformers.PreTrainedModel]:
-    """A checkpoint's weights and vocabulary to fine-tune (the document settings are this
-    run's; the optimizer, schedule and step count start afresh)."""
+) -> tuple[DocumentTokenizer, transformers.PreTrainedModel, dict]:
+    """A checkpoint's weights, vocabulary and fst payload to fine-tune (the document
+    settings are this run's; the optimizer, schedule and step count start afresh)."""
     loaded = load_checkpoint(path)
     tokenizer = DocumentTokenizer.from_json(
         loaded.info["tokenizer_json"], **{**loaded.info["document"], **settings}
     )
     logger.info("Fine-tuning the weights of %s (step %s)", path, loaded.info.get("global_step"))
-    return tokenizer, loaded.model.train()
+    return tokenizer, loaded.model.train(), loaded.info
 
 
-def sequence_ul_config(args: TrainArgs) -> SequenceULConfig:
+def sequence_ul_config(
+    args: TrainArgs, tokenizer: DocumentTokenizer, chat: ChatFormat | None
+) -> SequenceULConfig:
+    """Dialogs: prefixes end where assistant turns start, and only the continuation's
+    tokens before its first end-of-turn token are penalised (the assistant's own)."""
+    stop = [tokenizer.token_id(t) for t in chat.end_of_turn] if chat is not None else []
     return SequenceULConfig(
+        assistant_only=chat is not None,
+        stop_token_ids=tuple(i for i in stop if i is not None),
         prefix_len=args.prefix_len,
         continuation_len=args.continuation_len,
         ngram=args.ngram,
@@ -499,7 +576,9 @@ def sequence_ul_config(args: TrainArgs) -> SequenceULConfig:
     )
 
 
-def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> DocumentTokenizer:
+def load_tokenizer(
+    args: TrainArgs, train_file: Path, settings: dict, corpus: Corpus
+) -> DocumentTokenizer:
     """--tokenizer / --tokenizer_class_name / the model's own / a new BPE (see --help)."""
     source = args.tokenizer
     model_dir = Path(args.model_path)
@@ -510,6 +589,11 @@ def load_tokenizer(args: TrainArgs, train_file: Path, settings: dict) -> Documen
         source = "bpe" if args.model_path in PRESETS else args.model_path
     if source == "bpe":
         logger.info("Training a byte-level BPE (vocab %d) on %s", args.bpe_vocab_size, train_file)
+        if corpus.dialogs:
+            texts = message_texts(corpus.train)
+            return DocumentTokenizer.train_bpe_from_texts(
+                texts, vocab_size=args.bpe_vocab_size, **settings
+            )
         return DocumentTokenizer.train_bpe([train_file], vocab_size=args.bpe_vocab_size, **settings)
     try:
         if source == args.model_path and find_gguf(source) is not None:
