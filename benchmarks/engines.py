@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-# The workload: what a chat-style caller would ask for.
+# The workload: what a chat-style caller would ask for.
 SAMPLING = {"top_k": 50, "top_p": 0.95, "temperature": 0.8, "repetition_penalty": 1.2}
 
 

@@ -17,7 +17,7 @@ weights from a config, seeded; GPT-2 BPE from the package):
    static cache (which auto-compiles the decode step with torch.compile, mode
    reduce-overhead; its compile/warm-up runs are not timed);
 4. floors: weight bytes / measured device copy bandwidth = the HBM weight-read floor of a
-   batch-1 decode step; the issue's goals are checked against these figures.
+   batch-1 decode step; the goals are checked against these figures.
 
 A wall-clock budget (`--budget-s`) keeps the run inside one device call: the xl-shaped
 model's depth is chosen to fit what is left (`--xl-layers auto`), and skipped phases are
@@ -516,7 +516,7 @@ def _params(shape: dict[str, int]) -> int:
 
 
 def goals(models: dict[str, Any], bandwidth_gbs: float) -> dict[str, Any]:
-    """The issue's goals, where the figures exist (None = not measured)."""
+    """The goals, where the figures exist (None = not measured)."""
 
     def cell(model: str, engine: str, batch: int, key: str) -> float | None:
         try:

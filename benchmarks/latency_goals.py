@@ -118,7 +118,7 @@ def ratios(med: dict, floor_ms: dict, w: Workload) -> dict[str, dict[str, float 
 
 
 def goals(med: dict, floor_ms: dict, w: Workload) -> list[dict[str, Any]]:
-    """The issue's goals, each a ratio from this run; met is None when a side is missing."""
+    """The goals, each a ratio from this run; met is None when a side is missing."""
     rows: list[dict[str, Any]] = []
 
     def add(goal: str, value: float | None, target: float, at_most: bool = True) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Workload:
-    """What every worker measures (the issue's workload)."""
+    """What every worker measures (the benchmark's workload)."""
 
     new_tokens: int = 64
     prompt_lengths: tuple[int, ...] = (32, 512)  # batch 1: time to first token + decode
@@ -20,7 +20,7 @@ class Workload:
     repeats: int = 1  # measured calls per scenario inside one worker (after a short warm-up)
 
 
-# The issue's targets, declared once (issues 7 and 16): decode, TTFT and overhead ratios are
+# The targets, declared once: decode, TTFT and overhead ratios are
 # upper bounds, batch tokens/s ratios lower bounds; the report prints each with its target.
 TARGETS: dict[str, float] = {
     "fp32_vs_hf": 0.45,

@@ -1,4 +1,4 @@
-"""Does unlikelihood training work? MLE vs token-level UL on the Nietzsche corpus (issue 8).
+"""Does unlikelihood training work? MLE vs token-level UL on the Nietzsche corpus.
 
     python benchmarks/quality.py                 # the experiment (~15 min per run and core)
     python benchmarks/quality.py --smoke         # tiny budget: proves the pipeline end to end
@@ -13,11 +13,11 @@ lowest validation perplexity of each run (or `--checkpoint last`) is evaluated b
 the paper's protocol (see `fst/evaluation/evaluate.py`). Writes benchmarks/results/quality.{json,md}
 (a smoke run writes into its work folder instead, so it never passes for a result).
 
-Goal (issue 8): greedy seq-rep-4 down by >= 30% relative with perplexity up by <= 10%.
+Goal (token level): greedy seq-rep-4 down by >= 30% relative with perplexity up by <= 10%.
 
     python benchmarks/quality.py --sequence --seed 42 --max_prefixes 160 --threads 1 --jobs 2
 
-Issue 19 (--sequence): MLE, token UL (alpha 2.0) and token UL + sequence-level UL
+Sequence level (--sequence): MLE, token UL (alpha 2.0) and token UL + sequence-level UL
 fine-tuning (`fst-train --sequence_unlikelihood` from the token-UL run's best checkpoint,
 `FineTune`) on a smaller model and budget (`SEQUENCE_BUDGET`); writes
 benchmarks/results/quality-seq-seed<seed>.{json,md}. Goal: greedy seq-rep-4 of the
@@ -50,12 +50,12 @@ DEFAULT_WORK = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "qual
 SCHEMA_VERSION = 1
 SEQ_REP_GOAL = -0.30  # relative change of greedy seq-rep-4, UL vs MLE
 PPL_GOAL = 0.10  # relative change of perplexity allowed
-# Issue 19, token UL + sequence-level UL: greedy seq-rep-4 at most this, and at most this
+# Token UL + sequence-level UL: greedy seq-rep-4 at most this, and at most this
 # fraction of MLE's (perplexity within PPL_GOAL too).
 SEQUENCE_SEQ_REP_MAX = 0.05
 SEQUENCE_SEQ_REP_RATIO = 0.3
 
-# Welleck et al. 2019 on WikiText-103 (as quoted in issue 8; greedy seq-rep-4).
+# Welleck et al. 2019 on WikiText-103 (greedy seq-rep-4).
 PAPER = {
     "MLE": {"ppl": 25.64, "rep": 0.627, "wrep": 0.352, "uniq": 11849, "seq_rep_4": 0.442},
     "UL-token (alpha 1.0)": {"ppl": 26.91, "rep": 0.577, "wrep": 0.311, "uniq": 12728,
@@ -104,7 +104,7 @@ class Budget:
 
 
 SMOKE = Budget(model_overrides="", bpe_vocab_size=1024, max_steps=30, num_warmup_steps=5)
-# Issue 19 (--sequence): a 2 x 128 model and 300 steps, so that MLE, token UL and the
+# Sequence level (--sequence): a 2 x 128 model and 300 steps, so that MLE, token UL and the
 # sequence-level fine-tuning of two seeds finish in ~40 min on 2 shared cores.
 SEQUENCE_BUDGET = Budget(
     model_overrides="n_layer=2,n_embd=128,n_head=4", max_steps=300, num_warmup_steps=50
@@ -113,7 +113,7 @@ SEQUENCE_BUDGET = Budget(
 
 @dataclass(frozen=True)
 class FineTune:
-    """Issue 19's sequence-level fine-tuning of the token-UL run (fst-train flags): the
+    """The sequence-level fine-tuning of the token-UL run (fst-train flags): the
     paper's prefix 50 / continuation 100 / n = 4 / half the updates sequence-level, with a
     learning rate that decays to 0 (one cosine) after a short warmup; 480 updates instead
     of the paper's 1,500 (CPU time)."""
@@ -338,7 +338,7 @@ def valid_curve(experiment: Path) -> list[tuple[int, float]]:
 def compare(
     baseline: dict[str, Any], other: dict[str, Any], sequence: bool = False
 ) -> dict[str, Any]:
-    """Relative changes vs MLE and the issue's goal (issue 19's for a sequence-level run)."""
+    """Relative changes vs MLE and the goal (the sequence-level one for a sequence-level run)."""
     ppl = other["token_level"]["perplexity"] / baseline["token_level"]["perplexity"] - 1
     changes = {"perplexity": ppl}
     for decoding in ("greedy", "top-k", "top-p"):
@@ -365,8 +365,8 @@ def markdown(report: dict[str, Any]) -> str:
     runs = report["runs"]
     budget = report["budget"]
     sequence = report.get("sequence", False)
-    title = ("MLE vs token UL vs token UL + sequence-level UL (issue 19)" if sequence
-             else "MLE vs unlikelihood training (issue 8)")  # fmt: skip
+    title = ("MLE vs token UL vs token UL + sequence-level UL" if sequence
+             else "MLE vs unlikelihood training")  # fmt: skip
     goal = ("greedy ≤ 0.05 and ≤ 0.3× MLE, ≤ +10% ppl" if sequence
             else "≤ −30% greedy, ≤ +10% ppl")  # fmt: skip
     lines = [
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sequence",
         action="store_true",
-        help="issue 19: MLE, token UL (the first of --alphas) and token UL + sequence-level "
+        help="MLE, token UL (the first of --alphas) and token UL + sequence-level "
         "UL fine-tuning, on a smaller budget",
     )
     p.add_argument(

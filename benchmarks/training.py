@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
-UL_GOAL = 1.30  # LM+UL step time may cost at most 30% more than LM alone (issue 7)
+UL_GOAL = 1.30  # LM+UL step time may cost at most 30% more than LM alone
 
 log = logging.getLogger("training")
 

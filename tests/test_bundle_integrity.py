@@ -1,4 +1,4 @@
-"""Broken bundles and bad arguments: one line naming the file or argument, exit 2 (issue 21).
+"""Broken bundles and bad arguments: one line naming the file or argument, exit 2.
 
 Each case copies the tiny exported bundle, breaks one file as a crash, a bad copy or an edit
 would, and checks what `Generator.from_bundle` raises and what `fst-generate` prints.

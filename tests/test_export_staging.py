@@ -1,4 +1,4 @@
-"""Staging folders of killed exports are removed by the next export (issue 21, defect 8)."""
+"""Staging folders of killed exports are removed by the next export."""
 
 from __future__ import annotations
 

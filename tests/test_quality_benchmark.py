@@ -40,7 +40,7 @@ def test_sequence_goal_needs_absolute_ratio_and_perplexity():
     assert not quality.compare(mle, result(221.0, 0.01), sequence=True)["goal_met"]  # ppl +10.5%
     low = result(200.0, 0.10)  # 0.04 is 0.4x this MLE's: under 0.05 but not under 0.3x
     assert not quality.compare(low, result(200.0, 0.04), sequence=True)["goal_met"]
-    # issue 8's goal for the same numbers: relative only
+    # the token-level goal for the same numbers: relative only
     assert quality.compare(low, result(200.0, 0.04))["goal_met"]
 
 

@@ -1,4 +1,4 @@
-"""--resume_from continues in the checkpoint's own experiment folder (issue 21, minor)."""
+"""--resume_from continues in the checkpoint's own experiment folder."""
 
 from __future__ import annotations
 

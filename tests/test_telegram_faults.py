@@ -1,7 +1,7 @@
 """The bot against a faulty Bot API: 5xx, a proxy's HTML error page, dropped connections.
 
 A reply must still reach the user, complete and with its Repeat button, as long as Telegram
-recovers within the retries (issue 21, defect 9); when it does not, the bot gives up after a
+recovers within the retries; when it does not, the bot gives up after a
 bounded number of attempts and keeps serving other chats.
 """
 

@@ -1,4 +1,4 @@
-"""DataLoader workers die with a SIGKILLed training process at once (issue 21, minor).
+"""DataLoader workers die with a SIGKILLed training process at once.
 
 torch's own watchdog notices a dead parent only between batches, every 5 s; a worker busy
 with a batch outlived fst-train by 1-7 s. `fst.training.worker_init.WorkerInit` asks the kernel instead.

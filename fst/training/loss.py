@@ -14,7 +14,7 @@ Reduction (`UL_REDUCTIONS`):
 - "pair": the mean over all (position, candidate) pairs, as the original project computed it.
   With ~50 candidates per position in 128-token chunks it is ~50x weaker than "token", which is
   why the original README used alpha 5.0; an 800-step experiment with it at alpha 1.0 changed
-  nothing measurable (benchmarks/results/quality.md, issue 8).
+  nothing measurable (benchmarks/results/quality.md).
 
 Positions whose label is `LOSS_IGNORE` (padding, meta, the start token) neither predict nor
 serve as candidates.

@@ -347,7 +347,7 @@ class SaveLast(pl.Callback):
     """models/last.ckpt: the state after every validation and at the end of training.
 
     Lightning 2.6's ModelCheckpoint(save_last=True) rewrites last.ckpt only when a top-k
-    checkpoint was saved, so with a monitor "last" was the last *improvement* (issue 8's
+    checkpoint was saved, so with a monitor "last" was the last *improvement* (earlier quality
     runs evaluated a step-680 "last" of an 800-step run). Written to a temporary file and
     renamed: a crash never leaves a truncated last.ckpt.
     """
