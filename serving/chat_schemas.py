@@ -20,6 +20,7 @@ from fst.core.generation_params import (
     MIN_REPETITION_PENALTY,
     MIN_TEMPERATURE,
 )
+from fst.runtime.logprobs import MAX_TOP_LOGPROBS
 from fst.serving.openai_schemas import StreamOptions, StructuredOutputFields, Usage
 from fst.serving.tools import ToolCall, ToolChoice, ToolDefinition
 
@@ -134,8 +135,18 @@ class ChatCompletionRequest(StructuredOutputFields):
         0.0, description="In [-2, 2]: subtracted per occurrence of a token already generated."
     )
     user: str | None = Field(None, description="End-user id (accepted, not stored).")
-    logprobs: bool | None = Field(None, description="Not supported: must be false or null.")
-    top_logprobs: int | None = Field(None, description="Not supported: must be null.")
+    logprobs: bool | None = Field(
+        None,
+        description="Return each generated token's log-probability: the model's own "
+        "(log-softmax of the raw logits, before temperature, top-k, top-p and penalties, "
+        "as vLLM does). Streamed answers carry them in each choice's last chunk.",
+    )
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="With logprobs: also the this many most likely tokens at each position.",
+    )
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
     tools: list[ToolDefinition] | None = Field(
         None, description="Functions the model may call (serving/tools.py)."
@@ -177,10 +188,28 @@ class AssistantMessage(BaseModel):
         return data
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="the token's UTF-8 bytes")
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobEntry] | None = Field(
+        description="one entry per generated token, in order"
+    )
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = Field(None, description="Always null: log-probabilities are not returned.")
+    logprobs: ChoiceLogprobs | None = Field(
+        None, description="With `logprobs: true`: the generated tokens' log-probabilities."
+    )
     finish_reason: Literal["stop", "length", "tool_calls", "grammar_dead_end"] = Field(
         description="'stop': end of turn, a stop string, or the structured output complete; "
         "'length': the token limit reached; 'tool_calls': the answer calls functions; "

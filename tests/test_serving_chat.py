@@ -197,7 +197,8 @@ def test_stream_sends_role_then_content_then_finish_then_usage() -> None:
         ({"frequency_penalty": -3}, "frequency_penalty"),
         ({"stop": ["a"] * 9}, "stop"),
         ({"seed": -1}, "seed"),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"1": 2}}, "logit_bias"),
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}]},
@@ -343,3 +344,50 @@ def test_real_chatml_bundle_matches_transformers(
     assert answer.usage.completion_tokens == len(new)
     assert answer.choices[0].message.content == expected
     assert answer.choices[0].finish_reason == ("length" if len(new) == 8 else "stop")
+
+
+def test_chat_logprobs_are_the_models_log_softmax(
+    tiny_chatml_bundle: Path, tiny_chatml_model_dir: Path
+) -> None:
+    """`logprobs` / `top_logprobs` in OpenAI's chat shape, through the openai client, equal
+    PyTorch's log-softmax of the raw logits at each generated position; a streamed answer
+    carries the same values in its last chunk."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    conversation = [{"role": "user", "content": "Hello there"}]
+    hf_tokenizer = AutoTokenizer.from_pretrained(tiny_chatml_model_dir)
+    ids = hf_tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    settings = ServingSettings(bundle=tiny_chatml_bundle, threads=1, model_name="tiny")
+    with running_server(create_app(settings), ready_timeout=120) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=60)
+        ask = {"model": "tiny", "messages": conversation, "max_tokens": 6, "temperature": 0}
+        answer = client.chat.completions.create(**ask, logprobs=True, top_logprobs=3)
+        chunks = list(client.chat.completions.create(**ask, logprobs=True, stream=True))
+    content = answer.choices[0].logprobs.content
+    assert 1 <= len(content) <= 6
+    model = AutoModelForCausalLM.from_pretrained(tiny_chatml_model_dir).eval()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=len(content),
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    generated = out.sequences[0, len(ids) :].tolist()
+    for step, entry in enumerate(content):
+        expected = torch.log_softmax(out.logits[step][0].double(), -1)
+        assert entry.token == hf_tokenizer.decode([generated[step]])
+        assert entry.logprob == pytest.approx(float(expected[generated[step]]), abs=1e-4)
+        assert entry.logprob == entry.top_logprobs[0].logprob  # greedy: the best one
+        assert len(entry.top_logprobs) == 3 and bytes(entry.bytes).decode() == entry.token
+    streamed = [c for c in chunks if c.choices and c.choices[0].logprobs is not None]
+    assert len(streamed) == 1  # the choice's last chunk, with finish_reason
+    assert [e.logprob for e in streamed[0].choices[0].logprobs.content] == [
+        e.logprob for e in content
+    ]

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,9 @@ from fst.serving.chat_schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessage,
+    ChoiceLogprobs,
+    TokenLogprobEntry,
+    TopLogprob,
 )
 from fst.serving.contract import ServedGenerator
 from fst.serving.dependencies import StateDep, require_api_key
@@ -52,7 +55,7 @@ from fst.serving.generation import (
 )
 from fst.serving.jobs import Job
 from fst.serving.openai_schemas import ErrorResponse, PromptTokensDetails, Usage
-from fst.serving.routes.completions import _check_model
+from fst.serving.routes.completions import _check_model, _token_text
 from fst.serving.state import ServingState
 from fst.serving.structured import request_constraint
 from fst.serving.tools import ToolPlan, ToolStream, parse_tool_calls, plan_tools, tool_messages
@@ -110,8 +113,12 @@ async def create_chat_completion(
     n = params.num_return_sequences
     check_limit(n, state.settings.max_sequences_per_request, "n", "sequences")
     logger.debug("chat prompt=%r", prompt.text[-400:])
-    job = submit(state, [prompt], params, constraint=constraint)
-    head = _Head(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n)
+    logprobs = (payload.top_logprobs or 0) if payload.logprobs else None
+    job = submit(state, [prompt], params, constraint=constraint, logprobs=logprobs)
+    head = _Head(
+        f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n,
+        _token_text(getattr(generator, "tokenizer", None)) if logprobs is not None else None,
+    )  # fmt: skip
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
         return StreamingResponse(
@@ -120,7 +127,7 @@ async def create_chat_completion(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     results = await wait_for_job(job, request)
-    choices, usage = _choices_and_usage(results, plan)
+    choices, usage = _choices_and_usage(results, plan, head.token_text)
     return ChatCompletionResponse(
         id=head.id, created=head.created, model=head.model, choices=choices, usage=usage
     )
@@ -136,11 +143,11 @@ async def tokenize_conversation(messages: list[ChatMessage], state: Any) -> tupl
 
 
 def _refuse_unsupported(payload: ChatCompletionRequest) -> None:
-    refusals = {
-        "logprobs": bool(payload.logprobs),
-        "top_logprobs": payload.top_logprobs is not None,
-        "logit_bias": bool(payload.logit_bias),
-    }
+    if payload.top_logprobs is not None and not payload.logprobs:
+        raise APIError(
+            400, "top_logprobs: needs logprobs set to true (as OpenAI's)", param="top_logprobs"
+        )
+    refusals = {"logit_bias": bool(payload.logit_bias)}
     for param, refused in refusals.items():
         if refused:
             raise APIError(400, f"{param}: not supported by this server; leave it out", param=param)
@@ -205,9 +212,11 @@ async def _max_tokens(
     return param, asked
 
 
-def _choices_and_usage(results: list[list[Any]], plan: ToolPlan) -> tuple[list[ChatChoice], Usage]:
+def _choices_and_usage(
+    results: list[list[Any]], plan: ToolPlan, token_text: Callable[[int], str] | None = None
+) -> tuple[list[ChatChoice], Usage]:
     completions = results[0]
-    choices = [_choice(c, plan) for c in completions]
+    choices = [_choice(c, plan, token_text) for c in completions]
     prompt_tokens = completions[0].prompt_tokens if completions else 0
     completion_tokens = sum(len(c.token_ids) for c in completions)
     cached = getattr(completions[0], "cached_tokens", 0) if completions else 0
@@ -223,15 +232,40 @@ def _choices_and_usage(results: list[list[Any]], plan: ToolPlan) -> tuple[list[C
 _FINISH = {"length": "length", "grammar_dead_end": "grammar_dead_end"}
 
 
-def _choice(completion: Any, plan: ToolPlan) -> ChatChoice:
+def _choice(
+    completion: Any, plan: ToolPlan, token_text: Callable[[int], str] | None = None
+) -> ChatChoice:
     finish = _FINISH.get(completion.finish_reason, "stop")
+    logprobs = _logprobs(completion, token_text) if token_text is not None else None
     if plan.active:
         content, calls = parse_tool_calls(completion.text)
         if calls:
             message = AssistantMessage(content=content, tool_calls=calls)
-            return ChatChoice(index=completion.index, message=message, finish_reason="tool_calls")
+            return ChatChoice(
+                index=completion.index, message=message, logprobs=logprobs,
+                finish_reason="tool_calls",
+            )  # fmt: skip
     message = AssistantMessage(content=completion.text)
-    return ChatChoice(index=completion.index, message=message, finish_reason=finish)
+    return ChatChoice(
+        index=completion.index, message=message, logprobs=logprobs, finish_reason=finish
+    )
+
+
+def _logprobs(completion: Any, token_text: Callable[[int], str]) -> ChoiceLogprobs:
+    """OpenAI's chat logprobs: one entry per generated token, with its top alternatives."""
+
+    def top(token: int, logprob: float) -> TopLogprob:
+        text = token_text(token)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+    content = [
+        TokenLogprobEntry(
+            **top(entry.token_id, entry.logprob).model_dump(),
+            top_logprobs=[top(t, lp) for t, lp in entry.top],
+        )
+        for entry in completion.logprobs or []
+    ]
+    return ChoiceLogprobs(content=content)
 
 
 @dataclass(frozen=True)
@@ -242,6 +276,7 @@ class _Head:
     created: int
     model: str
     n: int
+    token_text: Callable[[int], str] | None = None  # set when the request asked for logprobs
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {
@@ -269,8 +304,18 @@ def _held_deltas(held: ToolStream, text: str) -> list[dict[str, Any]]:
     return deltas
 
 
-def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def _delta(
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: ChoiceLogprobs | None = None,
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "delta": delta,
+        "logprobs": logprobs.model_dump() if logprobs is not None else None,
+        "finish_reason": finish_reason,
+    }
 
 
 async def _stream(job: Job, head: _Head, include_usage: bool, plan: ToolPlan) -> AsyncIterator[str]:
@@ -286,12 +331,13 @@ async def _stream(job: Job, head: _Head, include_usage: bool, plan: ToolPlan) ->
         if job.cancel_reason is not None:
             raise job_error(job)
         assert job.result is not None
-        choices, usage = _choices_and_usage(job.result, plan)
+        choices, usage = _choices_and_usage(job.result, plan, head.token_text)
         for choice, completion in zip(choices, job.result[0], strict=True):
             if held is not None:
                 for delta in _held_deltas(held[choice.index], completion.text):
                     yield head.chunk([_delta(choice.index, delta)])
-            yield head.chunk([_delta(choice.index, {}, choice.finish_reason)])
+            last = _delta(choice.index, {}, choice.finish_reason, choice.logprobs)
+            yield head.chunk([last])
         if include_usage:
             yield head.chunk([], usage=usage.model_dump())
     except APIError as exc:
