@@ -43,8 +43,13 @@ def quantize_int4(
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
     lm_head: bool = True,
     embedding: bool = True,
+    bits: int = 4,
 ) -> Int4Scheme:
-    """Write `src` with int4 weights to `dst` (external data); returns the scheme applied."""
+    """Write `src` with int4 weights to `dst` (external data); returns the scheme applied.
+
+    `bits=8`: symmetric 8-bit blocks (llama.cpp's Q8_0 layout at block 32), the int8
+    bundles' fallback when dynamic int8 fails the gate; the token table stays fp32 (the
+    8-bit GatherBlockQuantized is not made by ONNX Runtime's quantizer)."""
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     model = load_onnx(src)
@@ -52,16 +57,16 @@ def quantize_int4(
     head = _lm_head_nodes(model, vocab_size)
     token_table = _token_embedding_nodes(model, vocab_size)
     exclude = [] if lm_head else head
-    embedding = embedding and lm_head  # a fp32 head shares the fp32 table (tied_weights)
+    embedding = embedding and lm_head and bits == 4  # a fp32 head shares the fp32 table
     op_types = ("MatMul", "Gather") if embedding else ("MatMul",)
     if embedding:  # only the token table: positions and shape Gathers stay as they are
         exclude += [n.name for n in model.graph.node if n.op_type == "Gather"]
         exclude = [n for n in exclude if n not in token_table]
     quantizer = nbits.MatMulNBitsQuantizer(
         model,
-        bits=4,
+        bits=bits,
         block_size=block_size,
-        is_symmetric=False,
+        is_symmetric=bits == 8,
         accuracy_level=accuracy_level,
         nodes_to_exclude=exclude,
         op_types_to_quantize=op_types,
@@ -75,9 +80,10 @@ def quantize_int4(
     log.info("int4: %s", counts)
     save_external(quantized, dst)
     return Int4Scheme(
+        bits=bits,
         block_size=block_size,
         accuracy_level=accuracy_level,
-        symmetric=False,
+        symmetric=bits == 8,
         lm_head=lm_head and bool(head),
         embedding=embedding and bool(token_table),
         matmuls=counts["MatMulNBits"],

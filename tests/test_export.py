@@ -557,6 +557,40 @@ def test_existing_output_needs_force(tmp_path, tiny_hf_model_dir, tiny_plain_bun
     assert no_temp_dirs(tmp_path)
 
 
+def test_int8_falls_back_to_8bit_blocks_when_dynamic_int8_fails_the_gate(
+    tmp_path, tiny_hf_model_dir, monkeypatch
+):
+    """Dynamic int8 (one activation scale per tensor) fails on models with activation
+    outliers; the export then writes 8-bit weight blocks (MatMulNBits, block 32), which
+    the verify stage checks like any bundle. The dynamic candidates are made to fail here."""
+    import fst.export.exporter as exporter
+
+    real = exporter.verify_parity
+
+    def failing_dynamic(reference, path, **kwargs):
+        report = real(reference, path, **kwargs)
+        if Path(path).name.startswith("int8-"):  # QInt8 / QUInt8 candidates
+            return report.model_copy(update={"passed": False, "top1_agreement": 0.5})
+        return report
+
+    monkeypatch.setattr(exporter, "verify_parity", failing_dynamic)
+    bundle = tmp_path / "int8"
+    manifest = export_bundle(
+        bundle, model_path=str(tiny_hf_model_dir), quantize="int8", progress=False
+    )
+    assert manifest.graph.variant == "int8" and manifest.parity.passed
+    assert manifest.graph.int8_weights == "MatMulNBits"
+    blocks = manifest.graph.int8_blocks
+    assert blocks is not None and (blocks.bits, blocks.block_size, blocks.symmetric) == (
+        8,
+        32,
+        True,
+    )
+    ops = {n.op_type for n in onnx.load(str(bundle / BUNDLE_MODEL)).graph.node}
+    assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    assert BundleManifest.load(bundle) == manifest
+
+
 def test_int8_keeps_qint8_weights_unless_clearly_less_accurate():
     from fst.export.exporter import choose_int8_weights
 

@@ -50,10 +50,11 @@ class ArchitectureInfo(_Strict):
 
 
 class Int4Scheme(_Strict):
-    """How an int4 bundle's weights were quantised (fst.export.quantize_int4)."""
+    """How block-quantised weights were made (fst.export.quantize_int4): an int4 bundle's,
+    or an int8 bundle's when dynamic int8 failed its gate (8-bit blocks)."""
 
     op: Literal["MatMulNBits"] = "MatMulNBits"
-    bits: Literal[4] = 4
+    bits: Literal[4, 8] = 4
     block_size: int = Field(description="weights per scale / zero point, along K")
     accuracy_level: int = Field(description="MatMulNBits compute type: 0 fp32, 4 int8")
     symmetric: bool = Field(description="False: a 4-bit zero point per block")
@@ -82,8 +83,13 @@ class GraphInfo(_Strict):
             "'shared_right': the same, rows right-padded (the GPU layout, fst.export.gqa_right)"
         ),
     )
-    int8_weights: Literal["QInt8", "QUInt8"] | None = Field(
-        None, description="int8 bundles: the weight type kept (see fst.export.exporter)"
+    int8_weights: Literal["QInt8", "QUInt8", "MatMulNBits"] | None = Field(
+        None,
+        description="int8 bundles: the weight type kept (see fst.export.exporter); "
+        "MatMulNBits: 8-bit blocks (int8_blocks), when dynamic int8 failed the gate",
+    )
+    int8_blocks: Int4Scheme | None = Field(
+        None, description="int8 bundles of 8-bit blocks: the scheme (bits 8)"
     )
     int4: Int4Scheme | None = Field(None, description="int4 bundles: the quantisation scheme")
     inputs: list[str]
