@@ -206,13 +206,18 @@ def test_help_does_not_import_torch(prog: str) -> None:
 
 
 def test_export_cli_defaults_are_export_bundles() -> None:
-    """ExportArgs cannot read them from `export_bundle` without importing torch for --help."""
+    """The graph flags are `ExportOptions`' fields, which `export_bundle` defaults to."""
+    import dataclasses
     import inspect
 
     from fst.export.cli import ExportArgs
     from fst.export.exporter import export_bundle
+    from fst.export.options import ExportOptions
 
     args = ExportArgs(ckpt=Path("x.ckpt"), output=Path("o"))
     parameters = inspect.signature(export_bundle).parameters
-    for name in ("optimize", "quantize", "fp16", "opset", "force", "logits", "kv_layout"):
-        assert getattr(args, name) == parameters[name].default, name
+    assert parameters["options"].default is None  # None: ExportOptions()
+    assert args.options() == ExportOptions()
+    graph = {f.name for f in dataclasses.fields(ExportOptions)}
+    assert {"optimize", "quantize", "fp16", "opset", "logits", "kv_layout"} <= graph
+    assert args.force == parameters["force"].default
