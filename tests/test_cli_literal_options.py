@@ -14,9 +14,9 @@ from fst.core.cli_settings import _base, _fields
 
 # CLI: (module, its parse function, its settings class, the fewest flags it accepts)
 CLIS: dict[str, tuple[str, str, str, list[str]]] = {
-    "fst-train": ("fst.cli.train", "parse_args", "TrainArgs", ["--train_file", "t.jsonl"]),
+    "fst-train": ("fst.training.cli", "parse_args", "TrainArgs", ["--train_file", "t.jsonl"]),
     "fst-eval": (
-        "fst.cli.evaluate",
+        "fst.evaluation.cli",
         "parse_args",
         "EvalArgs",
         ["--ckpt", "x.ckpt", "--documents", "d"],

@@ -125,13 +125,13 @@ def test_pydantic_models_convert_and_validate_themselves() -> None:
 # module, flags its --help must name, a bad value and the start of its one-line error
 CLIS = {
     "fst-train": (
-        "fst.cli.train",
+        "fst.training.cli",
         ["--train_file", "--model_path", "--batch_size", "--max_epochs", "--unlikelihood_alpha"],
         ["--batch_size", "lots"],
         "fst-train: error: --batch_size: expected an integer",
     ),
     "fst-eval": (
-        "fst.cli.evaluate",
+        "fst.evaluation.cli",
         ["--ckpt", "--bundle", "--documents", "--prefix_len", "--decodings"],
         ["--ckpt", "x.ckpt", "--documents", "d", "--top_p", "high"],
         "fst-eval: error: --top_p: expected a number",
