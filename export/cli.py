@@ -16,12 +16,12 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
 
 from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import fail, option, parse_settings
+from fst.export.options import ExportOptions
 
 PROG = "fst-export"
 # Writing the bundle failed for want of room: one line, not "unexpected error".
@@ -35,13 +35,12 @@ DESCRIPTION = (
 )
 DEFAULT_LOG_FILE = Path(tempfile.gettempdir()) / "fst-export.log"
 _SOURCE = "what to export (--ckpt or --model_path)"
-_GRAPH = "graph"
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportArgs:
-    """fst-export's options. The graph defaults equal `export_bundle`'s (a test checks):
-    the CLI cannot read them from there without importing torch for --help."""
+class ExportArgs(ExportOptions):
+    """fst-export's options: what to export and where, and the graph (`ExportOptions`, the
+    declaration `export_bundle` takes too)."""
 
     ckpt: Path | None = option(None, group=_SOURCE, help="checkpoint (.ckpt) written by fst-train")
     model_path: str | None = option(
@@ -52,43 +51,6 @@ class ExportArgs:
         "tokens)",
     )
     output: Path = option(group=_SOURCE, help="bundle folder to create")
-    optimize: bool = option(
-        False,
-        group=_GRAPH,
-        help="static shapes and ONNX Runtime fused operators (attention, layer norm, GELU); "
-        "the graph then needs onnxruntime's com.microsoft ops",
-    )
-    kv_layout: Literal["auto", "shared", "concat", "shared_right"] = option(
-        "auto",
-        group=_GRAPH,
-        help="with --optimize: 'shared' = one preallocated KV buffer per layer written in "
-        "place (GroupQueryAttention; CPU runtime; head size a multiple of 8), 'concat' = "
-        "past and new keys concatenated every step (MultiHeadAttention; TensorRT needs the "
-        "plain graph: no --optimize), 'shared_right' = the CUDA layout (GroupQueryAttention "
-        "over right-padded buffers kept on the device; with --fp16; UNTESTED ON GPU), "
-        "'auto' = shared when possible (not fp16)",
-    )
-    quantize: Literal["int8", "int4"] | None = option(
-        None,
-        group=_GRAPH,
-        help="CPU inference: 'int8' = dynamic int8 weights and activations; 'int4' = "
-        "block-wise 4-bit weights (ONNX Runtime MatMulNBits), the smallest bundle",
-    )
-    int4_block_size: Literal[16, 32, 64, 128, 256] = option(
-        128,
-        group=_GRAPH,
-        help="with --quantize int4: weights per scale along the input dimension; 128 "
-        "decodes faster on CPU, 32 follows the weights more closely (llama.cpp's Q4_0 uses 32; "
-        "benchmarks/results/int4_choice.md measures both)",
-    )
-    fp16: bool = option(False, group=_GRAPH, help="float16 weights and I/O (CUDA/TensorRT)")
-    opset: int = option(17, group=_GRAPH, help="ONNX opset version")
-    logits: Literal["last", "all"] = option(
-        "last",
-        group=_GRAPH,
-        help="'last': logits of the last position only (much faster prefill); "
-        "'all': every position",
-    )
     force: bool = option(False, help="replace an existing bundle folder")
     quiet: bool = option(False, help="no progress display")
     log_file: Path = option(DEFAULT_LOG_FILE, help="debug log with tracebacks")
@@ -96,6 +58,11 @@ class ExportArgs:
     def __post_init__(self) -> None:
         if (self.ckpt is None) == (self.model_path is None):
             raise ValueError("give --ckpt or --model_path (one of them)")
+        super().__post_init__()
+
+    def options(self) -> ExportOptions:
+        """The graph options alone."""
+        return ExportOptions(**{f.name: getattr(self, f.name) for f in fields(ExportOptions)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,14 +110,8 @@ def _run(args: ExportArgs) -> int:
             args.output,
             ckpt=args.ckpt,
             model_path=args.model_path,
-            optimize=args.optimize,
-            quantize=args.quantize,
-            fp16=args.fp16,
-            opset=args.opset,
+            options=args.options(),
             force=args.force,
-            logits=args.logits,
-            kv_layout=args.kv_layout,
-            int4_block_size=args.int4_block_size,
             progress=not args.quiet,
         )
     except ExportError as e:

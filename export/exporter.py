@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from fst.core.bundle import (
     ArchitectureInfo,
@@ -33,14 +34,10 @@ from fst.export.gqa_right import register as register_gqa_right
 from fst.export.memory import release_memory
 from fst.export.onnx_export import export_onnx
 from fst.export.optimize import apply_fusions, convert_fp16
+from fst.export.options import ExportOptions, ExportOptionsError
 from fst.export.ort_attention import ORT_GQA, ORT_MHA, attention_implementation
 from fst.export.progress import Stages
-from fst.export.quantize_int4 import (
-    DEFAULT_BLOCK_SIZE,
-    FINE_INT4_BLOCK_SIZE,
-    INT4_BLOCK_SIZES,
-    quantize_int4,
-)
+from fst.export.quantize_int4 import FINE_INT4_BLOCK_SIZE, quantize_int4
 from fst.export.quantize_int8 import quantize_int8
 from fst.export.reference import record_reference
 from fst.export.simplify import simplify_file
@@ -51,10 +48,6 @@ from fst.export.wrapper import input_names, output_names
 
 log = logging.getLogger(__name__)
 
-# Prefill with logits for the last position only skips lm_head on every other position: a
-# faster prefill for long prompts and a much smaller output (one row of logits instead of one
-# per prompt token). Decode (seq 1) is unchanged. Measure it with benchmarks/latency.py.
-DEFAULT_LOGITS = "last"
 # Dynamic int8 weight types. QInt8 weights run ONNX Runtime's U8S8 kernels, the fast ones on
 # x86 (faster prefill and decode than QUInt8's U8U8). Without VNNI the U8S8 kernel can
 # saturate its 16-bit pair sums: on some models QInt8's error against PyTorch is several
@@ -62,7 +55,6 @@ DEFAULT_LOGITS = "last"
 # and QInt8 is kept unless its error exceeds QUInt8's by more than this factor.
 INT8_WEIGHT_TYPES = ("QInt8", "QUInt8")
 INT8_QINT8_MAX_ERROR_RATIO = 1.25
-MIN_OPSET = 13  # oldest opset checked here (13, 14, 17 and 18 pass the parity check)
 # Prompts of the parity check (two lengths, so the batch is left-padded).
 PARITY_PROMPTS = ("The meaning of life is that", "Hello")
 
@@ -76,37 +68,26 @@ def export_bundle(
     *,
     ckpt: Path | None = None,
     model_path: str | None = None,
-    optimize: bool = False,
-    quantize: str | None = None,
-    fp16: bool = False,
-    opset: int = 17,
+    options: ExportOptions | None = None,
     force: bool = False,
-    logits: Literal["all", "last"] = DEFAULT_LOGITS,
-    kv_layout: Literal["auto", "shared", "concat"] = "auto",
-    int4_block_size: int = DEFAULT_BLOCK_SIZE,
     progress: bool = True,
+    **overrides: Any,
 ) -> BundleManifest:
-    """Export `ckpt` or `model_path` to a bundle folder at `output`; returns its manifest."""
+    """Export `ckpt` or `model_path` to a bundle folder at `output`; returns its manifest.
+
+    The graph is `options` (default: `ExportOptions()`) with `overrides` replaced, so
+    `export_bundle(out, model_path=m, optimize=True, quantize="int8")` works as well."""
     output = Path(output).expanduser().absolute()
-    variant = _check_options(quantize, fp16, opset, logits)
-    if int4_block_size not in INT4_BLOCK_SIZES:
-        sizes = ", ".join(map(str, INT4_BLOCK_SIZES))
-        raise ExportError(f"--int4_block_size must be one of {sizes}, got {int4_block_size!r}")
-    if kv_layout not in ("auto", "shared", "concat", "shared_right"):
-        raise ExportError(
-            f"--kv_layout must be auto, shared, concat or shared_right, got {kv_layout!r}"
-        )
-    if kv_layout in ("shared", "shared_right") and not optimize:
-        raise ExportError(
-            f"--kv_layout {kv_layout} needs --optimize (it is a fused-attention graph)"
-        )
-    if kv_layout == "shared_right" and logits != "last":
-        raise ExportError("--kv_layout shared_right gives the last token's logits only")
+    try:
+        options = replace(options or ExportOptions(), **overrides)
+    except ExportOptionsError as e:
+        raise ExportError(str(e)) from None
     try:
         bundle_writer.check_output(output, force)
     except bundle_writer.OutputExistsError as e:
         raise ExportError(str(e)) from e
-    names = ["load", "export", *(["optimize"] if optimize else [])]
+    variant = options.variant
+    names = ["load", "export", *(["optimize"] if options.optimize else [])]
     names += {"fp16": ["fp16"], "int8": ["quantize"], "int4": ["quantize"], "fp32": []}[variant]
     names += ["write", "verify"]
     with Stages(names, enabled=progress) as stages:
@@ -117,10 +98,7 @@ def export_bundle(
                 raise ExportError(str(e)) from e
         try:
             with bundle_writer.staging_folder(output, force) as tmp:
-                graph, parity = _build(
-                    tmp, source, stages, variant, optimize, opset, logits, kv_layout,
-                    int4_block_size,
-                )  # fmt: skip
+                graph, parity = _build(tmp, source, stages, options)
                 manifest = _manifest(tmp, source, graph, parity)
                 manifest.save(tmp)
         except bundle_writer.OutputExistsError as e:
@@ -129,35 +107,16 @@ def export_bundle(
     return manifest
 
 
-def _check_options(quantize: str | None, fp16: bool, opset: int, logits: str) -> str:
-    if quantize not in (None, "int8", "int4"):
-        raise ExportError(f"--quantize must be int8 or int4, got {quantize!r}")
-    if quantize and fp16:
-        raise ExportError(
-            f"--quantize {quantize} and --fp16 exclude each other ({quantize} is for CPU)"
-        )
-    if not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ExportError(f"--opset must be an integer >= {MIN_OPSET}, got {opset!r}")
-    if logits not in ("all", "last"):
-        raise ExportError(f"--logits must be 'all' or 'last', got {logits!r}")
-    return quantize or ("fp16" if fp16 else "fp32")
-
-
 def _build(
-    tmp: Path,
-    source: ExportSource,
-    stages: Stages,
-    variant: str,
-    optimize: bool,
-    opset: int,
-    logits: str,
-    requested_layout: str = "auto",
-    int4_block_size: int = DEFAULT_BLOCK_SIZE,
+    tmp: Path, source: ExportSource, stages: Stages, options: ExportOptions
 ) -> tuple[GraphInfo, ParityReport]:
     """Write model.onnx and tokenizer.json into `tmp` and verify them."""
     work = tmp / "work"
     work.mkdir()
-    kv_layout = choose_kv_layout(source.config, optimize, variant, requested_layout)
+    variant, optimize, opset, logits = (
+        options.variant, options.optimize, options.opset, options.logits
+    )  # fmt: skip
+    kv_layout = choose_kv_layout(source.config, optimize, variant, options.kv_layout)
     attention = {
         "shared": "GroupQueryAttention, shared KV buffer",
         "shared_right": "GroupQueryAttention, right-padded shared KV buffer (GPU layout)",
@@ -184,9 +143,7 @@ def _build(
             kv_layout=kv_layout,
         )
 
-    final, weights = _transform(
-        traced, source.config, stages, variant, optimize, check, int4_block_size
-    )
+    final, weights = _transform(traced, source.config, stages, options, check)
     with stages.stage("write"):
         # A tied lm_head was traced as a second, transposed copy of the embedding.
         shared = share_tied_embedding_file(final, final.with_name("shared.onnx"))
@@ -224,10 +181,8 @@ def _transform(
     path: Path,
     config,
     stages: Stages,
-    variant: str,
-    optimize: bool,
+    options: ExportOptions,
     check: Callable[[Path], ParityReport],
-    int4_block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> tuple[Path, dict]:
     """Fusions, then fp16, int8 or int4; each step writes a new file beside `path` and
     removes its input.
@@ -235,6 +190,7 @@ def _transform(
     Returns the final file and the GraphInfo fields of the weights: for int8 the weight
     type kept (`check` measures each), for int4 the scheme.
     """
+    variant, optimize = options.variant, options.optimize
     if optimize:
         with stages.stage("optimize", "static shapes, then ONNX Runtime GPT-2 fusions"):
             simplified = simplify_file(path, path.with_name("simplified.onnx"))
@@ -261,7 +217,7 @@ def _transform(
             if not optimize:  # GPT-2's Conv1D traces as Gemm; MatMulNBits replaces MatMuls
                 simplify_file(path, path.with_name("simplified.onnx"))
                 path = _next(path, "simplified.onnx")
-            path, scheme = _quantize_int4(path, config, stages, check, int4_block_size)
+            path, scheme = _quantize_int4(path, config, stages, check, options.int4_block_size)
         stages.note(f"int4: {scheme.model_dump()}")
         return path, {"int4": scheme}
     if variant != "int8":

@@ -24,14 +24,15 @@ import onnx
 
 from fst.core.bundle import Int4Scheme
 from fst.export.external_data import load_onnx, save_external
+from fst.export.options import DEFAULT_INT4_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
+from fst.export.options import INT4_BLOCK_SIZES
 
 log = logging.getLogger(__name__)
 
 # Measured choices (benchmarks/results/int4_choice.md): see the exporter for the gate.
-DEFAULT_BLOCK_SIZE = 128
+# The block sizes MatMulNBits takes and the default are declared with fst-export's option.
 FINE_INT4_BLOCK_SIZE = 32  # the exporter's fallback when 128 fails the parity gate
 DEFAULT_ACCURACY_LEVEL = 4
-INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits' CPU kernels take
 
 
 def quantize_int4(

@@ -51,7 +51,10 @@ from fst.runtime.stepper import (
     RowSelection,
     cache_device_for,
     capacity_for,
+    chosen_rows,
+    room_left,
     run_bound,
+    stack_rows,
 )
 
 __all__ = ["DEFAULT_RESERVE", "DeviceKVCache", "DeviceKVStepper", "cache_device_for"]
@@ -203,24 +206,23 @@ class DeviceKVStepper(RowSelection):
         """The chosen rows of each cache, stacked in order, in one new cache that keeps the
         most room any part had left (or `capacity`). Rows stay left-aligned: nothing to
         trim or pad. Copies each kept row's filled positions once through the host."""
-        chosen = [(cache, np.asarray(rows, dtype=np.int64)) for cache, rows in parts]
-        chosen = [(cache, rows) for cache, rows in chosen if rows.size]
-        if not chosen:
-            raise ValueError("combine: no rows chosen")
+        chosen = chosen_rows(parts)
         lengths = np.concatenate([cache.lengths[rows] for cache, rows in chosen])
         longest = int(lengths.max())
         if capacity is None:
-            room = max(cache.capacity - cache.past_length for cache, _ in chosen)
-            capacity = self._capacity(longest, room)
-        shape = (lengths.size, self.num_heads, capacity, self.head_dim)
-        arrays = []
-        for layer in range(len(self.past_names)):
-            out = np.zeros(shape, dtype=self.dtype)
-            offset = 0
-            for cache, rows in chosen:
-                source = cache.presents[layer].numpy()  # a copy from a GPU, a view on the CPU
-                filled = min(cache.past_length, longest)
-                out[offset : offset + rows.size, :, :filled] = source[rows, :, :filled]
-                offset += rows.size
-            arrays.append(out)
+            capacity = self._capacity(longest, room_left(chosen))
+        arrays = [
+            stack_rows(
+                [
+                    # .numpy(): a copy from a GPU, a view on the CPU
+                    (cache.presents[layer].numpy()[:, :, : min(cache.past_length, longest)], rows)
+                    for cache, rows in chosen
+                ],
+                capacity,
+                longest,
+                right_aligned=False,
+                zeroed=True,
+            )
+            for layer in range(len(self.past_names))
+        ]
         return DeviceKVCache(self._upload(arrays), lengths, capacity)

@@ -53,7 +53,10 @@ from fst.runtime.stepper import (
     RowSelection,
     Stepper,
     capacity_for,
+    chosen_rows,
+    room_left,
     run_bound,
+    stack_rows,
 )
 
 __all__ = [
@@ -295,10 +298,7 @@ class CausalLMStepper(RowSelection):
         then every part is left-padded to the longest (zeros under a 0 mask: attention never
         sees them). Each kept element is copied once, straight into the new tensors.
         """
-        chosen = [(cache, np.asarray(rows, dtype=np.int64)) for cache, rows in parts]
-        chosen = [(cache, rows) for cache, rows in chosen if rows.size]
-        if not chosen:
-            raise ValueError("combine: no rows chosen")
+        chosen = chosen_rows(parts)
         masks, starts = [], []
         for cache, rows in chosen:
             mask = cache.attention_mask[rows]
@@ -312,21 +312,19 @@ class CausalLMStepper(RowSelection):
         for m, offset in zip(masks, offsets, strict=False):
             mask[offset : offset + m.shape[0], past - m.shape[1] :] = m
         # The result keeps the most room any part had left (where the layout keeps room).
-        room = max(cache.capacity - cache.past_length for cache, _ in chosen)
-        capacity = self.layout.capacity(past, room)
-        arrays = []
-        for layer in range(len(chosen[0][0].presents)):
-            sources = [
-                self.io.to_numpy(cache.presents[layer])[:, :, : cache.past_length]
-                for cache, _ in chosen
-            ]
-            heads, dim = sources[0].shape[1], sources[0].shape[3]
-            out = np.empty((total, heads, capacity, dim), dtype=sources[0].dtype)
-            for source, (_, rows), start, offset in zip(
-                sources, chosen, starts, offsets, strict=False
-            ):
-                _copy_rows(out[offset : offset + rows.size, :, :past], source[:, :, start:], rows)
-            arrays.append(out)
+        capacity = self.layout.capacity(past, room_left(chosen))
+        arrays = [
+            stack_rows(
+                [
+                    (self.io.to_numpy(cache.presents[layer])[:, :, start : cache.past_length], rows)
+                    for (cache, rows), start in zip(chosen, starts, strict=True)
+                ],
+                capacity,
+                past,
+                right_aligned=True,
+            )
+            for layer in range(len(chosen[0][0].presents))
+        ]
         next_positions = np.concatenate([cache.next_positions[rows] for cache, rows in chosen])
         presents = [self.io.from_numpy(a) for a in arrays]
         return KVCache(presents, mask, next_positions, keep_alive=arrays)
@@ -442,17 +440,3 @@ class SharedLayout:
 
 def _inputs(input_ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
     return {ONNX_INPUT_IDS: input_ids, ONNX_ATTENTION_MASK: mask, ONNX_POSITION_IDS: positions}
-
-
-def _copy_rows(out: np.ndarray, source: np.ndarray, rows: np.ndarray) -> None:
-    """out[i] = source[rows[i]] right-aligned on the past axis, zeros to its left."""
-    pad = out.shape[2] - source.shape[2]
-    if pad:
-        out[:, :, :pad] = 0
-    out = out[:, :, pad:]
-    first = int(rows[0])
-    if np.array_equal(rows, np.arange(first, first + rows.size)):
-        out[...] = source[first : first + rows.size]  # one block copy
-    else:
-        for i, row in enumerate(rows):  # row by row: no fancy-indexing temporary
-            out[i] = source[row]

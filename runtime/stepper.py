@@ -68,8 +68,68 @@ def capacity_for(needed: int, reserve: int, max_positions: int) -> int:
     return max(needed, min(needed + max(reserve, 1), max_positions))
 
 
+def chosen_rows(parts: Sequence[tuple[Any, Rows]]) -> list[tuple[Any, np.ndarray]]:
+    """`combine`'s parts with their rows as int64 arrays, parts without rows left out."""
+    chosen = [(cache, np.asarray(rows, dtype=np.int64)) for cache, rows in parts]
+    chosen = [(cache, rows) for cache, rows in chosen if rows.size]
+    if not chosen:
+        raise ValueError("combine: no rows chosen")
+    return chosen
+
+
+def room_left(chosen: Sequence[tuple[Any, np.ndarray]]) -> int:
+    """The most room (capacity - past length) any chosen cache had left."""
+    return max(cache.capacity - cache.past_length for cache, _ in chosen)
+
+
+def stack_rows(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    capacity: int,
+    width: int,
+    *,
+    right_aligned: bool,
+    zeroed: bool = False,
+) -> np.ndarray:
+    """One layer's key or value for a combined cache: the `rows` of each `source`
+    [B, H, P, D] stacked in order into a new [N, H, capacity, D] array.
+
+    Each source's P positions go right-aligned into the first `width` positions, zeros to
+    their left (the left padding of the "concat" and "shared" layouts), or left-aligned,
+    zeros to their right (the right-padded "shared_right" layout). Beyond `width` the array
+    is uninitialised (the graph reads only positions it wrote) unless `zeroed`.
+    """
+    first = parts[0][0]
+    total = sum(rows.size for _, rows in parts)
+    out = (np.zeros if zeroed else np.empty)(
+        (total, first.shape[1], capacity, first.shape[3]), dtype=first.dtype
+    )
+    offset = 0
+    for source, rows in parts:
+        block = out[offset : offset + rows.size, :, :width]
+        pad = width - source.shape[2]
+        if right_aligned:
+            block[:, :, :pad] = 0
+            _gather(block[:, :, pad:], source, rows)
+        else:
+            block[:, :, source.shape[2] :] = 0
+            _gather(block[:, :, : source.shape[2]], source, rows)
+        offset += rows.size
+    return out
+
+
+def _gather(out: np.ndarray, source: np.ndarray, rows: np.ndarray) -> None:
+    """out[i] = source[rows[i]], without a fancy-indexing temporary."""
+    first = int(rows[0])
+    if np.array_equal(rows, np.arange(first, first + rows.size)):
+        out[...] = source[first : first + rows.size]  # one block copy
+    else:
+        for i, row in enumerate(rows):
+            out[i] = source[row]
+
+
 class RowSelection:
-    """`select` and `merge` of a stepper, both one `combine` of chosen rows."""
+    """`select` and `merge` of a stepper, both one `combine` of chosen rows (each stepper's
+    `combine` builds on `chosen_rows`, `room_left` and `stack_rows`)."""
 
     def combine(self, parts: Sequence[tuple[Any, Rows]]) -> Any:
         raise NotImplementedError

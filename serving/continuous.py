@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fst.runtime import Row
-from fst.serving.contract import ServedGenerator
+from fst.serving.generator_protocol import ServedGenerator
 
 
 @dataclass(frozen=True)

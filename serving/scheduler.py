@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from fst.serving.batch_sizing import BatchSizer, MemoryGate
 from fst.serving.continuous import ContinuousEngine, owner
-from fst.serving.contract import ServedGenerator
+from fst.serving.generator_protocol import ServedGenerator
 from fst.serving.jobs import (
     CancelReason,
     GenerationTimeoutError,

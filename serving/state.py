@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from fst.serving.batch_sizing import BatchSizer, available_memory_mb, kv_bytes_per_token
-from fst.serving.contract import ServedGenerator
 from fst.serving.errors import APIError
+from fst.serving.generator_protocol import ServedGenerator
 from fst.serving.metrics import ServingMetrics
 from fst.serving.scheduler import Scheduler
 from fst.serving.settings import ServingSettings

@@ -6,7 +6,7 @@ the default continuous batching drives) with a character-level "model": each gen
 character is a pure function of the prompt, the sequence index and the step, so a
 request's text never depends on what shares its batch. It records every batch (each
 `run` call or `add` to a running batch), can be made slow per step, and can hold its
-warm-up until a test releases it. It satisfies `fst.serving.contract.ServedGenerator`.
+warm-up until a test releases it. It satisfies `fst.serving.generator_protocol.ServedGenerator`.
 """
 
 from __future__ import annotations

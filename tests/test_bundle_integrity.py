@@ -133,7 +133,7 @@ def test_the_library_rejects_a_lone_surrogate_with_a_value_error(tiny_plain_bund
 def test_fst_eval_reports_a_broken_bundle_in_one_line(bundle, tmp_path, capsys) -> None:
     from conftest import NIETZSCHE
 
-    from fst.cli.evaluate import main as eval_main
+    from fst.evaluation.cli import main as eval_main
 
     (bundle / "tokenizer.json").unlink()
     documents = str(NIETZSCHE / "valid.documents")

@@ -14,14 +14,20 @@ from fst.core.cli_settings import _base, _fields
 
 # CLI: (module, its parse function, its settings class, the fewest flags it accepts)
 CLIS: dict[str, tuple[str, str, str, list[str]]] = {
-    "fst-train": ("fst.cli.train", "parse_args", "TrainArgs", ["--train_file", "t.jsonl"]),
+    "fst-train": ("fst.training.cli", "parse_args", "TrainArgs", ["--train_file", "t.jsonl"]),
     "fst-eval": (
-        "fst.cli.evaluate",
+        "fst.evaluation.cli",
         "parse_args",
         "EvalArgs",
         ["--ckpt", "x.ckpt", "--documents", "d"],
     ),
-    "fst-export": ("fst.export.cli", "parse_args", "ExportArgs", ["--ckpt", "x", "--output", "o"]),
+    # --optimize: --kv_layout shared / shared_right need it (checked when the flags are parsed)
+    "fst-export": (
+        "fst.export.cli",
+        "parse_args",
+        "ExportArgs",
+        ["--ckpt", "x", "--output", "o", "--optimize"],
+    ),
     "fst-generate": ("fst.runtime.cli", "parse_args", "GenerateArgs", ["--bundle", "b", "hi"]),
     "fst-serve": ("fst.serving.cli", "load_settings", "ServingSettings", ["--bundle", "b"]),
     "fst-telegram": (

@@ -125,13 +125,13 @@ def test_pydantic_models_convert_and_validate_themselves() -> None:
 # module, flags its --help must name, a bad value and the start of its one-line error
 CLIS = {
     "fst-train": (
-        "fst.cli.train",
+        "fst.training.cli",
         ["--train_file", "--model_path", "--batch_size", "--max_epochs", "--unlikelihood_alpha"],
         ["--batch_size", "lots"],
         "fst-train: error: --batch_size: expected an integer",
     ),
     "fst-eval": (
-        "fst.cli.evaluate",
+        "fst.evaluation.cli",
         ["--ckpt", "--bundle", "--documents", "--prefix_len", "--decodings"],
         ["--ckpt", "x.ckpt", "--documents", "d", "--top_p", "high"],
         "fst-eval: error: --top_p: expected a number",
@@ -206,13 +206,18 @@ def test_help_does_not_import_torch(prog: str) -> None:
 
 
 def test_export_cli_defaults_are_export_bundles() -> None:
-    """ExportArgs cannot read them from `export_bundle` without importing torch for --help."""
+    """The graph flags are `ExportOptions`' fields, which `export_bundle` defaults to."""
+    import dataclasses
     import inspect
 
     from fst.export.cli import ExportArgs
     from fst.export.exporter import export_bundle
+    from fst.export.options import ExportOptions
 
     args = ExportArgs(ckpt=Path("x.ckpt"), output=Path("o"))
     parameters = inspect.signature(export_bundle).parameters
-    for name in ("optimize", "quantize", "fp16", "opset", "force", "logits", "kv_layout"):
-        assert getattr(args, name) == parameters[name].default, name
+    assert parameters["options"].default is None  # None: ExportOptions()
+    assert args.options() == ExportOptions()
+    graph = {f.name for f in dataclasses.fields(ExportOptions)}
+    assert {"optimize", "quantize", "fp16", "opset", "logits", "kv_layout"} <= graph
+    assert args.force == parameters["force"].default

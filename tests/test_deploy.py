@@ -449,7 +449,7 @@ def test_training_job_gives_lightning_what_it_reads() -> None:
 
 
 def test_training_job_passes_flags_fst_train_has() -> None:
-    from fst.cli.train import build_parser
+    from fst.training.cli import build_parser
 
     known = {s for action in build_parser()._actions for s in action.option_strings}
     script, _, *extra = TRAINER["args"]

@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import run_tiny_training
 
-from fst.cli.train import main
 from fst.core.chat_encoding import ChatEncoder
 from fst.core.chat_format import ChatFormat
 from fst.core.chat_template import CHATML_TEMPLATE, ChatTemplate
 from fst.core.constants import CHECKPOINT_KEY, LOSS_IGNORE
 from fst.core.dialogs import Conversation, Message
 from fst.training.checkpoint import load_checkpoint
+from fst.training.cli import main
 from fst.training.sequence_ul import assistant_prefixes, before_stop
 
 REPO = Path(__file__).resolve().parents[1]

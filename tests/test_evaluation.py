@@ -290,7 +290,7 @@ def write_checkpoint(path: Path, model, tokenizer: DocumentTokenizer) -> Path:
 
 
 def test_cli_end_to_end(tokenizer, documents, tmp_path, capsys):
-    from fst.cli.evaluate import main
+    from fst.evaluation.cli import main
 
     model = tiny_model(tokenizer)
     ckpt = write_checkpoint(tmp_path / "last.ckpt", model, tokenizer)
@@ -315,7 +315,7 @@ def test_cli_end_to_end(tokenizer, documents, tmp_path, capsys):
 
 @pytest.mark.parametrize("what", ["ckpt", "documents", "setting"])
 def test_cli_bad_input_is_one_line_and_exit_2(what, tokenizer, documents, tmp_path, capsys):
-    from fst.cli.evaluate import main
+    from fst.evaluation.cli import main
 
     ckpt = write_checkpoint(tmp_path / "m.ckpt", tiny_model(tokenizer), tokenizer)
     docs = write_documents(tmp_path / "valid.documents", documents)
@@ -337,7 +337,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(what, tokenizer, documents, tmp_pa
 
 
 def test_cli_refuses_a_file_that_is_not_a_checkpoint(tokenizer, documents, tmp_path, capsys):
-    from fst.cli.evaluate import main
+    from fst.evaluation.cli import main
 
     bogus = tmp_path / "bogus.ckpt"
     bogus.write_text("not a checkpoint")

@@ -16,7 +16,6 @@ MAPPED = (
     "fst/runtime/",
     "fst/serving/",
     "fst/serving/telegram/",
-    "fst/cli/",
 )
 
 
@@ -57,7 +56,7 @@ def test_wheel_maps_top_level_folders_into_fst(tmp_path: Path) -> None:
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     code = (
-        "import fst.export, fst.runtime, fst.serving, fst.serving.telegram, fst.cli;"
+        "import fst.export, fst.runtime, fst.serving, fst.serving.telegram;"
         f"assert fst.runtime.__file__.startswith({str(unpacked)!r}), fst.runtime.__file__;"
         f"assert fst.export.__file__.startswith({str(unpacked)!r}), fst.export.__file__"
     )

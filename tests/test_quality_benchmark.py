@@ -10,7 +10,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import quality  # noqa: E402
 
-from fst.cli.train import parse_args  # noqa: E402
+from fst.training.cli import parse_args  # noqa: E402
 
 
 def result(ppl: float, greedy: float) -> dict:

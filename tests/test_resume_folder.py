@@ -8,9 +8,9 @@ import shutil
 from conftest import tiny_train_args
 from test_training import read_json_blocks
 
-from fst.cli.train import build_parser, parse_args
 from fst.core.constants import CHECKPOINT_KEY
 from fst.training.checkpoint import read_checkpoint
+from fst.training.cli import build_parser, parse_args
 from fst.training.trainer import resumed_experiment, run_training
 
 

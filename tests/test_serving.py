@@ -592,7 +592,7 @@ def test_the_fake_and_the_runtime_satisfy_the_served_generator_protocol(
     tiny_plain_bundle,
 ) -> None:
     from fst.runtime import Generator
-    from fst.serving.contract import ServedGenerator, StepBatch
+    from fst.serving.generator_protocol import ServedGenerator, StepBatch
 
     fake = FakeGenerator()
     real = Generator.from_bundle(tiny_plain_bundle, threads=1)

@@ -12,8 +12,8 @@ import itertools
 import pytest
 from test_telegram import CHAT, expected_continuation, fakes, is_final, polling, reply_html, run
 
-from fst.serving.telegram import streaming
-from fst.serving.telegram.streaming import RETRY_ATTEMPTS
+from fst.serving.telegram import live_reply
+from fst.serving.telegram.live_reply import RETRY_ATTEMPTS
 
 FAULTS = [
     {"status": 500},
@@ -25,7 +25,7 @@ FAULTS = [
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    monkeypatch.setattr(streaming, "FIRST_BACKOFF_S", 0.05)
+    monkeypatch.setattr(live_reply, "FIRST_BACKOFF_S", 0.05)
 
 
 def delivered(chat_id: int):

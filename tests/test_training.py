@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import run_tiny_training, tiny_train_args, write_tiny_documents
 
-from fst.cli.train import TrainArgs, main, parse_args
 from fst.core.constants import CHECKPOINT_KEY
 from fst.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from fst.training.cli import TrainArgs, main, parse_args
 from fst.training.experiment import create_experiment, experiment_logging
 
 FST_TRAIN = str(Path(sys.executable).parent / "fst-train")
@@ -304,7 +304,7 @@ def test_help_lists_every_flag():
 
 def test_cli_parsing_is_torch_free():
     code = (
-        "import sys; from fst.cli.train import PRESET_NAMES, parse_args; parse_args([]); "
+        "import sys; from fst.training.cli import PRESET_NAMES, parse_args; parse_args([]); "
         "assert 'torch' not in sys.modules; print(','.join(PRESET_NAMES))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

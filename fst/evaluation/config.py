@@ -1,7 +1,7 @@
 """fst-eval's protocol settings: one frozen dataclass, validated once, torch-free.
 
 `EvalConfig` is what `fst.evaluation.evaluate` measures with (a library caller builds it);
-its fields carry their --help texts, and `fst.cli.evaluate.EvalArgs` adds the command line's
+its fields carry their --help texts, and `fst.evaluation.cli.EvalArgs` adds the command line's
 own options (what to evaluate, where to write) on top.
 """
 

@@ -2,7 +2,7 @@
 
 Lives in the training stage (not in the CLI) so that the trainer depends on its settings and
 not on its command line. Each field carries its --help text (`fst.core.cli_settings.option`);
-`fst.cli.train` generates the parser from the fields. A new option is one new field here.
+`fst.training.cli` generates the parser from the fields. A new option is one new field here.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _SEQUENCE_LEVEL_UNLIKELIHOOD = (
 
 @dataclass(frozen=True)
 class TrainArgs:
-    """Every fst-train option with its --help text, validated once (`fst.cli.train` parses)."""
+    """Every fst-train option with its --help text, validated once (`fst.training.cli` parses)."""
 
     # One line per option: the table a newcomer reads.
     # fmt: off

@@ -42,7 +42,6 @@ from fst.serving.chat_schemas import (
     TokenLogprobEntry,
     TopLogprob,
 )
-from fst.serving.contract import ServedGenerator
 from fst.serving.dependencies import StateDep, require_api_key
 from fst.serving.errors import APIError, openai_error
 from fst.serving.generation import (
@@ -53,6 +52,7 @@ from fst.serving.generation import (
     submit,
     wait_for_job,
 )
+from fst.serving.generator_protocol import ServedGenerator
 from fst.serving.jobs import Job
 from fst.serving.openai_schemas import ErrorResponse, PromptTokensDetails, Usage
 from fst.serving.routes.completions import _check_model, _token_text

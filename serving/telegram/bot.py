@@ -26,10 +26,10 @@ from fst.serving.telegram.cache import LRUCache
 from fst.serving.telegram.chat_settings import SETTING_COMMANDS
 from fst.serving.telegram.client import GenerationClient
 from fst.serving.telegram.handlers import build_routers
+from fst.serving.telegram.live_reply import EditThrottle
 from fst.serving.telegram.replies import BotContext
 from fst.serving.telegram.settings import BotSettings
 from fst.serving.telegram.store import SettingsStore
-from fst.serving.telegram.streaming import EditThrottle
 
 log = logging.getLogger("fst.telegram")
 

@@ -17,9 +17,9 @@ from aiogram import Bot
 from fst.runtime.chat import drop_oldest_turn
 from fst.serving.telegram.chat_settings import ChatSettings
 from fst.serving.telegram.client import GenerationError
+from fst.serving.telegram.live_reply import with_retries
 from fst.serving.telegram.replies import STILL_WRITING, BotContext, repeat_markup, stream_reply
 from fst.serving.telegram.store import Conversation
-from fst.serving.telegram.streaming import with_retries
 
 log = logging.getLogger("fst.telegram")
 

@@ -17,8 +17,8 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from fst.serving.telegram.cache import LRUCache
 from fst.serving.telegram.client import GenerationClient, GenerationError
+from fst.serving.telegram.live_reply import EditThrottle, StreamingReply, with_retries
 from fst.serving.telegram.store import SettingsStore
-from fst.serving.telegram.streaming import EditThrottle, StreamingReply, with_retries
 
 log = logging.getLogger("fst.telegram")
 
