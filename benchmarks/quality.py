@@ -198,7 +198,7 @@ def train(
         else fine_tune[0].train_flags(budget, fine_tune[1])
     )
     command = [
-        sys.executable, "-m", "fst.cli.train",
+        sys.executable, "-m", "fst.training.cli",
         "--train_file", str(CORPUS / "train.documents"),
         "--valid_file", str(CORPUS / "valid.documents"),
         "--experiments_root", str(work / "experiments"),
@@ -249,7 +249,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """fst-eval in a subprocess; returns its JSON (with --reuse: an earlier identical one)."""
     command = [
-        sys.executable, "-m", "fst.cli.evaluate",
+        sys.executable, "-m", "fst.evaluation.cli",
         "--ckpt", checkpoint,
         "--documents", str(CORPUS / "valid.documents"),
         "--output_dir", str(work / "eval"),

@@ -92,7 +92,7 @@ def evaluate_bundle(folder: Path, variant: str) -> dict[str, Any]:
     out = folder.parent / "eval"
     result = out / f"{variant}.eval.json"
     command = [
-        sys.executable, "-m", "fst.cli.evaluate", "--bundle", str(folder), "--documents",
+        sys.executable, "-m", "fst.evaluation.cli", "--bundle", str(folder), "--documents",
         str(DOCUMENTS), "--output_dir", str(out), "--name", variant, "--decodings", "greedy",
         "--max_prefixes", str(MAX_PREFIXES), "--batch_size", str(BATCH_SIZE),
     ]  # fmt: skip
