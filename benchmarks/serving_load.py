@@ -39,6 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import serving_llamacpp  # noqa: E402
 from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS  # noqa: E402
 
 log = logging.getLogger("serving_load")
@@ -153,11 +154,22 @@ def batch_counters(base: str) -> tuple[float, float]:
 # --- the load ---------------------------------------------------------------------------------
 
 
-async def one_request(client: httpx.AsyncClient, prompt: str, seed: int, max_tokens: int) -> dict:
+SAMPLED = {"temperature": 0.8}
+
+
+async def one_request(
+    client: httpx.AsyncClient,
+    prompt: str,
+    seed: int,
+    max_tokens: int,
+    sampling: dict | None = None,
+) -> dict:
+    """One streamed completion: its latency, time to first token, mean time per later token
+    (TPOT), and the prompt and completion token counts the server reports."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
-        "temperature": 0.8,
+        **(SAMPLED if sampling is None else sampling),
         "seed": seed,
         "ignore_eos": True,
         "stream": True,
@@ -179,14 +191,24 @@ async def one_request(client: httpx.AsyncClient, prompt: str, seed: int, max_tok
                 first = time.perf_counter()
             usage = chunk.get("usage") or usage
     end = time.perf_counter()
+    completion = usage["completion_tokens"] if usage else 0
     return {
         "latency_s": end - start,
         "ttft_s": (first or end) - start,
-        "completion_tokens": usage["completion_tokens"] if usage else 0,
+        "tpot_s": (end - (first or end)) / (completion - 1) if completion > 1 else None,
+        "completion_tokens": completion,
+        "prompt_tokens": usage.get("prompt_tokens") if usage else None,
     }
 
 
-async def run_level(base: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+async def run_level(
+    base: str,
+    prompts: list[str],
+    concurrency: int,
+    max_tokens: int,
+    sampling: dict | None = None,
+    headers: dict | None = None,
+) -> dict:
     """A closed loop: `concurrency` clients share the request list until it is done."""
     todo = list(enumerate(prompts))
     results: list[dict] = []
@@ -194,10 +216,13 @@ async def run_level(base: str, prompts: list[str], concurrency: int, max_tokens:
     async def client_loop(client: httpx.AsyncClient) -> None:
         while todo:
             i, prompt = todo.pop(0)
-            results.append(await one_request(client, prompt, seed=i, max_tokens=max_tokens))
+            result = await one_request(client, prompt, i, max_tokens, sampling)
+            results.append({"prompt_index": i, **result})
 
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=600, limits=limits, headers=headers
+    ) as client:
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         duration = time.perf_counter() - start
@@ -218,6 +243,7 @@ def summarize_level(concurrency: int, raw: dict, batches: tuple[float, float]) -
     ttfts = [r["ttft_s"] for r in raw["requests"]]
     tokens = sum(r["completion_tokens"] for r in raw["requests"])
     sequences, count = batches
+    tpots = [r["tpot_s"] for r in raw["requests"] if r.get("tpot_s") is not None]
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
@@ -227,6 +253,12 @@ def summarize_level(concurrency: int, raw: dict, batches: tuple[float, float]) -
         "completion_tokens": tokens,
         "latency_s": {f"p{q}": percentile(latencies, q / 100) for q in (50, 95, 99)},
         "ttft_s": {f"p{q}": percentile(ttfts, q / 100) for q in (50, 95, 99)},
+        "tpot_s": {f"p{q}": percentile(tpots, q / 100) for q in (50, 95)} if tpots else None,
+        "prompt_tokens": {
+            r["prompt_index"]: r.get("prompt_tokens")
+            for r in raw["requests"]
+            if "prompt_index" in r
+        },
         "latency_mean_s": statistics.mean(latencies),
         "mean_batch_sequences": sequences / count if count else None,
         "batches": int(count),
@@ -313,7 +345,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default="serving_load", help="output file stem")
+    parser.add_argument(
+        "--name", default=None, help="output file stem (default: serving_load, or with "
+        "--formats serving-fst-vs-llama-server-MODEL)",
+    )  # fmt: skip
     parser.add_argument(
         "--variant", action="append", default=[], metavar="NAME=FLAGS",
         help="compare fst-serve configurations instead of batching modes: each NAME gets "
@@ -322,7 +357,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "paused with SIGSTOP); e.g. --variant 'cap16=--max_batch_size 16 --max_step_ms 0' "
         "--variant auto=",
     )  # fmt: skip
+    serving_llamacpp.add_arguments(parser)
     args = parser.parse_args(argv)
+    serving_llamacpp.check_arguments(parser, args)
     try:
         args.variants = dict(_split_variant(v) for v in args.variant)
     except ValueError as e:
@@ -439,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
+    if args.formats:
+        return write_report(serving_llamacpp.run(args), serving_llamacpp.render_markdown, args)
     bundle = prepare_bundle(args.model, args.cache, args.rebuild, args.optimize)
     if args.variants:
         modes = run_variants(bundle, args)
@@ -461,10 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "machine": common.machine_description(),
     }
+    return write_report(report, render_markdown, args)
+
+
+def write_report(report: dict, render, args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_atomic(args.out / f"{args.name}.json", json.dumps(report, indent=2) + "\n")
-    common.write_atomic(args.out / f"{args.name}.md", render_markdown(report))
-    print(render_markdown(report))
+    common.write_atomic(args.out / f"{args.name}.md", render(report))
+    print(render(report))
     return 0
 
 
