@@ -30,6 +30,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,8 @@ METRICS = {
     "tokens_per_s": lambda lv: lv["tokens_per_s"],
     "ttft_p50_s": lambda lv: lv["ttft_s"]["p50"],
     "ttft_p95_s": lambda lv: lv["ttft_s"]["p95"],
+    "itl_p50_s": lambda lv: lv["itl_s"]["p50"] if lv["itl_s"] else None,
+    "itl_p95_s": lambda lv: lv["itl_s"]["p95"] if lv["itl_s"] else None,
     "tpot_p50_s": lambda lv: lv["tpot_s"]["p50"] if lv["tpot_s"] else None,
     "tpot_p95_s": lambda lv: lv["tpot_s"]["p95"] if lv["tpot_s"] else None,
 }
@@ -330,6 +333,8 @@ def run(args: argparse.Namespace) -> dict:
             "llama-server not given (--llama-server or LLAMA_SERVER): measuring fst-serve only"
         )
     prepared = prepare(args, with_llama)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so run_format stops its servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     formats = {fmt: run_format(paths, args) for fmt, paths in prepared.items()}
     return {
         "schema_version": load.SCHEMA_VERSION,
@@ -378,8 +383,9 @@ def render_markdown(report: dict) -> str:
         f"(ignore_eos, greedy) after a prompt of {s['prompt_chars']} characters, the same text "
         f"to both servers; {s['threads']} threads each; no prompt cache on either side. "
         f"{s['rounds']} rounds, levels interleaved, the idle server paused with SIGSTOP; "
-        "figures are medians over rounds. TPOT: a request's time per token after the first "
-        "(its mean inter-token time); p50 / p95 over the level's requests.",
+        "figures are medians over rounds. Inter-token: the gaps between streamed tokens, "
+        "p50 / p95 over all gaps of the level (stalls show in p95); TPOT: a request's mean "
+        "time per token after the first, p50 / p95 over the level's requests.",
         "",
         f"fst-serve flags: `--threads {s['threads']} {' '.join(s['fst_flags'])}`; llama-server: "
         f"`-t {s['threads']} -tb {s['threads']} --parallel {max(s['concurrency'])} "
@@ -393,13 +399,15 @@ def render_markdown(report: dict) -> str:
             "",
             "tokens/s above 1 and latencies below 1: fst faster.",
             "",
-            "| format | concurrency | tokens/s | TTFT p50 | TTFT p95 | TPOT p50 | TPOT p95 |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| format | concurrency | tokens/s | TTFT p50 | TTFT p95 | inter-token p50 "
+            "| inter-token p95 | TPOT p50 | TPOT p95 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in report["ratios"]:
             lines.append(
                 f"| {row['format']} | {row['concurrency']} | **{_ratio(row['tokens_per_s'])}** "
                 f"| {_ratio(row['ttft_p50_s'])} | {_ratio(row['ttft_p95_s'])} "
+                f"| {_ratio(row['itl_p50_s'])} | {_ratio(row['itl_p95_s'])} "
                 f"| {_ratio(row['tpot_p50_s'])} | {_ratio(row['tpot_p95_s'])} |"
             )
     for fmt, result in report["formats"].items():
@@ -410,8 +418,8 @@ def render_markdown(report: dict) -> str:
             f"## {fmt} bundle vs {gguf} GGUF",
             "",
             "| server | concurrency | tokens/s (min–max) | TTFT p50 / p95 (ms) "
-            "| TPOT p50 / p95 (ms) |",
-            "|---|---:|---|---|---|",
+            "| inter-token p50 / p95 (ms) | TPOT p50 / p95 (ms) |",
+            "|---|---:|---|---|---|---|",
         ]
         for name, engine in result["engines"].items():
             for lv in engine["levels"]:
@@ -420,6 +428,7 @@ def render_markdown(report: dict) -> str:
                     f"| {name} | {lv['concurrency']} | {tps['median']:.1f} "
                     f"({tps['min']:.1f}–{tps['max']:.1f}) "
                     f"| {_fmt(lv['ttft_p50_s'], 1e3)} / {_fmt(lv['ttft_p95_s'], 1e3)} "
+                    f"| {_fmt(lv['itl_p50_s'], 1e3)} / {_fmt(lv['itl_p95_s'], 1e3)} "
                     f"| {_fmt(lv['tpot_p50_s'], 1e3)} / {_fmt(lv['tpot_p95_s'], 1e3)} |"
                 )
         peaks = ", ".join(

@@ -165,7 +165,8 @@ async def one_request(
     sampling: dict | None = None,
 ) -> dict:
     """One streamed completion: its latency, time to first token, mean time per later token
-    (TPOT), and the prompt and completion token counts the server reports."""
+    (TPOT), the gaps between its streamed tokens, and the prompt and completion token counts
+    the server reports."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -176,7 +177,8 @@ async def one_request(
         "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
-    first = None
+    first = last = None
+    gaps: list[float] = []  # between chunks that carry text: the inter-token times
     usage = None
     async with client.stream("POST", "/v1/completions", json=body) as response:
         if response.status_code != 200:
@@ -187,8 +189,13 @@ async def one_request(
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
-            if first is None and any(c["text"] for c in chunk["choices"]):
-                first = time.perf_counter()
+            if any(c["text"] for c in chunk["choices"]):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
             usage = chunk.get("usage") or usage
     end = time.perf_counter()
     completion = usage["completion_tokens"] if usage else 0
@@ -196,6 +203,7 @@ async def one_request(
         "latency_s": end - start,
         "ttft_s": (first or end) - start,
         "tpot_s": (end - (first or end)) / (completion - 1) if completion > 1 else None,
+        "gaps_s": gaps,
         "completion_tokens": completion,
         "prompt_tokens": usage.get("prompt_tokens") if usage else None,
     }
@@ -244,6 +252,7 @@ def summarize_level(concurrency: int, raw: dict, batches: tuple[float, float]) -
     tokens = sum(r["completion_tokens"] for r in raw["requests"])
     sequences, count = batches
     tpots = [r["tpot_s"] for r in raw["requests"] if r.get("tpot_s") is not None]
+    gaps = [g for r in raw["requests"] for g in r.get("gaps_s", ())]
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
@@ -254,6 +263,7 @@ def summarize_level(concurrency: int, raw: dict, batches: tuple[float, float]) -
         "latency_s": {f"p{q}": percentile(latencies, q / 100) for q in (50, 95, 99)},
         "ttft_s": {f"p{q}": percentile(ttfts, q / 100) for q in (50, 95, 99)},
         "tpot_s": {f"p{q}": percentile(tpots, q / 100) for q in (50, 95)} if tpots else None,
+        "itl_s": {f"p{q}": percentile(gaps, q / 100) for q in (50, 95)} if gaps else None,
         "prompt_tokens": {
             r["prompt_index"]: r.get("prompt_tokens")
             for r in raw["requests"]

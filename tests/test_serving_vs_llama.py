@@ -69,6 +69,7 @@ def _level(c: int, tps: float, ttft: float, tpot: float, prompts: dict) -> dict:
         "tokens_per_s": tps,
         "ttft_s": {"p50": ttft, "p95": 2 * ttft},
         "tpot_s": {"p50": tpot, "p95": 2 * tpot},
+        "itl_s": {"p50": tpot, "p95": 3 * tpot},
         "prompt_tokens": prompts,
     }
 
@@ -102,6 +103,7 @@ def test_medians_over_rounds_and_fst_over_llama_ratios() -> None:
     assert rows[0]["ttft_p50_s"] == pytest.approx(0.03 / 0.06)
     assert rows[1]["tokens_per_s"] == pytest.approx(2.0)
     assert rows[1]["tpot_p95_s"] == pytest.approx(0.028 / 0.056)
+    assert rows[1]["itl_p95_s"] == pytest.approx(0.042 / 0.084)
     assert serving_llamacpp.prompt_tokens_equal({"fst": fst, "llama-server": llama}) is True
     other = [[_level(1, 1.0, 1.0, 1.0, {0: 35, 1: 37})]]
     assert serving_llamacpp.prompt_tokens_equal({"fst": fst, "llama-server": other}) is False
@@ -141,7 +143,7 @@ def test_report_shows_the_ratio_table(monkeypatch) -> None:
         "machine": {"cpu": {"model": "a CPU", "usable_cores": 2}, "load_average": [2.0, 1, 1]},
     }
     text = serving_llamacpp.render_markdown(report)
-    assert "| int4 | 16 | **4.00** | 0.50 | 0.50 | 0.50 | 0.50 |" in text
+    assert "| int4 | 16 | **4.00** | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 |" in text
     assert "fst 300.0 MB, llama-server 200.0 MB" in text
     assert "Q4_0 GGUF" in text and "[1.0, 1.0, 1.0] / [2.0, 1.0, 1.0]" in text
     json.dumps(report)  # the JSON side of the report
@@ -169,6 +171,7 @@ def test_a_streamed_request_reports_its_token_counts_and_time_per_token() -> Non
     result = asyncio.run(go())
     assert result["prompt_tokens"] == 7 and result["completion_tokens"] == 3
     assert result["tpot_s"] is not None and 0 <= result["tpot_s"] <= result["latency_s"]
+    assert len(result["gaps_s"]) == 2  # three streamed tokens
     assert seen["temperature"] == 0.0 and seen["ignore_eos"] is True
     assert seen["cache_prompt"] is False and seen["max_tokens"] == 3
     assert seen["connection"] == "close"
