@@ -169,15 +169,22 @@ def start_llama_server(gguf: Path, port: int, args: argparse.Namespace) -> subpr
         p for p in (str(program.parent), os.environ.get("LD_LIBRARY_PATH")) if p
     )
     command = llama_command(program, gguf, port, args)
-    log.info("starting %s", " ".join(command))
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    log.info("starting %s (its log: %s)", " ".join(command), llama_log(args))
+    with llama_log(args).open("a") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_llama_ready(base: str, server: subprocess.Popen) -> None:
+def llama_log(args: argparse.Namespace) -> Path:
+    """Where llama-server's own log goes (it prints a line per slot event)."""
+    args.cache.mkdir(parents=True, exist_ok=True)
+    return args.cache / "llama-server.log"
+
+
+def wait_llama_ready(base: str, server: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + load.READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"llama-server exited with status {server.returncode}")
+            raise SystemExit(f"llama-server exited with status {server.returncode}: see {log_path}")
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return
@@ -221,7 +228,7 @@ def run_format(paths: dict[str, Path], args: argparse.Namespace) -> dict:
             if name == "fst":
                 load.wait_ready(bases[name], server)
             else:
-                wait_llama_ready(bases[name], server)
+                wait_llama_ready(bases[name], server, llama_log(args))
             warm = load.make_prompts(args.corpus, 2, args.prompt_chars)
             asyncio.run(load.run_level(bases[name], warm, 2, 4, GREEDY, HEADERS))
             server.send_signal(signal.SIGSTOP)
