@@ -15,7 +15,8 @@ Each server batching mode (`--batching`: continuous, request) gets its own serve
 run. Reported per level: requests/s, generated tokens/s, latency and TTFT percentiles, and
 the mean batch size the server formed (from its /metrics). The ratio of tokens/s at the
 highest concurrency to concurrency 1 is what batching buys. Writes
-benchmarks/results/serving_load.{json,md}. On a shared machine absolute figures move by
+benchmarks/results/serving_load.{json,md}. `--formats int8 int4 --llama-server PATH` compares
+fst-serve with llama.cpp's llama-server instead (serving_llamacpp.py). On a shared machine absolute figures move by
 tens of percent between runs; the load average is recorded beside them.
 """
 
