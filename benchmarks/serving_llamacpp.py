@@ -47,10 +47,12 @@ FORMATS = {
     "int4": ("fst-int4", "llama-q4_0", "Q4_0"),
 }
 ENGINES = ("fst", "llama-server")
-# Greedy: the same tokens whatever the sampler; top-k / penalties off on both sides.
+# Greedy on both sides. top_k 1 as well as temperature 0: llama-server runs its whole sampler
+# chain even at temperature 0 (top-p, min-p over the full vocabulary unless top-k cut it
+# first); fst-serve treats either as greedy. Penalties off.
 GREEDY = {
     "temperature": 0.0,
-    "top_k": 0,
+    "top_k": 1,
     "repetition_penalty": 1.0,  # fst's name
     "repeat_penalty": 1.0,  # llama-server's name (each server ignores the other's)
     "cache_prompt": False,  # llama-server: no KV reuse between requests

@@ -172,6 +172,6 @@ def test_a_streamed_request_reports_its_token_counts_and_time_per_token() -> Non
     assert result["prompt_tokens"] == 7 and result["completion_tokens"] == 3
     assert result["tpot_s"] is not None and 0 <= result["tpot_s"] <= result["latency_s"]
     assert len(result["gaps_s"]) == 2  # three streamed tokens
-    assert seen["temperature"] == 0.0 and seen["ignore_eos"] is True
+    assert seen["temperature"] == 0.0 and seen["top_k"] == 1 and seen["ignore_eos"] is True
     assert seen["cache_prompt"] is False and seen["max_tokens"] == 3
     assert seen["connection"] == "close"
