@@ -400,6 +400,11 @@ def render_markdown(report: dict) -> str:
         f"`-t {s['threads']} -tb {s['threads']} --parallel {max(s['concurrency'])} "
         f"--cont-batching --no-cache-prompt --cache-ram 0`, OMP_WAIT_POLICY="
         f"{s['llama_omp_wait_policy']} (ONNX Runtime's threads spin by default too).",
+        "",
+        "Weights: fst int8 is the exporter's `--quantize int8`, fst int4 its default int4 "
+        "scheme (benchmarks/int4_bundle.py); f32 and Q8_0 come from `convert_hf_to_gguf.py`, "
+        "Q4_0 from `llama-quantize`'s default recipe (which keeps the tied embedding / LM "
+        "head in Q6_K). llama-server's KV cache is its default (f16), flash attention 'auto'.",
     ]
     if report["ratios"]:
         lines += [
