@@ -71,10 +71,16 @@ def find_converter(src: Path | None) -> Path:
 
 
 def convert(
-    hf: Path, out_dir: Path, engines: list[str], src: Path | None, original: Path | None = None
+    hf: Path,
+    out_dir: Path,
+    engines: list[str],
+    src: Path | None,
+    original: Path | None = None,
+    quantize_bin: Path | None = None,
 ) -> dict[str, Path]:
     """GGUFs for the wanted llama-* engines, made once per HF folder (cached by name).
-    `original`: the GGUF file the model came from, run as is by llama-q4_1."""
+    `original`: the GGUF file the model came from, run as is by llama-q4_1. `quantize_bin`:
+    llama.cpp's `llama-quantize` program, used for Q4_0 instead of the Python bindings."""
     wanted = [e for e in engines if e in VARIANTS]
     if "llama-q4_1" in wanted:
         wanted.remove("llama-q4_1")
@@ -91,7 +97,10 @@ def convert(
     if "llama-q8_0" in paths and not paths["llama-q8_0"].is_file():
         _convert_hf(hf, paths["llama-q8_0"], "q8_0", find_converter(src))
     if "llama-q4_0" in paths and not paths["llama-q4_0"].is_file():
-        _quantize(f32, paths["llama-q4_0"], "LLAMA_FTYPE_MOSTLY_Q4_0")
+        if quantize_bin is not None:
+            _quantize_program(quantize_bin, f32, paths["llama-q4_0"], "Q4_0")
+        else:
+            _quantize(f32, paths["llama-q4_0"], "LLAMA_FTYPE_MOSTLY_Q4_0")
     return paths
 
 
@@ -145,6 +154,26 @@ def _quantize(src: Path, out: Path, ftype: str) -> None:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"llama_model_quantize {ftype} failed: {proc.stderr.strip()[-300:]}")
+    os.replace(partial, out)
+
+
+def _quantize_program(program: Path, src: Path, out: Path, ftype: str) -> None:
+    """The same default recipe through the `llama-quantize` program (for a llama.cpp build
+    without the Python bindings); its shared libraries sit beside it."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(Path(program).resolve().parent), env.get("LD_LIBRARY_PATH")) if p
+    )
+    partial = out.with_suffix(".partial")
+    proc = subprocess.run(
+        [str(program), str(src), str(partial), ftype],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CONVERT_TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{program} {ftype} failed: {proc.stderr.strip()[-300:]}")
     os.replace(partial, out)
 
 

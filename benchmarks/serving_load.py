@@ -15,7 +15,8 @@ Each server batching mode (`--batching`: continuous, request) gets its own serve
 run. Reported per level: requests/s, generated tokens/s, latency and TTFT percentiles, and
 the mean batch size the server formed (from its /metrics). The ratio of tokens/s at the
 highest concurrency to concurrency 1 is what batching buys. Writes
-benchmarks/results/serving_load.{json,md}. On a shared machine absolute figures move by
+benchmarks/results/serving_load.{json,md}. `--formats int8 int4 --llama-server PATH` compares
+fst-serve with llama.cpp's llama-server instead (serving_llamacpp.py). On a shared machine absolute figures move by
 tens of percent between runs; the load average is recorded beside them.
 """
 
@@ -39,6 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import serving_llamacpp  # noqa: E402
 from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS  # noqa: E402
 
 log = logging.getLogger("serving_load")
@@ -153,18 +155,31 @@ def batch_counters(base: str) -> tuple[float, float]:
 # --- the load ---------------------------------------------------------------------------------
 
 
-async def one_request(client: httpx.AsyncClient, prompt: str, seed: int, max_tokens: int) -> dict:
+SAMPLED = {"temperature": 0.8}
+
+
+async def one_request(
+    client: httpx.AsyncClient,
+    prompt: str,
+    seed: int,
+    max_tokens: int,
+    sampling: dict | None = None,
+) -> dict:
+    """One streamed completion: its latency, time to first token, mean time per later token
+    (TPOT), the gaps between its streamed tokens, and the prompt and completion token counts
+    the server reports."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
-        "temperature": 0.8,
+        **(SAMPLED if sampling is None else sampling),
         "seed": seed,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
-    first = None
+    first = last = None
+    gaps: list[float] = []  # between chunks that carry text: the inter-token times
     usage = None
     async with client.stream("POST", "/v1/completions", json=body) as response:
         if response.status_code != 200:
@@ -175,18 +190,34 @@ async def one_request(client: httpx.AsyncClient, prompt: str, seed: int, max_tok
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
-            if first is None and any(c["text"] for c in chunk["choices"]):
-                first = time.perf_counter()
+            if any(c["text"] for c in chunk["choices"]):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
             usage = chunk.get("usage") or usage
     end = time.perf_counter()
+    completion = usage["completion_tokens"] if usage else 0
     return {
         "latency_s": end - start,
         "ttft_s": (first or end) - start,
-        "completion_tokens": usage["completion_tokens"] if usage else 0,
+        "tpot_s": (end - (first or end)) / (completion - 1) if completion > 1 else None,
+        "gaps_s": gaps,
+        "completion_tokens": completion,
+        "prompt_tokens": usage.get("prompt_tokens") if usage else None,
     }
 
 
-async def run_level(base: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+async def run_level(
+    base: str,
+    prompts: list[str],
+    concurrency: int,
+    max_tokens: int,
+    sampling: dict | None = None,
+    headers: dict | None = None,
+) -> dict:
     """A closed loop: `concurrency` clients share the request list until it is done."""
     todo = list(enumerate(prompts))
     results: list[dict] = []
@@ -194,10 +225,13 @@ async def run_level(base: str, prompts: list[str], concurrency: int, max_tokens:
     async def client_loop(client: httpx.AsyncClient) -> None:
         while todo:
             i, prompt = todo.pop(0)
-            results.append(await one_request(client, prompt, seed=i, max_tokens=max_tokens))
+            result = await one_request(client, prompt, i, max_tokens, sampling)
+            results.append({"prompt_index": i, **result})
 
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=600, limits=limits, headers=headers
+    ) as client:
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         duration = time.perf_counter() - start
@@ -218,6 +252,8 @@ def summarize_level(concurrency: int, raw: dict, batches: tuple[float, float]) -
     ttfts = [r["ttft_s"] for r in raw["requests"]]
     tokens = sum(r["completion_tokens"] for r in raw["requests"])
     sequences, count = batches
+    tpots = [r["tpot_s"] for r in raw["requests"] if r.get("tpot_s") is not None]
+    gaps = [g for r in raw["requests"] for g in r.get("gaps_s", ())]
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
@@ -227,6 +263,13 @@ def summarize_level(concurrency: int, raw: dict, batches: tuple[float, float]) -
         "completion_tokens": tokens,
         "latency_s": {f"p{q}": percentile(latencies, q / 100) for q in (50, 95, 99)},
         "ttft_s": {f"p{q}": percentile(ttfts, q / 100) for q in (50, 95, 99)},
+        "tpot_s": {f"p{q}": percentile(tpots, q / 100) for q in (50, 95)} if tpots else None,
+        "itl_s": {f"p{q}": percentile(gaps, q / 100) for q in (50, 95)} if gaps else None,
+        "prompt_tokens": {
+            r["prompt_index"]: r.get("prompt_tokens")
+            for r in raw["requests"]
+            if "prompt_index" in r
+        },
         "latency_mean_s": statistics.mean(latencies),
         "mean_batch_sequences": sequences / count if count else None,
         "batches": int(count),
@@ -313,7 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default="serving_load", help="output file stem")
+    parser.add_argument(
+        "--name", default=None, help="output file stem (default: serving_load, or with "
+        "--formats serving-fst-vs-llama-server-MODEL)",
+    )  # fmt: skip
     parser.add_argument(
         "--variant", action="append", default=[], metavar="NAME=FLAGS",
         help="compare fst-serve configurations instead of batching modes: each NAME gets "
@@ -322,7 +368,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "paused with SIGSTOP); e.g. --variant 'cap16=--max_batch_size 16 --max_step_ms 0' "
         "--variant auto=",
     )  # fmt: skip
+    serving_llamacpp.add_arguments(parser)
     args = parser.parse_args(argv)
+    serving_llamacpp.check_arguments(parser, args)
     try:
         args.variants = dict(_split_variant(v) for v in args.variant)
     except ValueError as e:
@@ -439,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
+    if args.formats:
+        return write_report(serving_llamacpp.run(args), serving_llamacpp.render_markdown, args)
     bundle = prepare_bundle(args.model, args.cache, args.rebuild, args.optimize)
     if args.variants:
         modes = run_variants(bundle, args)
@@ -461,10 +511,14 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "machine": common.machine_description(),
     }
+    return write_report(report, render_markdown, args)
+
+
+def write_report(report: dict, render, args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_atomic(args.out / f"{args.name}.json", json.dumps(report, indent=2) + "\n")
-    common.write_atomic(args.out / f"{args.name}.md", render_markdown(report))
-    print(render_markdown(report))
+    common.write_atomic(args.out / f"{args.name}.md", render(report))
+    print(render(report))
     return 0
 
 
