@@ -229,11 +229,13 @@ def _transform(
             quantize_int8(path, quantized, weight_type=weight_type)
             made[weight_type] = (quantized, check(quantized))
     chosen = choose_int8_weights(made["QInt8"][1], made["QUInt8"][1])
+    passed = made[chosen][1].passed
     stages.note(
         f"max |onnx - torch|: QInt8 {made['QInt8'][1].max_abs_diff:.3g}, "
-        f"QUInt8 {made['QUInt8'][1].max_abs_diff:.3g}: keeping {chosen}"
+        f"QUInt8 {made['QUInt8'][1].max_abs_diff:.3g}: "
+        + (f"keeping {chosen}" if passed else "both fail the gate")
     )
-    if not made[chosen][1].passed:  # activations with outliers: see _int8_blocks
+    if not passed:  # activations with outliers: see _int8_blocks
         for quantized, _ in made.values():
             remove_onnx(quantized)
         return _int8_blocks(path, config, stages, optimize)
