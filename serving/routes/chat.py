@@ -17,7 +17,6 @@ calls functions has `message.tool_calls` and `finish_reason: "tool_calls"`, stre
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from fst.core.chat_template import ChatTemplateError
 from fst.runtime.chat import NotAChatModel, render_chat
@@ -43,7 +41,7 @@ from fst.serving.chat_schemas import (
     TopLogprob,
 )
 from fst.serving.dependencies import StateDep, require_api_key
-from fst.serving.errors import APIError, openai_error
+from fst.serving.errors import APIError
 from fst.serving.generation import (
     check_fits_context,
     check_limit,
@@ -54,8 +52,14 @@ from fst.serving.generation import (
 )
 from fst.serving.generator_protocol import ServedGenerator
 from fst.serving.jobs import Job
-from fst.serving.openai_schemas import ErrorResponse, PromptTokensDetails, Usage
-from fst.serving.routes.completions import _check_model, _token_text
+from fst.serving.openai_schemas import PromptTokensDetails, Usage
+from fst.serving.routes.openai_common import (
+    check_model,
+    error_responses,
+    event_stream,
+    sse,
+    token_text,
+)
 from fst.serving.state import ServingState
 from fst.serving.structured import request_constraint
 from fst.serving.tools import ToolPlan, ToolStream, parse_tool_calls, plan_tools, tool_messages
@@ -66,18 +70,10 @@ router = APIRouter(
     prefix="/v1", tags=["OpenAI-compatible API"], dependencies=[Depends(require_api_key)]
 )
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "A parameter out of range or unsupported, a conversation the chat template "
-        "refuses or beyond the context, or a model without a chat template",
-        401: "Missing or wrong API key (when the server has one)",
-        404: "Unknown model",
-        429: "Queue full; retry after the Retry-After header's seconds",
-        503: "Model still loading, or the server is shutting down",
-        504: "Generation did not finish within the request timeout",
-    }.items()
-}
+_ERRORS = error_responses(
+    "A parameter out of range or unsupported, a conversation the chat template "
+    "refuses or beyond the context, or a model without a chat template"
+)
 
 
 @router.post(
@@ -92,7 +88,7 @@ async def create_chat_completion(
     """Answer a conversation as its assistant; `stream: true` for server-sent events."""
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
-    _check_model(payload.model, state.model_name)
+    check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)
     plan = plan_tools(payload.tools, payload.tool_choice, payload.parallel_tool_calls is not False)
     constraint = await request_constraint(payload)
@@ -117,15 +113,11 @@ async def create_chat_completion(
     job = submit(state, [prompt], params, constraint=constraint, logprobs=logprobs)
     head = _Head(
         f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n,
-        _token_text(getattr(generator, "tokenizer", None)) if logprobs is not None else None,
+        token_text(getattr(generator, "tokenizer", None)) if logprobs is not None else None,
     )  # fmt: skip
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        return StreamingResponse(
-            _stream(job, head, include_usage, plan),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(job, _stream(job, head, include_usage, plan))
     results = await wait_for_job(job, request)
     choices, usage = _choices_and_usage(results, plan, head.token_text)
     return ChatCompletionResponse(
@@ -288,11 +280,7 @@ class _Head:
         }
         if usage is not None:
             body["usage"] = usage
-        return _sse(body)
-
-
-def _sse(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        return sse(body)
 
 
 def _held_deltas(held: ToolStream, text: str) -> list[dict[str, Any]]:
@@ -320,34 +308,22 @@ def _delta(
 
 async def _stream(job: Job, head: _Head, include_usage: bool, plan: ToolPlan) -> AsyncIterator[str]:
     held = [ToolStream() for _ in range(head.n)] if plan.active else None
-    try:
-        for s in range(head.n):
-            yield head.chunk([_delta(s, {"role": "assistant", "content": ""})])
-        async for _, s, piece in job.pieces():
-            if held is not None:
-                piece = held[s].push(piece)
-            if piece:
-                yield head.chunk([_delta(s, {"content": piece})])
-        if job.cancel_reason is not None:
-            raise job_error(job)
-        assert job.result is not None
-        choices, usage = _choices_and_usage(job.result, plan, head.token_text)
-        for choice, completion in zip(choices, job.result[0], strict=True):
-            if held is not None:
-                for delta in _held_deltas(held[choice.index], completion.text):
-                    yield head.chunk([_delta(choice.index, delta)])
-            last = _delta(choice.index, {}, choice.finish_reason, choice.logprobs)
-            yield head.chunk([last])
-        if include_usage:
-            yield head.chunk([], usage=usage.model_dump())
-    except APIError as exc:
-        yield _sse(openai_error(exc.status, exc.message, exc.param, exc.code))
-    except Exception as exc:
-        error = job_error(job, exc)
-        if error.status == 500:
-            logger.exception("streamed chat generation failed")
-        yield _sse(openai_error(error.status, error.message))
-    finally:
-        if job.result is None:  # the client left (or the stream failed): stop generating
-            job.cancel("disconnect")
-    yield "data: [DONE]\n\n"
+    for s in range(head.n):
+        yield head.chunk([_delta(s, {"role": "assistant", "content": ""})])
+    async for _, s, piece in job.pieces():
+        if held is not None:
+            piece = held[s].push(piece)
+        if piece:
+            yield head.chunk([_delta(s, {"content": piece})])
+    if job.cancel_reason is not None:
+        raise job_error(job)
+    assert job.result is not None
+    choices, usage = _choices_and_usage(job.result, plan, head.token_text)
+    for choice, completion in zip(choices, job.result[0], strict=True):
+        if held is not None:
+            for delta in _held_deltas(held[choice.index], completion.text):
+                yield head.chunk([_delta(choice.index, delta)])
+        last = _delta(choice.index, {}, choice.finish_reason, choice.logprobs)
+        yield head.chunk([last])
+    if include_usage:
+        yield head.chunk([], usage=usage.model_dump())

@@ -2,13 +2,11 @@
 
 With `stream: true` the answer is server-sent events in OpenAI's chunk format: one chunk
 per text piece, then one chunk per choice carrying its `finish_reason`, optionally a
-usage chunk, and `data: [DONE]`. An error after the stream has started is sent as an
-OpenAI error object (the official client raises it), followed by `data: [DONE]`.
+usage chunk, and `data: [DONE]` (the frame, errors included: routes/openai_common.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -17,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from fst.runtime.logprobs import TokenLogprob
 from fst.serving.api_params import COMPLETIONS
 from fst.serving.dependencies import StateDep, require_api_key
-from fst.serving.errors import APIError, openai_error
+from fst.serving.errors import APIError
 from fst.serving.generation import (
     check_fits_context,
     check_limit,
@@ -38,11 +35,17 @@ from fst.serving.openai_schemas import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    ErrorResponse,
     ModelCard,
     ModelList,
     PromptTokensDetails,
     Usage,
+)
+from fst.serving.routes.openai_common import (
+    check_model,
+    error_responses,
+    event_stream,
+    sse,
+    token_text,
 )
 from fst.serving.state import ServingState
 from fst.serving.structured import request_constraint
@@ -54,18 +57,10 @@ router = APIRouter(
 )
 
 _FINISH = {"stop": "stop", "length": "length", "grammar_dead_end": "grammar_dead_end"}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "A parameter out of range or unsupported, a prompt beyond the context, or a "
-        "schema, regex or grammar that does not compile",
-        401: "Missing or wrong API key (when the server has one)",
-        404: "Unknown model",
-        429: "Queue full; retry after the Retry-After header's seconds",
-        503: "Model still loading, or the server is shutting down",
-        504: "Generation did not finish within the request timeout",
-    }.items()
-}
+_ERRORS = error_responses(
+    "A parameter out of range or unsupported, a prompt beyond the context, or a "
+    "schema, regex or grammar that does not compile"
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +86,7 @@ class _Head:
         }
         if usage is not None:
             body["usage"] = usage
-        return _sse(body)
-
-
-def _sse(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        return sse(body)
 
 
 def _card(state: ServingState) -> ModelCard:
@@ -112,7 +103,7 @@ async def list_models(state: StateDep) -> ModelList:
     "/models/{model_id}", response_model=ModelCard, summary="Describe a model", responses=_ERRORS
 )
 async def get_model(model_id: str, state: StateDep) -> ModelCard:
-    _check_model(model_id, state.model_name)
+    check_model(model_id, state.model_name)
     return _card(state)
 
 
@@ -128,7 +119,7 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
     `response_format` (or `guided_regex` / `guided_grammar`) constrains every choice."""
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
-    _check_model(payload.model, state.model_name)
+    check_model(payload.model, state.model_name)
     _refuse_unsupported(payload)
     constraint = await request_constraint(payload)
     inputs = _prompt_list(payload.prompt)
@@ -173,15 +164,11 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
         echo=[_echo_text(p, tokenizer) for p in inputs] if payload.echo else None,
         echo_only=echo_only,
         logprobs=payload.logprobs is not None,
-        token_text=_token_text(tokenizer),
+        token_text=token_text(tokenizer),
     )
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        return StreamingResponse(
-            _stream(job, head, include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(job, _stream(job, head, include_usage))
     results = await wait_for_job(job, request)
     choices, usage = _choices_and_usage(head, results)
     return CompletionResponse(
@@ -210,27 +197,9 @@ def _echo_text(value: str | list[int], tokenizer: Any) -> str:
     return value if isinstance(value, str) else tokenizer.decode(value, skip_special_tokens=False)
 
 
-def _token_text(tokenizer: Any) -> Callable[[int], str]:
-    """A token's text as the logprobs object shows it (special tokens included)."""
-    if tokenizer is None:
-        return str
-    return lambda token: tokenizer.decode([token], skip_special_tokens=False)
-
-
 def _or(value: Any, default: Any) -> Any:
     """OpenAI clients may send null for 'use the default'."""
     return default if value is None else value
-
-
-def _check_model(model: str | None, served: str) -> None:
-    if model is not None and model != served:
-        shown = model if len(model) <= 100 else f"{model[:100]}…"  # never echo 64 KB back
-        raise APIError(
-            404,
-            f"model: the model '{shown}' does not exist; this server serves '{served}'",
-            param="model",
-            code="model_not_found",
-        )
 
 
 def _refuse_unsupported(payload: CompletionRequest) -> None:
@@ -312,30 +281,18 @@ async def _stream(job: Job, head: _Head, include_usage: bool) -> AsyncIterator[s
     finish_reason) carries the logprobs object of its whole text, echo included: the
     prompt's are known only once it is scored, and a piece of text is not always whole
     tokens."""
-    try:
-        if head.echo:
-            for p, text in enumerate(head.echo):
-                for s in range(head.n):
-                    yield head.chunk([_choice(text, p * head.n + s, None)])
-        async for p, s, piece in job.pieces():
-            if not head.echo_only:
-                yield head.chunk([_choice(piece, p * head.n + s, None)])
-        if job.cancel_reason is not None:
-            raise job_error(job)
-        assert job.result is not None
-        choices, usage = _choices_and_usage(head, job.result)
-        for choice in choices:
-            yield head.chunk([_choice("", choice.index, choice.finish_reason, choice.logprobs)])
-        if include_usage:
-            yield head.chunk([], usage=usage.model_dump())
-    except APIError as exc:
-        yield _sse(openai_error(exc.status, exc.message, exc.param, exc.code))
-    except Exception as exc:
-        error = job_error(job, exc)
-        if error.status == 500:
-            logger.exception("streamed generation failed")
-        yield _sse(openai_error(error.status, error.message))
-    finally:
-        if job.result is None:  # the client left (or the stream failed): stop generating
-            job.cancel("disconnect")
-    yield "data: [DONE]\n\n"
+    if head.echo:
+        for p, text in enumerate(head.echo):
+            for s in range(head.n):
+                yield head.chunk([_choice(text, p * head.n + s, None)])
+    async for p, s, piece in job.pieces():
+        if not head.echo_only:
+            yield head.chunk([_choice(piece, p * head.n + s, None)])
+    if job.cancel_reason is not None:
+        raise job_error(job)
+    assert job.result is not None
+    choices, usage = _choices_and_usage(head, job.result)
+    for choice in choices:
+        yield head.chunk([_choice("", choice.index, choice.finish_reason, choice.logprobs)])
+    if include_usage:
+        yield head.chunk([], usage=usage.model_dump())

@@ -21,7 +21,7 @@ from fst.serving.dependencies import StateDep, require_api_key
 from fst.serving.errors import APIError
 from fst.serving.generation import refuse_unencodable_text
 from fst.serving.routes.chat import tokenize_conversation
-from fst.serving.routes.completions import _check_model
+from fst.serving.routes.openai_common import check_model
 
 router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
 
@@ -78,7 +78,7 @@ class TokenizerInfo(BaseModel):
 async def tokenize(payload: TokenizeRequest, state: StateDep) -> TokenizeResponse:
     refuse_unencodable_text(payload)
     generator, _ = state.require_ready()
-    _check_model(payload.model, state.model_name)
+    check_model(payload.model, state.model_name)
     if payload.messages is not None:
         ids, context = await tokenize_conversation(payload.messages, state)
         return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=context)
