@@ -25,6 +25,7 @@ from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import comma_list, fail, option, parse_settings
 from fst.core.generation_params import GenerationParams
 from fst.runtime.chat import Message, fit_history, render_chat
+from fst.runtime.cli import generation_option, given_generation_params, load_generator
 
 log = logging.getLogger("fst.chat")
 
@@ -35,19 +36,6 @@ HELP = (
     "/system TEXT (set the system message; /system alone removes it), /help, /exit. "
     "Ctrl-D or Ctrl-C quits."
 )
-_SAMPLING = "generation"
-_D = GenerationParams()
-
-
-def _param(help_text: str, name: str, default: Any = None) -> Any:
-    """A generation parameter: None = the bundle's default (its GenerationParams)."""
-    fallback = getattr(_D, name)
-    return option(
-        default,
-        group=_SAMPLING,
-        shown_default=f"the bundle's, else {'none' if fallback is None else fallback}",
-        help=help_text,
-    )
 
 
 @dataclass(frozen=True)
@@ -57,23 +45,15 @@ class ChatArgs:
     bundle: str = option(metavar="PATH", help="bundle folder written by fst-export (a chat model)")
     system: str | None = option(None, help="the system message to start with")
     max_new_tokens: int = option(
-        256, group=_SAMPLING, help="longest answer, in tokens (also kept free in the context)"
+        256, group="generation", help="longest answer, in tokens (also kept free in the context)"
     )
-    temperature: float | None = _param("0 = greedy", "temperature")
-    top_k: int | None = _param("keep the k most likely tokens (0 = off)", "top_k")
-    top_p: float | None = _param(
-        "keep the smallest set of tokens with this probability mass (1 = off)", "top_p"
-    )
-    repetition_penalty: float | None = _param(
-        "penalise tokens already in the prompt or output (1 = off)", "repetition_penalty"
-    )
-    presence_penalty: float | None = _param(
-        "subtracted from tokens already in the answer (OpenAI's; 0 = off)", "presence_penalty"
-    )
-    frequency_penalty: float | None = _param(
-        "subtracted per occurrence in the answer (OpenAI's; 0 = off)", "frequency_penalty"
-    )
-    seed: int | None = _param("random seed: the same seed gives the same answers", "seed")
+    temperature: float | None = generation_option("temperature")
+    top_k: int | None = generation_option("top_k")
+    top_p: float | None = generation_option("top_p")
+    repetition_penalty: float | None = generation_option("repetition_penalty")
+    presence_penalty: float | None = generation_option("presence_penalty")
+    frequency_penalty: float | None = generation_option("frequency_penalty")
+    seed: int | None = generation_option("seed")
     providers: tuple[str, ...] | None = option(
         None,
         parse=comma_list,
@@ -93,11 +73,8 @@ class ChatArgs:
             raise ValueError(f"--{e}") from None
 
     def overrides(self) -> dict[str, Any]:
-        """The generation parameters given on the command line."""
-        names = ("temperature", "top_k", "top_p", "repetition_penalty")
-        names += ("presence_penalty", "frequency_penalty", "seed")
-        out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-        return {"max_new_tokens": self.max_new_tokens, **out, "num_return_sequences": 1}
+        """The generation parameters given on the command line; one answer at a time."""
+        return {**given_generation_params(self), "num_return_sequences": 1}
 
 
 class ChatSession:
@@ -208,16 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return fail(PROG, e)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-    from fst.runtime.generator import Generator
     from fst.runtime.session import ProviderUnavailableError
 
     try:
-        generator = Generator.from_bundle(
-            args.bundle,
-            providers=list(args.providers) if args.providers else None,
-            threads=args.threads,
-            huge_pages=args.huge_pages,
-        )
+        generator = load_generator(args)
         params = generator.default_params.with_overrides(**args.overrides())
         session = ChatSession(generator, params, args.system)
     except (ValueError, OSError, ProviderUnavailableError) as e:

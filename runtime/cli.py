@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass, fields
+from typing import Any
 
 from fst.core.cli_settings import build_parser as _build_parser
 from fst.core.cli_settings import comma_list, fail, option, parse_settings
@@ -26,14 +27,50 @@ _SAMPLING = "generation"
 _D = GenerationParams()
 
 
-def _param(help_text: str, name: str) -> object:
-    """A generation parameter: None = the bundle's default (its GenerationParams)."""
+# What each generation parameter does, for every CLI that exposes it (fst-generate, fst-chat).
+GENERATION_HELP = {
+    "max_new_tokens": "how many tokens to generate at most",
+    "min_new_tokens": "EOS is impossible before this many tokens",
+    "num_return_sequences": "samples per prompt",
+    "temperature": "0 = greedy",
+    "top_k": "keep the k most likely tokens (0 = off)",
+    "top_p": "keep the smallest set of tokens with this probability mass (1 = off)",
+    "repetition_penalty": "penalise tokens already in the prompt or output (1 = off)",
+    "presence_penalty": "subtracted from tokens already in the answer (OpenAI's; 0 = off)",
+    "frequency_penalty": "subtracted per occurrence in the answer (OpenAI's; 0 = off)",
+    "seed": "random seed: the same seed gives the same samples",
+}
+
+
+def generation_option(name: str) -> Any:
+    """A GenerationParams field as a flag: None = the bundle's default (its GenerationParams)."""
     fallback = getattr(_D, name)
     return option(
         None,
         group=_SAMPLING,
         shown_default=f"the bundle's, else {'none' if fallback is None else fallback}",
-        help=help_text,
+        help=GENERATION_HELP[name],
+    )
+
+
+def given_generation_params(args: Any) -> dict[str, Any]:
+    """The generation parameters given on a command line: each GenerationParams field the
+    settings class declares, unless left unset (None, no --stop, no --ignore_eos)."""
+    names = [f.name for f in fields(GenerationParams) if hasattr(args, f.name)]
+    given = {name: getattr(args, name) for name in names}
+    return {k: v for k, v in given.items() if v is not None and v != () and v is not False}
+
+
+def load_generator(args: Any, verify: bool = False) -> Any:
+    """The bundle of a CLI's `--bundle`, with its provider, thread and page options."""
+    from fst.runtime.generator import Generator
+
+    return Generator.from_bundle(
+        args.bundle,
+        providers=list(args.providers) if args.providers else None,
+        threads=args.threads,
+        verify=verify,
+        huge_pages=args.huge_pages,
     )
 
 
@@ -46,20 +83,14 @@ class GenerateArgs:
     )
     bundle: str = option(metavar="PATH", help="bundle folder written by fst-export")
     meta: str | None = option(None, help="document meta (document-format bundles only)")
-    max_new_tokens: int | None = _param("how many tokens to generate at most", "max_new_tokens")
-    min_new_tokens: int | None = _param(
-        "EOS is impossible before this many tokens", "min_new_tokens"
-    )
-    num_return_sequences: int | None = _param("samples per prompt", "num_return_sequences")
-    temperature: float | None = _param("0 = greedy", "temperature")
-    top_k: int | None = _param("keep the k most likely tokens (0 = off)", "top_k")
-    top_p: float | None = _param(
-        "keep the smallest set of tokens with this probability mass (1 = off)", "top_p"
-    )
-    repetition_penalty: float | None = _param(
-        "penalise tokens already in the prompt or output (1 = off)", "repetition_penalty"
-    )
-    seed: int | None = _param("random seed: the same seed gives the same samples", "seed")
+    max_new_tokens: int | None = generation_option("max_new_tokens")
+    min_new_tokens: int | None = generation_option("min_new_tokens")
+    num_return_sequences: int | None = generation_option("num_return_sequences")
+    temperature: float | None = generation_option("temperature")
+    top_k: int | None = generation_option("top_k")
+    top_p: float | None = generation_option("top_p")
+    repetition_penalty: float | None = generation_option("repetition_penalty")
+    seed: int | None = generation_option("seed")
     stop: tuple[str, ...] = option(
         (), group=_SAMPLING, repeat=True, help="stop string (repeatable); the text ends before it"
     )
@@ -92,11 +123,8 @@ class GenerateArgs:
             raise ValueError("--stream works with --num_return_sequences 1")
 
     def overrides(self) -> dict:
-        """The generation parameters given on the command line: each GenerationParams
-        field this class declares, unless left unset (None, no --stop, no --ignore_eos)."""
-        names = [f.name for f in fields(GenerationParams) if hasattr(self, f.name)]
-        given = {name: getattr(self, name) for name in names}
-        return {k: v for k, v in given.items() if v is not None and v != () and v is not False}
+        """The generation parameters given on the command line."""
+        return given_generation_params(self)
 
 
 def _check_text_arguments(args: GenerateArgs) -> None:
@@ -130,17 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return fail(PROG, e)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-    from fst.runtime.generator import Generator
     from fst.runtime.session import ProviderUnavailableError
 
     try:
-        generator = Generator.from_bundle(
-            args.bundle,
-            providers=list(args.providers) if args.providers else None,
-            threads=args.threads,
-            verify=args.verify,
-            huge_pages=args.huge_pages,
-        )
+        generator = load_generator(args, verify=args.verify)
         params = generator.default_params.with_overrides(**args.overrides())
         prompt = {"body": args.prompt, "meta": args.meta} if args.meta is not None else args.prompt
         if args.stream:
