@@ -14,14 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
-from fst.core.generation_params import (
-    MAX_REPETITION_PENALTY,
-    MAX_TEMPERATURE,
-    MIN_REPETITION_PENALTY,
-    MIN_TEMPERATURE,
-)
 from fst.runtime.logprobs import MAX_TOP_LOGPROBS
-from fst.serving.openai_schemas import StreamOptions, StructuredOutputFields, Usage
+from fst.serving.openai_schemas import GenerationFields, Usage
 from fst.serving.tools import ToolCall, ToolChoice, ToolDefinition
 
 
@@ -78,10 +72,8 @@ class ChatMessage(BaseModel):
         return message
 
 
-class ChatCompletionRequest(StructuredOutputFields):
-    model_config = ConfigDict(
-        extra="ignore",
-        strict=True,
+class ChatCompletionRequest(GenerationFields):
+    model_config = ConfigDict(  # extra="ignore", strict: GenerationFields'
         json_schema_extra={
             "examples": [
                 {
@@ -98,9 +90,6 @@ class ChatCompletionRequest(StructuredOutputFields):
         },
     )
 
-    model: str | None = Field(
-        None, description="The served model id (see GET /v1/models); optional."
-    )
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
     max_completion_tokens: int | None = Field(
         None,
@@ -111,30 +100,7 @@ class ChatCompletionRequest(StructuredOutputFields):
     max_tokens: int | None = Field(
         None, ge=1, description="Deprecated name of max_completion_tokens (used if that is unset)."
     )
-    temperature: float | None = Field(
-        1.0,
-        ge=0.0,
-        le=MAX_TEMPERATURE,
-        description=f"Sampling temperature: 0 means greedy, otherwise in "
-        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
-    )
-    top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int | None = Field(1, ge=1, description="Choices to generate.")
-    stream: bool | None = Field(False, description="Send server-sent events as text is made.")
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(
-        None, description="Up to 8 strings; generation stops before the first one found."
-    )
-    seed: int | None = Field(
-        None, ge=0, description="Seed for sampling: same seed, same request, same text."
-    )
-    presence_penalty: float | None = Field(
-        0.0, description="In [-2, 2]: subtracted once from every token already generated."
-    )
-    frequency_penalty: float | None = Field(
-        0.0, description="In [-2, 2]: subtracted per occurrence of a token already generated."
-    )
-    user: str | None = Field(None, description="End-user id (accepted, not stored).")
     logprobs: bool | None = Field(
         None,
         description="Return each generated token's log-probability: the model's own "
@@ -145,9 +111,8 @@ class ChatCompletionRequest(StructuredOutputFields):
         None,
         ge=0,
         le=MAX_TOP_LOGPROBS,
-        description="With logprobs: also the this many most likely tokens at each position.",
+        description="With logprobs: also this many most likely tokens at each position.",
     )
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
     tools: list[ToolDefinition] | None = Field(
         None, description="Functions the model may call (serving/tools.py)."
     )
@@ -159,18 +124,6 @@ class ChatCompletionRequest(StructuredOutputFields):
     )
     parallel_tool_calls: bool | None = Field(
         True, description="Allow several calls in one answer (false: at most one)."
-    )
-    # Extras beyond OpenAI's API.
-    top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
-    repetition_penalty: float | None = Field(
-        1.0,
-        ge=MIN_REPETITION_PENALTY,
-        le=MAX_REPETITION_PENALTY,
-        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
-    )
-    min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
-    ignore_eos: bool | None = Field(
-        False, description="Extra: do not stop at end-of-text or end-of-turn tokens."
     )
 
 

@@ -73,10 +73,55 @@ class StructuredOutputFields(BaseModel):
     )
 
 
-class CompletionRequest(StructuredOutputFields):
-    model_config = ConfigDict(
-        extra="ignore",
-        strict=True,
+class GenerationFields(StructuredOutputFields):
+    """The request fields both generation APIs take, declared once (OpenAI's, then the
+    extras other open servers have)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = Field(
+        None, description="The served model id (see GET /v1/models); optional."
+    )
+    temperature: float | None = Field(
+        1.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"Sampling temperature: 0 means greedy, otherwise in "
+        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
+    )
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    stream: bool | None = Field(False, description="Send server-sent events as text is made.")
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(
+        None, description="Up to 8 strings; generation stops before the first one found."
+    )
+    seed: int | None = Field(
+        None, ge=0, description="Seed for sampling: same seed, same request, same text."
+    )
+    user: str | None = Field(None, description="End-user id (accepted, not stored).")
+    presence_penalty: float | None = Field(
+        0.0, description="In [-2, 2]: subtracted once from every token already generated."
+    )
+    frequency_penalty: float | None = Field(
+        0.0, description="In [-2, 2]: subtracted per occurrence of a token already generated."
+    )
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
+    # Extras beyond OpenAI's API.
+    top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
+    repetition_penalty: float | None = Field(
+        1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
+    )
+    min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
+    ignore_eos: bool | None = Field(
+        False, description="Extra: do not stop at end-of-text (or a chat model's end-of-turn)."
+    )
+
+
+class CompletionRequest(GenerationFields):
+    model_config = ConfigDict(  # extra="ignore", strict: GenerationFields'
         json_schema_extra={
             "examples": [
                 {
@@ -94,9 +139,6 @@ class CompletionRequest(StructuredOutputFields):
         },
     )
 
-    model: str | None = Field(
-        None, description="The served model id (see GET /v1/models); optional."
-    )
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
         description="A prompt, a list of prompts answered together, token ids (a list of "
         "integers, taken as they are) or a list of token-id prompts. For a document-format "
@@ -107,25 +149,8 @@ class CompletionRequest(StructuredOutputFields):
         ge=0,
         description="Most tokens to generate per choice; 0 (with `echo`) scores the prompt only.",
     )
-    temperature: float | None = Field(
-        1.0,
-        ge=0.0,
-        le=MAX_TEMPERATURE,
-        description=f"Sampling temperature: 0 means greedy, otherwise in "
-        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}].",
-    )
-    top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int | None = Field(1, ge=1, description="Choices to generate for each prompt.")
-    stream: bool | None = Field(False, description="Send server-sent events as text is made.")
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(
-        None, description="Up to 8 strings; generation stops before the first one found."
-    )
-    seed: int | None = Field(
-        None, ge=0, description="Seed for sampling: same seed, same request, same text."
-    )
     echo: bool | None = Field(False, description="Put the prompt before the generated text.")
-    user: str | None = Field(None, description="End-user id (accepted, not stored).")
     logprobs: int | None = Field(
         None,
         ge=0,
@@ -138,23 +163,6 @@ class CompletionRequest(StructuredOutputFields):
     )
     suffix: str | None = Field(None, description="Not supported: must be null.")
     best_of: int | None = Field(None, description="Not supported beyond best_of = n.")
-    presence_penalty: float | None = Field(
-        0.0, description="In [-2, 2]: subtracted once from every token already generated."
-    )
-    frequency_penalty: float | None = Field(
-        0.0, description="In [-2, 2]: subtracted per occurrence of a token already generated."
-    )
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
-    # Extras beyond OpenAI's API.
-    top_k: int | None = Field(0, ge=0, description="Extra: sample among the k best; 0 is off.")
-    repetition_penalty: float | None = Field(
-        1.0,
-        ge=MIN_REPETITION_PENALTY,
-        le=MAX_REPETITION_PENALTY,
-        description="Extra: penalty for repeated tokens (CTRL-style); 1 is off.",
-    )
-    min_tokens: int | None = Field(0, ge=0, description="Extra: generate at least this many.")
-    ignore_eos: bool | None = Field(False, description="Extra: do not stop at end-of-text.")
     meta: str | None = Field(
         None, description="Extra: document meta, for document-format models only."
     )
