@@ -107,9 +107,16 @@ async def check_fits_context(
         )
     except ValueError as exc:
         raise APIError(400, f"prompt: {exc}", param="prompt") from None
-    context = generator.max_positions
+    check_lengths_fit(lengths, generator.max_positions, max_new_tokens, param)
+
+
+def check_lengths_fit(
+    lengths: Sequence[int], context: int, max_new_tokens: int, param: str
+) -> None:
+    """The check of `check_fits_context` on prompt lengths already known (a route that
+    encoded its prompt need not encode it again)."""
     for i, length in enumerate(lengths):
-        where = f"prompt {i}" if len(prompts) > 1 else "prompt"
+        where = f"prompt {i}" if len(lengths) > 1 else "prompt"
         if length == 0:
             raise APIError(400, f"{where} is empty: give at least one token", param="prompt")
         if length + max_new_tokens > context:

@@ -43,7 +43,7 @@ from fst.serving.chat_schemas import (
 from fst.serving.dependencies import StateDep, require_api_key
 from fst.serving.errors import APIError
 from fst.serving.generation import (
-    check_fits_context,
+    check_lengths_fit,
     check_limit,
     job_error,
     refuse_unencodable_text,
@@ -103,7 +103,7 @@ async def create_chat_completion(
         constraint = plan.constraint
     prompt = _render(generator, payload.messages, plan)
     length = await _prompt_length(generator, prompt)
-    _, max_tokens = await _max_tokens(payload, generator, prompt, length, state)
+    _, max_tokens = _max_tokens(payload, generator, length, state)
     defaults = generator.manifest.generation_defaults
     params = CHAT.to_params(payload, defaults, max_new_tokens=max_tokens)
     n = params.num_return_sequences
@@ -175,12 +175,8 @@ async def _prompt_length(generator: ServedGenerator, prompt: ChatPrompt) -> int:
     return length
 
 
-async def _max_tokens(
-    payload: ChatCompletionRequest,
-    generator: ServedGenerator,
-    prompt: ChatPrompt,
-    length: int,
-    state: ServingState,
+def _max_tokens(
+    payload: ChatCompletionRequest, generator: ServedGenerator, length: int, state: ServingState
 ) -> tuple[str, int]:
     """The API's name for the token limit and its value: the one asked for (checked against
     the server's limit and the context), else what the context has left, up to the limit."""
@@ -200,7 +196,7 @@ async def _max_tokens(
             )
         return param, min(limit, room)
     check_limit(asked, limit, param, "tokens")
-    await check_fits_context(generator, [prompt], asked, param)
+    check_lengths_fit([length], generator.max_positions, asked, param)  # encoded once
     return param, asked
 
 
