@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import common
-import httpx
 import serving_load as load
 
 log = logging.getLogger("serving_load")
@@ -182,20 +181,6 @@ def llama_log(args: argparse.Namespace) -> Path:
     return args.cache / "llama-server.log"
 
 
-def wait_llama_ready(base: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + load.READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"llama-server exited with status {server.returncode}: see {log_path}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("llama-server did not become ready")
-
-
 def peak_rss_mb(pid: int) -> float | None:
     """The process's own peak resident memory (VmHWM), not its parent's."""
     try:
@@ -230,7 +215,7 @@ def run_format(paths: dict[str, Path], args: argparse.Namespace) -> dict:
             if name == "fst":
                 load.wait_ready(bases[name], server)
             else:
-                wait_llama_ready(bases[name], server, llama_log(args))
+                load.wait_ready(bases[name], server, "llama-server", "/health", llama_log(args))
             warm = load.make_prompts(args.corpus, 2, args.prompt_chars)
             asyncio.run(load.run_level(bases[name], warm, 2, 4, GREEDY, HEADERS))
             server.send_signal(signal.SIGSTOP)

@@ -116,18 +116,23 @@ def start_server(
     return subprocess.Popen(command)
 
 
-def wait_ready(base: str, server: subprocess.Popen) -> None:
+def wait_ready(
+    base: str, server: subprocess.Popen, name: str = "fst-serve", path: str = "/ready",
+    log_path: Path | None = None,
+) -> None:  # fmt: skip
+    """Until `server` answers 200 on `path`; SystemExit if it exits or takes too long."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"fst-serve exited with status {server.returncode}")
+            where = f": see {log_path}" if log_path else ""
+            raise SystemExit(f"{name} exited with status {server.returncode}{where}")
         try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit("fst-serve did not become ready")
+    raise SystemExit(f"{name} did not become ready")
 
 
 def stop_server(server: subprocess.Popen) -> None:
