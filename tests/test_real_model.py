@@ -50,10 +50,8 @@ def chat_token_ids(bundle: Path, messages: list[dict]) -> list[int]:
 
 def generate_ids(generator: Generator, prompt_ids: list[int], **params) -> list[int]:
     """Greedy continuation of token ids through the runtime's decode loop (prefill, KV cache,
-    sampler, end-of-turn ids). Token-id prompts are fed to the batch directly: the runtime's
-    prompt encoder takes text and documents only."""
+    sampler, end-of-turn ids); a token-id prompt is taken as it is."""
     batch = generator.new_batch()
-    batch._encode_request = lambda request: list(request.prompt)
     request = GenerationRequest(prompt_ids, GenerationParams(temperature=0.0, **params))
     (rows,) = batch.add([request])
     while batch.num_live:
