@@ -41,20 +41,22 @@ class ExportOptions:
     """The graph fst-export builds (the command line's "graph" flags)."""
 
     optimize: bool = option(
-        False,
+        True,
         group=_GRAPH,
-        help="static shapes and ONNX Runtime fused operators (attention, layer norm, GELU); "
-        "the graph then needs onnxruntime's com.microsoft ops",
+        help="the fastest verified graph: static shapes and ONNX Runtime fused operators "
+        "(attention over a shared KV buffer, layer norm, GELU), which need onnxruntime's "
+        "com.microsoft ops; --no_optimize writes the plain traced graph (standard ONNX "
+        "ops only, e.g. for TensorRT)",
     )
     kv_layout: KvLayout = option(
         "auto",
         group=_GRAPH,
-        help="with --optimize: 'shared' = one preallocated KV buffer per layer written in "
-        "place (GroupQueryAttention; CPU runtime; head size a multiple of 8), 'concat' = "
-        "past and new keys concatenated every step (MultiHeadAttention; TensorRT needs the "
-        "plain graph: no --optimize), 'shared_right' = the CUDA layout (GroupQueryAttention "
-        "over right-padded buffers kept on the device; with --fp16; UNTESTED ON GPU), "
-        "'auto' = shared when possible (not fp16)",
+        help="of the optimized graph: 'shared' = one preallocated KV buffer per layer written "
+        "in place (GroupQueryAttention; CPU runtime; head size a multiple of 8), 'concat' = "
+        "past and new keys concatenated every step (MultiHeadAttention; the plain graph's "
+        "only layout), 'shared_right' = the CUDA layout (GroupQueryAttention over "
+        "right-padded buffers kept on the device; with --fp16; UNTESTED ON GPU), 'auto' = "
+        "shared when possible (not fp16)",
     )
     quantize: Quantize | None = option(
         None,
@@ -69,7 +71,9 @@ class ExportOptions:
         "decodes faster on CPU, 32 follows the weights more closely (llama.cpp's Q4_0 uses 32; "
         "benchmarks/results/int4_choice.md measures both)",
     )
-    fp16: bool = option(False, group=_GRAPH, help="float16 weights and I/O (CUDA/TensorRT)")
+    fp16: bool = option(
+        False, group=_GRAPH, help="float16 weights and I/O (CUDA; TensorRT also --no_optimize)"
+    )
     opset: int = option(17, group=_GRAPH, help="ONNX opset version")
     logits: Logits = option(
         DEFAULT_LOGITS,
@@ -103,7 +107,8 @@ class ExportOptions:
             )
         if self.kv_layout in ("shared", "shared_right") and not self.optimize:
             raise ExportOptionsError(
-                f"--kv_layout {self.kv_layout} needs --optimize (it is a fused-attention graph)"
+                f"--kv_layout {self.kv_layout} needs the optimized graph (it is fused "
+                "attention): drop --no_optimize"
             )
         if self.kv_layout == "shared_right" and self.logits != "last":
             raise ExportOptionsError("--kv_layout shared_right gives the last token's logits only")

@@ -141,39 +141,40 @@ def tiny_hf_model_dir(tmp_path_factory, gpt2_bpe_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_plain_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
-    """A plain-LM fp32 bundle (logits of the last position) exported from tiny_hf_model_dir."""
+    """A plain-LM fp32 bundle (logits of the last position) exported from tiny_hf_model_dir
+    with --no_optimize: the plain traced graph, kv_layout "concat"."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("tiny_plain_bundle") / "bundle"
-    export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
+    manifest = export_bundle(
+        output, model_path=str(tiny_hf_model_dir), optimize=False, progress=False
+    )
+    assert manifest.graph.kv_layout == "concat" and not manifest.graph.optimized
     return output
 
 
 @pytest.fixture(scope="session")
 def tiny_shared_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
-    """tiny_plain_bundle exported with --optimize: kv_layout "shared" (GroupQueryAttention
-    writing each step's keys/values into preallocated buffers)."""
+    """tiny_hf_model_dir exported with fst-export's defaults: the optimized graph, kv_layout
+    "shared" (GroupQueryAttention writing each step's keys/values into preallocated buffers)."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("tiny_shared_bundle") / "bundle"
-    manifest = export_bundle(
-        output, model_path=str(tiny_hf_model_dir), optimize=True, progress=False
-    )
-    assert manifest.graph.kv_layout == "shared"
+    manifest = export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
+    assert manifest.graph.kv_layout == "shared" and manifest.graph.optimized
     return output
 
 
 @pytest.fixture(scope="session")
 def tiny_shared_right_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
-    """tiny_plain_bundle in the GPU layout (--optimize --kv_layout shared_right, fp32 so the
-    CPU kernel runs it exactly): right-padded KV buffers kept on the session's device."""
+    """tiny_hf_model_dir in the GPU layout (--kv_layout shared_right, fp32 so the CPU kernel
+    runs it exactly): right-padded KV buffers kept on the session's device."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("tiny_shared_right_bundle") / "bundle"
     manifest = export_bundle(
         output,
         model_path=str(tiny_hf_model_dir),
-        optimize=True,
         kv_layout="shared_right",
         progress=False,
     )

@@ -21,13 +21,8 @@ CLIS: dict[str, tuple[str, str, str, list[str]]] = {
         "EvalArgs",
         ["--ckpt", "x.ckpt", "--documents", "d"],
     ),
-    # --optimize: --kv_layout shared / shared_right need it (checked when the flags are parsed)
-    "fst-export": (
-        "fst.export.cli",
-        "parse_args",
-        "ExportArgs",
-        ["--ckpt", "x", "--output", "o", "--optimize"],
-    ),
+    # The optimized graph (the default): --kv_layout shared / shared_right need it
+    "fst-export": ("fst.export.cli", "parse_args", "ExportArgs", ["--ckpt", "x", "--output", "o"]),
     "fst-generate": ("fst.runtime.cli", "parse_args", "GenerateArgs", ["--bundle", "b", "hi"]),
     "fst-serve": ("fst.serving.cli", "load_settings", "ServingSettings", ["--bundle", "b"]),
     "fst-telegram": (

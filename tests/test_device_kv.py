@@ -216,9 +216,9 @@ def test_fp16_bundle_decodes_like_fp32(fp16_bundle, stepper) -> None:
 @pytest.mark.parametrize(
     "options, error",
     [
-        ({"kv_layout": "shared_right"}, "needs --optimize"),
-        ({"kv_layout": "shared_right", "optimize": True, "quantize": "int8"}, "use --fp16"),
-        ({"kv_layout": "shared_right", "optimize": True, "logits": "all"}, "last token"),
+        ({"kv_layout": "shared_right", "optimize": False}, "drop --no_optimize"),
+        ({"kv_layout": "shared_right", "quantize": "int8"}, "use --fp16"),
+        ({"kv_layout": "shared_right", "logits": "all"}, "last token"),
     ],
 )
 def test_shared_right_export_errors(tmp_path, tiny_hf_model_dir, options, error) -> None:

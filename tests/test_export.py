@@ -107,8 +107,11 @@ def no_temp_dirs(parent: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def all_logits_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
+    """The plain graph (--no_optimize): the tests run it raw, with concatenated KV caches."""
     output = tmp_path_factory.mktemp("all_logits") / "bundle"
-    export_bundle(output, model_path=str(tiny_hf_model_dir), logits="all", progress=False)
+    export_bundle(
+        output, model_path=str(tiny_hf_model_dir), optimize=False, logits="all", progress=False
+    )
     return output
 
 
@@ -309,14 +312,16 @@ def test_tied_lm_head_is_stored_once_and_folded_by_onnx_runtime(tiny_plain_bundl
 
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory, tiny_hf_model_dir, tiny_plain_bundle) -> Path:
-    """An int8 export through the CLI, with --force over a copy of the plain bundle."""
+    """A plain-graph (--no_optimize) int8 export through the CLI, with --force over a copy
+    of the plain bundle."""
     import shutil
 
     output = tmp_path_factory.mktemp("int8") / "bundle"
     shutil.copytree(tiny_plain_bundle, output)
     args = ["--model_path", str(tiny_hf_model_dir), "--output", str(output)]
     log = str(output.parent / "debug.log")
-    assert cli.main([*args, "--force", "--quantize", "int8", "--quiet", "--log_file", log]) == 0
+    flags = ["--force", "--no_optimize", "--quantize", "int8", "--quiet", "--log_file", log]
+    assert cli.main([*args, *flags]) == 0
     return output
 
 
@@ -338,11 +343,10 @@ def test_int8_export_is_smaller_and_reports_its_parity(int8_bundle, tiny_plain_b
     assert list(transpose.input) == ["model.transformer.wte.weight_quantized"]
 
 
-def test_optimize_traces_attention_into_a_shared_kv_buffer(tmp_path, tiny_hf_model_dir):
+def test_default_export_traces_attention_into_a_shared_kv_buffer(tmp_path, tiny_hf_model_dir):
+    """The default graph is the optimized one (--no_optimize: the plain traced graph)."""
     output = tmp_path / "optimized"
-    manifest = export_bundle(
-        output, model_path=str(tiny_hf_model_dir), optimize=True, progress=False
-    )
+    manifest = export_bundle(output, model_path=str(tiny_hf_model_dir), progress=False)
     assert manifest.graph.optimized and manifest.parity.passed
     assert manifest.graph.kv_layout == "shared"
     assert manifest.parity.max_abs_diff < 1e-4
@@ -408,8 +412,10 @@ def test_optimized_export_can_keep_the_concat_kv_layout(tmp_path, tiny_hf_model_
     assert ops.count("MultiHeadAttention") == 2 and "GroupQueryAttention" not in ops
     expected = hf_greedy(tiny_hf_model_dir, PROMPTS, steps=6)
     np.testing.assert_array_equal(ort_greedy(output, PROMPTS, steps=6, pad_id=50256), expected)
-    with pytest.raises(ExportError, match="needs --optimize"):
-        export_bundle(tmp_path / "x", model_path=str(tiny_hf_model_dir), kv_layout="shared")
+    with pytest.raises(ExportError, match="needs the optimized graph"):
+        export_bundle(
+            tmp_path / "x", model_path=str(tiny_hf_model_dir), optimize=False, kv_layout="shared"
+        )
 
 
 def test_optimized_fp16_export_has_fusions_and_float16_io(tmp_path, tiny_hf_model_dir):
@@ -562,7 +568,9 @@ def test_int8_falls_back_to_8bit_blocks_when_dynamic_int8_fails_the_gate(
 ):
     """Dynamic int8 (one activation scale per tensor) fails on models with activation
     outliers; the export then writes 8-bit weight blocks (MatMulNBits, block 32), which
-    the verify stage checks like any bundle. The dynamic candidates are made to fail here."""
+    the verify stage checks like any bundle. The dynamic candidates are made to fail here,
+    on the plain graph (--no_optimize), whose Gemm projections this path turns into MatMuls
+    first; the optimized graph's fallback runs in the SmolLM2 tests."""
     import fst.export.exporter as exporter
 
     real = exporter.verify_parity
@@ -576,7 +584,7 @@ def test_int8_falls_back_to_8bit_blocks_when_dynamic_int8_fails_the_gate(
     monkeypatch.setattr(exporter, "verify_parity", failing_dynamic)
     bundle = tmp_path / "int8"
     manifest = export_bundle(
-        bundle, model_path=str(tiny_hf_model_dir), quantize="int8", progress=False
+        bundle, model_path=str(tiny_hf_model_dir), optimize=False, quantize="int8", progress=False
     )
     assert manifest.graph.variant == "int8" and manifest.parity.passed
     assert manifest.graph.int8_weights == "MatMulNBits"

@@ -244,10 +244,10 @@ MEMORY_CONFIG = {"n_layer": 2, "n_head": 6, "n_embd": 384, "n_positions": 256}
 # failure. Figures: benchmarks/results/sizes.md.
 MEMORY_BUDGET = {"fp32": 3.0, "optimize": 3.0, "int8": 3.0, "int4": 3.0, "fp16": 2.0}
 VARIANTS = {
-    "fp32": [],
-    "optimize": ["--optimize"],
-    "int8": ["--optimize", "--quantize", "int8"],
-    "int4": ["--optimize", "--quantize", "int4"],
+    "fp32": ["--no_optimize"],
+    "optimize": [],
+    "int8": ["--quantize", "int8"],
+    "int4": ["--quantize", "int4"],
     "fp16": ["--fp16"],
 }
 
