@@ -50,8 +50,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
             seconds[graph].append(export_seconds(hf, folders[graph], GRAPHS[graph]))
         log.info("%s export round %d/%d done", model, r + 1, args.rounds)
     generators = {
-        g: Generator.from_bundle(folders[g], threads=args.threads, huge_pages=True)
-        for g in GRAPHS
+        g: Generator.from_bundle(folders[g], threads=args.threads, huge_pages=True) for g in GRAPHS
     }
     decode: dict[str, list[float]] = {g: [] for g in GRAPHS}
     rng = np.random.default_rng(0)
@@ -63,12 +62,8 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     return {
         "export_s": export_s,
         "decode_ms": decode_s,
-        "export_ratio": common.ratio(
-            export_s["optimized"]["median"], export_s["plain"]["median"]
-        ),
-        "decode_ratio": common.ratio(
-            decode_s["optimized"]["median"], decode_s["plain"]["median"]
-        ),
+        "export_ratio": common.ratio(export_s["optimized"]["median"], export_s["plain"]["median"]),
+        "decode_ratio": common.ratio(decode_s["optimized"]["median"], decode_s["plain"]["median"]),
         "kv_layout": {g: generators[g].manifest.graph.kv_layout for g in GRAPHS},
     }
 
