@@ -184,8 +184,9 @@ def tiny_shared_right_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_document_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
-    """A document-format fp32 bundle (logits of the last position) exported from
-    tiny_checkpoint: [START_OF_DOCUMENT] / [END_OF_META] ids in its manifest."""
+    """A document-format fp32 bundle (the default optimized graph, logits of the last
+    position) exported from tiny_checkpoint: [START_OF_DOCUMENT] / [END_OF_META] ids in its
+    manifest."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("tiny_document_bundle") / "bundle"
@@ -311,7 +312,7 @@ def tiny_chatml_model_dir(tmp_path_factory, gpt2_bpe_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_chatml_bundle(tmp_path_factory, tiny_chatml_model_dir) -> Path:
-    """tiny_chatml_model_dir exported (fp32) with a chat section in its manifest: the
+    """tiny_chatml_model_dir exported (fp32, the default graph) with a chat section: the
     template, and `<|im_end|>` and EOS as the tokens that end a turn. Written here when
     the exporter does not fill it from tokenizer_config.json."""
     import tokenizers
@@ -338,8 +339,8 @@ def tiny_chatml_bundle(tmp_path_factory, tiny_chatml_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_scoring_bundle(tmp_path_factory, tiny_hf_model_dir) -> Path:
-    """tiny_plain_bundle exported with --logits all: every position's logits, so prompts
-    can be scored (prompt logprobs, `echo` with `logprobs`)."""
+    """tiny_hf_model_dir exported with --logits all (the default optimized graph): every
+    position's logits, so prompts can be scored (prompt logprobs, `echo` with `logprobs`)."""
     from fst.export.exporter import export_bundle
 
     output = tmp_path_factory.mktemp("tiny_scoring_bundle") / "bundle"

@@ -228,6 +228,27 @@ def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
     assert "| int8 | 8 |" in (out / "kv_layout.md").read_text()
 
 
+def test_export_time_benchmark_runs_end_to_end(tmp_path) -> None:
+    """benchmarks/export_time.py on a tiny model: plain and optimized exports, one round."""
+    import export_time
+
+    out = tmp_path / "results"
+    args = ["--models", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
+    assert export_time.main(args) == 0
+    row = json.loads((out / "export_time.json").read_text())["results"]["tiny"]
+    assert row["export_s"]["plain"]["n"] == row["export_s"]["optimized"]["n"] == 1
+    ratio = row["export_s"]["optimized"]["median"] / row["export_s"]["plain"]["median"]
+    assert row["export_ratio"] == pytest.approx(ratio)
+    assert row["kv_layout"] == {"plain": "concat", "optimized": "shared"}
+    graphs = {
+        p.name: json.loads((p / "fst_bundle.json").read_text())["graph"]["optimized"]
+        for p in (tmp_path / "cache" / "tiny").glob("export-time-*")
+    }
+    assert graphs == {"export-time-plain": False, "export-time-optimized": True}
+    assert "| tiny |" in (out / "export_time.md").read_text()
+
+
 def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
     """benchmarks/huge_pages.py on a tiny model: two exports, one round of worker processes."""
     import huge_pages
