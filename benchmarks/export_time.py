@@ -1,10 +1,11 @@
 """The default graph's price and payoff: export time and decode, plain vs optimized.
 
-    python benchmarks/export_time.py                         # tiny and GPT-2 small, ~5 min
-    python benchmarks/export_time.py --models tiny --rounds 2 --steps 8   # smoke run
+    python benchmarks/export_time.py                        # tiny and GPT-2 small, ~5 min
+    python benchmarks/export_time.py --models gpt2-large --rounds 2   # ~15 min, 8 GB RAM
+    python benchmarks/export_time.py --models tiny --rounds 1 --steps 2   # smoke run
 
 fst-export writes the optimized graph unless told `--no_optimize`. This exports each model
-(random weights, built from its config) both ways in one process, interleaved round by
+(random weights, built from its config: benchmarks/sizes.py's sizes and cache) both ways in one process, interleaved round by
 round after one untimed export of each (imports, first-call costs), and times the whole
 `export_bundle` call: load, trace, fusions, write and the parity check. Then both bundles
 of the last round decode in the same process (batch 1, the model call only, `--steps`
@@ -23,7 +24,7 @@ from pathlib import Path
 import common
 import numpy as np
 from kv_layout import decode_ms
-from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
+from sizes import DEFAULT_CACHE, DEFAULT_OUT, SIZES, hf_folder
 
 log = logging.getLogger("export_time")
 GRAPHS = {"plain": False, "optimized": True}  # name -> export_bundle's optimize
@@ -40,7 +41,7 @@ def export_seconds(hf: Path, folder: Path, optimize: bool) -> float:
 def measure(model: str, args: argparse.Namespace) -> dict:
     from fst.runtime import Generator
 
-    hf = build_hf_folder(model, args.cache_dir, DEFAULT_BPE)
+    hf = hf_folder(model, args.cache_dir)
     folders = {g: args.cache_dir / model / f"export-time-{g}" for g in GRAPHS}
     for graph, optimize in GRAPHS.items():  # untimed: imports and first calls
         export_seconds(hf, folders[graph], optimize)
@@ -70,7 +71,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["tiny", "gpt2-small"], choices=sorted(MODELS))
+    p.add_argument("--models", nargs="+", default=["tiny", "gpt2"], choices=sorted(SIZES))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--past", type=int, default=32, help="prompt tokens before timed decode")
     p.add_argument("--steps", type=int, default=32, help="decode steps timed per measurement")
