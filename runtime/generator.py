@@ -135,12 +135,17 @@ class Generator:
         chat's next turn; see prefix_cache.py). `speculative_tokens` > 0 drafts up to that
         many tokens by prompt lookup for a greedy request decoding alone and checks them in
         one run (bundles exported with --logits all; the text is plain greedy's; see
-        decode_batch.py). `session_kwargs` go to `create_session`
+        decode_batch.py). `providers=None` picks ONNX Runtime's best (TensorRT → CUDA → CPU),
+        or the CPU for a "shared" KV layout bundle. `session_kwargs` go to `create_session`
         (e.g. `huge_pages=True`: the session's weights into 2 MiB pages; off by default).
         """
         path = Path(path)
         manifest = check_bundle(path, hashes=verify)
         tokenizer = load_tokenizer(path, manifest)
+        if providers is None and manifest.graph.kv_layout == "shared":
+            # fst-export's default layout keeps its KV buffers in host memory (kv_cache.py):
+            # the CPU provider even where onnxruntime-gpu would pick CUDA.
+            providers = ["cpu"]
         session, provider = create_session(
             path / manifest.graph.file, providers=providers, threads=threads, **session_kwargs
         )

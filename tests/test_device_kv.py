@@ -162,6 +162,26 @@ def test_host_buffer_layout_refuses_a_gpu_session(tiny_shared_bundle) -> None:
         CausalLMStepper.from_manifest(_ReportsCuda(session), manifest)
 
 
+def test_the_default_providers_run_a_shared_layout_bundle_on_the_cpu(
+    tiny_shared_bundle, tiny_shared_right_bundle, monkeypatch
+) -> None:
+    """With onnxruntime-gpu the default providers start with CUDA, which the shared layout's
+    host buffers refuse: its bundles (fst-export's default) get the CPU provider instead."""
+    from fst.runtime import generator
+
+    asked = []
+
+    def create(path, providers=None, **kwargs):
+        asked.append(providers)
+        return create_session(path, providers=["cpu"], **kwargs)  # no CUDA in this build
+
+    monkeypatch.setattr(generator, "create_session", create)
+    Generator.from_bundle(tiny_shared_bundle)
+    Generator.from_bundle(tiny_shared_right_bundle)
+    Generator.from_bundle(tiny_shared_bundle, providers=["cuda"])
+    assert asked == [["cpu"], None, ["cuda"]]
+
+
 def test_a_cuda_session_would_keep_the_cache_on_cuda(tiny_shared_right_bundle) -> None:
     manifest = BundleManifest.load(tiny_shared_right_bundle)
     session, _ = create_session(tiny_shared_right_bundle / BUNDLE_MODEL, providers=["cpu"])
