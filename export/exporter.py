@@ -76,7 +76,8 @@ def export_bundle(
     """Export `ckpt` or `model_path` to a bundle folder at `output`; returns its manifest.
 
     The graph is `options` (default: `ExportOptions()`) with `overrides` replaced, so
-    `export_bundle(out, model_path=m, optimize=True, quantize="int8")` works as well."""
+    `export_bundle(out, model_path=m, optimize=False, quantize="int8")` (the plain graph,
+    int8) works as well."""
     output = Path(output).expanduser().absolute()
     try:
         options = replace(options or ExportOptions(), **overrides)

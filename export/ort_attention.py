@@ -1,4 +1,4 @@
-"""Attention traced straight into ONNX Runtime's fused attention ops (--optimize).
+"""Attention traced straight into ONNX Runtime's fused attention ops (the default graph).
 
 ONNX Runtime's GPT-2 attention fusion (onnxruntime/transformers/fusion_gpt_attention.py)
 matches the graphs of transformers 4.x: `Softmax(Where(mask, Div(MatMul(q, k))))` with the

@@ -9,7 +9,7 @@ interface (`prefill`, `decode`, `capacity`):
 - `ConcatLayout` ("concat"): the graph concatenates past and new keys, so every step
   allocates presents one position longer and copies the whole past into them (ORT's arena
   recycles the memory).
-- `SharedLayout` ("shared", --optimize exports): each layer's past is a buffer
+- `SharedLayout` ("shared", fst-export's default): each layer's past is a buffer
   [B, H, capacity, D] that is also bound as its present; the graph writes only the new
   position, in place. Buffers are numpy arrays (on the CPU) with room for `reserve` more
   tokens; a decode step that would overflow moves the cache into buffers twice as long
