@@ -45,19 +45,21 @@ def quantize_int4(
     lm_head: bool = True,
     embedding: bool = True,
     bits: int = 4,
+    keep: tuple[str, ...] = (),
 ) -> Int4Scheme:
     """Write `src` with int4 weights to `dst` (external data); returns the scheme applied.
 
     `bits=8`: symmetric 8-bit blocks (llama.cpp's Q8_0 layout at block 32), the int8
     bundles' fallback when dynamic int8 fails the gate; the token table stays fp32 (the
-    8-bit GatherBlockQuantized is not made by ONNX Runtime's quantizer)."""
+    8-bit GatherBlockQuantized is not made by ONNX Runtime's quantizer). `keep`: nodes left
+    as they are (the offset terms of a GGUF file's Q4_1 blocks)."""
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     model = load_onnx(src)
     block_size = fit_block_size(model, block_size)
     head = _lm_head_nodes(model, vocab_size)
     token_table = _token_embedding_nodes(model, vocab_size)
-    exclude = [] if lm_head else head
+    exclude = [*keep, *([] if lm_head else head)]
     embedding = embedding and lm_head and bits == 4  # a fp32 head shares the fp32 table
     op_types = ("MatMul", "Gather") if embedding else ("MatMul",)
     if embedding:  # only the token table: positions and shape Gathers stay as they are
