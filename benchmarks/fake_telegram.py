@@ -1,4 +1,4 @@
-"""A fake Telegram Bot API server on 127.0.0.1 for the bot's tests (aiohttp.web).
+"""A fake Telegram Bot API server on 127.0.0.1 for the bot's tests and the reliability probes.
 
 It serves `/bot{token}/{method}` like api.telegram.org: `getUpdates` long-polls a queue the
 test fills with `push_message` / `push_callback`; `sendMessage` and `editMessageText` return
