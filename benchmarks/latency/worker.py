@@ -1,5 +1,5 @@
-"""One engine measured in a fresh process: `python benchmarks/latency_worker.py ENGINE PATH
-PROMPTS --threads N --workload JSON` prints one JSON line (latency.py starts it per engine and
+"""One engine measured in a fresh process: `python -m benchmarks.latency.worker ENGINE PATH
+PROMPTS --threads N --workload JSON` prints one JSON line (run.py starts it per engine and
 round, so no engine shares memory, threads or allocator state with another).
 
 Torch-free unless the engine is Hugging Face's: engines.py imports each engine's library only
@@ -18,9 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from latency_spec import Workload  # noqa: E402
+from benchmarks import common
+from benchmarks.latency.spec import Workload
 
 WORKER_TIMEOUT_S = 3600
 WARMUP_TOKENS = 4  # the warm-up call of each scenario: prefill + a few decode steps
@@ -36,7 +35,8 @@ def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namesp
     env["FST_BENCH_ORT_SPINNING"] = "0" if args.wait == "passive" else "1"  # ours
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        __spec__.name,
         engine,
         path,
         str(prompts_file),
@@ -45,7 +45,9 @@ def run_worker(engine: str, path: str, prompts_file: Path, args: argparse.Namesp
         "--workload",
         json.dumps(asdict(args.workload)),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=common.REPO
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -79,7 +81,7 @@ def decode_ms(t: Any, new_tokens: int) -> float:
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    from engines import make_engine
+    from benchmarks.latency.engines import make_engine
 
     w = Workload(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.workload.items()})
     prompts = json.loads(Path(args.prompts).read_text())
@@ -119,7 +121,9 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 def parse_worker_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="latency.py's worker: one engine, one JSON line")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description="run.py's worker: one engine, one JSON line"
+    )
     p.add_argument("worker", metavar="ENGINE")
     p.add_argument("path", help="the engine's model folder or file")
     p.add_argument("prompts", help="prompts JSON (latency_models.make_prompts)")

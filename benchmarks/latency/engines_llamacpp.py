@@ -21,7 +21,7 @@ decoding of independent sequences is not exposed by the high-level bindings.
 llama.cpp's CPU threads meet at OpenMP barriers (`#pragma omp barrier` in ggml-cpu), which
 by default spin. On a shared, oversubscribed machine a spinning thread burns the time slice
 its peer needs: decode was 4.3-4.6x slower than with OMP_WAIT_POLICY=PASSIVE at load
-average 14 on 2 cores (ONNX Runtime's spinning cost us 1.6x the same way). latency.py
+average 14 on 2 cores (ONNX Runtime's spinning cost us 1.6x the same way). run.py
 therefore runs both with sleeping threads unless told `--wait spin` (which may win on an
 idle machine; not measured here, the machine was never idle).
 """
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engines import SAMPLING, Timing
+from benchmarks.latency.spec import SAMPLING, Timing
 
 # engine name -> (how the GGUF is made, file name)
 VARIANTS = {"llama-f32": "f32", "llama-q8_0": "q8_0", "llama-q4_0": "q4_0"}

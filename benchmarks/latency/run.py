@@ -1,7 +1,7 @@
 """Latency of our runtime against Hugging Face `generate`, CTranslate2 and llama.cpp.
 
-    python benchmarks/latency.py                 # GPT-2 small + distilgpt2-sized, 6 rounds
-    python benchmarks/latency.py --quick         # tiny model, 2 rounds: a smoke run
+    python -m benchmarks.latency.run           # GPT-2 small + distilgpt2-sized, 6 rounds
+    python -m benchmarks.latency.run --quick   # tiny model, 2 rounds: a smoke run
 
 Models are built from configs with random weights (fixed seed; nothing is downloaded),
 saved as Hugging Face folders in a cache outside the repository, exported to fp32 and int8
@@ -9,15 +9,15 @@ bundles with our exporter (int4 too when `fst-export --quantize` offers it), con
 CTranslate2 when it is installed and to GGUF for llama.cpp when its bindings and converter are
 there (engines_llamacpp.py). The bandwidth floor comes from floor.py.
 
-Each engine runs in its own process (latency_worker.py, printing one JSON line), in
+Each engine runs in its own process (worker.py, printing one JSON line), in
 interleaved rounds (A B C A B C ...); the first engine runs once more at the end
 to show how much the machine drifted. Figures are medians over rounds with min/max. On a
 shared machine absolute figures move by tens of percent: compare ratios from one run.
 Writes benchmarks/results/latency.{json,md,png}.
 
-The parts, top-down: latency_models.py (what is measured: models, bundles, conversions,
-prompts), latency_worker.py (one engine in one process), latency_goals.py (ratios and the
-issues' goals; targets in latency_spec.py), latency_report.py (Markdown and chart), and here
+The parts, top-down: models.py (what is measured: models, bundles, conversions,
+prompts), worker.py (one engine in one process), goals.py (ratios and the
+issues' goals; targets in spec.py), report.py (Markdown and chart), and here
 the command line and the interleaved rounds.
 """
 
@@ -32,12 +32,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import engines_llamacpp  # noqa: E402
-import floor  # noqa: E402
-from latency_goals import summarize_model  # noqa: E402
-from latency_models import (  # noqa: E402
+from benchmarks import common
+from benchmarks.latency import engines_llamacpp, floor
+from benchmarks.latency.goals import summarize_model
+from benchmarks.latency.models import (
     DEFAULT_BPE,
     DEFAULT_CACHE,
     DEFAULT_CORPUS,
@@ -48,9 +46,9 @@ from latency_models import (  # noqa: E402
     make_prompts,
     prepare,
 )
-from latency_report import render_chart, render_markdown  # noqa: E402
-from latency_spec import Workload  # noqa: E402
-from latency_worker import run_worker  # noqa: E402
+from benchmarks.latency.report import render_chart, render_markdown
+from benchmarks.latency.spec import Workload
+from benchmarks.latency.worker import run_worker
 
 SCHEMA_VERSION = 1
 ENGINES = (
@@ -85,6 +83,7 @@ def benchmark_model(art: Artifacts, prompts_file: Path, args: argparse.Namespace
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description="Compare our runtime with HF generate and CTranslate2 (batch-1 latency, "
         "time to first token, batch-8 throughput, memory), engines in separate processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, argv)
     except Exception as e:  # one clear line; the traceback only with -v
         log.debug("failed", exc_info=True)
-        print(f"latency.py: {e}", file=sys.stderr)
+        print(f"{__spec__.name}: {e}", file=sys.stderr)
         return 1
 
 
@@ -229,7 +228,7 @@ def render_only(path: Path) -> int:
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        print(f"latency.py: --render {path}: {e}", file=sys.stderr)
+        print(f"{__spec__.name}: --render {path}: {e}", file=sys.stderr)
         return 2
     common.write_atomic(path.with_suffix(".md"), render_markdown(report))
     render_chart(report, path.with_suffix(".png"))
@@ -268,7 +267,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(
-            ["python benchmarks/latency.py", *(argv if argv is not None else sys.argv[1:])]
+            ["python -m benchmarks.latency.run", *(argv if argv is not None else sys.argv[1:])]
         ),
         "machine": machine,
         "load_average_end": common.load_average(),

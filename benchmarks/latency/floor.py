@@ -17,7 +17,7 @@ and the best one counts:
 A floor that an engine beats is not a floor: `cap_floors` lowers it to what the fastest
 engine demonstrably achieved, and says so.
 
-    python benchmarks/floor.py --threads 2     # prints the measurement as JSON
+    python -m benchmarks.latency.floor --threads 2   # prints the measurement as JSON
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 C_STREAM = r"""
 #include <stdio.h>
@@ -203,8 +202,18 @@ def measure_floors(threads: int, size_mb: int = 1024, repeats: int = 5) -> dict[
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--threads", str(threads), "--size-mb", str(size_mb)]
-    out = subprocess.run([*cmd, "--repeats", str(repeats)], env=env, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        __spec__.name,
+        "--threads",
+        str(threads),
+        "--size-mb",
+        str(size_mb),
+    ]
+    out = subprocess.run(
+        [*cmd, "--repeats", str(repeats)], env=env, capture_output=True, text=True, cwd=common.REPO
+    )
     if out.returncode != 0:
         tail = "\n".join(out.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"floor measurement failed (exit {out.returncode}): {tail}")
@@ -231,7 +240,10 @@ def cap_floors(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Measure the read-bandwidth floor (several methods).")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
+        description="Measure the read-bandwidth floor (several methods).",
+    )
     p.add_argument("--size-mb", type=int, default=1024, help="buffer size, far above the caches")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
-"""latency.py's report: the Markdown tables and the chart, from the JSON it writes.
+"""run.py's report: the Markdown tables and the chart, from the JSON it writes.
 
-Reads only the report dict, so `latency.py --render-only` can redraw an old run.
+Reads only the report dict, so `run.py --render-only` can redraw an old run.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-import common
-from latency_spec import Workload
+from benchmarks import common
+from benchmarks.latency.spec import Workload
 
 log = logging.getLogger("latency")
 

@@ -1,7 +1,7 @@
 """Shared KV buffers vs concatenated KV cache: decode cost as the cache grows.
 
-    python benchmarks/kv_layout.py            # GPT-2 small, fp32 and int8, ~6 min
-    python benchmarks/kv_layout.py --model tiny --rounds 2 --steps 8   # smoke run
+    python -m benchmarks.latency.kv_layout                                     # GPT-2 small, fp32 and int8, ~6 min
+    python -m benchmarks.latency.kv_layout --model tiny --rounds 2 --steps 8   # smoke run
 
 Exports GPT-2 (random weights, built from its config) twice per precision with
 `--optimize`: `--kv_layout concat` (MultiHeadAttention; every step copies the past into a
@@ -20,9 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-import common
 import numpy as np
-from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
+
+from benchmarks import common
+from benchmarks.latency.models import (
+    DEFAULT_BPE,
+    DEFAULT_CACHE,
+    DEFAULT_OUT,
+    MODELS,
+    build_hf_folder,
+)
 
 log = logging.getLogger("kv_layout")
 LAYOUTS = ("concat", "shared")
@@ -60,7 +67,9 @@ def decode_ms(generator, past: int, steps: int, rng: np.random.Generator) -> flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--model", default="gpt2-small", choices=sorted(MODELS))
     p.add_argument("--past", default="32,256,960", help="past lengths (comma-separated)")
     p.add_argument("--steps", type=int, default=32, help="decode steps timed per measurement")
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in pasts
         }
     report = {
-        "command": "python benchmarks/kv_layout.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.latency.kv_layout " + " ".join(argv or sys.argv[1:]),
         "settings": vars(args) | {"cache_dir": str(args.cache_dir), "out_dir": None},
         "machine": common.machine_description(),
         "results": results,

@@ -1,6 +1,6 @@
 """The engines the latency benchmark compares, behind one small interface.
 
-Each engine runs in its own worker process (see latency_worker.py), so importing one
+Each engine runs in its own worker process (see worker.py), so importing one
 never costs another memory or threads. Every engine gets the same token ids and the same
 sampling settings and must produce exactly `new_tokens` tokens per sequence (EOS is
 suppressed), so the work compared is identical; timings include sampling, because a user
@@ -12,21 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-# The workload: what a chat-style caller would ask for.
-SAMPLING = {"top_k": 50, "top_p": 0.95, "temperature": 0.8, "repetition_penalty": 1.2}
-
-
-@dataclass
-class Timing:
-    """One generate call: seconds to the first new token, seconds in total, the new ids."""
-
-    first_token_s: float
-    total_s: float
-    tokens: list[list[int]]
+from benchmarks.latency.spec import SAMPLING, Timing
 
 
 class Engine(Protocol):
@@ -241,7 +230,7 @@ class FSTEngine:
 
 
 def _set_ort_spinning(value: str) -> None:
-    """session.intra_op.allow_spinning for the sessions this worker creates (latency.py
+    """session.intra_op.allow_spinning for the sessions this worker creates (run.py
     --wait): the runtime's own setting is ONNX Runtime's default, spinning."""
     import fst.runtime.session as session_module
 
@@ -287,7 +276,7 @@ def make_engine(name: str, folder: str, threads: int) -> Engine:
     if name in ("fst-fp32", "fst-int8", "fst-int4"):
         return FSTEngine(folder, threads, name.removeprefix("fst-"))
     if name.startswith("llama-"):
-        from engines_llamacpp import LlamaCppEngine
+        from benchmarks.latency.engines_llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(folder, threads, name)
     raise ValueError(f"unknown engine {name!r}")

@@ -1,6 +1,6 @@
 """Grammar libraries for JSON-schema-constrained decoding, measured on real vocabularies.
 
-    python benchmarks/structured_libraries.py --tokenizer GPT-2=gpt2 \
+    python -m benchmarks.latency.structured_libraries --tokenizer GPT-2=gpt2 \
         --tokenizer SmolLM2=/path/to/smollm2/tokenizer.json --rounds 5
 
 For each tokenizer (`[LABEL=]gpt2`: the BPE shipped with fst; `[LABEL=]PATH`: a
@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import fmt, machine_description, write_report
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import fmt, machine_description, write_report
+
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "benchmarks" / "results"
 
 # A typical API schema: nested object, array, enum, integer, optional field.
@@ -308,7 +309,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Structured output: grammar libraries on real vocabularies",
         "",
-        f"`python benchmarks/structured_libraries.py` — {report['rounds']} rounds, candidates "
+        f"`python -m benchmarks.latency.structured_libraries` — {report['rounds']} rounds, candidates "
         "interleaved; medians. CPU: "
         f"{m['cpu']['model']} ({m['cpu']['usable_cores']} usable cores, shared; load "
         f"{m['load_average']}).",
@@ -346,7 +347,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--tokenizer", action="append", help="[LABEL=]gpt2 or [LABEL=]PATH (a tokenizer.json)"
     )

@@ -1,6 +1,6 @@
 """A/B of one ONNX Runtime session setting on a bundle's batch-1 decode, interleaved.
 
-    python benchmarks/decode_ab.py BUNDLE --b session.disable_prepacking=1 --rounds 8
+    python -m benchmarks.latency.decode_ab BUNDLE --b session.disable_prepacking=1 --rounds 8
 
 Each round runs side A (the runtime as it is) and side B (the same plus the given session
 config entries, `key=value`, see onnxruntime_session_options_config_keys.h) in fresh worker
@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from benchmarks import common
 
 PROMPT = "The free spirit is the one who has grown tired of the old gods and their " * 3
 
@@ -49,14 +51,16 @@ def worker(bundle: str, threads: int, entries: dict[str, str], tokens: int) -> d
 
 
 def run_side(args: argparse.Namespace, entries: list[str]) -> float:
-    cmd = [sys.executable, __file__, args.bundle, "--worker", json.dumps(entries)]
+    cmd = [sys.executable, "-m", __spec__.name, args.bundle, "--worker", json.dumps(entries)]
     cmd += ["--threads", str(args.threads), "--tokens", str(args.tokens)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])["decode_ms"]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0]
+    )
     p.add_argument("bundle")
     p.add_argument("--b", action="append", default=[], help="session config key=value (B)")
     p.add_argument("--rounds", type=int, default=8)

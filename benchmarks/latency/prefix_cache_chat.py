@@ -1,7 +1,7 @@
 """Time to first token of a growing chat, with and without the prefix cache.
 
-    python benchmarks/prefix_cache_chat.py                 # GPT-2 small, --optimize bundle
-    python benchmarks/prefix_cache_chat.py --model tiny    # a smoke run
+    python -m benchmarks.latency.prefix_cache_chat                # GPT-2 small, --optimize bundle
+    python -m benchmarks.latency.prefix_cache_chat --model tiny   # a smoke run
 
 A conversation of `--turns` turns: each turn's prompt is the whole history (the previous
 prompt, the model's answer of `--answer-tokens` tokens, and a new user message of
@@ -27,11 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from latency_models import DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS  # noqa: E402
-from serving_load import prepare_bundle  # noqa: E402
-
+from benchmarks import common
+from benchmarks.latency.models import DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS
+from benchmarks.serving.harness import prepare_bundle
 from fst.core.generation_params import GenerationParams  # noqa: E402
 from fst.runtime import GenerationRequest, Generator  # noqa: E402
 from fst.runtime.prefix_cache import PrefixCache  # noqa: E402
@@ -155,7 +153,9 @@ def render_markdown(report: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="outside the repo")
     parser.add_argument("--turns", type=int, default=10)

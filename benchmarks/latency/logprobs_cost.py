@@ -1,6 +1,6 @@
 """What log-probabilities cost a request: decode and time to first token, interleaved.
 
-    python benchmarks/logprobs_cost.py BUNDLE --rounds 6 --out-name logprobs-cost
+    python -m benchmarks.latency.logprobs_cost BUNDLE --rounds 6 --out-name logprobs-cost
 
 Three sides of one batch-1 greedy request on one bundle, in one process, in rotated
 order each round: `plain` (no logprobs: the path every other request takes), `logprobs`
@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 PROMPT = "The free spirit is the one who has grown tired of the old gods and their " * 4
 SIDES = {"plain": (None, None), "logprobs": (5, None), "echo": (5, 5)}
@@ -47,12 +46,14 @@ def run_side(generator, side: str, new_tokens: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0]
+    )
     p.add_argument("bundle", type=Path)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     p.add_argument("--out-name", default="logprobs-cost")
     p.add_argument(
         "--sides",
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     prompt_tokens = len(generator.encode_prompt(PROMPT))
     report = {
-        "command": "python benchmarks/logprobs_cost.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.latency.logprobs_cost " + " ".join(argv or sys.argv[1:]),
         "machine": machine,
         "load_average_end": common.load_average(),
         "runtime_source": str(Path(sys.modules["fst"].__file__).parent),

@@ -1,7 +1,7 @@
 """Prompt lookup decoding: batch-1 greedy decode time with and without drafts.
 
-    python benchmarks/speculative_lookup.py                # GPT-2 small, --optimize --logits all
-    python benchmarks/speculative_lookup.py --model tiny   # a smoke run
+    python -m benchmarks.latency.speculative_lookup                # GPT-2 small, --optimize --logits all
+    python -m benchmarks.latency.speculative_lookup --model tiny   # a smoke run
 
 Drafts need a graph with every position's logits, so the bundle is exported with
 `--optimize --logits all` (cached beside the serving bundle). Each prompt (corpus passages,
@@ -22,10 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT, MODELS  # noqa: E402
-
+from benchmarks import common
+from benchmarks.latency.models import (
+    DEFAULT_BPE,
+    DEFAULT_CACHE,
+    DEFAULT_CORPUS,
+    DEFAULT_OUT,
+    MODELS,
+)
 from fst.core.generation_params import GenerationParams  # noqa: E402
 from fst.runtime import Generator  # noqa: E402
 
@@ -35,8 +39,7 @@ log = logging.getLogger("speculative_lookup")
 def prepare_bundle(model: str, cache: Path) -> Path:
     folder = cache / model / "bundle-optimize-logits-all"
     if not (folder / "fst_bundle.json").is_file():
-        from latency_models import build_hf_folder
-
+        from benchmarks.latency.models import build_hf_folder
         from fst.export.exporter import export_bundle
 
         hf = build_hf_folder(model, cache, DEFAULT_BPE)
@@ -68,7 +71,9 @@ def timed(generator: Generator, prompt: str, params: GenerationParams) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--draft", type=int, default=4)

@@ -1,6 +1,6 @@
 """Decode slowdown of JSON-schema-constrained generation, batch 1 and batch 8, interleaved.
 
-    python benchmarks/structured_decode.py BUNDLE --rounds 6 --tokens 48
+    python -m benchmarks.latency.structured_decode BUNDLE --rounds 6 --tokens 48
 
 One process, one `Generator`: each round runs, in alternating order, the same prompts
 without a constraint (A) and with `Constraint.json_schema(SCHEMA)` (B), at batch 1 and at
@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import fmt, machine_description, write_report
-from structured_libraries import SCHEMA
-
+from benchmarks.common import fmt, machine_description, write_report
+from benchmarks.latency.structured_libraries import SCHEMA
 from fst.core.generation_params import GenerationParams
 from fst.runtime import Constraint, GenerationRequest, Generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPT = "Return the record of one person as JSON:"
 
 
@@ -115,7 +114,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Structured output: decode slowdown of a JSON-schema constraint",
         "",
-        f"`python benchmarks/structured_decode.py BUNDLE --rounds {report['rounds']} --tokens "
+        f"`python -m benchmarks.latency.structured_decode BUNDLE --rounds {report['rounds']} --tokens "
         f"{report['tokens']}` — random-weight GPT-2-small-shaped bundle ({arch['num_layers']} "
         f"layers, hidden {arch['hidden_size']}, vocabulary {arch['vocab_size']:,}; "
         f"{report['manifest']['variant']}, kv {report['manifest']['kv_layout']}), "
@@ -152,7 +151,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=48)

@@ -1,7 +1,7 @@
 """Weights in huge pages or in 4 KiB pages: decode cost of the same bundle.
 
-    python benchmarks/huge_pages.py           # GPT-2 small, fp32 and int8, ~5 min
-    python benchmarks/huge_pages.py --model tiny --rounds 2 --steps 8   # smoke run
+    python -m benchmarks.latency.huge_pages                                     # GPT-2 small, fp32 and int8, ~5 min
+    python -m benchmarks.latency.huge_pages --model tiny --rounds 2 --steps 8   # smoke run
 
 fst's runtime moves a CPU session's weights into 2 MiB pages once it is built
 (`fst.runtime.huge_pages`; `Generator.from_bundle(..., huge_pages=True)`, as fst-generate
@@ -21,10 +21,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import common
 import numpy as np
-from kv_layout import decode_ms, export
-from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT, MODELS, build_hf_folder
+
+from benchmarks import common
+from benchmarks.latency.kv_layout import decode_ms, export
+from benchmarks.latency.models import (
+    DEFAULT_BPE,
+    DEFAULT_CACHE,
+    DEFAULT_OUT,
+    MODELS,
+    build_hf_folder,
+)
 
 log = logging.getLogger("huge_pages")
 SIDES = ("4k", "huge")
@@ -44,14 +51,16 @@ def worker(bundle: str, huge: bool, past: int, steps: int, threads: int) -> dict
 
 
 def run_worker(bundle: Path, side: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(bundle), "--side", side]
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", str(bundle), "--side", side]
     cmd += ["--past", str(args.past), "--steps", str(args.steps), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--model", default="gpt2-small", choices=sorted(MODELS))
     p.add_argument("--past", type=int, default=32, help="prompt tokens before decoding")
     p.add_argument("--steps", type=int, default=100, help="decode steps timed per worker")
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "values_ms": times,
         }
     report = {
-        "command": "python benchmarks/huge_pages.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.latency.huge_pages " + " ".join(argv or sys.argv[1:]),
         "settings": vars(args) | {"cache_dir": str(args.cache_dir), "out_dir": None},
         "machine": common.machine_description(),
         "results": results,

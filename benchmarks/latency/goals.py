@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import common
-import floor
-from latency_models import Artifacts, prefill_gflop
-from latency_spec import TARGETS, Workload
+from benchmarks import common
+from benchmarks.latency import floor
+from benchmarks.latency.models import Artifacts, prefill_gflop
+from benchmarks.latency.spec import TARGETS, Workload
 
 # Weight precision of each engine: its floor (bytes per weight) and its peers.
 PRECISION = {"hf": "fp32", "fst-fp32": "fp32", "ct2-fp32": "fp32", "llama-f32": "fp32"}

@@ -1,4 +1,4 @@
-"""The models latency.py measures, and everything each engine loads: built from configs
+"""The models run.py measures, and everything each engine loads: built from configs
 (random weights, fixed seed; nothing is downloaded), exported with our exporter, converted for
 CTranslate2 and llama.cpp, plus the prompts every engine sees. Runs in the main process
 (torch allowed here; the workers never import this module's heavy parts).
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import engines_llamacpp
-from latency_spec import Workload
+from benchmarks.latency import engines_llamacpp
+from benchmarks.latency.spec import Workload
 
 log = logging.getLogger("latency")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -166,8 +166,7 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
     wanted = [e for e in FST_ENGINES if e in args.engines]
     if not wanted:
         return {}
-    from int4_bundle import quantized_bundle
-
+    from benchmarks.latency.int4_bundle import quantized_bundle
     from fst.core.bundle import BundleManifest
     from fst.export.exporter import export_bundle
     from fst.export.quantize_int4 import DEFAULT_BLOCK_SIZE
@@ -271,7 +270,7 @@ def bundle_summary(engine: str, folder: Path) -> dict[str, Any]:
         stamp = json.loads(marker.read_text()) if marker.is_file() else {}
         if stamp.get("int4", {}).get("gate") == "not applied":  # int4_bundle.py: no check ran
             summary["parity"] = None
-            summary["gate"] = "not applied (random weights; benchmarks/int4_bundle.py)"
+            summary["gate"] = "not applied (random weights; benchmarks/latency/int4_bundle.py)"
         else:
             summary["parity"] = manifest.parity.model_dump()
     return summary

@@ -1,4 +1,4 @@
-"""What latency.py measures and what it must reach: the workload and the goals' targets.
+"""What run.py measures and what it must reach: the workload, its sampling and the targets.
 
 Data only, declared once: the workers, the goals and the report read it from here.
 """
@@ -18,6 +18,20 @@ class Workload:
     past_lengths: tuple[int, ...] = (32, 256, 1000)  # decode cost as the KV cache grows
     past_new_tokens: int = 16
     repeats: int = 1  # measured calls per scenario inside one worker (after a short warm-up)
+
+
+# The sampling settings: what a chat-style caller would ask for (every engine uses them).
+SAMPLING = {"top_k": 50, "top_p": 0.95, "temperature": 0.8, "repetition_penalty": 1.2}
+
+
+@dataclass
+class Timing:
+    """One generate call: seconds to the first new token, seconds in total, the new ids
+    (what every engine returns; engines.py and engines_llamacpp.py share it from here)."""
+
+    first_token_s: float
+    total_s: float
+    tokens: list[list[int]]
 
 
 # The targets, declared once: decode, TTFT and overhead ratios are
