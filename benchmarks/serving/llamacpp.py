@@ -1,4 +1,4 @@
-"""fst-serve against llama-server under the same closed-loop load (serving_load.py --formats).
+"""fst-serve against llama-server under the same closed-loop load (load.py --formats).
 
 Optional, never needed by the tests or CI: it needs a llama.cpp build's `llama-server` (and
 `llama-quantize` beside it for Q4_0) and its source tree's `convert_hf_to_gguf.py`
@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-import common
-import serving_load as load
+from benchmarks import common
+from benchmarks.serving import harness
 
 log = logging.getLogger("serving_load")
 
@@ -119,9 +119,8 @@ def _env_path(name: str) -> Path | None:
 
 def prepare(args: argparse.Namespace, with_llama: bool) -> dict[str, dict[str, Path]]:
     """format -> {"fst": bundle, "llama-server": GGUF} from one Hugging Face folder."""
-    import engines_llamacpp
-    from latency_models import DEFAULT_BPE, build_hf_folder, export_bundles
-
+    from benchmarks.latency import engines_llamacpp
+    from benchmarks.latency.models import DEFAULT_BPE, build_hf_folder, export_bundles
     from fst.export.exporter import DEFAULT_LOGITS
 
     hf = build_hf_folder(args.model, args.cache, DEFAULT_BPE)
@@ -205,19 +204,19 @@ def run_format(paths: dict[str, Path], args: argparse.Namespace) -> dict:
     load_before = common.load_average()
     try:
         for name, path in paths.items():
-            port = load.free_port()
+            port = harness.free_port()
             bases[name] = f"http://127.0.0.1:{port}"
             if name == "fst":
-                servers[name] = load.start_server(path, port, "continuous", args, FST_FLAGS)
+                servers[name] = harness.start_server(path, port, "continuous", args, FST_FLAGS)
             else:
                 servers[name] = start_llama_server(path, port, args)
         for name, server in servers.items():
             if name == "fst":
-                load.wait_ready(bases[name], server)
+                harness.wait_ready(bases[name], server)
             else:
-                load.wait_ready(bases[name], server, "llama-server", "/health", llama_log(args))
-            warm = load.make_prompts(args.corpus, 2, args.prompt_chars)
-            asyncio.run(load.run_level(bases[name], warm, 2, 4, GREEDY, HEADERS))
+                harness.wait_ready(bases[name], server, "llama-server", "/health", llama_log(args))
+            warm = harness.make_prompts(args.corpus, 2, args.prompt_chars)
+            asyncio.run(harness.run_level(bases[name], warm, 2, 4, GREEDY, HEADERS))
             server.send_signal(signal.SIGSTOP)
         names = list(servers)
         step = 0
@@ -227,14 +226,14 @@ def run_format(paths: dict[str, Path], args: argparse.Namespace) -> dict:
             for c in args.concurrency:
                 for name in names if step % 2 == 0 else names[::-1]:
                     servers[name].send_signal(signal.SIGCONT)
-                    prompts = load.make_prompts(
+                    prompts = harness.make_prompts(
                         args.corpus, args.requests or 4 + 2 * c, args.prompt_chars
                     )
                     raw = asyncio.run(
-                        load.run_level(bases[name], prompts, c, args.max_tokens, GREEDY, HEADERS)
+                        harness.run_level(bases[name], prompts, c, args.max_tokens, GREEDY, HEADERS)
                     )
                     servers[name].send_signal(signal.SIGSTOP)
-                    level = load.summarize_level(c, raw, (0.0, 0.0))
+                    level = harness.summarize_level(c, raw, (0.0, 0.0))
                     rounds[name][r].append(level)
                     log.info(
                         "round %d %s c=%d: %.1f tokens/s, TTFT p50 %.3fs",
@@ -247,7 +246,7 @@ def run_format(paths: dict[str, Path], args: argparse.Namespace) -> dict:
             if server.poll() is None:
                 server.send_signal(signal.SIGCONT)
         for server in servers.values():
-            load.stop_server(server)
+            harness.stop_server(server)
     return {
         "paths": {name: str(path) for name, path in paths.items()},
         "engines": {
@@ -331,7 +330,7 @@ def run(args: argparse.Namespace) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     formats = {fmt: run_format(paths, args) for fmt, paths in prepared.items()}
     return {
-        "schema_version": load.SCHEMA_VERSION,
+        "schema_version": harness.SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {
             "model": args.model,
@@ -387,7 +386,7 @@ def render_markdown(report: dict) -> str:
         f"{s['llama_omp_wait_policy']} (ONNX Runtime's threads spin by default too).",
         "",
         "Weights: fst int8 is the exporter's `--quantize int8`, fst int4 its default int4 "
-        "scheme (benchmarks/int4_bundle.py); f32 and Q8_0 come from `convert_hf_to_gguf.py`, "
+        "scheme (benchmarks/latency/int4_bundle.py); f32 and Q8_0 come from `convert_hf_to_gguf.py`, "
         "Q4_0 from `llama-quantize`'s default recipe (which keeps the tied embedding / LM "
         "head in Q6_K). llama-server's KV cache is its default (f16), flash attention 'auto'.",
     ]

@@ -1,10 +1,10 @@
 """Resident memory of fst-serve, to size a container's memory request and limit.
 
-    python deploy/measure_rss.py                       # GPT-2 small, fp32 and int8
-    python deploy/measure_rss.py --variants fp32 --long-tokens 128
+    python -m benchmarks.serving.rss    # GPT-2 small, fp32 and int8
+    python -m benchmarks.serving.rss --variants fp32 --long-tokens 128
 
-Starts the real `fst-serve` (benchmarks/serving_load.py's helpers: the same cached
-random-weight GPT-2 small bundle) and reads its /proc status: RSS once /ready answers
+Starts the real `fst-serve` (harness.py's helpers: the cached random-weight GPT-2 small
+bundle of load.py) and reads its /proc status: RSS once /ready answers
 (idle), then the peak (VmHWM) after 16 concurrent streamed requests of 64 tokens and after
 16 of `--long-tokens` tokens (the KV cache grows with batch × context). Also the seconds
 from start to /ready (a startup probe must allow that). Writes
@@ -22,20 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import serving_load  # noqa: E402
-from latency_models import DEFAULT_CACHE, DEFAULT_CORPUS, build_hf_folder  # noqa: E402
-from serving_load import DEFAULT_BPE, free_port, make_prompts, run_level  # noqa: E402
+from benchmarks.latency.models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS, build_hf_folder
+from benchmarks.serving import harness
 
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "benchmarks" / "results" / "serving_rss"
 MODEL = "gpt2-small"
 
 
 def bundle(variant: str, cache: Path) -> Path:
-    """The cached GPT-2 small bundle: fp32 --optimize (serving_load's) or int8."""
+    """The cached GPT-2 small bundle: fp32 --optimize (serving/load.py's) or int8."""
     if variant == "fp32":
-        return serving_load.prepare_bundle(MODEL, cache, rebuild=False, optimize=True)
+        return harness.prepare_bundle(MODEL, cache, rebuild=False, optimize=True)
     folder = cache / MODEL / "bundle-serving-int8"
     if not (folder / "fst_bundle.json").is_file():
         from fst.export.exporter import export_bundle
@@ -57,22 +55,22 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 def measure(variant: str, args: argparse.Namespace) -> dict:
     folder = bundle(variant, args.cache)
-    port = free_port()
+    port = harness.free_port()
     base = f"http://127.0.0.1:{port}"
     server_args = argparse.Namespace(max_batch_size=16, concurrency=[16], threads=args.threads)
     start = time.monotonic()
-    server = serving_load.start_server(folder, port, "continuous", server_args)
+    server = harness.start_server(folder, port, "continuous", server_args)
     try:
-        serving_load.wait_ready(base, server)
+        harness.wait_ready(base, server)
         ready_s = time.monotonic() - start
         idle = memory_kb(server.pid)
-        prompts = make_prompts(args.corpus, 32, 160)
-        asyncio.run(run_level(base, prompts, 16, 64))
+        prompts = harness.make_prompts(args.corpus, 32, 160)
+        asyncio.run(harness.run_level(base, prompts, 16, 64))
         short = memory_kb(server.pid)
-        asyncio.run(run_level(base, prompts[:16], 16, args.long_tokens))
+        asyncio.run(harness.run_level(base, prompts[:16], 16, args.long_tokens))
         long = memory_kb(server.pid)
     finally:
-        serving_load.stop_server(server)
+        harness.stop_server(server)
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return {
         "variant": variant,
@@ -112,7 +110,9 @@ def render(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--variants", nargs="+", default=["fp32", "int8"])
     parser.add_argument("--long-tokens", type=int, default=448)
     parser.add_argument("--threads", type=int, default=None)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     report = {
-        "command": "python deploy/measure_rss.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.serving.rss " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": [round(x, 2) for x in os.getloadavg()],
