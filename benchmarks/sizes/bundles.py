@@ -1,10 +1,10 @@
 """Every GPT-2 size (and a SmolLM2-135M-shaped Llama), every export variant: export memory
 and time, bundle size, load, decode.
 
-    python benchmarks/sizes.py                          # distilgpt2, gpt2, gpt2-medium
-    python benchmarks/sizes.py --sizes gpt2-large gpt2-xl --variants fp32 int8 int4
-    python benchmarks/sizes.py --quick                  # tiny model, two variants: a smoke run
-    python benchmarks/sizes.py --render                 # tables and chart from the JSON
+    python -m benchmarks.sizes.bundles    # distilgpt2, gpt2, gpt2-medium
+    python -m benchmarks.sizes.bundles --sizes gpt2-large gpt2-xl --variants fp32 int8 int4
+    python -m benchmarks.sizes.bundles --quick    # tiny model, two variants: a smoke run
+    python -m benchmarks.sizes.bundles --render   # tables and chart from the JSON
 
 Models are GPT-2-shaped (`smollm2-135m`: Llama-shaped), built from configs with random weights (fixed seed, nothing is
 downloaded) and saved as Hugging Face folders in a cache outside the repository. Per size
@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import floor  # noqa: E402
+from benchmarks import common
+from benchmarks.latency import floor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "sizes"
 BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
@@ -205,8 +204,8 @@ def export_variant(name: str, variant: str, hf: Path, cache: Path, timeout: floa
 
 def worker_main(args: argparse.Namespace) -> int:
     """In a fresh process: load one engine, then decode at batch 1 and batch 8 (one JSON line)."""
-    from engines import CT2Engine, FSTEngine
-    from latency_worker import decode_ms
+    from benchmarks.latency.engines import CT2Engine, FSTEngine
+    from benchmarks.latency.worker import decode_ms
 
     prompts = json.loads(Path(args.prompts).read_text())
     before = common.peak_rss_mb()  # interpreter, numpy, onnxruntime: not the bundle's
@@ -243,10 +242,12 @@ def run_decode(engine: str, path: str, prompts: Path, args: argparse.Namespace) 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--path", path,
+        sys.executable, "-m", __spec__.name, "--worker", engine, "--path", path,
         "--prompts", str(prompts), "--threads", str(args.threads), "--repeats", str(args.repeats),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=args.timeout, cwd=common.REPO
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:])}
@@ -362,7 +363,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# Every GPT-2 size: export memory, bundle, load, decode",
         "",
-        f"`python benchmarks/sizes.py {' '.join(report['argv'])}` — {report['finished_at']}; "
+        f"`python -m benchmarks.sizes.bundles {' '.join(report['argv'])}` — {report['finished_at']}; "
         f"{m['cpu']['model']}, {report['threads']} threads, {m['ram_gb']} GB RAM; load average "
         f"at start {m['load_average']} (a shared machine: other jobs ran meanwhile). Random "
         f"weights from configs. Read bandwidth floor {report['floors']['bandwidth_gbs']:.1f} GB/s.",
@@ -465,7 +466,11 @@ def write(report: dict, out_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--threads", type=int, default=common.cpu_info()["usable_cores"] or 1)
@@ -501,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         write(json.loads((out / "sizes.json").read_text()), out)
         return 0
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    from latency_models import make_prompts
-    from latency_spec import Workload
+    from benchmarks.latency.models import make_prompts
+    from benchmarks.latency.spec import Workload
 
     workload = Workload(prompt_lengths=(PROMPT,), batch=BATCH, past_lengths=())
     tokenizer = hf_folder("tiny", args.cache_dir) / "tokenizer.json"  # GPT-2's BPE, any size

@@ -1,7 +1,7 @@
 """Tokenizing a training corpus: tokens/s and peak memory, by corpus size.
 
-    python benchmarks/tokenization_memory.py                  # 10 MB, 100 MB and 1 GB
-    python benchmarks/tokenization_memory.py --sizes_mb 10    # one size
+    python -m benchmarks.sizes.tokenization_memory                 # 10 MB, 100 MB and 1 GB
+    python -m benchmarks.sizes.tokenization_memory --sizes_mb 10   # one size
 
 Each corpus is generated once (half of it one single-line document, the rest 1.4 KB
 documents with a meta, words drawn from the GPT-2-heavy vocabulary of English), then each
@@ -28,10 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
 WORDS = [
     "the",
     "of",
@@ -130,7 +129,9 @@ def run_worker(path: Path, encoder: str, timeout_s: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sizes_mb", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--lists_max_mb", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
             path.unlink()
     report = {"machine": common.machine_description(), "rows": rows, "note": args.note}
-    report["command"] = "python benchmarks/tokenization_memory.py " + " ".join(argv or sys.argv[1:])
+    report["command"] = "python -m benchmarks.sizes.tokenization_memory " + " ".join(
+        argv or sys.argv[1:]
+    )
     common.write_report(args.out, "tokenization_memory", report, markdown(report))
     return 0
 
@@ -175,7 +178,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Tokenizing a training corpus: throughput and peak memory",
         "",
-        "`python benchmarks/tokenization_memory.py` (GPT-2 BPE, document format; half of each",
+        "`python -m benchmarks.sizes.tokenization_memory` (GPT-2 BPE, document format; half of each",
         "corpus one single-line document). `grew`: peak RSS above reading the documents and",
         "loading the tokenizer. `corpus` is fst-train's encoder; `lists` the former one.",
         "",
