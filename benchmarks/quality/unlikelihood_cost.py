@@ -1,7 +1,7 @@
 """Training throughput (tokens/s) with and without the unlikelihood loss.
 
-    python benchmarks/training.py              # tiny and gpt2-6l (distilgpt2-sized) presets
-    python benchmarks/training.py --quick      # tiny only, short: a smoke run
+    python -m benchmarks.quality.unlikelihood_cost           # tiny and gpt2-6l (distilgpt2-sized) presets
+    python -m benchmarks.quality.unlikelihood_cost --quick   # tiny only, short: a smoke run
 
 What is timed is the real training step: a Lightning `Trainer` fits our `DocumentLM`
 (forward, `fst.training.loss.language_model_losses`, backward, AdamW + scheduler step, logging) on
@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 DEFAULT_CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -206,6 +205,7 @@ def render_markdown(report: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description="Training tokens/s with and without the unlikelihood loss.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -248,13 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         presets = benchmark(args)
     except Exception as e:  # one clear line; the traceback only with -v
         log.debug("failed", exc_info=True)
-        print(f"training.py: {e}", file=sys.stderr)
+        print(f"{__spec__.name}: {e}", file=sys.stderr)
         return 1
     report = {
         "schema_version": 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(
-            ["python benchmarks/training.py", *(argv if argv is not None else sys.argv[1:])]
+            [
+                "python -m benchmarks.quality.unlikelihood_cost",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
         ),
         "machine": machine,
         "load_average_end": common.load_average(),

@@ -1,13 +1,13 @@
 """Which int4 scheme: block size, accuracy level, lm_head, by perplexity on a trained model
 and, with --speed, by batch-1 decode time on a larger one.
 
-    python benchmarks/int4_choice.py BUNDLE DOCUMENTS     # BUNDLE: fp32, exported --logits all
-    python benchmarks/int4_choice.py BUNDLE DOCUMENTS --speed GPT2_SMALL_FP32_BUNDLE
+    python -m benchmarks.quality.int4_choice BUNDLE DOCUMENTS   # BUNDLE: fp32, exported --logits all
+    python -m benchmarks.quality.int4_choice BUNDLE DOCUMENTS --speed GPT2_SMALL_FP32_BUNDLE
 
 Each scheme quantises the same fp32 graph (`fst.export.quantize_int4`, after the exporter's
 Gemm -> MatMul simplification) and is scored by the same code as `fst-eval --bundle`
 (`fst.evaluation.bundle_scoring.BundleScorer` + `fst.evaluation.evaluate.token_level_metrics`).
-`--speed` quantises a second fp32 bundle (any `--optimize` export; latency.py keeps GPT-2
+`--speed` quantises a second fp32 bundle (any `--optimize` export; benchmarks/latency/run.py keeps GPT-2
 small's in /tmp/fst-bench/gpt2-small/bundle-fp32) at each block size and times greedy decode
 steps through the runtime, each scheme in its own process, interleaved over `--rounds`.
 Writes benchmarks/results/int4_choice.{json,md}.
@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import decode_ab  # noqa: E402
-from int4_bundle import quantized_bundle  # noqa: E402
+from benchmarks import common
+from benchmarks.latency import decode_ab
+from benchmarks.latency.int4_bundle import quantized_bundle
 
 SCHEMES = [  # (block_size, accuracy_level, lm_head)
     (32, 4, True),
@@ -53,8 +52,9 @@ def main(argv: list[str]) -> int:
     from fst.runtime.generator import load_tokenizer
 
     parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description="Score int4 schemes of one fp32 bundle by perplexity on documents "
-        "(and, with --speed, time their decode steps on another)."
+        "(and, with --speed, time their decode steps on another).",
     )
     parser.add_argument("bundle", type=Path, help="an fp32 bundle exported with --logits all")
     parser.add_argument("documents", type=Path, help="JSON-lines documents to score")
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     lines = [
         "# int4 scheme choice (perplexity on held-out documents)",
         "",
-        f"`python benchmarks/int4_choice.py {' '.join(argv)}` — {common.machine_description()['cpu']['model']}",
+        f"`python -m benchmarks.quality.int4_choice {' '.join(argv)}` — {common.machine_description()['cpu']['model']}",
         "",
         "| scheme | weights MB | perplexity | vs fp32 |",
         "|---|---|---|---|",
@@ -116,7 +116,10 @@ def main(argv: list[str]) -> int:
             )
     report = {"argv": argv, "machine": common.machine_description(), "rows": rows, "speed": speed}
     common.write_report(
-        Path(__file__).parent / "results", "int4_choice", report, "\n".join(lines) + "\n"
+        Path(__file__).resolve().parents[1] / "results",
+        "int4_choice",
+        report,
+        "\n".join(lines) + "\n",
     )
     return 0
 

@@ -1,6 +1,6 @@
 """lm-evaluation-harness against fst-serve and against its own `hf` backend, on a real model.
 
-    python benchmarks/lm_eval_parity.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf
+    python -m benchmarks.quality.lm_eval_parity --gguf SmolLM2-135M-Instruct.Q4_1.gguf
 
 The GGUF file is dequantized to an fp32 Hugging Face folder (fst.training.gguf_import, as
 fst-export reads it) and exported to an fp32 `--logits all --optimize` bundle; fst-serve
@@ -23,10 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS_DIR = ROOT / "tests" / "data" / "lm_eval"
 TASKS = ["fst_tiny_rolling", "fst_tiny_choice"]
 
@@ -95,12 +94,14 @@ def loglikelihoods(results: dict, task: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--gguf", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/fst-bench/lm-eval-parity"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     p.add_argument("--out-name", default="lm-eval-parity-smollm2")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
     report = {
-        "command": "python benchmarks/lm_eval_parity.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.quality.lm_eval_parity " + " ".join(argv or sys.argv[1:]),
         "machine": machine,
         "load_average_end": common.load_average(),
         "gguf": str(args.gguf),

@@ -1,9 +1,9 @@
 """Does unlikelihood training work? MLE vs token-level UL on the Nietzsche corpus.
 
-    python benchmarks/quality.py                 # the experiment (~15 min per run and core)
-    python benchmarks/quality.py --smoke         # tiny budget: proves the pipeline end to end
-    python benchmarks/quality.py --reuse         # keep runs already trained in the work folder
-    python benchmarks/quality.py --jobs 2 --threads 1   # runs side by side, one core each
+    python -m benchmarks.quality.unlikelihood                        # the experiment (~15 min per run and core)
+    python -m benchmarks.quality.unlikelihood --smoke                # tiny budget: proves the pipeline end to end
+    python -m benchmarks.quality.unlikelihood --reuse                # keep runs already trained in the work folder
+    python -m benchmarks.quality.unlikelihood --jobs 2 --threads 1   # runs side by side, one core each
 
 The same model is trained from scratch once per loss — MLE, then token-level UL with alpha
 1.0 (the paper's), 2.0 and 5.0 — by `fst-train` subprocesses with identical
@@ -15,7 +15,7 @@ the paper's protocol (see `fst/evaluation/evaluate.py`). Writes benchmarks/resul
 
 Goal (token level): greedy seq-rep-4 down by >= 30% relative with perplexity up by <= 10%.
 
-    python benchmarks/quality.py --sequence --seed 42 --max_prefixes 160 --threads 1 --jobs 2
+    python -m benchmarks.quality.unlikelihood --sequence --seed 42 --max_prefixes 160 --threads 1 --jobs 2
 
 Sequence level (--sequence): MLE, token UL (alpha 2.0) and token UL + sequence-level UL
 fine-tuning (`fst-train --sequence_unlikelihood` from the token-UL run's best checkpoint,
@@ -40,10 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "data" / "documents" / "nietzsche"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_WORK = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "quality"
@@ -477,7 +476,9 @@ def _quote(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__spec__.name}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--smoke", action="store_true", help="tiny preset, 30 steps, 16 prefixes")
     p.add_argument(
