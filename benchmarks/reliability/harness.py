@@ -19,11 +19,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
+REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("reliability")
 PROMPT = "The meaning of life is"
 

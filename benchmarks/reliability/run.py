@@ -1,9 +1,9 @@
 """Reliability: a bounded chaos run of fst-serve, fst-generate, fst-export, fst-train and
 fst-telegram, on 127.0.0.1 only.
 
-    python benchmarks/reliability.py                     # every probe, ~7 min on 2 shared cores
-    python benchmarks/reliability.py --quick             # ~3 min: smaller, no kill probes
-    python benchmarks/reliability.py --soak-minutes 30   # the long soak alone, with a PNG
+    python -m benchmarks.reliability.run                     # every probe, ~7 min on 2 shared cores
+    python -m benchmarks.reliability.run --quick             # ~3 min: smaller, no kill probes
+    python -m benchmarks.reliability.run --soak-minutes 30   # the long soak alone, with a PNG
 
 A tiny GPT-2 is built from its config (random weights, nothing downloaded) and exported once
 into `--cache` (outside the repository, shared with the other benchmarks). Each probe does
@@ -20,7 +20,7 @@ what an operator or an unlucky day would do and records what it saw, one row per
 - faulty Bot API: the bot, against a fake Bot API answering 5xx / HTML / dropped
   connections and the real fst-serve, still delivers every reply;
 - extreme parameters, poisoned batch, mass cancellation, bundle swapped while serving,
-  symlinked outputs, disk full (RLIMIT_FSIZE), huge document: see reliability_probes.py.
+  symlinked outputs, disk full (RLIMIT_FSIZE), huge document: see probes.py.
 
 Writes benchmarks/results/reliability.{json,md} (the long soak: reliability-soak.{json,md,png}).
 Exit status 0 when every probe passed, 1 otherwise. Figures were taken on a shared 2-core
@@ -49,14 +49,12 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import reliability_probes as probes  # noqa: E402
-from latency_models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT  # noqa: E402
-from reliability_harness import (  # noqa: E402
+from benchmarks import common
+from benchmarks.latency.models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_OUT
+from benchmarks.reliability import probes
+from benchmarks.reliability.harness import (
     PROMPT,
     REPO,
-    TESTS,
     Report,
     Server,
     alive,
@@ -70,7 +68,7 @@ from reliability_harness import (  # noqa: E402
     rss_mb,
     run_warmup,
 )
-from reliability_soak import long_soak, soak_markdown  # noqa: E402
+from benchmarks.reliability.soak import long_soak, soak_markdown
 
 log = logging.getLogger("reliability")
 SCHEMA_VERSION = 1
@@ -459,9 +457,7 @@ def killed_training(report: Report, work: Path) -> None:
 
 
 def faulty_bot(report: Report, server: Server, work: Path, messages: int) -> None:
-    sys.path.insert(0, str(TESTS))
-    from fake_telegram import FakeTelegram
-
+    from benchmarks.fake_telegram import FakeTelegram
     from fst.serving.telegram.bot import TelegramBot
     from fst.serving.telegram.settings import BotSettings
 
@@ -532,8 +528,8 @@ def faulty_bot(report: Report, server: Server, work: Path, messages: int) -> Non
 
 def prepare(cache: Path) -> tuple[Path, Path]:
     """(HF folder, --optimize bundle) of the tiny model, built once into `cache`."""
-    from latency_models import build_hf_folder
-    from serving_load import prepare_bundle
+    from benchmarks.latency.models import build_hf_folder
+    from benchmarks.serving.harness import prepare_bundle
 
     hf = build_hf_folder("tiny", cache, DEFAULT_BPE)
     return hf, prepare_bundle("tiny", cache, rebuild=False, optimize=True)
@@ -597,7 +593,7 @@ def run_probes(args: argparse.Namespace, hf: Path, bundle: Path, work: Path) -> 
 def markdown(report: Report, meta: dict[str, Any]) -> str:
     passed = sum(r.passed for r in report.rows)
     lines = [
-        "# Reliability (benchmarks/reliability.py)",
+        "# Reliability (benchmarks/reliability/run.py)",
         "",
         f"`{meta['command']}`: {passed} of {len(report.rows)} checks passed, "
         f"{meta['seconds']:.0f} s, load average {meta['load_average']}. Tiny GPT-2 "
@@ -615,7 +611,9 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="~3 min: smaller, no kill probes")
     parser.add_argument(
         "--soak-minutes", type=float, default=None, help="only the long soak, this long"
@@ -634,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     hf, bundle = prepare(args.cache)
     meta: dict[str, Any] = {
-        "command": "python benchmarks/reliability.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.reliability.run " + " ".join(argv or sys.argv[1:]),
         "machine": common.machine_description(),
     }
     with tempfile.TemporaryDirectory(prefix="fst-reliability-") as tmp:

@@ -1,4 +1,4 @@
-"""The reliability probes of bad parameters, failures and resources (benchmarks/reliability.py
+"""The reliability probes of bad parameters, failures and resources (benchmarks/reliability/run.py
 runs them; everything on 127.0.0.1, bounded in count and time):
 
 - extreme parameters: values a float32 cannot compute with and loosely typed fields are a
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from reliability_harness import Report, Server, completion_body, one_line
+
+from benchmarks.reliability.harness import Report, Server, completion_body, one_line
 
 EXTREME = [
     ("temperature", 1e-300),

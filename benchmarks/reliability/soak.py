@@ -1,20 +1,17 @@
-"""The long soak of fst-serve (reliability.py --soak-minutes): clients for N minutes, the
+"""The long soak of fst-serve (run.py --soak-minutes): clients for N minutes, the
 server's RSS, fds and latency sampled over time, a PNG of them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reliability_harness import Server, completion, fd_count, rss_mb, run_warmup  # noqa: E402
+from benchmarks.reliability.harness import Server, completion, fd_count, rss_mb, run_warmup
 
 log = logging.getLogger("reliability")
 
@@ -99,7 +96,7 @@ def _plot(samples: list[dict[str, float]], path: Path, minutes: float, clients: 
 
 def soak_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     return (
-        "# Long soak (benchmarks/reliability.py --soak-minutes)\n\n"
+        "# Long soak (benchmarks/reliability/run.py --soak-minutes)\n\n"
         f"`{meta['command']}`: {result['clients']} clients for {result['minutes']:g} min, "
         f"{result['requests']} requests, {result['non_200']} not 200. fst-serve RSS "
         f"{result['rss_mb_first']:.0f} MB at the start, {result['rss_mb_half']:.0f} MB at half "
