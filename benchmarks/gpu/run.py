@@ -1,7 +1,7 @@
 """fst's CUDA path beside Hugging Face `generate` on the same GPU (UNTESTED ON GPU so far).
 
-    python benchmarks/gpu.py              # on a CUDA machine: GPT-2 small + gpt2-xl shape, <= 6 min
-    python benchmarks/gpu.py --dry-run    # tiny model, CPU only: checks this script (~1 min)
+    python -m benchmarks.gpu.run             # on a CUDA machine: GPT-2 small + gpt2-xl shape, <= 6 min
+    python -m benchmarks.gpu.run --dry-run   # tiny model, CPU only: checks this script (~1 min)
 
 Needs onnxruntime-gpu (CUDAExecutionProvider) and a CUDA torch; benchmarks/gpu/transfer.md
 says how it reaches the device machine, which has no registry. For each model (random
@@ -37,11 +37,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 log = logging.getLogger("gpu")
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 GOALS = {
     "small_b1_vs_hf_eager": 0.3,  # fst decode ms/token <= 0.3x HF eager, GPT-2 small, batch 1
     "small_b64_tps_vs_hf_static": 1.5,  # fst tokens/s >= 1.5x HF static cache, batch 64
@@ -90,7 +89,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--batches", type=ints, default=[1, 8, 64], help="decode batch sizes")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (TTFT, decode)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run")
@@ -618,13 +619,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse_args(argv)
         env = environment(settings.dry_run)
     except (ValueError, RuntimeError) as exc:
-        print(f"gpu.py: {exc}", file=sys.stderr)
+        print(f"{__spec__.name}: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     deadline = started + settings.budget_s
     device = "cpu" if settings.dry_run else "cuda"
     report: dict[str, Any] = {
-        "command": "python benchmarks/gpu.py "
+        "command": "python -m benchmarks.gpu.run "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "dry_run": settings.dry_run,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
