@@ -26,7 +26,7 @@ INT4_BLOCK_SIZES: tuple[int, ...] = typing.get_args(Int4BlockSize)
 DEFAULT_INT4_BLOCK_SIZE = 128
 # Prefill with logits for the last position only skips lm_head on every other position: a
 # faster prefill for long prompts and a much smaller output (one row of logits instead of one
-# per prompt token). Decode (seq 1) is unchanged. Measure it with benchmarks/latency.py.
+# per prompt token). Decode (seq 1) is unchanged. Measure it with benchmarks/latency/run.py.
 DEFAULT_LOGITS = "last"
 MIN_OPSET = 13  # oldest opset checked here (13, 14, 17 and 18 pass the parity check)
 _GRAPH = "graph"

@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks import common
+from benchmarks.latency import goals as latency_goals
+from benchmarks.latency import models as latency_models
+from benchmarks.latency import run as latency
+from benchmarks.latency.spec import Workload
 
-import common  # noqa: E402
-import latency  # noqa: E402
-import latency_goals  # noqa: E402
-import latency_models  # noqa: E402
-from latency_spec import Workload  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_summarize_median_min_max() -> None:
@@ -149,9 +147,10 @@ def test_prefill_flops_of_gpt2_small() -> None:
 
 def test_cli_rejects_an_unknown_model() -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "latency.py"), "--models", "gpt5"],
+        [sys.executable, "-m", "benchmarks.latency.run", "--models", "gpt5"],
         capture_output=True,
         text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 2
     assert "--models: unknown model 'gpt5'" in proc.stderr.strip().splitlines()[-1]
@@ -161,9 +160,9 @@ def test_cli_rejects_an_unknown_model() -> None:
 def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
     """Tiny model, HF and our fp32 bundle, one round: every stage of the script runs."""
     out = tmp_path / "results"
-    cmd = [sys.executable, str(BENCH / "latency.py"), "--quick", "--engines", "hf,fst-fp32"]
+    cmd = [sys.executable, "-m", "benchmarks.latency.run", "--quick", "--engines", "hf,fst-fp32"]
     cmd += ["--rounds", "1", "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     report = json.loads((out / "latency.json").read_text())
@@ -196,8 +195,9 @@ def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
 
 
 def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(BENCH / "training.py"), "--quick", "--out-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    cmd = [sys.executable, "-m", "benchmarks.quality.unlikelihood_cost", "--quick"]
+    cmd += ["--out-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "training.json").read_text())
     tiny = report["presets"]["tiny"]
@@ -208,8 +208,8 @@ def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
 
 
 def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
-    """benchmarks/kv_layout.py on a tiny model: four --optimize exports, one round."""
-    import kv_layout
+    """benchmarks/latency/kv_layout.py on a tiny model: four --optimize exports, one round."""
+    from benchmarks.latency import kv_layout
 
     out = tmp_path / "results"
     args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
@@ -229,8 +229,8 @@ def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
 
 
 def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
-    """benchmarks/huge_pages.py on a tiny model: two exports, one round of worker processes."""
-    import huge_pages
+    """benchmarks/latency/huge_pages.py on a tiny model: two exports, one round of worker processes."""
+    from benchmarks.latency import huge_pages
 
     out = tmp_path / "results"
     args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
@@ -246,7 +246,7 @@ def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
 
 
 def test_floor_is_never_above_the_fastest_engine() -> None:
-    import floor
+    from benchmarks.latency import floor
 
     measured = {"fp32": 14.6, "int8": 3.6, "int4": 1.8}
     capped, notes = floor.cap_floors(
@@ -257,7 +257,7 @@ def test_floor_is_never_above_the_fastest_engine() -> None:
 
 
 def test_c_stream_reads_a_buffer() -> None:
-    import floor
+    from benchmarks.latency import floor
 
     gbs = floor.c_stream_gbs(size_mb=16, threads=1, repeats=1)
     if not gbs:
@@ -270,8 +270,9 @@ def test_ort_floor_chain_has_no_two_equal_matrices() -> None:
     the cache and reports several times the machine's bandwidth (it once said 153 GB/s)."""
     import hashlib
 
-    import floor
     from onnx import numpy_helper
+
+    from benchmarks.latency import floor
 
     model = floor.matmul_chain(size_mb=64)
     digests = [
@@ -306,7 +307,7 @@ def test_goals_against_llamacpp() -> None:
 
 
 def test_llamacpp_engines_need_a_converter(tmp_path: Path) -> None:
-    import engines_llamacpp
+    from benchmarks.latency import engines_llamacpp
 
     with pytest.raises(ValueError, match="--llamacpp-src"):
         engines_llamacpp.find_converter(None)
@@ -321,9 +322,9 @@ def test_exporter_quantizations_include_int8() -> None:
 
 @pytest.mark.parametrize("name", ["distilgpt2", "smollm2-135m"])
 def test_sizes_parameter_counts_match_the_models_it_builds(name: str) -> None:
-    import sizes
     import transformers
 
+    from benchmarks.sizes import bundles as sizes
     from fst.training.model import PRESETS
 
     if name in sizes.LLAMA:

@@ -1,16 +1,9 @@
-"""benchmarks/quality.py's issue-19 parts: the fine-tuning command and the goal arithmetic."""
+"""benchmarks/quality/unlikelihood.py: the fine-tuning command and the goal arithmetic."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import quality  # noqa: E402
-
-from fst.training.cli import parse_args  # noqa: E402
+from benchmarks.quality import unlikelihood as quality
+from fst.training.cli import parse_args
 
 
 def result(ppl: float, greedy: float) -> dict:

@@ -1,21 +1,18 @@
-"""serving_load.py's comparison with llama-server: options, figures and report, without
+"""benchmarks/serving/load.py's comparison with llama-server: options, figures and report, without
 llama.cpp (the servers themselves only run in the benchmark)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import serving_llamacpp  # noqa: E402
-import serving_load  # noqa: E402
+from benchmarks.serving import harness
+from benchmarks.serving import llamacpp as serving_llamacpp
+from benchmarks.serving import load as serving_load
 
 
 def test_formats_name_the_results_by_what_they_compare(monkeypatch) -> None:
@@ -166,7 +163,7 @@ def test_a_streamed_request_reports_its_token_counts_and_time_per_token() -> Non
         async with httpx.AsyncClient(
             base_url="http://x", transport=transport, headers=serving_llamacpp.HEADERS
         ) as client:
-            return await serving_load.one_request(client, "hi", 0, 3, serving_llamacpp.GREEDY)
+            return await harness.one_request(client, "hi", 0, 3, serving_llamacpp.GREEDY)
 
     result = asyncio.run(go())
     assert result["prompt_tokens"] == 7 and result["completion_tokens"] == 3

@@ -63,7 +63,7 @@ def language_model_losses(
         lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
         return LossOutput(loss=lm_loss, lm_loss=lm_loss, ul_loss=None)
     # One log-softmax serves both losses: a second full-vocabulary normalisation (and its
-    # backward) nearly doubled the UL step (benchmarks/training.py, results/training.md).
+    # backward) nearly doubled the UL step (benchmarks/quality/unlikelihood_cost.py, results/training.md).
     logp = F.log_softmax(logits, dim=-1)  # [B, T, V]
     lm_loss = F.nll_loss(logp.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
     ul_loss = _unlikelihood_from_logp(logp, targets, unlikelihood_reduction)
