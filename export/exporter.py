@@ -29,7 +29,7 @@ from fst.core.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.architectures import architecture_for
 from fst.export.external_data import move_external, remove_onnx
-from fst.export.gguf_blocks import import_gguf_blocks
+from fst.export.gguf_blocks import BLOCK, import_gguf_blocks
 from fst.export.gqa_right import ORT_GQA_RIGHT
 from fst.export.gqa_right import register as register_gqa_right
 from fst.export.memory import release_memory
@@ -237,6 +237,9 @@ def _transform(
             scheme = scheme.model_copy(
                 update={
                     "from_gguf": imported.matmuls + imported.tables,
+                    # Every MatMulNBits holds the file's blocks: its block size, not the
+                    # (unused) one of the quantiser that ran on the rest.
+                    **({"block_size": BLOCK} if scheme.matmuls == imported.matmuls else {}),
                     "lm_head": scheme.lm_head or imported.head,
                     "embedding": scheme.embedding or imported.tables > 0,
                 }

@@ -56,7 +56,7 @@ def quantize_int4(
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     model = load_onnx(src)
-    block_size = fit_block_size(model, block_size)
+    block_size = fit_block_size(model, block_size, keep)
     head = _lm_head_nodes(model, vocab_size)
     token_table = _token_embedding_nodes(model, vocab_size)
     exclude = [*keep, *([] if lm_head else head)]
@@ -96,12 +96,16 @@ def quantize_int4(
 QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
 
 
-def fit_block_size(model: onnx.ModelProto, block_size: int) -> int:
+def fit_block_size(model: onnx.ModelProto, block_size: int, keep: tuple[str, ...] = ()) -> int:
     """`block_size`, lowered to the largest allowed size that fits the shortest quantised
     row (a MatMul weight's K, a table's hidden size): MatMulNBits pads every row to whole
     blocks, so a 128 block on a 32-wide model would store four times the weights."""
     dims = _initializer_dims(model)
-    weights = [dims.get(n.input[1], []) for n in model.graph.node if n.op_type == "MatMul"]
+    weights = [
+        dims.get(n.input[1], [])
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.name not in keep
+    ]
     rows = [w[0] for w in weights if len(w) == 2]  # constant [K, N] weights only
     if not rows:
         return block_size

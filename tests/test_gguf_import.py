@@ -197,6 +197,7 @@ def test_int4_export_keeps_the_gguf_files_own_blocks(tiny_q4_1_gguf, tmp_path, c
     scheme = manifest.graph.int4
     # 2 layers x 7 matrices, the tied output projection and the token table.
     assert scheme.from_gguf == 16 and scheme.lm_head and scheme.embedding
+    assert scheme.block_size == 32 and scheme.matmuls == 15
     assert manifest.parity.passed
     model = onnx.load(str(output / BUNDLE_MODEL), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]

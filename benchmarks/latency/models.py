@@ -162,7 +162,9 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
 
     fp32 and int8 come from `export_bundle`. int4 is the fp32 bundle quantised with the
     exporter's default scheme without its gate (int4_bundle.py: random weights fail the gate
-    at schemes a trained model passes, and speed does not depend on the values)."""
+    at schemes a trained model passes, and speed does not depend on the values), except for
+    a model read from a GGUF file: every bundle is exported from that file, and int4 keeps the
+    file's own blocks (fst.export.gguf_blocks) and passes the gate like the others."""
     wanted = [e for e in FST_ENGINES if e in args.engines]
     if not wanted:
         return {}
@@ -172,6 +174,8 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
     from fst.export.quantize_int4 import DEFAULT_BLOCK_SIZE
 
     exporter = source_digest(Path(export_bundle.__code__.co_filename).parent)
+    gguf = args.gguf if MODELS[name].get("gguf") else None
+    source = str(gguf or hf)
     out = {}
     made = [e for e in FST_ENGINES if e in wanted or (e == "fst-fp32" and "fst-int4" in wanted)]
     for engine in made:  # fp32 first: int4 is made from it
@@ -179,18 +183,18 @@ def export_bundles(hf: Path, name: str, cache: Path, args: argparse.Namespace) -
         folder = cache / name / f"bundle-{variant}"
         quantize = None if variant == "fp32" else variant
         options = {"optimize": args.optimize, "quantize": quantize, "logits": args.logits}
-        stamp = {**options, "exporter_source": exporter}
-        if variant == "int4":
+        stamp = {**options, "exporter_source": exporter, "source": source}
+        if variant == "int4" and gguf is None:
             stamp["int4"] = {"block_size": DEFAULT_BLOCK_SIZE, "gate": "not applied"}
         marker = folder / "fst_bench_export.json"
         fresh = marker.is_file() and json.loads(marker.read_text()) == stamp
         if not fresh or args.rebuild:
             log.info("exporting %s %s", name, engine)
-            if variant == "int4":
+            if variant == "int4" and gguf is None:
                 shutil.rmtree(folder, ignore_errors=True)
                 quantized_bundle(out["fst-fp32"], folder, block_size=DEFAULT_BLOCK_SIZE)
             else:
-                export_bundle(folder, model_path=str(hf), force=True, progress=False, **options)
+                export_bundle(folder, model_path=source, force=True, progress=False, **options)
             marker.write_text(json.dumps(stamp))
         BundleManifest.load(folder)  # fails loudly on a broken bundle
         out[engine] = folder
