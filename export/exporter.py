@@ -305,7 +305,7 @@ def _quantize_int4(
 
     The output projection is the most sensitive matrix, and small hidden sizes lose most to
     coarse blocks (a 64-wide Llama in tests/test_architectures.py needs block 32 and an fp32
-    head); GPT-2 small passes at 128 (benchmarks/results/int4_choice.md).
+    head); GPT-2 small passes at 128 (benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md).
     """
     int4 = path.with_name("int4.onnx")
     quantize = partial(quantize_int4, path, int4, vocab_size=config.vocab_size, keep=keep)

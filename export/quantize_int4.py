@@ -29,7 +29,7 @@ from fst.export.options import INT4_BLOCK_SIZES
 
 log = logging.getLogger(__name__)
 
-# Measured choices (benchmarks/results/int4_choice.md): see the exporter for the gate.
+# Measured choices (benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md): see the exporter for the gate.
 # The block sizes MatMulNBits takes and the default are declared with fst-export's option.
 FINE_INT4_BLOCK_SIZE = 32  # the exporter's fallback when 128 fails the parity gate
 DEFAULT_ACCURACY_LEVEL = 4

@@ -199,12 +199,12 @@ def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
     cmd += ["--out-dir", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "training.json").read_text())
+    report = json.loads((tmp_path / "unlikelihood-cost-training-step-gpt2.json").read_text())
     tiny = report["presets"]["tiny"]
     lm, ul = tiny["tokens_per_s"]["lm"]["median"], tiny["tokens_per_s"]["lm+ul"]["median"]
     assert lm > 0 and ul > 0
     assert tiny["ul_overhead"] == pytest.approx(lm / ul)
-    assert "| tiny |" in (tmp_path / "training.md").read_text()
+    assert "| tiny |" in (tmp_path / "unlikelihood-cost-training-step-gpt2.md").read_text()
 
 
 def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
@@ -215,7 +215,7 @@ def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
     args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
             "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
     assert kv_layout.main(args) == 0
-    report = json.loads((out / "kv_layout.json").read_text())
+    report = json.loads((out / "kv-layout-decode-tiny-fst.json").read_text())
     for variant in ("fp32", "int8"):
         row = report["results"][variant]["8"]
         assert row["shared"]["n"] == row["concat"]["n"] == 1
@@ -225,7 +225,7 @@ def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
         for p in (tmp_path / "cache" / "tiny").glob("kv-*")
     }
     assert layouts == {"shared", "concat"}
-    assert "| int8 | 8 |" in (out / "kv_layout.md").read_text()
+    assert "| int8 | 8 |" in (out / "kv-layout-decode-tiny-fst.md").read_text()
 
 
 def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
@@ -236,13 +236,13 @@ def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
     args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
             "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
     assert huge_pages.main(args) == 0
-    report = json.loads((out / "huge_pages.json").read_text())
+    report = json.loads((out / "huge-pages-decode-tiny-fst.json").read_text())
     for variant in ("fp32", "int8"):
         row = report["results"][variant]
         assert row["huge"]["n"] == row["4k"]["n"] == 1
         assert row["ratio"] == pytest.approx(row["huge"]["median"] / row["4k"]["median"])
         assert set(row["anon_huge_mb"]) == {"4k", "huge"}
-    assert "| int8 |" in (out / "huge_pages.md").read_text()
+    assert "| int8 |" in (out / "huge-pages-decode-tiny-fst.md").read_text()
 
 
 def test_floor_is_never_above_the_fastest_engine() -> None:

@@ -43,6 +43,22 @@ def named_paths(text: str) -> set[str]:
     return paths
 
 
+def expand_braces(path: str) -> list[str]:
+    """`a-{x,y}.md` -> `a-x.md`, `a-y.md` (the shell's brace expansion, as the pages use it)."""
+    match = re.search(r"\{([^{}]*)\}", path)
+    if not match:
+        return [path]
+    head, tail = path[: match.start()], path[match.end() :]
+    return [p for part in match[1].split(",") for p in expand_braces(head + part + tail)]
+
+
+def result_paths(text: str) -> set[str]:
+    """Every `results/...` file a page names, in prose and code alike, braces expanded;
+    placeholders (`results/<what it measures>.md`) are not files."""
+    found = re.findall(r"(?:benchmarks/)?results/[\w.{},/-]*[\w}](?![<\w{/-]|\.\w)", text)
+    return {p for path in found for p in expand_braces(path)}
+
+
 def links(text: str) -> set[str]:
     return {
         target.split("#")[0]
@@ -61,6 +77,36 @@ def test_every_path_and_link_exists(page: Path) -> None:
     ]
     missing += [link for link in sorted(links(text)) if link and not (page.parent / link).exists()]
     assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_result_file_a_page_names_exists(page: Path) -> None:
+    """Every figure comes from a file in benchmarks/results/: the file a page cites must be
+    there (under its current name), wherever the page names it."""
+    text = page.read_text(encoding="utf-8")
+    base = {True: REPO, False: REPO / "benchmarks"}
+    missing = sorted(
+        path
+        for path in result_paths(text)
+        if not (base[path.startswith("benchmarks/")] / path).exists()
+    )
+    assert not missing, f"{page.name} cites result files that do not exist: {missing}"
+
+
+def test_benchmarks_readme_lists_every_result() -> None:
+    """Every report in benchmarks/results/ answers a question of the benchmarks' table."""
+    listed = result_paths((REPO / "benchmarks" / "README.md").read_text(encoding="utf-8"))
+    reports = {f"results/{p.name}" for p in (REPO / "benchmarks" / "results").glob("*.md")}
+    assert not reports - listed, f"not in benchmarks/README.md: {sorted(reports - listed)}"
+
+
+def test_result_paths_are_found_in_prose_and_expanded() -> None:
+    text = "see benchmarks/results/a-{x,y}.md, and `results/b.json`; results/c-<seed>.md."
+    assert result_paths(text) == {
+        "benchmarks/results/a-x.md",
+        "benchmarks/results/a-y.md",
+        "results/b.json",
+    }
 
 
 def commands_with_flags() -> dict[str, set[str]]:

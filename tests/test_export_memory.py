@@ -241,7 +241,7 @@ MEMORY_CONFIG = {"n_layer": 2, "n_head": 6, "n_embd": 384, "n_positions": 256}
 # convert one weight at a time (quantize_int8, optimize.convert_fp16); holding the whole
 # fp32 model in those stages, as onnxruntime's quantize_dynamic and a whole-model fp16
 # conversion do, takes several times the weights here: a copy per stage comes back as a
-# failure. Figures: benchmarks/results/sizes.md.
+# failure. Figures: benchmarks/results/export-sizes-memory-decode-gpt2-family-epyc.md.
 MEMORY_BUDGET = {"fp32": 3.0, "optimize": 3.0, "int8": 3.0, "int4": 3.0, "fp16": 2.0}
 VARIANTS = {
     "fp32": [],

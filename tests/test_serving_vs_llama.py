@@ -21,7 +21,13 @@ def test_formats_name_the_results_by_what_they_compare(monkeypatch) -> None:
     assert args.name == "serving-fst-vs-llama-server-gpt2small"
     assert args.threads == 2  # both servers get the same threads
     assert args.llama_server is None  # the run then warns and measures fst-serve alone
-    assert serving_load.parse_args([]).name == "serving_load"
+    assert serving_load.parse_args([]).name == (
+        "serving-load-fst-gpt2small-continuous-vs-request-batching"
+    )
+    variants = ["--variant", "cap16=--max_batch_size 16", "--variant", "memory_only="]
+    assert (
+        serving_load.parse_args(variants).name == "serving-load-fst-gpt2small-cap16-vs-memory-only"
+    )
 
 
 def test_llama_server_comes_from_the_environment(monkeypatch, tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ and fst-serve do). The move changes the process's pages, so each side runs in it
 worker process, the two alternating round by round (A B B A ...). A worker loads the
 `--optimize` bundle (the one kv_layout.py exports, shared KV layout), prefills `past`
 random tokens and times `--steps` decode steps (batch 1, the model call only). Medians
-and huge/4k ratios go to benchmarks/results/huge_pages.{json,md}.
+and huge/4k ratios go to benchmarks/results/huge-pages-decode-<model>-fst.{json,md} (the last
+run, on the earlier AMD EPYC VM: huge-pages-decode-gpt2small-fst-epyc.md).
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     text = render(report)
-    common.write_report(args.out_dir, "huge_pages", report, text)
+    common.write_report(
+        args.out_dir, f"huge-pages-decode-{args.model.replace('-', '')}-fst", report, text
+    )
     print(text)
     return 0
 

@@ -3,7 +3,7 @@
 The benchmarks' models have random weights. Their logits are nearly flat, so int4 flips
 near-ties and the exporter's greedy top-1 gate refuses coarse schemes that a trained model
 passes (GPT-2 small at block 128: top-1 0.71 random, perplexity +0.17% trained;
-benchmarks/results/int4_choice.md). Speed does not depend on the weights' values, so the
+benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md). Speed does not depend on the weights' values, so the
 benchmarks quantise the fp32 bundle with a given scheme directly: the same
 `fst.export.quantize_int4` call on the same graph as `fst-export --optimize --quantize int4`.
 """

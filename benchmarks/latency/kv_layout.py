@@ -9,7 +9,8 @@ present one position longer) and `--kv_layout shared` (GroupQueryAttention writi
 position into a buffer bound as both past and present). Both bundles run in this process
 through fst's stepper (prefill a prompt of `past` random tokens, then `--steps` decode
 steps, batch 1, no sampling: the model call only), interleaved round by round; medians and
-shared/concat ratios go to benchmarks/results/kv_layout.{json,md}.
+shared/concat ratios go to benchmarks/results/kv-layout-decode-<model>-fst.{json,md} (the last
+run, on the earlier AMD EPYC VM: kv-layout-decode-gpt2small-fst-epyc.md).
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     text = render(report, pasts)
-    common.write_report(args.out_dir, "kv_layout", report, text)
+    common.write_report(
+        args.out_dir, f"kv-layout-decode-{args.model.replace('-', '')}-fst", report, text
+    )
     print(text)
     return 0
 

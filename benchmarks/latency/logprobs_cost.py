@@ -1,6 +1,6 @@
 """What log-probabilities cost a request: decode and time to first token, interleaved.
 
-    python -m benchmarks.latency.logprobs_cost BUNDLE --rounds 6 --out-name logprobs-cost
+    python -m benchmarks.latency.logprobs_cost BUNDLE --rounds 6   # a GPT-2 small bundle
 
 Three sides of one batch-1 greedy request on one bundle, in one process, in rotated
 order each round: `plain` (no logprobs: the path every other request takes), `logprobs`
@@ -8,7 +8,8 @@ order each round: `plain` (no logprobs: the path every other request takes), `lo
 an extra prefill of the prompt that returns every position's logits: needs a bundle
 exported with `--logits all`). Reports medians over rounds of the decode step (ms/token)
 and of `add` (prefill, plus scoring for `echo`: the time to first token), and their ratios
-to `plain`. Writes benchmarks/results/NAME.{json,md}.
+to `plain`. Writes benchmarks/results/NAME.{json,md} (`--out-name`, default
+logprobs-cost-gpt2small-fst: name it after the bundle's model).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "results")
-    p.add_argument("--out-name", default="logprobs-cost")
+    p.add_argument("--out-name", default="logprobs-cost-gpt2small-fst")
     p.add_argument(
         "--sides",
         default=",".join(SIDES),

@@ -14,7 +14,8 @@ alternating by turn; on a shared machine the load moves between minutes, not bet
 two calls), then the answer is generated with the cache on; each conversation uses a
 different corpus passage (so conversations never share a prefix).
 Reported per turn: the median TTFT of each arm and their ratio; the goal is turn N with
-the cache <= 1.3x turn 1. Writes benchmarks/results/prefix_cache_chat.{json,md}.
+the cache <= 1.3x turn 1. Writes
+benchmarks/results/prefix-cache-chat-ttft-<model>-fst.{json,md} (`--name`).
 """
 
 from __future__ import annotations
@@ -166,9 +167,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default="prefix_cache_chat", help="output file stem")
+    parser.add_argument(
+        "--name", default=None, help="output file stem (default: prefix-cache-chat-ttft-MODEL-fst)"
+    )
     parser.add_argument("--render", type=Path, default=None, help="redraw a report's JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.name is None:
+        args.name = f"prefix-cache-chat-ttft-{args.model.replace('-', '')}-fst"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ constraint's own cost. Also reported: `add` (prefill + the request's grammar com
 for B). The one-off per-model set-up of the grammar engine is
 done before timing and reported alone.
 
-Results: benchmarks/results/structured-output-decode.{md,json}.
+Results: benchmarks/results/NAME.{md,json} (`--name`, default structured-output-decode-gpt2small-fst:
+name it after the bundle's model).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['threads']} threads. CPU: {m['cpu']['model']} ({m['cpu']['usable_cores']} "
         f"usable cores, shared with other jobs; load {m['load_average']}).",
         "",
-        "A: no constraint; B: the schema of structured-output-libraries.md (llguidance). "
+        "A: no constraint; B: the schema of structured-output-libraries-gpt2-smollm2-vocabularies.md (llguidance). "
         "Interleaved rounds, default sampling (temperature 0.7, top-k 50); step = one "
         "`DecodeBatch.step()` while every row decodes (median); add = prefill (+ B's "
         "grammar compile).",
@@ -160,9 +161,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--name", default="structured-output-decode-gpt2small-fst", help="file stem"
+    )
     args = parser.parse_args()
     report = run(args)
-    write_report(args.out, "structured-output-decode", report, markdown(report))
+    write_report(args.out, args.name, report, markdown(report))
     print(markdown(report))
     return 0
 

@@ -16,7 +16,7 @@ round by round:
 - mask+apply: the mask, applied to a float32 logits row (-inf where not allowed), and the
   matcher advanced by the token: the whole per-token cost a sampler pays.
 
-Medians of `--rounds` rounds. Results: benchmarks/results/structured-output-libraries.{md,json}.
+Medians of `--rounds` rounds. Results: benchmarks/results/structured-output-libraries-gpt2-smollm2-vocabularies.{md,json}.
 """
 
 from __future__ import annotations
@@ -357,7 +357,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     report = run(args.tokenizer or ["gpt2"], args.rounds)
-    write_report(args.out, "structured-output-libraries", report, markdown(report))
+    write_report(
+        args.out, "structured-output-libraries-gpt2-smollm2-vocabularies", report, markdown(report)
+    )
     print(markdown(report))
     return 0
 

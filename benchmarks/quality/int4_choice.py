@@ -10,7 +10,8 @@ Gemm -> MatMul simplification) and is scored by the same code as `fst-eval --bun
 `--speed` quantises a second fp32 bundle (any `--optimize` export; benchmarks/latency/run.py keeps GPT-2
 small's in /tmp/fst-bench/gpt2-small/bundle-fp32) at each block size and times greedy decode
 steps through the runtime, each scheme in its own process, interleaved over `--rounds`.
-Writes benchmarks/results/int4_choice.{json,md}.
+Writes benchmarks/results/int4-scheme-choice-perplexity-decode-fst.{json,md} (the last run, on the
+earlier AMD EPYC VM: int4-scheme-choice-perplexity-decode-fst-epyc.md).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main(argv: list[str]) -> int:
     report = {"argv": argv, "machine": common.machine_description(), "rows": rows, "speed": speed}
     common.write_report(
         Path(__file__).resolve().parents[1] / "results",
-        "int4_choice",
+        "int4-scheme-choice-perplexity-decode-fst",
         report,
         "\n".join(lines) + "\n",
     )

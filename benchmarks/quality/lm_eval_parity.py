@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "results")
-    p.add_argument("--out-name", default="lm-eval-parity-smollm2")
+    p.add_argument("--out-name", default="lm-eval-parity-smollm2-135m-instruct-fst-serve-hf")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

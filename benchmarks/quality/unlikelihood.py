@@ -10,7 +10,8 @@ The same model is trained from scratch once per loss — MLE, then token-level U
 arguments apart from `--unlikelihood_alpha`: same seed (so the same initial weights and
 batch order), same BPE (trained on the same file), same step budget. The checkpoint with the
 lowest validation perplexity of each run (or `--checkpoint last`) is evaluated by `fst-eval` on the validation documents with
-the paper's protocol (see `fst/evaluation/evaluate.py`). Writes benchmarks/results/quality.{json,md}
+the paper's protocol (see `fst/evaluation/evaluate.py`). Writes
+benchmarks/results/unlikelihood-token-level-gpt2-4x256-nietzsche-seed<seed>.{json,md}
 (a smoke run writes into its work folder instead, so it never passes for a result).
 
 Goal (token level): greedy seq-rep-4 down by >= 30% relative with perplexity up by <= 10%.
@@ -20,7 +21,7 @@ Goal (token level): greedy seq-rep-4 down by >= 30% relative with perplexity up 
 Sequence level (--sequence): MLE, token UL (alpha 2.0) and token UL + sequence-level UL
 fine-tuning (`fst-train --sequence_unlikelihood` from the token-UL run's best checkpoint,
 `FineTune`) on a smaller model and budget (`SEQUENCE_BUDGET`); writes
-benchmarks/results/quality-seq-seed<seed>.{json,md}. Goal: greedy seq-rep-4 of the
+benchmarks/results/unlikelihood-sequence-level-gpt2-2x128-nietzsche-seed<seed>.{json,md}. Goal: greedy seq-rep-4 of the
 fine-tuned run <= 0.05 and <= 0.3x MLE's, perplexity <= +10%.
 """
 
@@ -101,6 +102,13 @@ class Budget:
                 flags += [f"--{f.name}", str(value)]
         return flags
 
+    def result_stem(self, sequence: bool) -> str:
+        """The results file's name: what was trained, on what, with which seed."""
+        shape = dict(kv.split("=") for kv in self.model_overrides.split(",") if kv)
+        model = f"{shape['n_layer']}x{shape['n_embd']}" if shape else self.model_path
+        level = "sequence" if sequence else "token"
+        return f"unlikelihood-{level}-level-gpt2-{model}-nietzsche-seed{self.seed}"
+
 
 SMOKE = Budget(model_overrides="", bpe_vocab_size=1024, max_steps=30, num_warmup_steps=5)
 # Sequence level (--sequence): a 2 x 128 model and 300 steps, so that MLE, token UL and the
@@ -119,8 +127,8 @@ class FineTune:
 
     max_steps: int = 480
     # The base runs' peak rate: a lower one and fewer updates left far more repetition
-    # (benchmarks/results/quality-seq-probes.md); the token-level half of the updates
-    # keeps training the under-trained base model.
+    # (benchmarks/results/unlikelihood-sequence-level-probes-gpt2-2x128-nietzsche-seed42-epyc.md);
+    # the token-level half of the updates keeps training the under-trained base model.
     learning_rate: float = 1e-3
     num_warmup_steps: int = 10
     # Decaying to 0: at a constant rate the token-level half keeps moving the model and the
@@ -657,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     if not same_tokens:
         log.warning("the runs' tokenizations differ: their perplexities are not comparable")
     text = markdown(report)
-    stem = f"quality-seq-seed{budget.seed}" if args.sequence else "quality"
+    stem = budget.result_stem(args.sequence)
     common.write_atomic(
         out / f"{stem}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     )

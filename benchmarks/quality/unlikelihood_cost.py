@@ -12,7 +12,8 @@ the first `--warmup` steps of each fit are dropped. Tokens are the non-padding t
 Runs alternate loss variants and presets (LM, LM+UL, LM, LM+UL, ...) in one process, every
 fit starting from the same initial weights, so machine drift hits both variants alike; the
 UL overhead is the ratio of the two median throughputs. Writes
-benchmarks/results/training.{json,md}.
+benchmarks/results/unlikelihood-cost-training-step-gpt2.{json,md} (the last run, on the earlier
+AMD EPYC VM: unlikelihood-cost-training-step-gpt2-epyc.md).
 """
 
 from __future__ import annotations
@@ -266,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         "alpha": args.alpha,
         "presets": presets,
     }
-    common.write_atomic(args.out_dir / "training.json", json.dumps(report, indent=1) + "\n")
-    common.write_atomic(args.out_dir / "training.md", render_markdown(report))
-    log.info("wrote %s", args.out_dir / "training.md")
+    stem = args.out_dir / "unlikelihood-cost-training-step-gpt2"
+    common.write_atomic(stem.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    common.write_atomic(stem.with_suffix(".md"), render_markdown(report))
+    log.info("wrote %s", stem.with_suffix(".md"))
     return 0
 
 

@@ -22,7 +22,8 @@ what an operator or an unlucky day would do and records what it saw, one row per
 - extreme parameters, poisoned batch, mass cancellation, bundle swapped while serving,
   symlinked outputs, disk full (RLIMIT_FSIZE), huge document: see probes.py.
 
-Writes benchmarks/results/reliability.{json,md} (the long soak: reliability-soak.{json,md,png}).
+Writes benchmarks/results/reliability-probes-fst-serve-gpt2tiny.{json,md} (the long soak:
+reliability-soak-fst-serve-gpt2tiny.{json,md,png}).
 Exit status 0 when every probe passed, 1 otherwise. Figures were taken on a shared 2-core
 machine: times are loose upper bounds, pass/fail is what counts.
 """
@@ -68,10 +69,12 @@ from benchmarks.reliability.harness import (
     rss_mb,
     run_warmup,
 )
+from benchmarks.reliability.soak import STEM as SOAK_STEM
 from benchmarks.reliability.soak import long_soak, soak_markdown
 
 log = logging.getLogger("reliability")
 SCHEMA_VERSION = 1
+STEM = "reliability-probes-fst-serve-gpt2tiny"  # results/STEM.{json,md}
 
 
 # --- soak and overload ---------------------------------------------------------------------
@@ -647,14 +650,14 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
             meta.update(seconds=time.monotonic() - started, load_average=common.load_average())
             report = {"schema_version": SCHEMA_VERSION, **meta, "soak": result}
-            common.write_report(args.out, "reliability-soak", report, soak_markdown(result, meta))
-            print((args.out / "reliability-soak.md").read_text())
+            common.write_report(args.out, SOAK_STEM, report, soak_markdown(result, meta))
+            print((args.out / f"{SOAK_STEM}.md").read_text())
             return 0 if result["non_200"] == 0 and not result["leak_suspected"] else 1
         rows = run_probes(args, hf, bundle, work)
     meta.update(seconds=time.monotonic() - started, load_average=common.load_average())
     report = {"schema_version": SCHEMA_VERSION, **meta, "rows": [asdict(r) for r in rows.rows]}
-    common.write_report(args.out, "reliability", report, markdown(rows, meta))
-    print((args.out / "reliability.md").read_text())
+    common.write_report(args.out, STEM, report, markdown(rows, meta))
+    print((args.out / f"{STEM}.md").read_text())
     return 0 if all(r.passed for r in rows.rows) else 1
 
 

@@ -13,6 +13,8 @@ import httpx
 
 from benchmarks.reliability.harness import Server, completion, fd_count, rss_mb, run_warmup
 
+STEM = "reliability-soak-fst-serve-gpt2tiny"  # results/STEM.{json,md,png}
+
 log = logging.getLogger("reliability")
 
 
@@ -49,7 +51,7 @@ def long_soak(server: Server, minutes: float, clients: int, out: Path) -> dict[s
 
     asyncio.run(run_warmup(server.base, clients))
     asyncio.run(run())
-    _plot(samples, out / "reliability-soak.png", minutes, clients)
+    _plot(samples, out / f"{STEM}.png", minutes, clients)
     half = [s for s in samples if s["minute"] >= minutes / 2] or samples
     # A leak shows as growth in the second half (the first fills caches and pools) or as
     # more fds than the clients' connections explain.
@@ -105,5 +107,5 @@ def soak_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"connections). Leak suspected: {result['leak_suspected']} (RSS grew more than 10% + "
         f"10 MB over the second half, or fds beyond the clients' + 2). Load average "
         f"{meta['load_average']}."
-        "\n\n![RSS and fds over time](reliability-soak.png)\n"
+        f"\n\n![RSS and fds over time]({STEM}.png)\n"
     )

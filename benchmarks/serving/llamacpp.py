@@ -106,7 +106,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--llama-server {args.llama_server}: no such file")
     if args.name is None:
         stem = args.model.replace("-", "")
-        args.name = f"serving-fst-vs-llama-server-{stem}" if args.formats else "serving_load"
+        if args.formats:
+            args.name = f"serving-fst-vs-llama-server-{stem}"
+        else:
+            sides = [v.partition("=")[0] for v in args.variant] or args.batching
+            compared = "-vs-".join(sides) + ("" if args.variant else "-batching")
+            args.name = f"serving-load-fst-{stem}-{compared}".replace("_", "-")
 
 
 def _env_path(name: str) -> Path | None:

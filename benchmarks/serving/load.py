@@ -15,8 +15,9 @@ Each server batching mode (`--batching`: continuous, request) gets its own serve
 run. Reported per level: requests/s, generated tokens/s, latency and TTFT percentiles, and
 the mean batch size the server formed (from its /metrics). The ratio of tokens/s at the
 highest concurrency to concurrency 1 is what batching buys. Writes
-benchmarks/results/serving_load.{json,md}. `--formats int8 int4 --llama-server PATH` compares
-fst-serve with llama.cpp's llama-server instead (llamacpp.py). On a shared machine absolute figures move by
+benchmarks/results/serving-load-fst-MODEL-continuous-vs-request-batching.{json,md} (`--variant`:
+serving-load-fst-MODEL-A-vs-B; `--name` sets it). `--formats int8 int4 --llama-server PATH`
+compares fst-serve with llama.cpp's llama-server instead (llamacpp.py). On a shared machine absolute figures move by
 tens of percent between runs; the load average is recorded beside them.
 """
 
@@ -140,7 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
-        "--name", default=None, help="output file stem (default: serving_load, or with "
+        "--name", default=None, help="output file stem (default: serving-load-fst-MODEL-"
+        "continuous-vs-request-batching, with --variant serving-load-fst-MODEL-A-vs-B, with "
         "--formats serving-fst-vs-llama-server-MODEL)",
     )  # fmt: skip
     parser.add_argument(

@@ -8,7 +8,7 @@ bundle of load.py) and reads its /proc status: RSS once /ready answers
 (idle), then the peak (VmHWM) after 16 concurrent streamed requests of 64 tokens and after
 16 of `--long-tokens` tokens (the KV cache grows with batch × context). Also the seconds
 from start to /ready (a startup probe must allow that). Writes
-benchmarks/results/serving_rss.{json,md}.
+benchmarks/results/serving-rss-fst-gpt2small.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from benchmarks.latency.models import DEFAULT_BPE, DEFAULT_CACHE, DEFAULT_CORPUS
 from benchmarks.serving import harness
 
 REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "benchmarks" / "results" / "serving_rss"
+OUT = REPO / "benchmarks" / "results" / "serving-rss-fst-gpt2small"
 MODEL = "gpt2-small"
 
 

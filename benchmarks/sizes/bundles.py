@@ -21,7 +21,8 @@ and variant, in child processes so every figure is that process's own:
 
 CTranslate2 int8 runs the same decode workload from the same Hugging Face folder when it
 is installed. A size whose exports would not fit in the free memory is skipped and says so.
-Writes benchmarks/results/sizes.{json,md,png}.
+Writes benchmarks/results/export-sizes-memory-decode-gpt2-family.{json,md,png} (the last run, on
+the earlier AMD EPYC VM: export-sizes-memory-decode-gpt2-family-epyc.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from benchmarks.latency import floor
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
+STEM = "export-sizes-memory-decode-gpt2-family"  # results/STEM.{json,md,png}
 DEFAULT_CACHE = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "sizes"
 BPE = REPO / "fst" / "core" / "assets" / "gpt2_bpe"
 CORPUS = REPO / "data" / "documents" / "nietzsche" / "train.documents"
@@ -458,8 +460,8 @@ def render_chart(report: dict, path: Path) -> bool:
 
 
 def write(report: dict, out_dir: Path) -> None:
-    common.write_report(out_dir, "sizes", report, render_markdown(report))
-    render_chart(report, out_dir / "sizes.png")
+    common.write_report(out_dir, STEM, report, render_markdown(report))
+    render_chart(report, out_dir / f"{STEM}.png")
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = args.out or (args.cache_dir / "quick" if args.quick else DEFAULT_OUT)
     if args.render:
-        write(json.loads((out / "sizes.json").read_text()), out)
+        write(json.loads((out / f"{STEM}.json").read_text()), out)
         return 0
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     from benchmarks.latency.models import make_prompts
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"prompt": PROMPT, "new_tokens": NEW_TOKENS, "batch": BATCH},
         "sizes": [],
     }
-    previous = out / "sizes.json"
+    previous = out / f"{STEM}.json"
     if args.merge and previous.is_file():
         report["sizes"] = json.loads(previous.read_text())["sizes"]
     args.export_baseline_mb = baseline["peak_rss_mb"]

@@ -15,7 +15,7 @@ documents and loading the tokenizer took:
   `tokenizers` call and every sequence as Python lists (a 200 MB line needed 21 GB).
 
 Both encoders run on the same corpus, alternating, `--repeats` times; medians are reported.
-Writes benchmarks/results/tokenization_memory.{json,md}.
+Writes benchmarks/results/tokenization-memory-gpt2-bpe-fst-train.{json,md}.
 """
 
 from __future__ import annotations
@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     report["command"] = "python -m benchmarks.sizes.tokenization_memory " + " ".join(
         argv or sys.argv[1:]
     )
-    common.write_report(args.out, "tokenization_memory", report, markdown(report))
+    common.write_report(
+        args.out, "tokenization-memory-gpt2-bpe-fst-train", report, markdown(report)
+    )
     return 0
 
 
