@@ -2,7 +2,7 @@
 
 Torch-free on purpose: the runtime's benchmark worker imports this module and must not pay
 for (or be measured with) torch in its memory. The matmul speed (numpy) bounds prefill;
-the read-bandwidth floor of decode has its own module, floor.py.
+the read-bandwidth floor of decode has its own module, benchmarks/latency/floor.py.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from fst.core.versions import library_versions
+
+# The repository root. A benchmark that starts another as a process runs it as
+# `python -m benchmarks....` here, so the child imports the package without path edits.
+REPO = Path(__file__).resolve().parents[1]
 
 # Distributions whose versions explain a figure (fst.core.versions: the installed ones).
 LIBRARIES = (

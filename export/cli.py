@@ -138,6 +138,8 @@ def _run(args: ExportArgs) -> int:
     origin = (
         f" (weights dequantized from {manifest.source_format})" if manifest.source_format else ""
     )
+    if manifest.graph.int4 is not None and manifest.graph.int4.from_gguf:
+        origin = f" (the {manifest.source_format} file's own blocks, not re-quantised)"
     chat = f", chat template from {manifest.chat.template_source}" if manifest.chat else ""
     print(
         f"{args.output}: {manifest.graph.variant} bundle{origin}, logits={manifest.graph.logits}, "

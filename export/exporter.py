@@ -29,6 +29,7 @@ from fst.core.constants import BUNDLE_MODEL, BUNDLE_TOKENIZER
 from fst.export import bundle_writer
 from fst.export.architectures import architecture_for
 from fst.export.external_data import move_external, remove_onnx
+from fst.export.gguf_blocks import BLOCK, import_gguf_blocks
 from fst.export.gqa_right import ORT_GQA_RIGHT
 from fst.export.gqa_right import register as register_gqa_right
 from fst.export.memory import release_memory
@@ -144,7 +145,7 @@ def _build(
             kv_layout=kv_layout,
         )
 
-    final, weights = _transform(traced, source.config, stages, options, check)
+    final, weights = _transform(traced, source.config, stages, options, check, source.gguf_file)
     with stages.stage("write"):
         # A tied lm_head was traced as a second, transposed copy of the embedding.
         shared = share_tied_embedding_file(final, final.with_name("shared.onnx"))
@@ -184,9 +185,10 @@ def _transform(
     stages: Stages,
     options: ExportOptions,
     check: Callable[[Path], ParityReport],
+    gguf_file: Path | None = None,
 ) -> tuple[Path, dict]:
     """Fusions, then fp16, int8 or int4; each step writes a new file beside `path` and
-    removes its input.
+    removes its input. int4 from a GGUF file keeps the file's own blocks (gguf_blocks).
 
     Returns the final file and the GraphInfo fields of the weights: for int8 the weight
     type kept (`check` measures each), for int4 the scheme.
@@ -218,7 +220,31 @@ def _transform(
             if not optimize:  # GPT-2's Conv1D traces as Gemm; MatMulNBits replaces MatMuls
                 simplify_file(path, path.with_name("simplified.onnx"))
                 path = _next(path, "simplified.onnx")
-            path, scheme = _quantize_int4(path, config, stages, check, options.int4_block_size)
+            imported = None
+            if gguf_file is not None:
+                imported = import_gguf_blocks(
+                    path, path.with_name("gguf.onnx"), gguf_file, int(config.vocab_size)
+                )
+                path = _next(path, "gguf.onnx")
+            keep = imported.fp32_nodes if imported is not None else ()
+            path, scheme = _quantize_int4(
+                path, config, stages, check, options.int4_block_size, keep
+            )
+        if imported is not None and (imported.matmuls or imported.tables):
+            stages.note(
+                f"the GGUF file's own blocks ({', '.join(imported.kinds)}) kept in "
+                f"{imported.matmuls} MatMuls and {imported.tables} token tables"
+            )
+            scheme = scheme.model_copy(
+                update={
+                    "from_gguf": imported.matmuls + imported.tables,
+                    # Every MatMulNBits holds the file's blocks: its block size, not the
+                    # (unused) one of the quantiser that ran on the rest.
+                    **({"block_size": BLOCK} if scheme.matmuls == imported.matmuls else {}),
+                    "lm_head": scheme.lm_head or imported.head,
+                    "embedding": scheme.embedding or imported.tables > 0,
+                }
+            )
         stages.note(f"int4: {scheme.model_dump()}")
         return path, {"int4": scheme}
     if variant != "int8":
@@ -271,6 +297,7 @@ def _quantize_int4(
     stages: Stages,
     check: Callable[[Path], ParityReport],
     block_size: int,
+    keep: tuple[str, ...] = (),
 ) -> tuple[Path, Int4Scheme]:
     """int4 weights, coarsest first: `block_size` with the output projection in int4, then
     with it fp32, then the same two at block 32, until the parity gate passes (the last one
@@ -279,10 +306,10 @@ def _quantize_int4(
 
     The output projection is the most sensitive matrix, and small hidden sizes lose most to
     coarse blocks (a 64-wide Llama in tests/test_architectures.py needs block 32 and an fp32
-    head); GPT-2 small passes at 128 (benchmarks/results/int4_choice.md).
+    head); GPT-2 small passes at 128 (benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md).
     """
     int4 = path.with_name("int4.onnx")
-    quantize = partial(quantize_int4, path, int4, vocab_size=config.vocab_size)
+    quantize = partial(quantize_int4, path, int4, vocab_size=config.vocab_size, keep=keep)
     scheme = quantize(block_size=block_size)
     fitted = scheme.block_size  # lowered to the model's shortest row
     blocks = [fitted] + ([FINE_INT4_BLOCK_SIZE] if fitted > FINE_INT4_BLOCK_SIZE else [])

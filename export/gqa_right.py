@@ -28,7 +28,7 @@ does prefill and decode in one graph, gives every row its own length (no attenti
 padding), runs flash attention on sm80+ and is the op onnxruntime-genai builds on. The same
 graph runs on ONNX Runtime's CPU kernel (float32 too), which is how it is checked here.
 
-UNTESTED ON GPU: no GPU on the machine this was written on; see benchmarks/gpu.py.
+UNTESTED ON GPU: no GPU on the machine this was written on; see benchmarks/gpu/run.py.
 """
 
 from __future__ import annotations

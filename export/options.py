@@ -22,11 +22,11 @@ KV_LAYOUTS: tuple[str, ...] = typing.get_args(KvLayout)
 QUANTIZATIONS: tuple[str, ...] = typing.get_args(Quantize)
 LOGITS: tuple[str, ...] = typing.get_args(Logits)
 INT4_BLOCK_SIZES: tuple[int, ...] = typing.get_args(Int4BlockSize)
-# Measured choice (benchmarks/results/int4_choice.md): see the exporter for the gate.
+# Measured choice (benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md): see the exporter for the gate.
 DEFAULT_INT4_BLOCK_SIZE = 128
 # Prefill with logits for the last position only skips lm_head on every other position: a
 # faster prefill for long prompts and a much smaller output (one row of logits instead of one
-# per prompt token). Decode (seq 1) is unchanged. Measure it with benchmarks/latency.py.
+# per prompt token). Decode (seq 1) is unchanged. Measure it with benchmarks/latency/run.py.
 DEFAULT_LOGITS = "last"
 MIN_OPSET = 13  # oldest opset checked here (13, 14, 17 and 18 pass the parity check)
 _GRAPH = "graph"
@@ -69,7 +69,7 @@ class ExportOptions:
         group=_GRAPH,
         help="with --quantize int4: weights per scale along the input dimension; 128 "
         "decodes faster on CPU, 32 follows the weights more closely (llama.cpp's Q4_0 uses 32; "
-        "benchmarks/results/int4_choice.md measures both)",
+        "benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md measures both)",
     )
     fp16: bool = option(
         False, group=_GRAPH, help="float16 weights and I/O (CUDA; TensorRT also --no_optimize)"

@@ -29,7 +29,7 @@ from fst.export.options import INT4_BLOCK_SIZES
 
 log = logging.getLogger(__name__)
 
-# Measured choices (benchmarks/results/int4_choice.md): see the exporter for the gate.
+# Measured choices (benchmarks/results/int4-scheme-choice-perplexity-decode-fst-epyc.md): see the exporter for the gate.
 # The block sizes MatMulNBits takes and the default are declared with fst-export's option.
 FINE_INT4_BLOCK_SIZE = 32  # the exporter's fallback when 128 fails the parity gate
 DEFAULT_ACCURACY_LEVEL = 4
@@ -45,19 +45,21 @@ def quantize_int4(
     lm_head: bool = True,
     embedding: bool = True,
     bits: int = 4,
+    keep: tuple[str, ...] = (),
 ) -> Int4Scheme:
     """Write `src` with int4 weights to `dst` (external data); returns the scheme applied.
 
     `bits=8`: symmetric 8-bit blocks (llama.cpp's Q8_0 layout at block 32), the int8
     bundles' fallback when dynamic int8 fails the gate; the token table stays fp32 (the
-    8-bit GatherBlockQuantized is not made by ONNX Runtime's quantizer)."""
+    8-bit GatherBlockQuantized is not made by ONNX Runtime's quantizer). `keep`: nodes left
+    as they are (the offset terms of a GGUF file's Q4_1 blocks)."""
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     model = load_onnx(src)
-    block_size = fit_block_size(model, block_size)
+    block_size = fit_block_size(model, block_size, keep)
     head = _lm_head_nodes(model, vocab_size)
     token_table = _token_embedding_nodes(model, vocab_size)
-    exclude = [] if lm_head else head
+    exclude = [*keep, *([] if lm_head else head)]
     embedding = embedding and lm_head and bits == 4  # a fp32 head shares the fp32 table
     op_types = ("MatMul", "Gather") if embedding else ("MatMul",)
     if embedding:  # only the token table: positions and shape Gathers stay as they are
@@ -94,12 +96,16 @@ def quantize_int4(
 QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
 
 
-def fit_block_size(model: onnx.ModelProto, block_size: int) -> int:
+def fit_block_size(model: onnx.ModelProto, block_size: int, keep: tuple[str, ...] = ()) -> int:
     """`block_size`, lowered to the largest allowed size that fits the shortest quantised
     row (a MatMul weight's K, a table's hidden size): MatMulNBits pads every row to whole
     blocks, so a 128 block on a 32-wide model would store four times the weights."""
     dims = _initializer_dims(model)
-    weights = [dims.get(n.input[1], []) for n in model.graph.node if n.op_type == "MatMul"]
+    weights = [
+        dims.get(n.input[1], [])
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.name not in keep
+    ]
     rows = [w[0] for w in weights if len(w) == 2]  # constant [K, N] weights only
     if not rows:
         return block_size

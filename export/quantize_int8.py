@@ -3,7 +3,7 @@
 `onnxruntime.quantization.quantize_dynamic` loads every weight before it starts, keeps each
 fp32 initializer in the proto after quantizing it (they are dropped only at the end), and
 its numpy arithmetic makes several temporary copies of each tensor: its peak was several
-times the fp32 weights (benchmarks/results/sizes.md). Here the same quantizer
+times the fp32 weights (benchmarks/results/export-sizes-memory-decode-gpt2-family-epyc.md). Here the same quantizer
 (`ONNXQuantizer`, the same options, so the same graph and the same values) runs on the
 graph alone: each weight is read from the external data file when the quantizer asks for
 it, into a private copy of its TensorProto, so the graph never holds an fp32 weight. What

@@ -41,6 +41,7 @@ class ExportSource:
     chat: ChatInfo | None = None  # the model's chat template; None: not a chat model
     generation_defaults: dict[str, Any] = field(default_factory=dict)  # GenerationParams names
     source_format: str | None = None  # "GGUF Q4_1": the weights were dequantized from it
+    gguf_file: Path | None = None  # that file: an int4 export takes its blocks as they are
     config: PretrainedConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -178,6 +179,7 @@ def _from_gguf(model_path: str) -> ExportSource:
         chat=chat,
         generation_defaults=defaults,
         source_format=loaded.source_format,
+        gguf_file=loaded.path,
     )
 
 

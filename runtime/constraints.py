@@ -9,8 +9,8 @@ request compiles the grammar (~1-5 ms), its other samples copy that matcher.
 Per token, `RowGrammar.mask(row)` sets every token the grammar does not allow next to -inf
 in the row of logits (the end-of-text tokens are allowed exactly when the grammar accepts
 what came so far) and `consume(token)` advances it. llguidance is the engine under
-llama.cpp's and vLLM's guidance backends; benchmarks/structured_libraries.py is why it was
-chosen (results in benchmarks/results/structured-output-libraries.md). It is imported only
+llama.cpp's and vLLM's guidance backends; benchmarks/latency/structured_libraries.py is why it was
+chosen (results in benchmarks/results/structured-output-libraries-gpt2-smollm2-vocabularies.md). It is imported only
 when a constraint is used, so requests without one cost nothing and need no llguidance.
 """
 

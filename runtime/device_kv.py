@@ -1,7 +1,7 @@
 """The kv_layout "shared_right" stepper: the KV cache lives on the session's device.
 
 UNTESTED ON GPU. Written from ONNX Runtime's sources and IO binding docs; on this machine it
-runs only with device "cpu" (the same code: the tests drive it there). benchmarks/gpu.py is
+runs only with device "cpu" (the same code: the tests drive it there). benchmarks/gpu/run.py is
 the script that checks and times it on CUDA when a GPU is lent. TensorRT: untested too (the
 cache would live on CUDA as well; the graph's contrib ops would run on the CUDA provider).
 

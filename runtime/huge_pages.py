@@ -2,8 +2,8 @@
 
 A batch-1 decode step streams every weight once. With 4 KiB pages that is a TLB miss every
 4 KiB, and on a virtual machine each miss walks two page tables, so a session decodes
-measurably faster once its weights sit in huge pages (benchmarks/huge_pages.py,
-benchmarks/results/huge_pages.md). ONNX Runtime has no option for it: its initializers and
+measurably faster once its weights sit in huge pages (benchmarks/latency/huge_pages.py,
+benchmarks/results/huge-pages-decode-gpt2small-fst-epyc.md). ONNX Runtime has no option for it: its initializers and
 pre-packed weights live in malloc'd memory. So once the session is built, we ask the kernel
 to collapse large, resident, anonymous mappings into huge pages (`madvise(MADV_COLLAPSE)`,
 Linux >= 6.1; it works whatever the system's transparent huge page mode, unless that mode

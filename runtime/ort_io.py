@@ -3,7 +3,8 @@
 The one place where fst.runtime touches ONNX Runtime internals, and why: the public
 `IOBinding` wrapper rebuilds a device object for every output it binds and wraps every
 output in a Python `OrtValue`; a step binds ~2 values per layer, so that Python time is a
-visible part of a small model's step (benchmarks/results/latency.md). `OrtIO` is the one
+visible part of a small model's step (the "Python overhead" of
+benchmarks/results/latency-gpt2small-9engines-epyc-quiet-passive.md). `OrtIO` is the one
 implementation; the handful of calls that differ go through a thin shim: `CLevelCalls`
 drives the C-level binding (`session._sess`, `IOBinding._iobinding`,
 `OrtDevice._get_c_device`, `OrtValue._ortvalue`) with devices made once, and if a future

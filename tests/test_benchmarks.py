@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks import common
+from benchmarks.latency import goals as latency_goals
+from benchmarks.latency import models as latency_models
+from benchmarks.latency import run as latency
+from benchmarks.latency.spec import Workload
 
-import common  # noqa: E402
-import latency  # noqa: E402
-import latency_goals  # noqa: E402
-import latency_models  # noqa: E402
-from latency_spec import Workload  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_summarize_median_min_max() -> None:
@@ -149,9 +147,10 @@ def test_prefill_flops_of_gpt2_small() -> None:
 
 def test_cli_rejects_an_unknown_model() -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "latency.py"), "--models", "gpt5"],
+        [sys.executable, "-m", "benchmarks.latency.run", "--models", "gpt5"],
         capture_output=True,
         text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 2
     assert "--models: unknown model 'gpt5'" in proc.stderr.strip().splitlines()[-1]
@@ -161,9 +160,9 @@ def test_cli_rejects_an_unknown_model() -> None:
 def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
     """Tiny model, HF and our fp32 bundle, one round: every stage of the script runs."""
     out = tmp_path / "results"
-    cmd = [sys.executable, str(BENCH / "latency.py"), "--quick", "--engines", "hf,fst-fp32"]
+    cmd = [sys.executable, "-m", "benchmarks.latency.run", "--quick", "--engines", "hf,fst-fp32"]
     cmd += ["--rounds", "1", "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     report = json.loads((out / "latency.json").read_text())
@@ -196,26 +195,27 @@ def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
 
 
 def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(BENCH / "training.py"), "--quick", "--out-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    cmd = [sys.executable, "-m", "benchmarks.quality.unlikelihood_cost", "--quick"]
+    cmd += ["--out-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "training.json").read_text())
+    report = json.loads((tmp_path / "unlikelihood-cost-training-step-gpt2.json").read_text())
     tiny = report["presets"]["tiny"]
     lm, ul = tiny["tokens_per_s"]["lm"]["median"], tiny["tokens_per_s"]["lm+ul"]["median"]
     assert lm > 0 and ul > 0
     assert tiny["ul_overhead"] == pytest.approx(lm / ul)
-    assert "| tiny |" in (tmp_path / "training.md").read_text()
+    assert "| tiny |" in (tmp_path / "unlikelihood-cost-training-step-gpt2.md").read_text()
 
 
 def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
-    """benchmarks/kv_layout.py on a tiny model: four --optimize exports, one round."""
-    import kv_layout
+    """benchmarks/latency/kv_layout.py on a tiny model: four --optimize exports, one round."""
+    from benchmarks.latency import kv_layout
 
     out = tmp_path / "results"
     args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
             "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
     assert kv_layout.main(args) == 0
-    report = json.loads((out / "kv_layout.json").read_text())
+    report = json.loads((out / "kv-layout-decode-tiny-fst.json").read_text())
     for variant in ("fp32", "int8"):
         row = report["results"][variant]["8"]
         assert row["shared"]["n"] == row["concat"]["n"] == 1
@@ -225,18 +225,18 @@ def test_kv_layout_benchmark_runs_end_to_end(tmp_path) -> None:
         for p in (tmp_path / "cache" / "tiny").glob("kv-*")
     }
     assert layouts == {"shared", "concat"}
-    assert "| int8 | 8 |" in (out / "kv_layout.md").read_text()
+    assert "| int8 | 8 |" in (out / "kv-layout-decode-tiny-fst.md").read_text()
 
 
 def test_export_time_benchmark_runs_end_to_end(tmp_path) -> None:
-    """benchmarks/export_time.py on a tiny model: plain and optimized exports, one round."""
-    import export_time
+    """benchmarks/sizes/export_time.py on a tiny model: plain and optimized exports, one round."""
+    from benchmarks.sizes import export_time
 
     out = tmp_path / "results"
     args = ["--models", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
             "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
     assert export_time.main(args) == 0
-    row = json.loads((out / "export_time.json").read_text())["results"]["tiny"]
+    row = json.loads((out / f"{export_time.STEM}.json").read_text())["results"]["tiny"]
     assert row["export_s"]["plain"]["n"] == row["export_s"]["optimized"]["n"] == 1
     ratio = row["export_s"]["optimized"]["median"] / row["export_s"]["plain"]["median"]
     assert row["export_ratio"] == pytest.approx(ratio)
@@ -246,28 +246,28 @@ def test_export_time_benchmark_runs_end_to_end(tmp_path) -> None:
         for p in (tmp_path / "cache" / "tiny").glob("export-time-*")
     }
     assert graphs == {"export-time-plain": False, "export-time-optimized": True}
-    assert "| tiny |" in (out / "export_time.md").read_text()
+    assert "| tiny |" in (out / f"{export_time.STEM}.md").read_text()
 
 
 def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:
-    """benchmarks/huge_pages.py on a tiny model: two exports, one round of worker processes."""
-    import huge_pages
+    """benchmarks/latency/huge_pages.py on a tiny model: two exports, one round of worker processes."""
+    from benchmarks.latency import huge_pages
 
     out = tmp_path / "results"
     args = ["--model", "tiny", "--rounds", "1", "--steps", "2", "--past", "8",
             "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]  # fmt: skip
     assert huge_pages.main(args) == 0
-    report = json.loads((out / "huge_pages.json").read_text())
+    report = json.loads((out / "huge-pages-decode-tiny-fst.json").read_text())
     for variant in ("fp32", "int8"):
         row = report["results"][variant]
         assert row["huge"]["n"] == row["4k"]["n"] == 1
         assert row["ratio"] == pytest.approx(row["huge"]["median"] / row["4k"]["median"])
         assert set(row["anon_huge_mb"]) == {"4k", "huge"}
-    assert "| int8 |" in (out / "huge_pages.md").read_text()
+    assert "| int8 |" in (out / "huge-pages-decode-tiny-fst.md").read_text()
 
 
 def test_floor_is_never_above_the_fastest_engine() -> None:
-    import floor
+    from benchmarks.latency import floor
 
     measured = {"fp32": 14.6, "int8": 3.6, "int4": 1.8}
     capped, notes = floor.cap_floors(
@@ -278,7 +278,7 @@ def test_floor_is_never_above_the_fastest_engine() -> None:
 
 
 def test_c_stream_reads_a_buffer() -> None:
-    import floor
+    from benchmarks.latency import floor
 
     gbs = floor.c_stream_gbs(size_mb=16, threads=1, repeats=1)
     if not gbs:
@@ -291,8 +291,9 @@ def test_ort_floor_chain_has_no_two_equal_matrices() -> None:
     the cache and reports several times the machine's bandwidth (it once said 153 GB/s)."""
     import hashlib
 
-    import floor
     from onnx import numpy_helper
+
+    from benchmarks.latency import floor
 
     model = floor.matmul_chain(size_mb=64)
     digests = [
@@ -327,7 +328,7 @@ def test_goals_against_llamacpp() -> None:
 
 
 def test_llamacpp_engines_need_a_converter(tmp_path: Path) -> None:
-    import engines_llamacpp
+    from benchmarks.latency import engines_llamacpp
 
     with pytest.raises(ValueError, match="--llamacpp-src"):
         engines_llamacpp.find_converter(None)
@@ -342,9 +343,9 @@ def test_exporter_quantizations_include_int8() -> None:
 
 @pytest.mark.parametrize("name", ["distilgpt2", "smollm2-135m"])
 def test_sizes_parameter_counts_match_the_models_it_builds(name: str) -> None:
-    import sizes
     import transformers
 
+    from benchmarks.sizes import bundles as sizes
     from fst.training.model import PRESETS
 
     if name in sizes.LLAMA:

@@ -66,7 +66,10 @@ def test_kebab_spellings_are_hidden_aliases() -> None:
     assert "(default: 8)" in help_text and "{fast,slow}" in help_text and "speed:" in help_text
     assert "(env TOY_TOKEN; default: none)" in help_text and "(required)" in help_text
     choices = {a.dest: a.choices for a in build_parser(Toy, prog="t", description="")._actions}
-    assert choices["mode"] == ("fast", "slow")  # introspectable (benchmarks/latency.py reads them)
+    assert choices["mode"] == (
+        "fast",
+        "slow",
+    )  # introspectable (benchmarks/latency/run.py reads them)
 
 
 @pytest.mark.parametrize(

@@ -322,8 +322,8 @@ def test_selectors_match_the_pods() -> None:
 
 
 def test_resources_leave_room_above_the_measured_peak() -> None:
-    """The memory limit is above the measured peak RSS (benchmarks/results/serving_rss.json)."""
-    report = json.loads((REPO / "benchmarks/results/serving_rss.json").read_text())
+    """The memory limit is above the measured peak RSS (benchmarks/results/serving-rss-fst-gpt2small.json)."""
+    report = json.loads((REPO / "benchmarks/results/serving-rss-fst-gpt2small.json").read_text())
     (fp32,) = [r for r in report["rows"] if r["variant"] == "fp32"]
     resources = SERVER["resources"]
     mib = {"Mi": 1, "Gi": 1024}

@@ -24,7 +24,7 @@ from fst.runtime.session import create_session
 PROMPTS = [[464, 3290, 286, 1204, 318, 326, 340], [15496, 995], [32]]
 CUDA_MISSING = "CUDAExecutionProvider" not in ort.get_available_providers()
 gpu = pytest.mark.skipif(
-    CUDA_MISSING, reason="needs onnxruntime-gpu and a CUDA device (see benchmarks/gpu.py)"
+    CUDA_MISSING, reason="needs onnxruntime-gpu and a CUDA device (see benchmarks/gpu/run.py)"
 )
 
 

@@ -237,11 +237,11 @@ def test_fp16_weights_converted_one_at_a_time_equal_the_whole_model_conversion(
 MEMORY_CONFIG = {"n_layer": 2, "n_head": 6, "n_embd": 384, "n_positions": 256}
 # Peak RSS above an import-only process, over the fp32 weight bytes. At this size fixed costs
 # (session arenas, tokenizer, model code) still weigh ~1.5x, so the fp32 bounds sit above the
-# 2.5x goal, which benchmarks/sizes.py measures on real sizes. int8 and fp16 read and
+# 2.5x goal, which benchmarks/sizes/bundles.py measures on real sizes. int8 and fp16 read and
 # convert one weight at a time (quantize_int8, optimize.convert_fp16); holding the whole
 # fp32 model in those stages, as onnxruntime's quantize_dynamic and a whole-model fp16
 # conversion do, takes several times the weights here: a copy per stage comes back as a
-# failure. Figures: benchmarks/results/sizes.md.
+# failure. Figures: benchmarks/results/export-sizes-memory-decode-gpt2-family-epyc.md.
 MEMORY_BUDGET = {"fp32": 3.0, "optimize": 3.0, "int8": 3.0, "int4": 3.0, "fp16": 2.0}
 VARIANTS = {
     "fp32": ["--no_optimize"],

@@ -48,6 +48,17 @@ def tiny_llama_gguf(tmp_path_factory, gpt2_bpe_dir):
     """(GGUF path, the Hugging Face model it was written from): a 2-layer grouped-query Llama
     with Q8_0 matrices, a 457-token byte-level BPE (GPT-2's first merges), EOS and a chat
     template, laid out as llama.cpp's converter writes it."""
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("tiny_gguf"), gpt2_bpe_dir, "Q8_0")
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_1_gguf(tmp_path_factory, gpt2_bpe_dir):
+    """The same model as SmolLM2's file stores it: Q4_1 matrices, a Q8_0 token table."""
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("tiny_q4_1"), gpt2_bpe_dir, "Q4_1")
+
+
+def write_tiny_llama_gguf(folder: Path, gpt2_bpe_dir: Path, matrices: str):
+    """(path, model): the tiny Llama, its layer matrices in `matrices` blocks."""
     import json
 
     import gguf
@@ -66,7 +77,7 @@ def tiny_llama_gguf(tmp_path_factory, gpt2_bpe_dir):
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     weights = {k: v.numpy() for k, v in model.state_dict().items()}
-    path = tmp_path_factory.mktemp("tiny_gguf") / "tiny-llama.Q8_0.gguf"
+    path = folder / f"tiny-llama.{matrices}.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(256)
     writer.add_embedding_length(64)
@@ -78,7 +89,7 @@ def tiny_llama_gguf(tmp_path_factory, gpt2_bpe_dir):
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_dimension_count(16)
     writer.add_vocab_size(len(tokens))
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{matrices}"))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -89,11 +100,11 @@ def tiny_llama_gguf(tmp_path_factory, gpt2_bpe_dir):
     writer.add_add_bos_token(False)
     writer.add_chat_template(TINY_TEMPLATE)
 
-    def q8_0(name: str, weight: np.ndarray) -> None:
-        q8 = gguf.GGMLQuantizationType.Q8_0
-        writer.add_tensor(name, gguf.quants.quantize(weight, q8), raw_dtype=q8)
+    def blocks(name: str, weight: np.ndarray, kind: str = matrices) -> None:
+        kind = getattr(gguf.GGMLQuantizationType, kind)
+        writer.add_tensor(name, gguf.quants.quantize(weight, kind), raw_dtype=kind)
 
-    q8_0("token_embd.weight", weights["model.embed_tokens.weight"])
+    blocks("token_embd.weight", weights["model.embed_tokens.weight"], "Q8_0")
     writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
     for i in range(2):
         layer, block = f"model.layers.{i}.", f"blk.{i}."
@@ -101,11 +112,11 @@ def tiny_llama_gguf(tmp_path_factory, gpt2_bpe_dir):
         writer.add_tensor(
             block + "ffn_norm.weight", weights[layer + "post_attention_layernorm.weight"]
         )
-        q8_0(
+        blocks(
             block + "attn_q.weight",
             _llama_cpp_rope_order(weights[layer + "self_attn.q_proj.weight"], 4),
         )
-        q8_0(
+        blocks(
             block + "attn_k.weight",
             _llama_cpp_rope_order(weights[layer + "self_attn.k_proj.weight"], 2),
         )
@@ -113,7 +124,7 @@ def tiny_llama_gguf(tmp_path_factory, gpt2_bpe_dir):
             ("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"),
             ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
         ]:  # fmt: skip
-            q8_0(f"{block}{ours}.weight", weights[f"{layer}{theirs}.weight"])
+            blocks(f"{block}{ours}.weight", weights[f"{layer}{theirs}.weight"])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -163,6 +174,51 @@ def test_fst_export_takes_a_gguf_file(tiny_llama_gguf, tmp_path, capsys):
     assert manifest.chat.special_tokens["eos_token"] == EOS
     assert manifest.chat.stop_token_ids == [manifest.tokenizer.eos_token_id]
     assert manifest.architecture.max_positions == 256
+
+
+def test_int4_export_keeps_the_gguf_files_own_blocks(tiny_q4_1_gguf, tmp_path, capsys):
+    """A Q4_1 file exported as int4 holds exactly the weights PyTorch dequantized: with fp32
+    activations (accuracy level 0) the graph's logits are PyTorch's to float rounding,
+    where re-quantising the weights would move every block's offset."""
+    import onnx
+
+    from fst.core.constants import BUNDLE_MODEL
+    from fst.export.exporter import PARITY_PROMPTS
+    from fst.export.reference import record_reference
+    from fst.export.verify import verify_parity
+
+    path, _ = tiny_q4_1_gguf
+    output = tmp_path / "bundle"
+    code = cli.main(["--model_path", str(path), "--output", str(output), "--quantize", "int4",
+                     "--optimize", "--quiet", "--log_file", str(tmp_path / "log")])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    manifest = check_bundle(output, hashes=True)
+    scheme = manifest.graph.int4
+    # 2 layers x 7 matrices, the tied output projection and the token table.
+    assert scheme.from_gguf == 16 and scheme.lm_head and scheme.embedding
+    assert scheme.block_size == 32 and scheme.matmuls == 15
+    assert manifest.parity.passed
+    model = onnx.load(str(output / BUNDLE_MODEL), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 15 and ops.count("GatherBlockQuantized") == 1
+    assert "MatMul" in ops  # Q4_1's offset terms
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "accuracy_level":
+                attribute.i = 0
+    fp32_activations = output / "fp32_activations.onnx"
+    onnx.save(model, str(fp32_activations))
+    loaded = load_gguf(path)
+    prompts = [loaded.tokenizer.encode(p) for p in PARITY_PROMPTS]
+    reference = record_reference(loaded.model, prompts)
+    pad = manifest.tokenizer.pad_token_id
+    graph = manifest.graph
+    report = verify_parity(
+        reference, fp32_activations, pad_id=pad, logits=graph.logits, kv_layout=graph.kv_layout
+    )
+    assert report.top1_agreement == 1.0
+    assert report.max_abs_diff < 1e-4, report
 
 
 def test_fst_train_builds_a_gguf_model_and_its_tokenizer(tiny_llama_gguf, tiny_loaded):

@@ -1,4 +1,4 @@
-"""benchmarks/gpu.py and the device scripts, checked without a GPU.
+"""benchmarks/gpu/run.py and the device scripts, checked without a GPU.
 
 The GPU figures themselves need a lent device (benchmarks/gpu/transfer.md); here: argument
 validation, the goal arithmetic on hand-computed figures, the report rendering, the shell
@@ -14,16 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.gpu import run as gpu
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import gpu  # noqa: E402
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(BENCH / "gpu.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "benchmarks.gpu.run", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
 
 

@@ -1,16 +1,11 @@
-"""benchmarks/quality.py's issue-19 parts: the fine-tuning command and the goal arithmetic."""
+"""benchmarks/quality/unlikelihood.py: the fine-tuning command, the goal arithmetic, the results name."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import dataclasses
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import quality  # noqa: E402
-
-from fst.training.cli import parse_args  # noqa: E402
+from benchmarks.quality import unlikelihood as quality
+from fst.training.cli import parse_args
 
 
 def result(ppl: float, greedy: float) -> dict:
@@ -51,3 +46,14 @@ def test_paper_table_has_the_authors_rows():
         "| UL-token+seq | 26.72 | 0.395 | 0.559 | 0.293 | 13,759 | 0.059 | 15,428 | 0.0006 "
         "| 25,997 | 0.0003 | 34,824 | 0.0135 |"
     ]
+
+
+def test_result_names_say_what_was_trained() -> None:
+    """The default results file names the level, the model's shape, the corpus and the seed."""
+    token = quality.Budget().result_stem(sequence=False)
+    assert token == "unlikelihood-token-level-gpt2-4x256-nietzsche-seed42"
+    sequence = dataclasses.replace(quality.SEQUENCE_BUDGET, seed=7).result_stem(sequence=True)
+    assert sequence == "unlikelihood-sequence-level-gpt2-2x128-nietzsche-seed7"
+    assert quality.SMOKE.result_stem(sequence=False).startswith(
+        "unlikelihood-token-level-gpt2-tiny-"
+    )

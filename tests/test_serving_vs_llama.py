@@ -1,21 +1,18 @@
-"""serving_load.py's comparison with llama-server: options, figures and report, without
+"""benchmarks/serving/load.py's comparison with llama-server: options, figures and report, without
 llama.cpp (the servers themselves only run in the benchmark)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import serving_llamacpp  # noqa: E402
-import serving_load  # noqa: E402
+from benchmarks.serving import harness
+from benchmarks.serving import llamacpp as serving_llamacpp
+from benchmarks.serving import load as serving_load
 
 
 def test_formats_name_the_results_by_what_they_compare(monkeypatch) -> None:
@@ -24,7 +21,13 @@ def test_formats_name_the_results_by_what_they_compare(monkeypatch) -> None:
     assert args.name == "serving-fst-vs-llama-server-gpt2small"
     assert args.threads == 2  # both servers get the same threads
     assert args.llama_server is None  # the run then warns and measures fst-serve alone
-    assert serving_load.parse_args([]).name == "serving_load"
+    assert serving_load.parse_args([]).name == (
+        "serving-load-fst-gpt2small-continuous-vs-request-batching"
+    )
+    variants = ["--variant", "cap16=--max_batch_size 16", "--variant", "memory_only="]
+    assert (
+        serving_load.parse_args(variants).name == "serving-load-fst-gpt2small-cap16-vs-memory-only"
+    )
 
 
 def test_llama_server_comes_from_the_environment(monkeypatch, tmp_path: Path) -> None:
@@ -166,7 +169,7 @@ def test_a_streamed_request_reports_its_token_counts_and_time_per_token() -> Non
         async with httpx.AsyncClient(
             base_url="http://x", transport=transport, headers=serving_llamacpp.HEADERS
         ) as client:
-            return await serving_load.one_request(client, "hi", 0, 3, serving_llamacpp.GREEDY)
+            return await harness.one_request(client, "hi", 0, 3, serving_llamacpp.GREEDY)
 
     result = asyncio.run(go())
     assert result["prompt_tokens"] == 7 and result["completion_tokens"] == 3

@@ -1,6 +1,6 @@
 """fst-telegram against a fake Bot API server and a fake generation server, all on 127.0.0.1.
 
-The real aiogram Dispatcher long-polls `tests/fake_telegram.py`; `FakeGenerator` below speaks
+The real aiogram Dispatcher long-polls `benchmarks/fake_telegram.py`; `FakeGenerator` below speaks
 fst-serve's two APIs with deterministic continuations that contain HTML-special characters.
 No test reaches Telegram. Every wait is bounded.
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from fake_telegram import Call, FakeTelegram, html_error
 
+from benchmarks.fake_telegram import Call, FakeTelegram, html_error
 from fst.core.generation_params import GenerationParams
 from fst.serving.telegram import cli
 from fst.serving.telegram.bot import TelegramBot

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import FakeTelegram
 from serving_fakes import FakeGenerator, fake_token, running_server
 from test_telegram import CHAT, TOKEN, is_final, make_settings, polling, run, say
 
+from benchmarks.fake_telegram import FakeTelegram
 from fst.core.bundle import ChatInfo
 from fst.core.chat_template import CHATML_TEMPLATE, ChatTemplate
 from fst.runtime import ChatPrompt

@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu/device.sh run     # stash, join + install the wheel, check CUDA, test, bench
 #
 # `run` writes into $OUT (what comes back): providers.txt, pytest.log, gpu.json, gpu.md, run.log.
-# BUDGET_S (default 300) is benchmarks/gpu.py's wall-clock budget; GPU_ARGS adds arguments.
+# BUDGET_S (default 300) is benchmarks/gpu/run.py's wall-clock budget; GPU_ARGS adds arguments.
 set -uo pipefail
 KEEP=/tmp/fst-gpu
 OUT=${OUT:-/tmp/fst-gpu-out}
@@ -67,9 +67,9 @@ case "${1:-}" in
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "CUDA provider check failed" >&2; exit 4; }
     timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_device_kv.py -k "cuda or fp16" \
       -rs 2>&1 | tee "$OUT/pytest.log"
-    timeout $(( ${BUDGET_S:-300} + 45 )) python3 benchmarks/gpu.py --budget-s "${BUDGET_S:-300}" \
+    timeout $(( ${BUDGET_S:-300} + 45 )) python3 -m benchmarks.gpu.run --budget-s "${BUDGET_S:-300}" \
       --out-dir "$OUT" ${GPU_ARGS:-}
-    echo "gpu.py exit $?"
+    echo "benchmarks.gpu.run exit $?"
     ;;
   *) echo "usage: $0 stash|run" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """Host cost of one decode step: the GPU path's stepper (kv_layout shared_right, device_kv)
 beside the CPU path's (kv_layout shared, kv_cache), both on the CPU provider.
 
-    python benchmarks/gpu/host_overhead.py      # ~1-2 min
+    python -m benchmarks.gpu.host_overhead    # ~1-2 min
 
 A 2-layer x 32 GPT-2 (random weights, seeded) makes the graph's own work small, so the
 per-step figure is mostly binding, the ONNX Runtime call and numpy bookkeeping: the part of
@@ -11,6 +11,7 @@ medians of per-step medians. Not a GPU figure.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,9 @@ from pathlib import Path
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
+    ).parse_args()
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 

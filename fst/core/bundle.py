@@ -61,6 +61,9 @@ class Int4Scheme(_Strict):
     lm_head: bool = Field(description="output projection quantised too")
     embedding: bool = Field(description="token embedding as GatherBlockQuantized")
     matmuls: int = Field(description="MatMulNBits nodes in the graph")
+    from_gguf: int = Field(
+        0, description="MatMulNBits / GatherBlockQuantized holding a GGUF file's own blocks"
+    )
 
 
 class GraphInfo(_Strict):

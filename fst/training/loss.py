@@ -14,7 +14,7 @@ Reduction (`UL_REDUCTIONS`):
 - "pair": the mean over all (position, candidate) pairs, as the original project computed it.
   With ~50 candidates per position in 128-token chunks it is ~50x weaker than "token", which is
   why the original README used alpha 5.0; an 800-step experiment with it at alpha 1.0 changed
-  nothing measurable (benchmarks/results/quality.md).
+  nothing measurable (benchmarks/results/unlikelihood-token-level-gpt2-4x256-nietzsche-seed42-epyc.md).
 
 Positions whose label is `LOSS_IGNORE` (padding, meta, the start token) neither predict nor
 serve as candidates.
@@ -63,7 +63,7 @@ def language_model_losses(
         lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
         return LossOutput(loss=lm_loss, lm_loss=lm_loss, ul_loss=None)
     # One log-softmax serves both losses: a second full-vocabulary normalisation (and its
-    # backward) nearly doubled the UL step (benchmarks/training.py, results/training.md).
+    # backward) nearly doubled the UL step (benchmarks/quality/unlikelihood_cost.py, results/unlikelihood-cost-training-step-gpt2-epyc.md).
     logp = F.log_softmax(logits, dim=-1)  # [B, T, V]
     lm_loss = F.nll_loss(logp.flatten(0, 1), targets.flatten(), ignore_index=LOSS_IGNORE)
     ul_loss = _unlikelihood_from_logp(logp, targets, unlikelihood_reduction)

@@ -1,0 +1,1 @@
+"""What training and quantisation do to the model: perplexity, repetition, lm-eval scores."""

@@ -1,0 +1,1 @@
+"""fst-serve under load: throughput, time to first token, memory; against llama-server."""

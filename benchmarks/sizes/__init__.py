@@ -1,0 +1,1 @@
+"""How big: bundles by format and model size, export and tokenization memory."""
