@@ -247,6 +247,15 @@ def test_export_time_benchmark_runs_end_to_end(tmp_path) -> None:
     }
     assert graphs == {"export-time-plain": False, "export-time-optimized": True}
     assert "| tiny |" in (out / f"{export_time.STEM}.md").read_text()
+    # Decode only: the bundles above are reused, nothing is exported or timed.
+    manifests = sorted((tmp_path / "cache" / "tiny").glob("export-time-*/fst_bundle.json"))
+    written = [m.stat().st_mtime_ns for m in manifests]
+    args += ["--export-rounds", "0", "--decode-rounds", "2", "--out-name", "decode"]
+    assert export_time.main(args) == 0
+    assert [m.stat().st_mtime_ns for m in manifests] == written
+    row = json.loads((out / "decode.json").read_text())["results"]["tiny"]
+    assert row["export_s"] == {"plain": None, "optimized": None} and row["export_ratio"] is None
+    assert row["decode_ms"]["plain"]["n"] == row["decode_ms"]["optimized"]["n"] == 2
 
 
 def test_huge_pages_benchmark_runs_end_to_end(tmp_path) -> None:

@@ -2,6 +2,8 @@
 
     python -m benchmarks.sizes.export_time                    # tiny and GPT-2 small, ~5 min
     python -m benchmarks.sizes.export_time --models tiny gpt2 gpt2-large   # ~15 min, 8 GB RAM
+    python -m benchmarks.sizes.export_time --models gpt2-large --export-rounds 0 \
+        --decode-rounds 9 --out-name export-time-decode-plain-vs-optimized-gpt2large-decode
     python -m benchmarks.sizes.export_time --models tiny --rounds 1 --steps 2   # smoke run
 
 fst-export writes the optimized graph unless told `--no_optimize`. This exports each model
@@ -41,32 +43,43 @@ def export_seconds(hf: Path, folder: Path, optimize: bool) -> float:
     return time.perf_counter() - start
 
 
+def exported(folder: Path, optimize: bool) -> bool:
+    from fst.core.bundle import BundleManifest
+
+    marker = folder / "fst_bundle.json"
+    return marker.is_file() and BundleManifest.load(folder).graph.optimized == optimize
+
+
 def measure(model: str, args: argparse.Namespace) -> dict:
     from fst.runtime import Generator
 
     hf = hf_folder(model, args.cache_dir)
     folders = {g: args.cache_dir / model / f"export-time-{g}" for g in GRAPHS}
     for graph, optimize in GRAPHS.items():  # untimed: imports and first calls
-        export_seconds(hf, folders[graph], optimize)
+        if args.export_rounds or not exported(folders[graph], optimize):
+            export_seconds(hf, folders[graph], optimize)
     seconds: dict[str, list[float]] = {g: [] for g in GRAPHS}
-    for r in range(args.rounds):
+    for r in range(args.export_rounds):
         for graph in list(GRAPHS) if r % 2 == 0 else list(GRAPHS)[::-1]:
             seconds[graph].append(export_seconds(hf, folders[graph], GRAPHS[graph]))
-        log.info("%s export round %d/%d done", model, r + 1, args.rounds)
+        log.info("%s export round %d/%d done", model, r + 1, args.export_rounds)
     generators = {
         g: Generator.from_bundle(folders[g], threads=args.threads, huge_pages=True) for g in GRAPHS
     }
     decode: dict[str, list[float]] = {g: [] for g in GRAPHS}
     rng = np.random.default_rng(0)
-    for r in range(args.rounds):
+    for r in range(args.decode_rounds):
         for graph in list(GRAPHS) if r % 2 == 0 else list(GRAPHS)[::-1]:
             decode[graph].append(decode_ms(generators[graph], args.past, args.steps, rng))
-    export_s = {g: common.summarize(seconds[g]) for g in GRAPHS}
+    export_s = {g: common.summarize(seconds[g]) if seconds[g] else None for g in GRAPHS}
     decode_s = {g: common.summarize(decode[g]) for g in GRAPHS}
     return {
         "export_s": export_s,
         "decode_ms": decode_s,
-        "export_ratio": common.ratio(export_s["optimized"]["median"], export_s["plain"]["median"]),
+        "export_ratio": common.ratio(
+            common.median(seconds["optimized"]) if seconds["optimized"] else None,
+            common.median(seconds["plain"]) if seconds["plain"] else None,
+        ),
         "decode_ratio": common.ratio(decode_s["optimized"]["median"], decode_s["plain"]["median"]),
         "kv_layout": {g: generators[g].manifest.graph.kv_layout for g in GRAPHS},
     }
@@ -75,13 +88,18 @@ def measure(model: str, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny", "gpt2"], choices=sorted(SIZES))
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="both kinds of rounds, unless set apart")
+    p.add_argument("--export-rounds", type=int, help="timed exports per graph (0: decode only)")
+    p.add_argument("--decode-rounds", type=int, help="decode measurements per graph")
+    p.add_argument("--out-name", default=STEM, help="results/NAME.{json,md}")
     p.add_argument("--past", type=int, default=32, help="prompt tokens before timed decode")
     p.add_argument("--steps", type=int, default=32, help="decode steps timed per measurement")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    args.export_rounds = args.rounds if args.export_rounds is None else args.export_rounds
+    args.decode_rounds = args.rounds if args.decode_rounds is None else args.decode_rounds
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     load_before = common.load_average()
     results = {model: measure(model, args) for model in args.models}
@@ -92,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     text = render(report)
-    common.write_report(args.out_dir, STEM, report, text)
+    common.write_report(args.out_dir, args.out_name, report, text)
     print(text)
     return 0
 
@@ -100,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 def render(report: dict) -> str:
     s, m = report["settings"], report["machine"]
 
-    def cell(stats: dict, digits: int) -> str:
+    def cell(stats: dict | None, digits: int) -> str:
+        if stats is None:
+            return "–"
         return (
             f"{common.fmt(stats['median'], digits)} ({common.fmt(stats['min'], digits)}–"
             f"{common.fmt(stats['max'], digits)})"
@@ -111,10 +131,10 @@ def render(report: dict) -> str:
         "",
         f"Command: `{report['command'].strip()}`  ",
         f"Random-weight models; each exported plain (`--no_optimize`) and optimized (the "
-        f"default) in one process, {s['rounds']} interleaved rounds after one untimed export "
-        "of each; the whole export (load, trace, fusions, write, parity check). Decode: batch "
-        f"1, model call only, {s['steps']} steps after a {s['past']}-token prompt, "
-        f"{s['threads']} threads, {s['rounds']} interleaved rounds. Medians (min–max).  ",
+        f"default) in one process, {s['export_rounds']} interleaved rounds after one untimed "
+        "export of each; the whole export (load, trace, fusions, write, parity check). Decode: "
+        f"batch 1, model call only, {s['steps']} steps after a {s['past']}-token prompt, "
+        f"{s['threads']} threads, {s['decode_rounds']} interleaved rounds. Medians (min–max).  ",
         f"Machine: {m.get('cpu', {}).get('model', '?')}, {m.get('ram_gb')} GB RAM; load "
         f"average {m.get('load_average_at_start')} at start, {m.get('load_average')} at end "
         "(a shared machine).",
@@ -126,7 +146,7 @@ def render(report: dict) -> str:
     for model, r in report["results"].items():
         lines.append(
             f"| {model} | {cell(r['export_s']['plain'], 2)} | "
-            f"{cell(r['export_s']['optimized'], 2)} | {r['export_ratio']:.2f} | "
+            f"{cell(r['export_s']['optimized'], 2)} | {common.fmt(r['export_ratio'], 2)} | "
             f"{cell(r['decode_ms']['plain'], 2)} | {cell(r['decode_ms']['optimized'], 2)} | "
             f"{r['decode_ratio']:.2f} | {r['kv_layout']['plain']} / "
             f"{r['kv_layout']['optimized']} |"
