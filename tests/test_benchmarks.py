@@ -165,7 +165,8 @@ def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    report = json.loads((out / "latency.json").read_text())
+    # The default name says what was measured: the models, then the engines.
+    report = json.loads((out / "latency-tiny-hf-fst-fp32.json").read_text())
     assert report["schema_version"] == latency.SCHEMA_VERSION
     assert report["floors"]["bandwidth_gbs"] > 0 and report["floors"]["matmul_gflops"] > 0
     model = report["models"]["tiny"]
@@ -189,9 +190,9 @@ def test_latency_quick_run_end_to_end(tmp_path: Path) -> None:
     assert model["greedy_agreement"]["fst-fp32 vs hf"]["equal_fraction"] == 1.0
     assert model["ratios"]["fst-fp32"]["decode_vs_hf"] > 0
     assert {g["goal"] for g in model["goals"]} >= {"fp32 decode / HF eager decode"}
-    assert "| fst runtime, fp32 bundle |" in (out / "latency.md").read_text()
+    assert "| fst runtime, fp32 bundle |" in (out / "latency-tiny-hf-fst-fp32.md").read_text()
     pytest.importorskip("matplotlib")
-    assert (out / "latency.png").stat().st_size > 1000
+    assert (out / "latency-tiny-hf-fst-fp32.png").stat().st_size > 1000
 
 
 def test_training_quick_run_end_to_end(tmp_path: Path) -> None:
