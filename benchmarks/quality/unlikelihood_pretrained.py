@@ -1,8 +1,8 @@
 """Unlikelihood on a real pretrained model: MLE vs sequence-level UL fine-tuning.
 
-    python benchmarks/quality_pretrained.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
+    python -m benchmarks.quality.unlikelihood_pretrained --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
         --jobs 2 --threads 1                      # ~50 min on 2 shared cores
-    python benchmarks/quality_pretrained.py --smoke --jobs 2 --threads 1   # tiny Llama, ~1.5 min
+    python -m benchmarks.quality.unlikelihood_pretrained --smoke --jobs 2 --threads 1   # tiny Llama, ~1.5 min
 
 The pretrained model (a GGUF file, dequantized to fp32 by fst-train) is fine-tuned on the
 Nietzsche corpus per seed with the same data, optimiser, schedule and step budget (`Plan`):
@@ -41,9 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import quality  # noqa: E402
+from benchmarks import common
+from benchmarks.quality import unlikelihood as quality
 
 DEFAULT_WORK = Path(os.environ.get("FST_BENCH_CACHE", "/tmp/fst-bench")) / "quality-pretrained"
 SEQ_REP_RATIO_GOAL = 0.3  # UL fine-tune's greedy seq-rep-4 / MLE fine-tune's
@@ -83,6 +82,9 @@ class Plan:
     # 1.0 = token UL + sequence UL (the paper's best WikiText-103 model); 0 = MLE + sequence
     # UL (the authors' GPT-2 recipe, run_gpt2.py).
     unlikelihood_alphas: tuple[float, ...] = (1.0, 0.0)
+    # The authors' order for GPT-2 (run_gpt2.py): MLE-tune, then the sequence-level
+    # fine-tune (MLE + seq UL) from that checkpoint, the same number of updates again.
+    after_mle: bool = True
     sequence_ul_alpha: float = 1.0  # the paper's
     sequence_ul_prob: float = 0.5  # the paper's
     sequence_ul_prefixes: int = 8
@@ -191,17 +193,29 @@ def fine_tune_runs(
     """MLE, then each sequence-level recipe, from the pretrained model; each evaluated at its
     last checkpoint, and yielded as soon as it is (so a report can be written)."""
     budget = plan.mle_budget(model_path, seed)
-    runs: list[tuple[quality.Run, tuple[FineTune, str] | None]] = [
-        (quality.Run("MLE fine-tune", None), None)
-    ]
+    mle = quality.Run("MLE fine-tune", None)
+    record = quality.train(mle, budget, work, env, reuse)
+    results = quality.evaluate(mle, record["checkpoint"], work, env, eval_flags, reuse)
+    yield {"name": mle.name, "seed": seed, **record, "results": results}
+    runs: list[tuple[quality.Run, tuple[FineTune, str]]] = []
     for alpha in plan.unlikelihood_alphas:
         name = f"token-UL (α={alpha:g}) + seq-UL fine-tune" if alpha else "MLE + seq-UL fine-tune"
         run = quality.Run(name, alpha or None, sequence=True)
         runs.append((run, (plan.fine_tune(), model_path)))
+    if plan.after_mle:
+        run = _AfterMLE("MLE fine-tune, then MLE + seq-UL fine-tune", None, sequence=True)
+        runs.append((run, (plan.fine_tune(), record["checkpoint"])))
     for run, fine_tune in runs:
         record = quality.train(run, budget, work, env, reuse, fine_tune)
         results = quality.evaluate(run, record["checkpoint"], work, env, eval_flags, reuse)
         yield {"name": run.name, "seed": seed, **record, "results": results}
+
+
+@dataclass(frozen=True)
+class _AfterMLE(quality.Run):
+    @property
+    def slug(self) -> str:  # apart from the MLE + seq-UL run from the pretrained weights
+        return "mle-then-" + super().slug
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -323,7 +337,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__spec__.name}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--gguf", type=Path, help="the pretrained model (a .gguf file)")
     p.add_argument("--smoke", action="store_true", help="tiny random Llama, 4 updates")
@@ -398,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             "perplexity_relative_change_max": PPL_GOAL,
         },
         "note": args.note,
-        "command": "python benchmarks/quality_pretrained.py "
+        "command": "python -m benchmarks.quality.unlikelihood_pretrained "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "load_average_start": load_start,
         "runs": [],
