@@ -153,8 +153,9 @@ async def one_request(
     sampling: dict | None = None,
 ) -> dict:
     """One streamed completion: its latency, time to first token, mean time per later token
-    (TPOT), the gaps between its streamed tokens, and the prompt and completion token counts
-    the server reports."""
+    (TPOT), the gaps between its streamed tokens, its text, and the prompt, completion and
+    cached prompt token counts the server reports (cached: fst-serve's
+    `prompt_tokens_details.cached_tokens`, llama-server's `timings.cache_n`)."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -167,7 +168,8 @@ async def one_request(
     start = time.perf_counter()
     first = last = None
     gaps: list[float] = []  # between chunks that carry text: the inter-token times
-    usage = None
+    usage = timings = None
+    texts: list[str] = []
     async with client.stream("POST", "/v1/completions", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"status {response.status_code}: {await response.aread()!r}")
@@ -178,6 +180,7 @@ async def one_request(
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
             if any(c["text"] for c in chunk["choices"]):
+                texts += (c["text"] for c in chunk["choices"])
                 now = time.perf_counter()
                 if first is None:
                     first = now
@@ -185,6 +188,7 @@ async def one_request(
                     gaps.append(now - last)
                 last = now
             usage = chunk.get("usage") or usage
+            timings = chunk.get("timings") or timings
     end = time.perf_counter()
     completion = usage["completion_tokens"] if usage else 0
     return {
@@ -194,7 +198,17 @@ async def one_request(
         "gaps_s": gaps,
         "completion_tokens": completion,
         "prompt_tokens": usage.get("prompt_tokens") if usage else None,
+        "cached_tokens": cached_tokens(usage, timings),
+        "text": "".join(texts),
     }
+
+
+def cached_tokens(usage: dict | None, timings: dict | None) -> int | None:
+    """Prompt tokens the server took from its prompt cache, if it says (None: it does not)."""
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    if "cached_tokens" in details:
+        return details["cached_tokens"]
+    return (timings or {}).get("cache_n")
 
 
 async def run_level(

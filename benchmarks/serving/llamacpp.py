@@ -167,13 +167,17 @@ def llama_command(program: Path, gguf: Path, port: int, args: argparse.Namespace
     ]  # fmt: skip
 
 
-def start_llama_server(gguf: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def start_llama_server(
+    gguf: Path, port: int, args: argparse.Namespace, command: list[str] | None = None
+) -> subprocess.Popen:
+    """llama-server with its shared libraries and OpenMP wait policy; `command`: another
+    command line than `llama_command`'s (the same program first)."""
     program = args.llama_server.resolve()
     env = dict(os.environ, OMP_WAIT_POLICY=args.llama_omp_wait)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (str(program.parent), os.environ.get("LD_LIBRARY_PATH")) if p
     )
-    command = llama_command(program, gguf, port, args)
+    command = command or llama_command(program, gguf, port, args)
     log.info("starting %s (its log: %s)", " ".join(command), llama_log(args))
     with llama_log(args).open("a") as out:  # the child keeps its own descriptor
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
