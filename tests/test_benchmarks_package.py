@@ -100,3 +100,39 @@ def test_the_readme_names_every_runnable_benchmark() -> None:
     readme = (BENCH / "README.md").read_text()
     missing = [name for name in RUNNABLE if f"python -m {name}" not in readme]
     assert missing == []
+
+
+def test_every_lazy_import_of_the_project_resolves() -> None:
+    """The imports inside functions (heavy work waits for main()) run only when a benchmark
+    does: a name moved elsewhere in fst breaks them without failing an import. Every
+    `from fst... / benchmarks... import name` in benchmarks/ must name something that exists."""
+    wanted: dict[str, set[str]] = {}
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.level == 0
+                and node.module.split(".")[0] in ("fst", "benchmarks")
+            ):
+                wanted.setdefault(node.module, set()).update(a.name for a in node.names)
+    assert "fst.export.exporter" in wanted  # the walk sees function-level imports
+    code = (
+        "import importlib, json\n"
+        f"wanted = {json.dumps({m: sorted(n) for m, n in wanted.items()})}\n"
+        "missing = []\n"
+        "for module, names in sorted(wanted.items()):\n"
+        "    loaded = importlib.import_module(module)\n"
+        "    for name in names:\n"
+        "        if not hasattr(loaded, name):\n"
+        "            try:\n"
+        "                importlib.import_module(module + '.' + name)\n"
+        "            except ImportError:\n"
+        "                missing.append(module + '.' + name)\n"
+        "print(json.dumps(missing))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []

@@ -63,8 +63,9 @@ def hf_folder_from_gguf(gguf: Path, out: Path) -> Path:
 
 def load(model_path: str | None, checkpoint: Path | None):
     """(model, tokenizer, chat format) of a model folder or an fst-train checkpoint."""
-    from fst.core.chat_format import ChatFormat, chat_format_from_folder
+    from fst.core.chat_format import ChatFormat
     from fst.core.tokenization import DocumentTokenizer
+    from fst.training.dialog_data import chat_format_for
 
     if checkpoint is not None:
         from fst.training.checkpoint import load_checkpoint
@@ -77,7 +78,7 @@ def load(model_path: str | None, checkpoint: Path | None):
     tokenizer = DocumentTokenizer.from_pretrained(
         model_path, document_format=False, max_body_len=2048
     )
-    return model, tokenizer, chat_format_from_folder(model_path)
+    return model, tokenizer, chat_format_for(model_path, None, tokenizer)  # as fst-train's
 
 
 def measure(model, tokenizer, chat, max_len: int) -> dict[str, Any]:

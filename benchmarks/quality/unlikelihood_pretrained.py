@@ -83,8 +83,12 @@ class Plan:
     # UL (the authors' GPT-2 recipe, run_gpt2.py).
     unlikelihood_alphas: tuple[float, ...] = (1.0, 0.0)
     # The authors' order for GPT-2 (run_gpt2.py): MLE-tune, then the sequence-level
-    # fine-tune (MLE + seq UL) from that checkpoint, the same number of updates again.
-    after_mle: bool = True
+    # fine-tune (MLE + seq UL) from that checkpoint, the same number of updates again; one
+    # such run per learning rate: this plan's, and run_gpt2.py's own 6.25e-5 (the second
+    # stage starts from a tuned model, so it needs no scaled-up rate). Empty: none.
+    after_mle_learning_rates: tuple[float, ...] = (1e-4, 6.25e-5)
+    # A control for the last of them: the same second stage, every update MLE.
+    after_mle_control: bool = True
     sequence_ul_alpha: float = 1.0  # the paper's
     sequence_ul_prob: float = 0.5  # the paper's
     sequence_ul_prefixes: int = 8
@@ -104,10 +108,10 @@ class Plan:
             seed=seed,
         )
 
-    def fine_tune(self) -> FineTune:
+    def fine_tune(self, learning_rate: float | None = None) -> FineTune:
         return FineTune(
             max_steps=self.max_steps,
-            learning_rate=self.learning_rate,
+            learning_rate=self.learning_rate if learning_rate is None else learning_rate,
             num_warmup_steps=self.num_warmup_steps,
             num_cycles=1,  # as the MLE run: cosine decay to 0 once
             prefix_len=self.prefix_len,
@@ -136,6 +140,8 @@ SMOKE_PLAN = Plan(
     sequence_ul_prefixes=4,
     prefix_len=16,
     continuation_len=16,
+    after_mle_learning_rates=(1e-3,),
+    after_mle_control=False,
 )
 SMOKE_MODEL = "llama-tiny"  # fst-train's tiny random Llama preset (BPE trained on the corpus)
 
@@ -202,20 +208,35 @@ def fine_tune_runs(
         name = f"token-UL (α={alpha:g}) + seq-UL fine-tune" if alpha else "MLE + seq-UL fine-tune"
         run = quality.Run(name, alpha or None, sequence=True)
         runs.append((run, (plan.fine_tune(), model_path)))
-    if plan.after_mle:
-        run = _AfterMLE("MLE fine-tune, then MLE + seq-UL fine-tune", None, sequence=True)
-        runs.append((run, (plan.fine_tune(), record["checkpoint"])))
+    for rate in plan.after_mle_learning_rates:
+        own = rate != plan.learning_rate
+        name = "MLE fine-tune, then MLE + seq-UL fine-tune" + (f" at lr {rate:g}" if own else "")
+        run = _AfterMLE(name, None, sequence=True, rate=rate if own else None)
+        runs.append((run, (plan.fine_tune(rate), record["checkpoint"])))
+    mle_checkpoint = record["checkpoint"]
     for run, fine_tune in runs:
         record = quality.train(run, budget, work, env, reuse, fine_tune)
         results = quality.evaluate(run, record["checkpoint"], work, env, eval_flags, reuse)
         yield {"name": run.name, "seed": seed, **record, "results": results}
+    if plan.after_mle_control:
+        # The same second stage with MLE in every update: what the extra updates alone do.
+        rate = plan.after_mle_learning_rates[-1]
+        own = rate != plan.learning_rate
+        name = "MLE fine-tune, then MLE fine-tune" + (f" at lr {rate:g}" if own else "")
+        run = _AfterMLE(name, None, rate=rate if own else None)
+        again = dataclasses.replace(budget, model_path=mle_checkpoint, learning_rate=rate)
+        record = quality.train(run, again, work, env, reuse)
+        results = quality.evaluate(run, record["checkpoint"], work, env, eval_flags, reuse)
+        yield {"name": run.name, "seed": seed, "control": True, **record, "results": results}
 
 
 @dataclass(frozen=True)
 class _AfterMLE(quality.Run):
+    rate: float | None = None  # its learning rate when not the plan's
+
     @property
     def slug(self) -> str:  # apart from the MLE + seq-UL run from the pretrained weights
-        return "mle-then-" + super().slug
+        return "mle-then-" + super().slug + ("" if self.rate is None else f"-lr{self.rate:g}")
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -271,6 +292,8 @@ def markdown(report: dict[str, Any]) -> str:
         dppl_cell = quality._pct(dppl) if c else "baseline" if r["seed"] is not None else "–"
         ratio_cell = ("–" if ratio is None else f"{ratio:.2f}×") if c else "–"
         goal = ("**met**" if c["goal_met"] else "not met") if c else "–"
+        if r.get("control"):
+            goal = "(control: no seq-UL)"
         train = (
             f"{r['train_seconds'] / 60:.1f} / {r['train_cpu_seconds'] / 60:.1f} min"
             if r["name"] != "pretrained"
@@ -291,7 +314,7 @@ def markdown(report: dict[str, Any]) -> str:
             train,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    compared = [r for r in runs if r.get("comparison")]
+    compared = [r for r in runs if r.get("comparison") and not r.get("control")]
     met = [r for r in compared if r["comparison"]["goal_met"]]
     lines += [
         "",

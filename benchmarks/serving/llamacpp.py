@@ -126,7 +126,7 @@ def prepare(args: argparse.Namespace, with_llama: bool) -> dict[str, dict[str, P
     """format -> {"fst": bundle, "llama-server": GGUF} from one Hugging Face folder."""
     from benchmarks.latency import engines_llamacpp
     from benchmarks.latency.models import DEFAULT_BPE, build_hf_folder, export_bundles
-    from fst.export.exporter import DEFAULT_LOGITS
+    from fst.export.options import DEFAULT_LOGITS
 
     hf = build_hf_folder(args.model, args.cache, DEFAULT_BPE)
     engines = [FORMATS[f][0] for f in args.formats]
