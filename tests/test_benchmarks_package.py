@@ -42,11 +42,7 @@ def test_every_module_imports_cheaply_and_writes_nothing() -> None:
         "heavy = ('torch', 'transformers', 'pytorch_lightning', 'lightning')\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=REPO
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    assert _python_json(code, timeout=240) == []
     after = sorted(str(p) for p in BENCH.rglob("*") if "__pycache__" not in p.parts)
     assert after == before
 
@@ -131,8 +127,13 @@ def test_every_lazy_import_of_the_project_resolves() -> None:
         "                missing.append(module + '.' + name)\n"
         "print(json.dumps(missing))\n"
     )
+    assert _python_json(code, timeout=300) == []
+
+
+def _python_json(code: str, timeout: int) -> object:
+    """Run `code` in a fresh interpreter at the repository root; its last line, as JSON."""
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    return json.loads(done.stdout.splitlines()[-1])

@@ -153,17 +153,22 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def add_conversation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The growing chat's shape, shared with the HTTP benchmark against llama-server."""
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--first-tokens", type=int, default=100)
+    parser.add_argument("--user-tokens", type=int, default=70)
+    parser.add_argument("--answer-tokens", type=int, default=24)
+    parser.add_argument("--conversations", type=int, default=3)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="outside the repo")
-    parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--first-tokens", type=int, default=100)
-    parser.add_argument("--user-tokens", type=int, default=70)
-    parser.add_argument("--answer-tokens", type=int, default=24)
-    parser.add_argument("--conversations", type=int, default=3)
+    add_conversation_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

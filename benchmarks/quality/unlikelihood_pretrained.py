@@ -199,35 +199,38 @@ def fine_tune_runs(
     """MLE, then each sequence-level recipe, from the pretrained model; each evaluated at its
     last checkpoint, and yielded as soon as it is (so a report can be written)."""
     budget = plan.mle_budget(model_path, seed)
+
+    def evaluated(run: quality.Run, record: dict[str, Any]) -> dict[str, Any]:
+        results = quality.evaluate(run, record["checkpoint"], work, env, eval_flags, reuse)
+        control = {"control": True} if isinstance(run, _AfterMLE) and not run.sequence else {}
+        return {"name": run.name, "seed": seed, **control, **record, "results": results}
+
     mle = quality.Run("MLE fine-tune", None)
-    record = quality.train(mle, budget, work, env, reuse)
-    results = quality.evaluate(mle, record["checkpoint"], work, env, eval_flags, reuse)
-    yield {"name": mle.name, "seed": seed, **record, "results": results}
-    runs: list[tuple[quality.Run, tuple[FineTune, str]]] = []
+    mle_record = quality.train(mle, budget, work, env, reuse)
+    yield evaluated(mle, mle_record)
+    later: list[tuple[quality.Run, quality.Budget, tuple[FineTune, str] | None]] = []
     for alpha in plan.unlikelihood_alphas:
         name = f"token-UL (α={alpha:g}) + seq-UL fine-tune" if alpha else "MLE + seq-UL fine-tune"
         run = quality.Run(name, alpha or None, sequence=True)
-        runs.append((run, (plan.fine_tune(), model_path)))
+        later.append((run, budget, (plan.fine_tune(), model_path)))
     for rate in plan.after_mle_learning_rates:
-        own = rate != plan.learning_rate
-        name = "MLE fine-tune, then MLE + seq-UL fine-tune" + (f" at lr {rate:g}" if own else "")
-        run = _AfterMLE(name, None, sequence=True, rate=rate if own else None)
-        runs.append((run, (plan.fine_tune(rate), record["checkpoint"])))
-    mle_checkpoint = record["checkpoint"]
-    for run, fine_tune in runs:
-        record = quality.train(run, budget, work, env, reuse, fine_tune)
-        results = quality.evaluate(run, record["checkpoint"], work, env, eval_flags, reuse)
-        yield {"name": run.name, "seed": seed, **record, "results": results}
+        fine_tune = (plan.fine_tune(rate), mle_record["checkpoint"])
+        later.append((_after_mle(plan, rate, sequence=True), budget, fine_tune))
     if plan.after_mle_control:
         # The same second stage with MLE in every update: what the extra updates alone do.
         rate = plan.after_mle_learning_rates[-1]
-        own = rate != plan.learning_rate
-        name = "MLE fine-tune, then MLE fine-tune" + (f" at lr {rate:g}" if own else "")
-        run = _AfterMLE(name, None, rate=rate if own else None)
-        again = dataclasses.replace(budget, model_path=mle_checkpoint, learning_rate=rate)
-        record = quality.train(run, again, work, env, reuse)
-        results = quality.evaluate(run, record["checkpoint"], work, env, eval_flags, reuse)
-        yield {"name": run.name, "seed": seed, "control": True, **record, "results": results}
+        again = dataclasses.replace(budget, model_path=mle_record["checkpoint"], learning_rate=rate)
+        later.append((_after_mle(plan, rate, sequence=False), again, None))
+    for run, run_budget, fine_tune in later:
+        yield evaluated(run, quality.train(run, run_budget, work, env, reuse, fine_tune))
+
+
+def _after_mle(plan: Plan, rate: float, sequence: bool) -> _AfterMLE:
+    """A second stage from the MLE fine-tune: MLE + seq-UL, or MLE alone (the control)."""
+    own = rate != plan.learning_rate
+    stage = "MLE + seq-UL fine-tune" if sequence else "MLE fine-tune"
+    name = f"MLE fine-tune, then {stage}" + (f" at lr {rate:g}" if own else "")
+    return _AfterMLE(name, None, sequence=sequence, rate=rate if own else None)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare fst-serve on these bundle formats with llama-server on the matching "
         "GGUF (fp32: f32, int8: Q8_0, int4: Q4_0) instead of batching modes",
     )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (--formats)")
+    add_llama_server_arguments(parser)
+
+
+def add_llama_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where llama-server and llama.cpp's converter are, and how its threads wait: the
+    options of every benchmark that runs llama-server beside fst-serve."""
     parser.add_argument(
         "--llama-server", type=Path, default=_env_path("LLAMA_SERVER"),
         help="llama.cpp's llama-server program (env LLAMA_SERVER); llama-quantize and the "
@@ -86,7 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--llamacpp-src", type=Path, default=_env_path("LLAMACPP_SRC"),
         help="llama.cpp source tree with convert_hf_to_gguf.py (env LLAMACPP_SRC)",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (--formats)")
     parser.add_argument(
         "--llama-omp-wait", choices=["ACTIVE", "PASSIVE"], default="ACTIVE",
         help="llama-server's OMP_WAIT_POLICY (ACTIVE: spinning threads, like ONNX Runtime's "

@@ -46,6 +46,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import common
+from benchmarks.latency import prefix_cache_chat
 from benchmarks.latency.models import DEFAULT_CACHE, DEFAULT_CORPUS, DEFAULT_OUT
 from benchmarks.serving import harness
 from benchmarks.serving import llamacpp as serving_llamacpp
@@ -303,30 +304,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="outside the repo")
-    parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--first-tokens", type=int, default=100)
-    parser.add_argument("--user-tokens", type=int, default=70)
-    parser.add_argument("--answer-tokens", type=int, default=24)
-    parser.add_argument("--conversations", type=int, default=3)
+    prefix_cache_chat.add_conversation_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="each server's threads")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default=None, help="output file stem")
     parser.add_argument("--render", type=Path, default=None, help="redraw a report's JSON")
-    parser.add_argument(
-        "--llama-server", type=Path, default=_env_path("LLAMA_SERVER"),
-        help="llama.cpp's llama-server program (env LLAMA_SERVER); without it only fst-serve "
-        "is measured",
-    )  # fmt: skip
-    parser.add_argument(
-        "--llamacpp-src", type=Path, default=_env_path("LLAMACPP_SRC"),
-        help="llama.cpp source tree with convert_hf_to_gguf.py (env LLAMACPP_SRC), for the "
-        "f32 GGUF when it is not in --cache yet",
-    )  # fmt: skip
-    parser.add_argument(
-        "--llama-omp-wait", choices=["ACTIVE", "PASSIVE"], default="ACTIVE",
-        help="llama-server's OMP_WAIT_POLICY (ACTIVE spins, like ONNX Runtime's threads)",
-    )  # fmt: skip
+    serving_llamacpp.add_llama_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.turns < 2 or args.conversations < 1 or args.threads < 1:
         parser.error("--turns must be >= 2, --conversations and --threads >= 1")
@@ -342,11 +326,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "-vs-llama-server" if args.llama_server else "-serve"
         )
     return args
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
