@@ -18,6 +18,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from fst.core.cli_settings import cli_extra
 from fst.core.generation_params import MAX_NUM_RETURN_SEQUENCES
 
+# Request-level batching runs a batch to its end, so a request arriving a moment after
+# another would wait a whole batch: 5 ms of company-seeking is cheap against that. Continuous
+# batching admits at the next token instead, and the wait would only add to the first
+# token's time (5.2 ms of an 18 ms TTFT with a 50-token prompt, int8 GPT-2 small).
+REQUEST_BATCH_WAIT_S = 0.005
+
 
 class ServingSettings(BaseSettings):
     """Everything `fst-serve` can be told; each field is also the variable `FST_<NAME>`."""
@@ -93,8 +99,14 @@ class ServingSettings(BaseSettings):
         description="'continuous': requests join the running batch at the next token; "
         "'request': a batch runs to its end before the next one starts",
     )
-    batch_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="how long a request may wait for others to share its batch"
+    batch_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="how long a request reaching an idle server may wait for others to share "
+        "its first batch (continuous batching admits later requests at the next token, so "
+        "there a wait only delays the first token)",
+        json_schema_extra=cli_extra(shown_default="0 with continuous batching, 5 with request"),
     )
     queue_size: int = Field(
         64, ge=1, description="requests that may wait for a batch; beyond it the server answers 429"
@@ -167,6 +179,12 @@ class ServingSettings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def batch_wait_s(self) -> float:
+        """`batch_wait_ms` in seconds, its default resolved for the batching mode."""
+        if self.batch_wait_ms is not None:
+            return self.batch_wait_ms / 1000
+        return REQUEST_BATCH_WAIT_S if self.batching == "request" else 0.0
 
     def served_model_name(self) -> str:
         """The model id clients pass as `model`."""

@@ -67,7 +67,7 @@ class ServingState:
                 self.generator,
                 max_batch_size=self.settings.max_batch_size,
                 queue_size=self.settings.queue_size,
-                batch_wait_s=self.settings.batch_wait_ms / 1000,
+                batch_wait_s=self.settings.batch_wait_s(),
                 metrics=self.metrics,
                 mode=self.settings.batching,
                 sizer=self._batch_sizer(self.generator),

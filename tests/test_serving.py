@@ -600,3 +600,21 @@ def test_the_fake_and_the_runtime_satisfy_the_served_generator_protocol(
         assert isinstance(generator, ServedGenerator)
         assert isinstance(generator.new_batch(), StepBatch)
     assert not isinstance(object(), ServedGenerator)
+
+
+@pytest.mark.parametrize(
+    ("settings", "wait_s"),
+    [
+        ({}, 0.0),
+        ({"batching": "request"}, 0.005),
+        ({"batch_wait_ms": 20}, 0.02),
+        ({"batching": "request", "batch_wait_ms": 0}, 0.0),
+    ],
+)
+def test_only_request_batching_waits_for_company_by_default(
+    settings: dict[str, Any], wait_s: float
+) -> None:
+    """Continuous batching admits a request reaching an idle server at once (later ones join
+    at the next token); request batching, whose batch runs to its end, waits 5 ms."""
+    with serve(**settings) as client:
+        assert client.app.state.serving.scheduler.batch_wait_s == pytest.approx(wait_s)
