@@ -16,14 +16,16 @@ _bearer = HTTPBearer(
 )
 
 
-def get_state(request: Request) -> ServingState:
+# Both dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, two thread hops per request for a dictionary lookup.
+async def get_state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
 StateDep = Annotated[ServingState, Depends(get_state)]
 
 
-def require_api_key(
+async def require_api_key(
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
