@@ -99,8 +99,9 @@ def make_prompt(text: str, meta: str | None, generator: Any) -> Any:
 
 async def check_fits_context(
     generator: Any, prompts: Sequence[Any], max_new_tokens: int, param: str
-) -> None:
-    """Refuse (400) a prompt that, with `max_new_tokens` more, overflows the model's context."""
+) -> list[int]:
+    """Refuse (400) a prompt that, with `max_new_tokens` more, overflows the model's context;
+    returns the prompts' lengths in tokens."""
     try:
         lengths = await asyncio.to_thread(
             lambda: [len(generator.encode_prompt(p)) for p in prompts]
@@ -108,6 +109,7 @@ async def check_fits_context(
     except ValueError as exc:
         raise APIError(400, f"prompt: {exc}", param="prompt") from None
     check_lengths_fit(lengths, generator.max_positions, max_new_tokens, param)
+    return lengths
 
 
 def check_lengths_fit(
@@ -130,14 +132,21 @@ def check_lengths_fit(
 
 
 def submit(
-    state: ServingState, prompts: Sequence[Any], params: GenerationParams, **options: Any
+    state: ServingState,
+    prompts: Sequence[Any],
+    params: GenerationParams,
+    prompt_tokens: int | None = None,
+    **options: Any,
 ) -> Job:
-    """Queue one generation request per prompt; `options` are GenerationRequest's others
+    """Queue one generation request per prompt; `prompt_tokens`: their lengths' sum, which
+    the scheduler's prefill budget counts; `options` are GenerationRequest's others
     (`logprobs`, `prompt_logprobs`, `constraint`)."""
     _, scheduler = state.require_ready()
     requests = [GenerationRequest(prompt=p, params=params, **options) for p in prompts]
     try:
-        return scheduler.submit(requests, timeout_s=state.settings.request_timeout_s)
+        return scheduler.submit(
+            requests, timeout_s=state.settings.request_timeout_s, prompt_tokens=prompt_tokens
+        )
     except QueueFullError as exc:
         raise APIError(
             429,

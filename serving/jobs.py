@@ -41,9 +41,14 @@ class Job:
     """
 
     def __init__(
-        self, requests: Sequence[Any], loop: asyncio.AbstractEventLoop, timeout_s: float
+        self,
+        requests: Sequence[Any],
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float,
+        prompt_tokens: int | None = None,
     ) -> None:
         self.requests = list(requests)
+        self.prompt_tokens = prompt_tokens  # its prompts' tokens (the prefill), if counted
         self.num_sequences = sum(r.params.num_return_sequences for r in self.requests)
         self.enqueued_at = time.monotonic()
         self.deadline = self.enqueued_at + timeout_s

@@ -11,6 +11,8 @@ One worker decodes through `continuous.ContinuousEngine` (the runtime's `DecodeB
 the two ways to batch (`mode`) differ only in when it admits jobs:
 - "continuous" (token level, the default): a job joins the running batch at the next
   decoding step and leaves it as soon as it finishes, so nobody waits for a whole batch.
+  One step admits waiting jobs up to `max_prefill_tokens` prompt tokens (the first always):
+  a burst of requests joins over a few steps instead of all waiting for one long prefill.
 - "request" (request level): the waiting jobs (after up to `batch_wait_s` for company)
   start together; jobs that arrive meanwhile wait until the whole batch has finished.
 
@@ -59,6 +61,7 @@ class Scheduler:
         queue_size: int,
         batch_wait_s: float,
         metrics: ServingMetrics,
+        max_prefill_tokens: int = 0,
         mode: BatchingMode = "request",
         sizer: BatchSizer | None = None,
     ) -> None:
@@ -69,6 +72,7 @@ class Scheduler:
         self.sizer = sizer or BatchSizer(max_batch_size)
         self.queue_size = queue_size
         self.batch_wait_s = batch_wait_s
+        self.max_prefill_tokens = max_prefill_tokens
         self.metrics = metrics
         self.mode = mode
         self._pending: deque[Job] = deque()
@@ -82,9 +86,13 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, requests: Sequence[Any], timeout_s: float) -> Job:
-        """Queue one HTTP request's generation requests; never blocks the event loop."""
-        job = Job(requests, asyncio.get_running_loop(), timeout_s)
+    def submit(
+        self, requests: Sequence[Any], timeout_s: float, prompt_tokens: int | None = None
+    ) -> Job:
+        """Queue one HTTP request's generation requests; never blocks the event loop.
+        `prompt_tokens`: what their prefill takes, when the route has counted it (None:
+        not counted against `max_prefill_tokens`)."""
+        job = Job(requests, asyncio.get_running_loop(), timeout_s, prompt_tokens)
         with self._cond:
             if not self._accepting:
                 raise SchedulerClosedError("the server is shutting down")
@@ -124,9 +132,15 @@ class Scheduler:
         return max(1, math.ceil(batches_ahead * self._service_s))
 
     # -- worker thread: the queue ----------------------------------------------------------
-    def _take(self, free: int, idle: bool, memory: MemoryGate | None = None) -> list[Job] | None:
+    def _take(
+        self,
+        free: int,
+        idle: bool,
+        memory: MemoryGate | None = None,
+        prefill_tokens: int | None = None,
+    ) -> list[Job] | None:
         """Jobs to start now, first come first served, within `free` sequences (and, when
-        given, the KV `memory`).
+        given, the KV `memory` and `prefill_tokens` prompt tokens; the first job always).
 
         When `idle` (nothing decoding), block until work comes and let the oldest job wait
         up to `batch_wait_s` for company; return None when the scheduler stops.
@@ -154,6 +168,10 @@ class Scheduler:
                     job.num_sequences > free or (memory is not None and not memory.fits(job))
                 ):
                     break  # no job jumps the queue
+                if prefill_tokens is not None:
+                    prefill_tokens -= job.prompt_tokens or 0
+                    if jobs and prefill_tokens < 0:
+                        break  # the rest join at the next steps
                 if memory is not None:
                     memory.add(job)
                 jobs.append(self._pending.popleft())
@@ -207,7 +225,8 @@ class Scheduler:
                 live = engine.live_rows
                 free = min(self.sizer.step_limit(), self.max_batch_size) - len(live)
                 memory = MemoryGate(self.sizer, (row.request for row in live))
-                jobs = self._take(free, idle=engine.idle, memory=memory)
+                budget = self.max_prefill_tokens if joins and self.max_prefill_tokens else None
+                jobs = self._take(free, idle=engine.idle, memory=memory, prefill_tokens=budget)
                 if jobs is None:
                     return
                 if jobs:

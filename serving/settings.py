@@ -73,6 +73,15 @@ class ServingSettings(BaseSettings):
         "the measured ones, stays under this (the time between two tokens of every stream); "
         "0: no limit (the batch is then sized by kv_cache_mb and max_batch_size)",
     )
+    max_prefill_tokens: int = Field(
+        1024,
+        ge=0,
+        description="prompt tokens prefilled in one model call while other requests decode "
+        "(vLLM's max_num_batched_tokens, llama-server's --batch-size): a burst of requests is "
+        "admitted over several steps, so the first ones get their first token without waiting "
+        "for every prompt's prefill; the first waiting request always starts, whole; 0: no "
+        "limit. Continuous batching only",
+    )
     kv_cache_mb: int | None = Field(
         None,
         ge=1,

@@ -68,6 +68,7 @@ class ServingState:
                 max_batch_size=self.settings.max_batch_size,
                 queue_size=self.settings.queue_size,
                 batch_wait_s=self.settings.batch_wait_s(),
+                max_prefill_tokens=self.settings.max_prefill_tokens,
                 metrics=self.metrics,
                 mode=self.settings.batching,
                 sizer=self._batch_sizer(self.generator),

@@ -618,3 +618,29 @@ def test_only_request_batching_waits_for_company_by_default(
     at the next token); request batching, whose batch runs to its end, waits 5 ms."""
     with serve(**settings) as client:
         assert client.app.state.serving.scheduler.batch_wait_s == pytest.approx(wait_s)
+
+
+@pytest.mark.parametrize(("budget", "admissions"), [(150, [1, 1, 1, 1]), (0, [4])])
+@pytest.mark.parametrize("route", ["/v1/completions", "/generated_texts/"])
+def test_routes_count_prompt_tokens_against_the_prefill_budget(
+    route: str, budget: int, admissions: list[int]
+) -> None:
+    """Four 100-token prompts wait together (1 s for company); with a 150-token budget each
+    joins the batch at its own step, without one all four are prefilled at once."""
+    fake = FakeGenerator(step_s=0.01)
+    with serve(fake, max_batch_size=4, batch_wait_ms=1000, max_prefill_tokens=budget) as client:
+        prompts = [str(i) * 100 for i in range(4)]
+        bodies = [
+            {"prompt": p, "max_tokens": 4}
+            if route.startswith("/v1")
+            else {"body": p, "max_number_of_generated_tokens": 4}
+            for p in prompts
+        ]
+        threads = [
+            threading.Thread(target=client.post, args=(route,), kwargs={"json": b}) for b in bodies
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert fake.batches[1:] == admissions  # after the warm-up's run

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -391,3 +392,23 @@ def test_chat_logprobs_are_the_models_log_softmax(
     assert [e.logprob for e in streamed[0].choices[0].logprobs.content] == [
         e.logprob for e in content
     ]
+
+
+def test_chat_counts_the_rendered_prompt_against_the_prefill_budget() -> None:
+    """Three conversations of ~130 rendered tokens wait together; with a 200-token prefill
+    budget each joins the batch at its own step."""
+    fake = FakeGenerator(chat=CHATML, step_s=0.01)
+    with serve(fake, max_batch_size=3, batch_wait_ms=1000, max_prefill_tokens=200) as client:
+        bodies = [
+            {"messages": [{"role": "user", "content": str(i) * 100}], "max_tokens": 4}
+            for i in range(3)
+        ]
+        threads = [
+            threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": b})
+            for b in bodies
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert fake.batches[1:] == [1, 1, 1]  # after the warm-up's run

@@ -131,3 +131,34 @@ def test_continuous_job_with_n_rows_is_finished_and_counted_once() -> None:
     assert sched.metrics.time_to_first_token._sum.get() > 0
     generated = sum(len(c.token_ids) for c in completions)
     assert sched.metrics.generated_tokens._value.get() == generated
+
+
+@pytest.mark.parametrize(
+    ("mode", "budget", "tokens", "admissions"),
+    [
+        # 100 + 100 fit in 250, a third would not: it leads the next step's admission.
+        ("continuous", 250, [100] * 6, [2, 2, 2]),
+        # The first waiting job always starts, whole, even beyond the budget.
+        ("continuous", 250, [1000, 100, 100], [1, 2]),
+        ("continuous", 0, [100] * 6, [6]),  # 0: no limit
+        ("request", 250, [100] * 6, [6]),  # a request-level batch runs to its end: no limit
+    ],
+)
+def test_prefill_budget_admits_a_burst_over_several_steps(
+    mode: str, budget: int, tokens: list[int], admissions: list[int]
+) -> None:
+    fake = FakeGenerator(step_s=0.005)
+    sched = scheduler(fake, mode=mode, max_prefill_tokens=budget)
+
+    async def main() -> None:
+        jobs = [
+            sched.submit([request(f"p{i}", tokens=20)], timeout_s=30, prompt_tokens=n)
+            for i, n in enumerate(tokens)
+        ]
+        sched.start()
+        for job in jobs:
+            await job.wait()
+        sched.stop(grace_s=5)
+
+    asyncio.run(main())
+    assert fake.batches == admissions

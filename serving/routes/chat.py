@@ -110,7 +110,9 @@ async def create_chat_completion(
     check_limit(n, state.settings.max_sequences_per_request, "n", "sequences")
     logger.debug("chat prompt=%r", prompt.text[-400:])
     logprobs = (payload.top_logprobs or 0) if payload.logprobs else None
-    job = submit(state, [prompt], params, constraint=constraint, logprobs=logprobs)
+    job = submit(
+        state, [prompt], params, prompt_tokens=length, constraint=constraint, logprobs=logprobs
+    )
     head = _Head(
         f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name, n,
         token_text(getattr(generator, "tokenizer", None)) if logprobs is not None else None,

@@ -145,12 +145,13 @@ async def create_completion(payload: CompletionRequest, request: Request, state:
             param="echo",
         )
     prompts = [_prompt(p, payload.meta, generator) for p in inputs]
-    await check_fits_context(generator, prompts, params.max_new_tokens, "max_tokens")
+    lengths = await check_fits_context(generator, prompts, params.max_new_tokens, "max_tokens")
     logger.debug("completion prompts=%r", [str(p)[:200] for p in inputs])
     job = submit(
         state,
         prompts,
         params,
+        prompt_tokens=sum(lengths),
         logprobs=payload.logprobs,
         prompt_logprobs=payload.logprobs if score_prompts else None,
         constraint=constraint,

@@ -60,10 +60,10 @@ async def generated_texts(
         "sequences",
     )
     prompt = make_prompt(payload.body, payload.meta, generator)
-    await check_fits_context(
+    lengths = await check_fits_context(
         generator, [prompt], params.max_new_tokens, "max_number_of_generated_tokens"
     )
     logger.debug("generated_texts prompt=%r meta=%r", payload.body[:200], payload.meta)
-    job = submit(state, [prompt], params)
+    job = submit(state, [prompt], params, prompt_tokens=sum(lengths))
     (completions,) = await wait_for_job(job, request)
     return GeneratedTextsResponse(texts=[c.text for c in completions])
