@@ -119,6 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="outside the repo")
     parser.add_argument("--rebuild", action="store_true", help="re-export the bundle")
     parser.add_argument(
+        "--bundle", type=Path, default=None,
+        help="serve this bundle (e.g. the int8 or int4 one --formats makes) instead of the "
+        "model's fp32 export",
+    )  # fmt: skip
+    parser.add_argument(
         "--optimize",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.formats:
         return write_report(serving_llamacpp.run(args), serving_llamacpp.render_markdown, args)
-    bundle = prepare_bundle(args.model, args.cache, args.rebuild, args.optimize)
+    bundle = args.bundle or prepare_bundle(args.model, args.cache, args.rebuild, args.optimize)
     if args.variants:
         modes = run_variants(bundle, args)
     else:
