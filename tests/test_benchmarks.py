@@ -377,3 +377,32 @@ def torch_device_meta():
     import torch
 
     return torch.device("meta")
+
+
+def test_burst_report_reads_the_prefill_counter_and_takes_medians() -> None:
+    from benchmarks.serving import burst
+
+    metrics = (
+        'fst_model_call_duration_seconds_count{kind="decode"} 40.0\n'
+        'fst_model_call_duration_seconds_count{kind="prefill"} 4.0\n'
+    )
+    assert burst._counter(metrics, 'fst_model_call_duration_seconds_count{kind="prefill"}') == 4
+    assert burst._counter(metrics, "absent") == 0
+    rounds = [
+        {"ttft_p50_s": t, "ttft_p95_s": 2 * t, "tokens_per_s": 100 * t, "requests_per_prefill": 16}
+        for t in (1.0, 3.0, 2.0)
+    ]
+    report = {
+        "settings": {
+            "bundle": "b", "requests": 64, "max_tokens": 32, "rounds": 3, "prompt_chars": 160,
+            "threads": 2, "variants": {"no-limit": ["--max_prefill_tokens", "0"], "budget": []},
+        },
+        "bundle_variant": "int4",
+        "variants": {"no-limit": rounds, "budget": rounds},
+        "load_before": [0, 0, 0],
+        "load_after": [0, 0, 0],
+        "machine": {"cpu": {"model": "cpu", "usable_cores": 2}},
+    }  # fmt: skip
+    text = burst.render_markdown(report)
+    assert "| no-limit | `--max_prefill_tokens 0` | 2.00 (1.00, 3.00, 2.00) |" in text
+    assert "| budget | `(defaults)` |" in text and "| 200 (100, 300, 200) | 16.0 |" in text
