@@ -77,7 +77,7 @@ class ServingSettings(BaseSettings):
         1024,
         ge=0,
         description="prompt tokens prefilled in one model call while other requests decode "
-        "(vLLM's max_num_batched_tokens, llama-server's --batch-size): a burst of requests is "
+        "(vLLM's max_num_batched_tokens, llama-server's batch size, -b): a burst of requests is "
         "admitted over several steps, so the first ones get their first token without waiting "
         "for every prompt's prefill; the first waiting request always starts, whole; 0: no "
         "limit. Continuous batching only",
