@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -125,12 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default=None, help="output file stem")
     args = parser.parse_args(argv)
-    variants: dict[str, list[str]] = {}
-    for text in args.variant:
-        name, sep, flags = text.partition("=")
-        if not sep or not name:
-            parser.error(f"--variant: expected NAME=FLAGS, got {text!r}")
-        variants[name] = flags.split()
+    try:
+        variants = dict(harness.split_variant(v) for v in args.variant)
+    except ValueError as e:
+        parser.error(f"--variant: {e}")
     if args.requests < 1 or args.rounds < 1:
         parser.error("--requests and --rounds must be >= 1")
     args.max_batch_size = None  # harness.start_server's: the server's own
@@ -142,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names if i % 2 == 0 else names[::-1]:
             log.info("round %d: %s", i + 1, name)
             results[name].append(one_burst(args.bundle, variants[name], args))
-    manifest = json.loads((args.bundle / "fst_bundle.json").read_text())
+    from fst.core.bundle import BundleManifest
+
+    variant = BundleManifest.load(args.bundle).graph.variant
     report = {
         "schema_version": harness.SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -155,17 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "variants": variants,
         },
-        "bundle_variant": manifest.get("graph", {}).get("variant"),
+        "bundle_variant": variant,
         "variants": results,
         "load_before": load_before,
         "load_after": common.load_average(),
         "machine": common.machine_description(),
     }
     name = args.name or f"serving-burst-fst-{args.bundle.name}-{'-vs-'.join(variants)}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    common.write_atomic(args.out / f"{name}.json", json.dumps(report, indent=2) + "\n")
-    common.write_atomic(args.out / f"{name}.md", render_markdown(report))
-    print(render_markdown(report))
+    markdown = render_markdown(report)
+    common.write_report(args.out, name, report, markdown)
+    print(markdown)
     return 0
 
 

@@ -70,6 +70,14 @@ def make_prompts(corpus: Path, count: int, chars: int) -> list[str]:
 # --- the server -----------------------------------------------------------------------------
 
 
+def split_variant(text: str) -> tuple[str, list[str]]:
+    """'NAME=FLAGS' (a --variant) as (NAME, [flags])."""
+    name, sep, flags = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected NAME=FLAGS, got {text!r}")
+    return name, flags.split()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

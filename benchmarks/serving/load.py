@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -50,6 +49,7 @@ from benchmarks.serving.harness import (
     make_prompts,
     prepare_bundle,
     run_level,
+    split_variant,
     start_server,
     stop_server,
     summarize_level,
@@ -162,19 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     serving_llamacpp.check_arguments(parser, args)
     try:
-        args.variants = dict(_split_variant(v) for v in args.variant)
+        args.variants = dict(split_variant(v) for v in args.variant)
     except ValueError as e:
         parser.error(f"--variant: {e}")
     if any(c < 1 for c in args.concurrency):
         parser.error("--concurrency: every level must be >= 1")
     return args
-
-
-def _split_variant(text: str) -> tuple[str, list[str]]:
-    name, sep, flags = text.partition("=")
-    if not sep or not name:
-        raise ValueError(f"expected NAME=FLAGS, got {text!r}")
-    return name, flags.split()
 
 
 def run_variants(bundle: Path, args: argparse.Namespace) -> dict[str, dict]:
@@ -305,10 +298,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(report: dict, render, args: argparse.Namespace) -> int:
-    args.out.mkdir(parents=True, exist_ok=True)
-    common.write_atomic(args.out / f"{args.name}.json", json.dumps(report, indent=2) + "\n")
-    common.write_atomic(args.out / f"{args.name}.md", render(report))
-    print(render(report))
+    markdown = render(report)
+    common.write_report(args.out, args.name, report, markdown)
+    print(markdown)
     return 0
 
 
